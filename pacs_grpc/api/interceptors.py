@@ -1,0 +1,167 @@
+"""The edge every RPC passes: error mapping and one structured log line per call.
+
+grpc.aio sends an exception escaping a handler to the client as UNKNOWN with
+the exception's text. Here domain errors become their status from the one
+table, and anything unexpected becomes INTERNAL with an opaque error id that
+is also logged with the (redacted) traceback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from pacs_grpc.api.errors import status_for, trailing_metadata_for
+from pacs_grpc.domain.errors import DomainError
+
+_log = logging.getLogger("pacs_grpc.rpc")
+
+REQUEST_ID_HEADER = "x-request-id"
+_MAX_REQUEST_ID_LENGTH = 128
+
+
+class _CallLog:
+    """Times one RPC and logs its outcome."""
+
+    def __init__(self, method: str, context: aio.ServicerContext[Any, Any]) -> None:
+        self.method = method
+        self.request_id = _request_id(context)
+        self.started = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        self.error_id: str | None = None
+
+    def finish(self) -> None:
+        fields: dict[str, Any] = {
+            "request_id": self.request_id,
+            "method": self.method,
+            "code": self.code.name,
+            "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
+        }
+        if self.error_id is not None:
+            fields["error_id"] = self.error_id
+        level = logging.ERROR if self.code is grpc.StatusCode.INTERNAL else logging.INFO
+        _log.log(level, "rpc", extra=fields)
+
+
+def _request_id(context: aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
+            cleaned = "".join(c for c in value if c.isalnum() or c in "-_.")
+            if cleaned:
+                return cleaned[:_MAX_REQUEST_ID_LENGTH]
+    return uuid.uuid4().hex
+
+
+async def _fail(call: _CallLog, context: aio.ServicerContext[Any, Any], error: Exception) -> None:
+    """Abort the RPC for an exception; always raises."""
+    if isinstance(error, NotImplementedError):
+        # The generated base servicers answer this way for RPCs that a later
+        # release implements; that is UNIMPLEMENTED, not a server fault.
+        call.code = grpc.StatusCode.UNIMPLEMENTED
+        await context.abort(call.code, f"{call.method} is not implemented yet")
+    if isinstance(error, DomainError):
+        call.code = status_for(error)
+        context.set_trailing_metadata(
+            ((REQUEST_ID_HEADER, call.request_id), *trailing_metadata_for(error))
+        )
+        await context.abort(call.code, error.message)
+    call.code = grpc.StatusCode.INTERNAL
+    call.error_id = uuid.uuid4().hex[:16]
+    _log.error(
+        "unhandled exception",
+        exc_info=error,
+        extra={"request_id": call.request_id, "error_id": call.error_id, "method": call.method},
+    )
+    context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+    await context.abort(call.code, f"internal error (error id {call.error_id})")
+
+
+def _settled_code(context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
+
+
+def _wrap_call(method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        log = _CallLog(method, context)
+        try:
+            response = behaviour(request, context)
+            if inspect.isawaitable(response):
+                response = await response
+            log.code = _settled_code(context)
+            return response
+        except aio.AbortError:
+            log.code = _settled_code(context)
+            raise
+        except Exception as error:  # noqa: BLE001 - the edge maps every exception
+            await _fail(log, context, error)
+        finally:
+            log.finish()
+
+    return call
+
+
+def _wrap_stream(method: str, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+    async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        log = _CallLog(method, context)
+        try:
+            async for response in behaviour(request, context):
+                yield response
+            log.code = _settled_code(context)
+        except aio.AbortError:
+            log.code = _settled_code(context)
+            raise
+        except Exception as error:  # noqa: BLE001
+            await _fail(log, context, error)
+        finally:
+            log.finish()
+
+    return stream
+
+
+def _wrap(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(behaviour):
+        return _wrap_stream(method, behaviour)
+    return _wrap_call(method, behaviour)
+
+
+class EdgeInterceptor(aio.ServerInterceptor[Any, Any]):
+    """Maps errors to statuses and logs every RPC."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(_wrap(method, handler.unary_unary), **kwargs)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap(method, handler.unary_stream), **kwargs
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap(method, handler.stream_unary), **kwargs
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap(method, handler.stream_stream), **kwargs
+            )
+        return handler

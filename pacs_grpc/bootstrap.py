@@ -1,0 +1,166 @@
+"""The composition root: the one place that builds and wires every part.
+
+Nothing here runs at import. `create_application` does the start-up I/O
+(opening the pool, checking the schema, binding the port) and returns an
+Application that `serve` runs until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pacs.v1 import (
+    annotation_pb2,
+    annotation_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    mask_pb2,
+    mask_pb2_grpc,
+)
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from pacs_grpc.adapters.postgres import migrator
+from pacs_grpc.adapters.postgres.pool import PostgresProbe, create_pool
+from pacs_grpc.adapters.storage.s3 import StorageProbe
+from pacs_grpc.api.health import HealthMonitor, HealthServicer
+from pacs_grpc.api.interceptors import EdgeInterceptor
+from pacs_grpc.config import Settings
+
+_log = logging.getLogger(__name__)
+
+SERVICE_NAMES: tuple[str, ...] = (
+    identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
+    annotation_pb2.DESCRIPTOR.services_by_name["AnnotationService"].full_name,
+    mask_pb2.DESCRIPTOR.services_by_name["MaskService"].full_name,
+)
+
+
+class StartupError(RuntimeError):
+    """Start-up cannot go on; the message is one line for the operator."""
+
+
+@dataclass
+class Application:
+    settings: Settings
+    server: aio.Server
+    port: int
+    pool: AsyncConnectionPool
+    health: HealthServicer
+    monitor: HealthMonitor
+
+    async def start(self) -> None:
+        await self.monitor.start()
+        await self.server.start()
+        _log.info(
+            "serving",
+            extra={"port": self.port, "dependencies_ok": self.monitor.serving},
+        )
+
+    async def stop(self) -> None:
+        """Drain in the order that loses no in-flight RPC.
+
+        Health goes NOT_SERVING first so load balancers stop sending new
+        calls; the server then refuses new RPCs and gives running ones the
+        grace period; the pool closes only after the last RPC is done.
+        """
+        await self.monitor.stop()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace_seconds)
+        await self.pool.close()
+        _log.info("stopped")
+
+
+async def create_application(settings: Settings) -> Application:
+    pool = create_pool(settings.database)
+    try:
+        await pool.open(wait=True, timeout=settings.database.connect_timeout_seconds * 2)
+    except PoolTimeout:
+        await pool.close()
+        raise StartupError("cannot connect to PostgreSQL at DATABASE_URL") from None
+    try:
+        await migrator.verify_schema(
+            settings.database.url, migrator.load_migrations(migrator.default_migrations_dir())
+        )
+    except migrator.MigrationError as error:
+        await pool.close()
+        raise StartupError(f"database schema: {error} (run `pacs-grpc migrate`)") from None
+
+    health_servicer = HealthServicer()
+    monitor = HealthMonitor(
+        health_servicer,
+        SERVICE_NAMES,
+        [
+            PostgresProbe(pool, settings.health_probe_timeout_seconds),
+            StorageProbe(settings.storage, settings.health_probe_timeout_seconds),
+        ],
+        interval_seconds=settings.health_probe_interval_seconds,
+        timeout_seconds=settings.health_probe_timeout_seconds,
+    )
+    server = _create_server(settings, health_servicer)
+    try:
+        port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        await pool.close()
+        raise StartupError(f"cannot listen on GRPC_HOST:GRPC_PORT ({settings.grpc_port} in use?)")
+    return Application(settings, server, port, pool, health_servicer, monitor)
+
+
+def _create_server(settings: Settings, health_servicer: HealthServicer) -> aio.Server:
+    server = aio.server(
+        interceptors=[EdgeInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", settings.grpc_max_receive_bytes),
+            ("grpc.max_send_message_length", settings.grpc_max_send_bytes),
+            # Two servers must never share a port silently.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    # The generated base servicers answer UNIMPLEMENTED until each service's
+    # release replaces them with its own.
+    # (Their stubs mark every method abstract, hence the ignores.)
+    identity_pb2_grpc.add_IdentityServiceServicer_to_server(
+        identity_pb2_grpc.IdentityServiceServicer(),  # type: ignore[abstract]
+        server,
+    )
+    annotation_pb2_grpc.add_AnnotationServiceServicer_to_server(
+        annotation_pb2_grpc.AnnotationServiceServicer(),  # type: ignore[abstract]
+        server,
+    )
+    mask_pb2_grpc.add_MaskServiceServicer_to_server(
+        mask_pb2_grpc.MaskServiceServicer(),  # type: ignore[abstract]
+        server,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+    return server
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop."""
+    application = await create_application(settings)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    await application.start()
+    try:
+        await stop_requested.wait()
+        _log.info("stop requested; draining")
+    finally:
+        await application.stop()

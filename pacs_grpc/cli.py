@@ -1,0 +1,69 @@
+"""`pacs-grpc`: serve, migrate, and run the local development stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from pacs_grpc import logs
+from pacs_grpc.config import ConfigError, Settings, database_url_from_env
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pacs-grpc", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the gRPC server (configuration from the environment)")
+    commands.add_parser("migrate", help="apply pending database migrations (DATABASE_URL)")
+    dev = commands.add_parser(
+        "dev", help="start the whole local stack: PostgreSQL, S3, migrations, server, Envoy"
+    )
+    dev.add_argument("--data-dir", default=".data", help="where local data lives (default .data)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve()
+        if args.command == "migrate":
+            return _migrate()
+        return _dev(args.data_dir)
+    except ConfigError as error:
+        print(f"pacs-grpc: configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+def _serve() -> int:
+    from pacs_grpc.bootstrap import StartupError, serve
+
+    settings = Settings.from_env(os.environ)
+    logs.configure(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as error:
+        # One line for the operator; the cause was already logged where known.
+        print(f"pacs-grpc: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _migrate() -> int:
+    from pacs_grpc.adapters.postgres import migrator
+
+    url = database_url_from_env(os.environ)
+    logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
+    try:
+        applied = asyncio.run(
+            migrator.migrate(url, migrator.load_migrations(migrator.default_migrations_dir()))
+        )
+    except migrator.MigrationError as error:
+        print(f"pacs-grpc migrate: {error}", file=sys.stderr)
+        return 1
+    print(f"pacs-grpc migrate: {len(applied)} migration(s) applied")
+    return 0
+
+
+def _dev(data_dir: str) -> int:
+    from pacs_grpc.devstack.stack import run_dev_stack
+
+    return run_dev_stack(data_dir)

@@ -1,0 +1,227 @@
+"""Configuration, read from environment variables only.
+
+Every variable is listed in the README's configuration table. A wrong value
+stops start-up with one line that names the variable; secrets never appear
+in that line or in the settings' repr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+_T = TypeVar("_T")
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = field(repr=False)
+    pool_min_size: int = 2
+    pool_max_size: int = 20
+    # Callers beyond this many queue no further and fail fast with UNAVAILABLE.
+    pool_max_waiting: int = 200
+    pool_timeout_seconds: float = 5.0
+    statement_timeout_ms: int = 10_000
+    connect_timeout_seconds: int = 5
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    endpoint: str
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    bucket: str = "pacs-masks"
+    region: str = "us-east-1"
+
+    @property
+    def secure(self) -> bool:
+        return urlsplit(self.endpoint).scheme == "https"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.endpoint).netloc
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    issuer: str = ""
+    audience: str = ""
+    jwks_url: str = ""
+    algorithms: tuple[str, ...] = ("RS256",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings
+    storage: StorageSettings
+    oidc: OidcSettings
+    grpc_host: str = "0.0.0.0"  # noqa: S104 - a server in a pod listens on all interfaces
+    grpc_port: int = 50051
+    grpc_max_receive_bytes: int = 4 * MIB
+    grpc_max_send_bytes: int = 16 * MIB
+    reflection: bool = True
+    shutdown_grace_seconds: float = 20.0
+    health_probe_interval_seconds: float = 1.0
+    health_probe_timeout_seconds: float = 1.5
+    upload_url_ttl_seconds: int = 600
+    max_url_ttl_seconds: int = 3600
+    download_url_ttl_seconds: int = 300
+    max_page_size: int = 500
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        read = _Reader(env)
+        settings = cls(
+            database=DatabaseSettings(
+                url=read.database_url("DATABASE_URL"),
+                pool_min_size=read.integer("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
+                pool_max_size=read.integer("DATABASE_POOL_MAX_SIZE", 20, minimum=1),
+                pool_max_waiting=read.integer("DATABASE_POOL_MAX_WAITING", 200, minimum=1),
+                pool_timeout_seconds=read.number("DATABASE_POOL_TIMEOUT_SECONDS", 5.0),
+                statement_timeout_ms=read.integer(
+                    "DATABASE_STATEMENT_TIMEOUT_MS", 10_000, minimum=100
+                ),
+                connect_timeout_seconds=read.integer(
+                    "DATABASE_CONNECT_TIMEOUT_SECONDS", 5, minimum=1
+                ),
+            ),
+            storage=StorageSettings(
+                endpoint=read.endpoint_url("S3_ENDPOINT"),
+                access_key=read.text("S3_ACCESS_KEY"),
+                secret_key=read.text("S3_SECRET_KEY"),
+                bucket=read.text("S3_BUCKET", "pacs-masks"),
+                region=read.text("S3_REGION", "us-east-1"),
+            ),
+            oidc=OidcSettings(
+                issuer=read.text("OIDC_ISSUER", ""),
+                audience=read.text("OIDC_AUDIENCE", ""),
+                jwks_url=read.optional_http_url("OIDC_JWKS_URL"),
+                algorithms=read.words("OIDC_ALGORITHMS", ("RS256",)),
+            ),
+            grpc_host=read.text("GRPC_HOST", "0.0.0.0"),  # noqa: S104
+            grpc_port=read.integer("GRPC_PORT", 50051, minimum=0, maximum=65535),
+            grpc_max_receive_bytes=read.integer(
+                "GRPC_MAX_RECEIVE_BYTES", 4 * MIB, minimum=64 * 1024
+            ),
+            grpc_max_send_bytes=read.integer("GRPC_MAX_SEND_BYTES", 16 * MIB, minimum=64 * 1024),
+            reflection=read.boolean("GRPC_REFLECTION", True),
+            shutdown_grace_seconds=read.number("SHUTDOWN_GRACE_SECONDS", 20.0),
+            health_probe_interval_seconds=read.number("HEALTH_PROBE_INTERVAL_SECONDS", 1.0),
+            health_probe_timeout_seconds=read.number("HEALTH_PROBE_TIMEOUT_SECONDS", 1.5),
+            upload_url_ttl_seconds=read.integer("UPLOAD_URL_TTL_SECONDS", 600, minimum=1),
+            max_url_ttl_seconds=read.integer("MAX_URL_TTL_SECONDS", 3600, minimum=1),
+            download_url_ttl_seconds=read.integer("DOWNLOAD_URL_TTL_SECONDS", 300, minimum=1),
+            max_page_size=read.integer("MAX_PAGE_SIZE", 500, minimum=1, maximum=10_000),
+            log_level=read.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )
+        _check_consistency(settings)
+        return settings
+
+
+def database_url_from_env(env: Mapping[str, str]) -> str:
+    """DATABASE_URL alone, for commands that need nothing else (migrate)."""
+    return _Reader(env).database_url("DATABASE_URL")
+
+
+def _check_consistency(settings: Settings) -> None:
+    if settings.upload_url_ttl_seconds > settings.max_url_ttl_seconds:
+        raise ConfigError("UPLOAD_URL_TTL_SECONDS must not exceed MAX_URL_TTL_SECONDS")
+    if settings.download_url_ttl_seconds > settings.max_url_ttl_seconds:
+        raise ConfigError("DOWNLOAD_URL_TTL_SECONDS must not exceed MAX_URL_TTL_SECONDS")
+    db = settings.database
+    if db.pool_min_size > db.pool_max_size:
+        raise ConfigError("DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE")
+
+
+class _Reader:
+    """Parses one variable at a time and names it in every error."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def _get(self, name: str, default: str | None) -> str:
+        value = self._env.get(name, "").strip()
+        if value:
+            return value
+        if default is None:
+            raise ConfigError(f"{name} is required but not set")
+        return default
+
+    def _parse(self, name: str, default: _T, parse: Callable[[str], _T], expected: str) -> _T:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be {expected}, got {raw!r}") from None
+
+    def text(self, name: str, default: str | None = None) -> str:
+        return self._get(name, default)
+
+    def integer(
+        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        value = self._parse(name, default, int, "an integer")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ConfigError(f"{name} must be {bounds}, got {value}")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        value = self._parse(name, default, float, "a number")
+        if not value > 0:
+            raise ConfigError(f"{name} must be greater than 0, got {value}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+        def parse(raw: str) -> bool:
+            return words[raw.lower()] if raw.lower() in words else _raise_value_error()
+
+        return self._parse(name, default, parse, "true or false")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._get(name, default).upper()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def words(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self._env.get(name, "").strip()
+        return tuple(w for w in raw.replace(",", " ").split() if w) if raw else default
+
+    def endpoint_url(self, name: str) -> str:
+        value = self._get(name, None)
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            # The value may carry credentials, so only its shape is reported.
+            raise ConfigError(f"{name} must be an http:// or https:// URL with a host")
+        if parts.path not in ("", "/") or parts.query:
+            raise ConfigError(f"{name} must not have a path or query (the bucket is S3_BUCKET)")
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def optional_http_url(self, name: str) -> str:
+        value = self._env.get(name, "").strip()
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ConfigError(f"{name} must be an http:// or https:// URL")
+        return value
+
+    def database_url(self, name: str) -> str:
+        value = self._get(name, None)
+        if urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ConfigError(f"{name} must be a postgresql:// URL")
+        return value
+
+
+def _raise_value_error() -> bool:
+    raise ValueError

@@ -1,0 +1,1 @@
+"""Entities, validation and errors. Imports nothing outside the domain."""
