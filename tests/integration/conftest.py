@@ -1,0 +1,48 @@
+"""Databases for integration tests: each test gets its own, created on the server that
+``postgres_admin_url`` (tests/conftest.py) points at, and dropped afterwards."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from pacs_grpc.adapters.postgres.migrator import default_migrations_dir, load_migrations, migrate
+
+
+def _with_dbname(admin_url: str, dbname: str) -> str:
+    """The admin URL pointing at another database, kept in URL form when it was a URL."""
+    parts = urlsplit(admin_url)
+    if parts.scheme in ("postgres", "postgresql"):
+        return urlunsplit(parts._replace(path="/" + dbname))
+    return make_conninfo(admin_url, dbname=dbname)
+
+
+@pytest.fixture
+async def empty_database_url(postgres_admin_url: str) -> AsyncIterator[str]:
+    """URL of a new, empty database (``pacs_t_<hex>``), dropped after the test."""
+    name = f"pacs_t_{secrets.token_hex(6)}"
+    async with await psycopg.AsyncConnection.connect(postgres_admin_url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        yield _with_dbname(postgres_admin_url, name)
+    finally:
+        # FORCE ends connections a failed test left open, so the drop never hangs or fails.
+        async with await psycopg.AsyncConnection.connect(
+            postgres_admin_url, autocommit=True
+        ) as conn:
+            await conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+async def migrated_database_url(empty_database_url: str) -> str:
+    """URL of a new database with every migration in the repository applied."""
+    await migrate(empty_database_url, load_migrations(default_migrations_dir()))
+    return empty_database_url
