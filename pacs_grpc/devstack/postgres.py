@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 
 from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.process import die_with_parent, log_tail, signal_group, stop_child
+from pacs_grpc.devstack.process import dying_with_parent, log_tail, signal_group, stop_child
 
 _log = logging.getLogger(__name__)
 
@@ -125,13 +125,11 @@ class EmbeddedPostgres:
     def _spawn(self, args: list[str], user: str | None) -> None:
         with self._log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                args,
+                dying_with_parent(args, user=user),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                user=user,
                 start_new_session=True,
-                preexec_fn=die_with_parent(),  # noqa: PLW1509 - only sets PDEATHSIG
             )
 
     def _wait_ready(self, deadline: float) -> bool:

@@ -3,33 +3,49 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
+# Runs in the child before the real program, instead of a preexec_fn: a
+# preexec_fn runs Python between fork and exec in a process that has gRPC and
+# asyncio threads, which can deadlock. PR_SET_PDEATHSIG survives exec, so the
+# program gets SIGTERM when the parent dies without stopping it (SIGKILL, a
+# crashed test run) instead of being left holding its ports and data. The
+# kernel clears that setting on a change of user, so the shim switches user
+# (PostgreSQL refuses to run as root) before setting it.
+_PDEATHSIG_SHIM = """\
+import ctypes, os, pwd, signal, sys
+parent, user, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+if user:
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != parent:
+    sys.exit("parent died before the child could watch it")
+os.execv(argv[0], argv)
+"""
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the child when its parent dies.
+def dying_with_parent(args: list[str], *, user: str | None = None) -> list[str]:
+    """The command line that runs `args` (as `user`) and ends it when we die.
 
     Children run in their own session so a Ctrl-C reaches only the parent,
-    which then stops them in order; without this, a parent killed outright
-    (SIGKILL, a crashed test run) would leave PostgreSQL or SeaweedFS running
-    and holding ports and data directories.
+    which then stops them in order; this covers the parent dying without
+    doing so. Linux signals the child when the *thread* that started it
+    exits, so start children from the main thread.
     """
     if not sys.platform.startswith("linux"):
-        return None
-
-    def _set() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return _set
+        if user is not None:
+            raise RuntimeError("running a child as another user needs Linux")
+        return args
+    return [
+        sys.executable, "-I", "-S", "-c", _PDEATHSIG_SHIM, str(os.getpid()), user or "", *args
+    ]  # fmt: skip
 
 
 def log_tail(path: Path, lines: int = 20) -> str:

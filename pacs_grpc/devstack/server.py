@@ -13,7 +13,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pacs_grpc.devstack.process import die_with_parent, log_tail, stop_child
+from pacs_grpc.devstack.process import dying_with_parent, log_tail, stop_child
 
 
 class ServerStartError(RuntimeError):
@@ -41,13 +41,12 @@ class ServerProcess:
         log: IO[bytes] | None = self._log_path.open("ab") if self._log_path else None
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "pacs_grpc", "serve"],
+                dying_with_parent([sys.executable, "-m", "pacs_grpc", "serve"]),
                 env=self._env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT if log else None,
                 start_new_session=True,
-                preexec_fn=die_with_parent(),  # noqa: PLW1509 - only sets PDEATHSIG
             )
         finally:
             if log is not None:
