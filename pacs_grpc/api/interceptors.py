@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
@@ -24,6 +24,7 @@ from pacs_grpc.domain.errors import DomainError
 _log = logging.getLogger("pacs_grpc.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
+_PROBE_PREFIX = "/grpc.health.v1.Health/"
 _MAX_REQUEST_ID_LENGTH = 128
 
 
@@ -46,7 +47,14 @@ class _CallLog:
         }
         if self.error_id is not None:
             fields["error_id"] = self.error_id
-        level = logging.ERROR if self.code is grpc.StatusCode.INTERNAL else logging.INFO
+        if self.code is grpc.StatusCode.INTERNAL:
+            level = logging.ERROR
+        elif self.method.startswith(_PROBE_PREFIX) and self.code is grpc.StatusCode.OK:
+            # Kubernetes and Envoy probe every second or so; a line each would
+            # drown the calls that matter.
+            level = logging.DEBUG
+        else:
+            level = logging.INFO
         _log.log(level, "rpc", extra=fields)
 
 
@@ -132,7 +140,14 @@ def _wrap(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
     return _wrap_call(method, behaviour)
 
 
-class EdgeInterceptor(aio.ServerInterceptor[Any, Any]):
+# The stubs make ServerInterceptor generic; at run time it is not subscriptable.
+if TYPE_CHECKING:
+    _ServerInterceptor = aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = aio.ServerInterceptor
+
+
+class EdgeInterceptor(_ServerInterceptor):
     """Maps errors to statuses and logs every RPC."""
 
     async def intercept_service(

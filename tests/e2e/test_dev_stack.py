@@ -1,0 +1,89 @@
+"""`pacs-grpc dev` — what `make run` runs — on a fresh data directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2
+
+from pacs_grpc.devstack.ports import free_ports
+from pacs_grpc.devstack.server import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+
+def _start_dev(data_dir: Path, ports: list[int], log_path: Path) -> subprocess.Popen[bytes]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY")
+    }
+    env.update(
+        GRPC_PORT=str(ports[0]),
+        PACS_DEV_POSTGRES_PORT=str(ports[1]),
+        PACS_DEV_S3_PORT=str(ports[2]),
+    )
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pacs_grpc", "dev", "--data-dir", str(data_dir)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait_for_banner(process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        if "Press Ctrl-C to stop everything." in text:
+            return text
+        assert process.poll() is None, f"pacs-grpc dev exited early:\n{text}"
+        time.sleep(0.2)
+    raise AssertionError(f"no banner within {timeout}s:\n{log_path.read_text()}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> tuple[int, set[int]]:
+    children = {c.pid for c in psutil.Process(process.pid).children(recursive=True)}
+    process.send_signal(signal.SIGINT)
+    code = process.wait(60)
+    survivors = {pid for pid in children if psutil.pid_exists(pid)}
+    survivors = {pid for pid in survivors if psutil.Process(pid).status() != "zombie"}
+    return code, survivors
+
+
+def test_dev_starts_everything_and_ctrl_c_stops_every_child(
+    tmp_path: Path, artifacts_dir: Path
+) -> None:
+    ports = free_ports(3)
+    log_path = artifacts_dir / "dev-stack.log"
+    data_dir = tmp_path / "data"
+
+    process = _start_dev(data_dir, ports, log_path)
+    try:
+        banner = _wait_for_banner(process, log_path, timeout=90)
+        assert f"127.0.0.1:{ports[0]}" in banner
+        assert re.search(r"migrations: \d+ applied", banner)
+        server = ServerProcess({}, ports[0])
+        assert server.health() == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        code, survivors = _stop(process)
+    assert code == 0
+    assert survivors == set(), "Ctrl-C must stop PostgreSQL, SeaweedFS and the server"
+
+    # A second run reuses the data: nothing left to migrate.
+    process = _start_dev(data_dir, ports, log_path)
+    try:
+        banner = _wait_for_banner(process, log_path, timeout=90)
+        assert "migrations: 0 applied" in banner
+    finally:
+        code, _ = _stop(process)
+    assert code == 0
