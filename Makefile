@@ -1,7 +1,7 @@
 # PACS Extension Server — the task runner the README names.
 #   make run       start the whole local stack (PostgreSQL, S3, migrations, server)
 #   make test      install what the tests need and run the whole suite
-#   make check     lint, type-check, buf lint and the generated-code check
+#   make check     lint, type-check, buf lint/breaking and the generated-code check
 #   make generate  regenerate code from protos/ (committed; never edit by hand)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -11,9 +11,10 @@ STAMP := $(VENV)/.installed
 GOOGLEAPIS := .build/googleapis/google/api
 GENERATED_PY := clients/python/src/pacs/v1
 DESCRIPTOR := deploy/envoy/pacs.binpb
+CONTRACT_BASELINE := .ci/contract-baseline.binpb
 PYTEST_ARGS ?=
 
-.PHONY: install run serve migrate generate check-generated lint format check test test-fast clean
+.PHONY: install run serve migrate generate check-generated breaking contract-baseline lint format check test test-fast clean
 
 install: $(STAMP)
 
@@ -52,6 +53,15 @@ check-generated: generate
 	@untracked=$$(git ls-files --others --exclude-standard -- $(GENERATED_PY) $(DESCRIPTOR)); \
 	  if [ -n "$$untracked" ]; then echo "generated files not committed: $$untracked" >&2; exit 1; fi
 
+# The released contract is frozen: buf's FILE rules against the image saved
+# when it was released. Refresh the baseline only when releasing a contract.
+breaking: $(GOOGLEAPIS)/annotations.proto
+	$(BIN)/buf build -o .build/current.binpb
+	$(BIN)/buf breaking .build/current.binpb --against $(CONTRACT_BASELINE)
+
+contract-baseline: $(GOOGLEAPIS)/annotations.proto
+	$(BIN)/buf build --exclude-source-info -o $(CONTRACT_BASELINE)
+
 lint: $(GOOGLEAPIS)/annotations.proto
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -64,7 +74,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/buf format -w protos
 
-check: lint check-generated
+check: lint breaking check-generated
 
 # pytest exits 5 when it collected no test; a run that tested nothing fails.
 test: install

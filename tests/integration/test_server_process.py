@@ -139,6 +139,22 @@ def test_reflection_describes_the_services(server: ServerProcess) -> None:
         assert "pacs/v1/mask.proto" in {f.name for f in files}
 
 
+def test_reflection_can_be_switched_off(stack: LocalStack, artifacts_dir: Path) -> None:
+    port = free_port()
+    env = {**stack.server_environment(port), "GRPC_REFLECTION": "false"}
+    server = ServerProcess(env, port, log_path=artifacts_dir / "server-no-reflection.log")
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            with pytest.raises(grpc.RpcError) as raised:
+                next(stub.ServerReflectionInfo(iter([request]), timeout=5))
+        assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        assert server.terminate() == 0
+
+
 def test_sigterm_lets_in_flight_rpcs_finish_then_exits(
     stack: LocalStack, artifacts_dir: Path
 ) -> None:
