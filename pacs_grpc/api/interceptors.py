@@ -37,6 +37,8 @@ class _CallLog:
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
         self.error_id: str | None = None
+        # Returned on every outcome so a client can quote it in a bug report.
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
 
     def finish(self) -> None:
         fields: dict[str, Any] = {
@@ -61,7 +63,7 @@ class _CallLog:
 def _request_id(context: aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str):
-            cleaned = "".join(c for c in value if c.isalnum() or c in "-_.")
+            cleaned = "".join(c for c in value if c.isascii() and (c.isalnum() or c in "-_."))
             if cleaned:
                 return cleaned[:_MAX_REQUEST_ID_LENGTH]
     return uuid.uuid4().hex

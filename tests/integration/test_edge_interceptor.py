@@ -123,12 +123,14 @@ async def test_each_rpc_logs_one_line_with_method_code_and_duration(
     stub: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="pacs_grpc.rpc"):
-        reply = await stub.GetAnnotation(
+        call = stub.GetAnnotation(
             annotation_pb2.GetAnnotationRequest(annotation_id=42),
             metadata=(("x-request-id", "req-42"), ("authorization", "Bearer secret-token")),
             timeout=5,
         )
+        reply = await call
     assert reply.annotation.id == 42
+    assert ("x-request-id", "req-42") in tuple(await call.trailing_metadata() or ())
     lines = [
         json.loads(JsonFormatter().format(r))
         for r in caplog.records
