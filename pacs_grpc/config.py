@@ -51,10 +51,21 @@ class StorageSettings:
 
 @dataclass(frozen=True)
 class OidcSettings:
-    issuer: str = ""
-    audience: str = ""
-    jwks_url: str = ""
+    """How bearer tokens (Keycloak access tokens) are verified."""
+
+    issuer: str
+    audience: str
+    jwks_url: str
     algorithms: tuple[str, ...] = ("RS256",)
+    # Keycloak often puts "account" in `aud` and the client in `azp`.
+    accept_azp_as_audience: bool = True
+    leeway_seconds: int = 30
+    # An unknown `kid` refetches the JWKS at most once per cooldown.
+    jwks_cooldown_seconds: float = 60.0
+    jwks_timeout_seconds: float = 5.0
+    max_token_bytes: int = 16 * 1024
+    # The realm role that makes a caller a platform administrator.
+    admin_role: str = "pacs-admin"
 
 
 @dataclass(frozen=True)
@@ -101,10 +112,18 @@ class Settings:
                 region=read.text("S3_REGION", "us-east-1"),
             ),
             oidc=OidcSettings(
-                issuer=read.text("OIDC_ISSUER", ""),
-                audience=read.text("OIDC_AUDIENCE", ""),
-                jwks_url=read.optional_http_url("OIDC_JWKS_URL"),
-                algorithms=read.words("OIDC_ALGORITHMS", ("RS256",)),
+                issuer=read.text("OIDC_ISSUER"),
+                audience=read.text("OIDC_AUDIENCE"),
+                jwks_url=read.jwks_url("OIDC_JWKS_URL"),
+                algorithms=read.algorithms("OIDC_ALGORITHMS"),
+                accept_azp_as_audience=read.boolean("OIDC_ACCEPT_AZP_AS_AUDIENCE", True),
+                leeway_seconds=read.integer("OIDC_LEEWAY_SECONDS", 30, minimum=0, maximum=60),
+                jwks_cooldown_seconds=read.number("OIDC_JWKS_COOLDOWN_SECONDS", 60.0),
+                jwks_timeout_seconds=read.number("OIDC_JWKS_TIMEOUT_SECONDS", 5.0),
+                max_token_bytes=read.integer(
+                    "OIDC_MAX_TOKEN_BYTES", 16 * 1024, minimum=1024, maximum=1024 * 1024
+                ),
+                admin_role=read.text("PLATFORM_ADMIN_ROLE", "pacs-admin"),
             ),
             grpc_host=read.text("GRPC_HOST", "0.0.0.0"),  # noqa: S104
             grpc_port=read.integer("GRPC_PORT", 50051, minimum=0, maximum=65535),
@@ -139,6 +158,8 @@ def _check_consistency(settings: Settings) -> None:
     db = settings.database
     if db.pool_min_size > db.pool_max_size:
         raise ConfigError("DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE")
+    if settings.oidc.jwks_cooldown_seconds < 30:
+        raise ConfigError("OIDC_JWKS_COOLDOWN_SECONDS must be at least 30")
 
 
 class _Reader:
@@ -210,10 +231,20 @@ class _Reader:
             raise ConfigError(f"{name} must not have a path or query (the bucket is S3_BUCKET)")
         return f"{parts.scheme}://{parts.netloc}"
 
-    def optional_http_url(self, name: str) -> str:
-        value = self._env.get(name, "").strip()
-        if value and urlsplit(value).scheme not in ("http", "https"):
+    def jwks_url(self, name: str) -> str:
+        value = self._get(name, None)
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"{name} must be an http:// or https:// URL")
+        return value
+
+    def algorithms(self, name: str) -> tuple[str, ...]:
+        value = self.words(name, ("RS256",))
+        # Asymmetric only: an HMAC algorithm would make the public JWKS a secret.
+        allowed = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+        unknown = [a for a in value if a not in allowed]
+        if unknown or not value:
+            raise ConfigError(f"{name} must list algorithms among {', '.join(sorted(allowed))}")
         return value
 
     def database_url(self, name: str) -> str:

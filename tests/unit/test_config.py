@@ -9,6 +9,9 @@ VALID = {
     "S3_ENDPOINT": "https://minio.internal:9000",
     "S3_ACCESS_KEY": "access",
     "S3_SECRET_KEY": "s3-secret-value",
+    "OIDC_ISSUER": "https://keycloak.internal/realms/pacs",
+    "OIDC_AUDIENCE": "pacs-api",
+    "OIDC_JWKS_URL": "https://keycloak.internal/realms/pacs/protocol/openid-connect/certs",
 }
 
 
@@ -47,6 +50,12 @@ def test_repr_never_shows_secrets() -> None:
         ({"DATABASE_POOL_MIN_SIZE": "50"}, "DATABASE_POOL_MIN_SIZE"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"OIDC_JWKS_URL": "file:///etc/keys"}, "OIDC_JWKS_URL"),
+        ({"OIDC_ISSUER": ""}, "OIDC_ISSUER"),
+        ({"OIDC_AUDIENCE": ""}, "OIDC_AUDIENCE"),
+        ({"OIDC_ALGORITHMS": "HS256"}, "OIDC_ALGORITHMS"),
+        ({"OIDC_ALGORITHMS": "none"}, "OIDC_ALGORITHMS"),
+        ({"OIDC_LEEWAY_SECONDS": "300"}, "OIDC_LEEWAY_SECONDS"),
+        ({"OIDC_JWKS_COOLDOWN_SECONDS": "5"}, "OIDC_JWKS_COOLDOWN_SECONDS"),
     ],
 )
 def test_invalid_value_names_the_variable(override: dict[str, str], variable: str) -> None:

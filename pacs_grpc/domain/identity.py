@@ -1,0 +1,41 @@
+"""Who is calling, and what project roles mean."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The verified caller, as the access token describes them.
+
+    AI pipelines authenticate with Keycloak client-credentials tokens and are
+    principals like any person: their `subject` is the service account's id.
+    """
+
+    subject: str  # the token's `sub`: the Keycloak user id, a UUID
+    username: str  # `preferred_username`
+    email: str | None = None
+    full_name: str | None = None  # `name`
+    client_id: str | None = None  # `azp`: the Keycloak client the token was issued to
+    realm_roles: frozenset[str] = frozenset()
+    # `resource_access.<client>.roles`, by client id.
+    client_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
+class ProjectRole(enum.IntEnum):
+    """A member's role in a project; each includes the ones below it."""
+
+    VIEWER = 1  # read annotations and masks
+    ANNOTATOR = 2  # also create, change and delete them
+    OWNER = 3  # also manage the project's members
+
+    @property
+    def db_value(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def from_db(cls, value: str) -> ProjectRole:
+        return cls[value.upper()]
