@@ -25,12 +25,23 @@ from pacs.v1 import (
 )
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from pacs_grpc.adapters.auth.jwks import JwksCache, JwksUnavailableError
+from pacs_grpc.adapters.auth.verifier import TokenVerifier, bearer_token
 from pacs_grpc.adapters.postgres import migrator
+from pacs_grpc.adapters.postgres.audit import AuditRepository
+from pacs_grpc.adapters.postgres.database import Database
+from pacs_grpc.adapters.postgres.idempotency import IdempotencyRepository
 from pacs_grpc.adapters.postgres.pool import PostgresProbe, create_pool
+from pacs_grpc.adapters.postgres.projects import ProjectRepository
+from pacs_grpc.adapters.postgres.users import UserRepository
 from pacs_grpc.adapters.storage.s3 import StorageProbe
+from pacs_grpc.api.gate import AccessGate
 from pacs_grpc.api.health import HealthMonitor, HealthServicer
+from pacs_grpc.api.identity_servicer import IdentityServicer
 from pacs_grpc.api.interceptors import EdgeInterceptor
 from pacs_grpc.config import Settings
+from pacs_grpc.services.context import AuditedTransactions
+from pacs_grpc.services.identity import IdentityUseCases, UserDirectory
 
 _log = logging.getLogger(__name__)
 
@@ -102,7 +113,36 @@ async def create_application(settings: Settings) -> Application:
         interval_seconds=settings.health_probe_interval_seconds,
         timeout_seconds=settings.health_probe_timeout_seconds,
     )
-    server = _create_server(settings, health_servicer)
+    keys = JwksCache(
+        settings.oidc.jwks_url,
+        cooldown_seconds=settings.oidc.jwks_cooldown_seconds,
+        timeout_seconds=settings.oidc.jwks_timeout_seconds,
+    )
+    try:
+        await keys.refresh()
+    except JwksUnavailableError:
+        # Not fatal: Keycloak may start after us. Tokens fail as "unknown
+        # signing key" until a fetch succeeds (at most one per cooldown).
+        _log.warning("signing keys not fetched at start-up; will retry on first token")
+    database = Database(pool)
+    audit = AuditRepository()
+    users = UserRepository()
+    gate = AccessGate(
+        TokenVerifier(settings.oidc, keys),
+        bearer_token,
+        UserDirectory(database, users),
+        database,
+        audit,
+        admin_role=settings.oidc.admin_role,
+    )
+    identity = IdentityUseCases(
+        AuditedTransactions(database, audit),
+        users,
+        ProjectRepository(),
+        IdempotencyRepository(),
+        max_page_size=settings.max_page_size,
+    )
+    server = _create_server(settings, health_servicer, gate, IdentityServicer(identity))
     try:
         port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     except RuntimeError:
@@ -113,9 +153,14 @@ async def create_application(settings: Settings) -> Application:
     return Application(settings, server, port, pool, health_servicer, monitor)
 
 
-def _create_server(settings: Settings, health_servicer: HealthServicer) -> aio.Server:
+def _create_server(
+    settings: Settings,
+    health_servicer: HealthServicer,
+    gate: AccessGate,
+    identity: IdentityServicer,
+) -> aio.Server:
     server = aio.server(
-        interceptors=[EdgeInterceptor()],
+        interceptors=[EdgeInterceptor(gate)],
         options=[
             ("grpc.max_receive_message_length", settings.grpc_max_receive_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_send_bytes),
@@ -126,10 +171,7 @@ def _create_server(settings: Settings, health_servicer: HealthServicer) -> aio.S
     # The generated base servicers answer UNIMPLEMENTED until each service's
     # release replaces them with its own.
     # (Their stubs mark every method abstract, hence the ignores.)
-    identity_pb2_grpc.add_IdentityServiceServicer_to_server(
-        identity_pb2_grpc.IdentityServiceServicer(),  # type: ignore[abstract]
-        server,
-    )
+    identity_pb2_grpc.add_IdentityServiceServicer_to_server(identity, server)
     annotation_pb2_grpc.add_AnnotationServiceServicer_to_server(
         annotation_pb2_grpc.AnnotationServiceServicer(),  # type: ignore[abstract]
         server,

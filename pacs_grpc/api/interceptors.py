@@ -1,4 +1,4 @@
-"""The edge every RPC passes: error mapping and one structured log line per call.
+"""The edge every RPC passes: access, error mapping, audit, one log line per call.
 
 grpc.aio sends an exception escaping a handler to the client as UNKNOWN with
 the exception's text. Here domain errors become their status from the one
@@ -8,18 +8,22 @@ is also logged with the (redacted) traceback.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
 
 from pacs_grpc.api.errors import status_for, trailing_metadata_for
+from pacs_grpc.api.gate import AccessGate
 from pacs_grpc.domain.errors import DomainError
+from pacs_grpc.services.context import CallContext
 
 _log = logging.getLogger("pacs_grpc.rpc")
 
@@ -98,48 +102,64 @@ def _settled_code(context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
 
 
-def _wrap_call(method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+@asynccontextmanager
+async def _served(
+    method: str, context: aio.ServicerContext[Any, Any], gate: AccessGate | None
+) -> AsyncIterator[_CallLog]:
+    """Everything around one handler: access, error mapping, audit, the log line."""
+    log = _CallLog(method, context)
+    call: CallContext | None = None
+    try:
+        if gate is not None:
+            call = await gate.open(method, context.invocation_metadata() or (), log.request_id)
+            if call is not None:
+                gate.authorize(call)
+        yield log
+        log.code = _settled_code(context)
+    except aio.AbortError:
+        log.code = _settled_code(context)
+        raise
+    except asyncio.CancelledError:
+        log.code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception as error:  # noqa: BLE001 - the edge maps every exception
+        await _fail(log, context, error)
+    finally:
+        if gate is not None and call is not None:
+            await gate.close(call, log.code)
+        log.finish()
+
+
+def _wrap_call(
+    method: str, behaviour: Callable[..., Any], gate: AccessGate | None
+) -> Callable[..., Any]:
     async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-        log = _CallLog(method, context)
-        try:
+        async with _served(method, context, gate):
             response = behaviour(request, context)
             if inspect.isawaitable(response):
                 response = await response
-            log.code = _settled_code(context)
             return response
-        except aio.AbortError:
-            log.code = _settled_code(context)
-            raise
-        except Exception as error:  # noqa: BLE001 - the edge maps every exception
-            await _fail(log, context, error)
-        finally:
-            log.finish()
 
     return call
 
 
-def _wrap_stream(method: str, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+def _wrap_stream(
+    method: str, behaviour: Callable[..., AsyncIterator[Any]], gate: AccessGate | None
+) -> Callable[..., Any]:
     async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        log = _CallLog(method, context)
-        try:
+        async with _served(method, context, gate):
             async for response in behaviour(request, context):
                 yield response
-            log.code = _settled_code(context)
-        except aio.AbortError:
-            log.code = _settled_code(context)
-            raise
-        except Exception as error:  # noqa: BLE001
-            await _fail(log, context, error)
-        finally:
-            log.finish()
 
     return stream
 
 
-def _wrap(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap(
+    method: str, behaviour: Callable[..., Any], gate: AccessGate | None
+) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(behaviour):
-        return _wrap_stream(method, behaviour)
-    return _wrap_call(method, behaviour)
+        return _wrap_stream(method, behaviour, gate)
+    return _wrap_call(method, behaviour, gate)
 
 
 # The stubs make ServerInterceptor generic; at run time it is not subscriptable.
@@ -150,7 +170,10 @@ else:
 
 
 class EdgeInterceptor(_ServerInterceptor):
-    """Maps errors to statuses and logs every RPC."""
+    """Access, error mapping, audit and one log line for every RPC."""
+
+    def __init__(self, gate: AccessGate | None = None) -> None:
+        self._gate = gate
 
     async def intercept_service(
         self,
@@ -168,17 +191,19 @@ class EdgeInterceptor(_ServerInterceptor):
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_wrap(method, handler.unary_unary), **kwargs)
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap(method, handler.unary_unary, self._gate), **kwargs
+            )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap(method, handler.unary_stream), **kwargs
+                _wrap(method, handler.unary_stream, self._gate), **kwargs
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap(method, handler.stream_unary), **kwargs
+                _wrap(method, handler.stream_unary, self._gate), **kwargs
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap(method, handler.stream_stream), **kwargs
+                _wrap(method, handler.stream_stream, self._gate), **kwargs
             )
         return handler

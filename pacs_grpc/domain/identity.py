@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,45 @@ class ProjectRole(enum.IntEnum):
     @classmethod
     def from_db(cls, value: str) -> ProjectRole:
         return cls[value.upper()]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A verified principal with its local user id, for one RPC."""
+
+    principal: Principal
+    user_id: int
+    platform_admin: bool
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    keycloak_id: str
+    username: str
+    email: str | None
+    full_name: str | None
+    organization: str | None
+    department: str | None
+    phone: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    name: str
+    description: str | None
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ProjectMember:
+    project_id: int
+    user_id: int
+    username: str
+    role: ProjectRole
+    created_at: datetime

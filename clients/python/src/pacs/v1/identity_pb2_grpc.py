@@ -70,6 +70,11 @@ class IdentityServiceStub:
                 request_serializer=pacs_dot_v1_dot_identity__pb2.ListProjectsRequest.SerializeToString,
                 response_deserializer=pacs_dot_v1_dot_identity__pb2.ListProjectsResponse.FromString,
                 _registered_method=True)
+        self.DeactivateProject = channel.unary_unary(
+                '/pacs.v1.IdentityService/DeactivateProject',
+                request_serializer=pacs_dot_v1_dot_identity__pb2.DeactivateProjectRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_identity__pb2.DeactivateProjectResponse.FromString,
+                _registered_method=True)
         self.AddProjectMember = channel.unary_unary(
                 '/pacs.v1.IdentityService/AddProjectMember',
                 request_serializer=pacs_dot_v1_dot_identity__pb2.AddProjectMemberRequest.SerializeToString,
@@ -140,6 +145,14 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeactivateProject(self, request, context):
+        """DeactivateProject stops all changes to a project's data, which stays
+        readable to its members. Platform administrators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddProjectMember(self, request, context):
         """AddProjectMember grants a user a role in a project, or changes the role
         the user already has there.
@@ -194,6 +207,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.ListProjects,
                     request_deserializer=pacs_dot_v1_dot_identity__pb2.ListProjectsRequest.FromString,
                     response_serializer=pacs_dot_v1_dot_identity__pb2.ListProjectsResponse.SerializeToString,
+            ),
+            'DeactivateProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeactivateProject,
+                    request_deserializer=pacs_dot_v1_dot_identity__pb2.DeactivateProjectRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_identity__pb2.DeactivateProjectResponse.SerializeToString,
             ),
             'AddProjectMember': grpc.unary_unary_rpc_method_handler(
                     servicer.AddProjectMember,
@@ -379,6 +397,33 @@ class IdentityService:
             '/pacs.v1.IdentityService/ListProjects',
             pacs_dot_v1_dot_identity__pb2.ListProjectsRequest.SerializeToString,
             pacs_dot_v1_dot_identity__pb2.ListProjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeactivateProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.IdentityService/DeactivateProject',
+            pacs_dot_v1_dot_identity__pb2.DeactivateProjectRequest.SerializeToString,
+            pacs_dot_v1_dot_identity__pb2.DeactivateProjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

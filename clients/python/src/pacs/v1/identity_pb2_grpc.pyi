@@ -54,6 +54,10 @@ class IdentityServiceStub:
     """GetProject returns one project the caller may read."""
     ListProjects: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListProjectsRequest, _identity_pb2.ListProjectsResponse]
     """ListProjects lists the caller's projects (all projects for administrators)."""
+    DeactivateProject: _grpc.UnaryUnaryMultiCallable[_identity_pb2.DeactivateProjectRequest, _identity_pb2.DeactivateProjectResponse]
+    """DeactivateProject stops all changes to a project's data, which stays
+    readable to its members. Platform administrators only.
+    """
     AddProjectMember: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AddProjectMemberRequest, _identity_pb2.AddProjectMemberResponse]
     """AddProjectMember grants a user a role in a project, or changes the role
     the user already has there.
@@ -89,6 +93,10 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """GetProject returns one project the caller may read."""
     ListProjects: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListProjectsRequest, _identity_pb2.ListProjectsResponse]  # type: ignore[assignment]
     """ListProjects lists the caller's projects (all projects for administrators)."""
+    DeactivateProject: _aio.UnaryUnaryMultiCallable[_identity_pb2.DeactivateProjectRequest, _identity_pb2.DeactivateProjectResponse]  # type: ignore[assignment]
+    """DeactivateProject stops all changes to a project's data, which stays
+    readable to its members. Platform administrators only.
+    """
     AddProjectMember: _aio.UnaryUnaryMultiCallable[_identity_pb2.AddProjectMemberRequest, _identity_pb2.AddProjectMemberResponse]  # type: ignore[assignment]
     """AddProjectMember grants a user a role in a project, or changes the role
     the user already has there.
@@ -157,6 +165,16 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ListProjectsResponse, _abc.Awaitable[_identity_pb2.ListProjectsResponse]]:
         """ListProjects lists the caller's projects (all projects for administrators)."""
+
+    @_abc_1.abstractmethod
+    def DeactivateProject(
+        self,
+        request: _identity_pb2.DeactivateProjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.DeactivateProjectResponse, _abc.Awaitable[_identity_pb2.DeactivateProjectResponse]]:
+        """DeactivateProject stops all changes to a project's data, which stays
+        readable to its members. Platform administrators only.
+        """
 
     @_abc_1.abstractmethod
     def AddProjectMember(

@@ -1,0 +1,74 @@
+"""The audit trail of one RPC: who did what to which resources, and how it ended."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+Outcome = Literal["ok", "denied", "error"]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    action: str
+    outcome: Outcome
+    subject: str | None
+    client_id: str | None
+    request_id: str | None
+    project_id: int | None = None
+    resource_type: str | None = None
+    resource_ids: tuple[int, ...] = ()
+    study_uid: str | None = None
+    error_code: str | None = None
+
+
+@dataclass
+class AuditTrail:
+    """Filled in while an RPC runs; becomes exactly one AuditEntry.
+
+    A successful use case records its entry inside its own transaction, so
+    the data access and its audit row commit together. Anything that ends the
+    call otherwise (denied, failed) is recorded at the edge; `recorded` keeps
+    the two from writing twice.
+    """
+
+    action: str
+    subject: str | None
+    client_id: str | None
+    request_id: str | None
+    project_id: int | None = None
+    resource_type: str | None = None
+    resource_ids: list[int] = field(default_factory=list)
+    study_uid: str | None = None
+    recorded: bool = False
+
+    def touch(
+        self,
+        *,
+        project_id: int | None = None,
+        resource_type: str | None = None,
+        resource_ids: Iterable[int] = (),
+        study_uid: str | None = None,
+    ) -> None:
+        if project_id is not None:
+            self.project_id = project_id
+        if resource_type is not None:
+            self.resource_type = resource_type
+        self.resource_ids.extend(resource_ids)
+        if study_uid is not None:
+            self.study_uid = study_uid
+
+    def entry(self, outcome: Outcome, error_code: str | None = None) -> AuditEntry:
+        return AuditEntry(
+            action=self.action,
+            outcome=outcome,
+            subject=self.subject,
+            client_id=self.client_id,
+            request_id=self.request_id,
+            project_id=self.project_id,
+            resource_type=self.resource_type,
+            resource_ids=tuple(self.resource_ids),
+            study_uid=self.study_uid,
+            error_code=error_code,
+        )

@@ -1,0 +1,64 @@
+"""What every use case receives about the RPC it serves."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from pacs_grpc.domain.access import Access
+from pacs_grpc.domain.audit import AuditTrail
+from pacs_grpc.domain.errors import FailedPrecondition, NotFound, PermissionDenied
+from pacs_grpc.domain.identity import Caller, Project, ProjectRole
+from pacs_grpc.services.ports import AuditStore, ProjectStore, Transactions, Tx
+
+
+@dataclass(frozen=True)
+class CallContext:
+    caller: Caller
+    # From the one RPC table (pacs_grpc.api.access): what this RPC requires.
+    access: Access
+    audit: AuditTrail
+
+
+class AuditedTransactions:
+    """One transaction per use case, committed together with its audit row."""
+
+    def __init__(self, db: Transactions, audit: AuditStore) -> None:
+        self._db = db
+        self._audit = audit
+
+    @asynccontextmanager
+    async def __call__(self, call: CallContext) -> AsyncIterator[Tx]:
+        async with self._db.transaction() as conn:
+            yield conn
+            await self._audit.insert(conn, call.audit.entry("ok"))
+        call.audit.recorded = True
+
+
+async def authorize_project(
+    projects: ProjectStore, conn: Tx, call: CallContext, project_id: int
+) -> tuple[Project, ProjectRole]:
+    """The project, if the caller holds the role the RPC table asks for.
+
+    A caller who may not read the project gets NOT_FOUND whether or not it
+    exists, so ids cannot be probed; a reader lacking the role gets
+    PERMISSION_DENIED. Platform administrators act as owners everywhere.
+    """
+    call.audit.touch(project_id=project_id)
+    needed = call.access.project_role
+    if needed is None:
+        raise RuntimeError(f"{call.audit.action} is not a project-scoped RPC")
+    found = await projects.with_role(conn, project_id, call.caller.user_id)
+    if found is None:
+        raise NotFound("project not found")
+    project, role = found
+    if call.caller.platform_admin:
+        role = ProjectRole.OWNER
+    if role is None:
+        raise NotFound("project not found")
+    if role < needed:
+        raise PermissionDenied(f"this needs {call.access.value}")
+    if needed > ProjectRole.VIEWER and not project.is_active:
+        raise FailedPrecondition("the project is deactivated; it accepts no changes")
+    return project, role
