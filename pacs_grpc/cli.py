@@ -21,12 +21,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dev", help="start the whole local stack: PostgreSQL, S3, migrations, server, Envoy"
     )
     dev.add_argument("--data-dir", default=".data", help="where local data lives (default .data)")
+    token = commands.add_parser(
+        "token", help="print a token from the local stack's dev issuer (never for production)"
+    )
+    token.add_argument("--user", required=True, help="the username (preferred_username)")
+    token.add_argument(
+        "--realm-role",
+        action="append",
+        default=[],
+        metavar="ROLE",
+        help="a realm role, e.g. pacs-admin; repeatable",
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.add_argument("--client-id", default="pacs-cli", help="the azp claim (default pacs-cli)")
+    token.add_argument("--data-dir", default=".data", help="the stack's data dir (default .data)")
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             return _serve()
         if args.command == "migrate":
             return _migrate()
+        if args.command == "token":
+            return _token(args)
         return _dev(args.data_dir)
     except ConfigError as error:
         print(f"pacs-grpc: configuration error: {error}", file=sys.stderr)
@@ -67,3 +83,24 @@ def _dev(data_dir: str) -> int:
     from pacs_grpc.devstack.stack import run_dev_stack
 
     return run_dev_stack(data_dir)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pacs_grpc.devstack.issuer import DevIssuer
+
+    if not 1 <= args.ttl <= 7 * 24 * 3600:
+        print("pacs-grpc token: --ttl must be between 1 and 604800 seconds", file=sys.stderr)
+        return 2
+    key_dir = Path(args.data_dir) / "issuer"
+    if not key_dir.exists():
+        print(f"pacs-grpc token: no dev issuer in {key_dir}; run `make run` first", file=sys.stderr)
+        return 1
+    issuer = DevIssuer(key_dir)
+    print(
+        issuer.mint(
+            args.user, realm_roles=args.realm_role, ttl_seconds=args.ttl, client_id=args.client_id
+        )
+    )
+    return 0

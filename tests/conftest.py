@@ -8,23 +8,49 @@ the suite starts and stops itself. Nothing here is mocked.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pacs_grpc.devstack.postgres import EmbeddedPostgres, PostgresConfig
+from pacs_grpc.devstack.stack import LocalStack, StackConfig
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def scratch_dir() -> Iterator[Callable[[str], Path]]:
+    """Makes data directories for the servers tests start, removed after the run.
+
+    Not under pytest's tmp_path: every pytest run (another developer's, a
+    helper's) resets its root to mode 0700, which locks the unprivileged
+    user PostgreSQL runs as out of a data directory kept there.
+    """
+    root = Path(tempfile.mkdtemp(prefix="pacs-tests-"))
+    root.chmod(0o755)
+    counter = iter(range(1_000_000))
+
+    def make(name: str) -> Path:
+        path = root / f"{name}{next(counter)}"
+        path.mkdir()
+        return path
+
+    try:
+        yield make
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(scratch_dir: Callable[[str], Path]) -> Iterator[str]:
     """A URL with the right to create databases; tests create their own."""
     external = os.environ.get("DATABASE_URL")
     if external:
         yield external
         return
     server = EmbeddedPostgres(
-        PostgresConfig(data_dir=tmp_path_factory.mktemp("postgres") / "data", durable=False)
+        PostgresConfig(data_dir=scratch_dir("postgres") / "data", durable=False)
     )
     server.start()
     try:
@@ -39,3 +65,25 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("PACS_TEST_ARTIFACTS", "test-artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
+
+
+@pytest.fixture(scope="session")
+def live_stack(scratch_dir: Callable[[str], Path], artifacts_dir: Path) -> Iterator[LocalStack]:
+    """The whole stack with a running server, shared by tests that only call it.
+
+    Tests that stop PostgreSQL, storage or the server start their own.
+    """
+    stack = LocalStack(
+        StackConfig(
+            data_dir=scratch_dir("live"),
+            durable=False,
+            environment={"HEALTH_PROBE_INTERVAL_SECONDS": "0.5"},
+        )
+    )
+    try:
+        stack.start_dependencies()
+        stack.migrate()
+        stack.start_server(log_path=artifacts_dir / "live-server.log")
+        yield stack
+    finally:
+        stack.stop()

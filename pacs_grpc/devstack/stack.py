@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pacs_grpc.adapters.postgres import migrator
+from pacs_grpc.devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from pacs_grpc.devstack.ports import free_port
 from pacs_grpc.devstack.postgres import EmbeddedPostgres, PostgresConfig
 from pacs_grpc.devstack.seaweed import SeaweedConfig, SeaweedS3
@@ -34,6 +35,7 @@ class StackConfig:
     grpc_port: int = 0
     postgres_port: int = 0
     s3_port: int = 0
+    issuer_port: int = 0
     # Tests trade crash safety for speed; a developer's data stays durable.
     durable: bool = True
     bucket: str = "pacs-masks"
@@ -48,6 +50,8 @@ class LocalStack:
         self.postgres: EmbeddedPostgres | None = None
         self.s3: SeaweedS3 | None = None
         self.server: ServerProcess | None = None
+        self.issuer: DevIssuer | None = None
+        self.oidc: dict[str, str] = {}
         self.database_url = ""
         self.s3_endpoint = ""
         self.s3_access_key = ""
@@ -86,12 +90,24 @@ class LocalStack:
             self.s3_endpoint = self.s3.endpoint
             self.s3_access_key, self.s3_secret_key = DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY
 
+        if env.get("OIDC_JWKS_URL"):
+            # A real Keycloak realm: the caller configured OIDC_* already.
+            self.oidc = {}
+        else:
+            self.issuer = DevIssuer(self.config.data_dir / "issuer")
+            jwks_url = self.issuer.serve(port=self.config.issuer_port)
+            self.oidc = {
+                "OIDC_ISSUER": DEV_ISSUER,
+                "OIDC_AUDIENCE": DEV_AUDIENCE,
+                "OIDC_JWKS_URL": jwks_url,
+            }
+
     def migrate(self) -> list[migrator.Migration]:
         migrations = migrator.load_migrations(migrator.default_migrations_dir())
         return asyncio.run(migrator.migrate(self.database_url, migrations))
 
     def server_environment(self, grpc_port: int) -> dict[str, str]:
-        env = {**os.environ, **self.config.environment}
+        env = {**os.environ, **self.config.environment, **self.oidc}
         env.update(
             DATABASE_URL=self.database_url,
             S3_ENDPOINT=self.s3_endpoint,
@@ -115,6 +131,8 @@ class LocalStack:
             with contextlib.suppress(RuntimeError):
                 self.server.terminate()
             self.server = None
+        if self.issuer is not None:
+            self.issuer.stop()
         if self.s3 is not None:
             self.s3.stop()
         if self.postgres is not None:
@@ -135,6 +153,7 @@ def run_dev_stack(data_dir: str) -> int:
             grpc_port=_port(env, "GRPC_PORT", 50051),
             postgres_port=_port(env, "PACS_DEV_POSTGRES_PORT", 54329),
             s3_port=_port(env, "PACS_DEV_S3_PORT", 8333),
+            issuer_port=_port(env, "PACS_DEV_ISSUER_PORT", 8099),
             environment=env,
         )
     )
@@ -168,6 +187,21 @@ def _print_endpoints(stack: LocalStack, server: ServerProcess) -> None:
         f"  health         grpc.health.v1 on {server.address}\n"
         f"  PostgreSQL     {database}\n"
         f"  S3             {stack.s3_endpoint}  bucket {stack.config.bucket}\n"
+        f"{_token_help(stack, server)}"
         "Press Ctrl-C to stop everything.\n",
         flush=True,
+    )
+
+
+def _token_help(stack: LocalStack, server: ServerProcess) -> str:
+    if stack.issuer is None:
+        return "  tokens         from your Keycloak realm (OIDC_* settings)\n"
+    data_dir = stack.config.data_dir
+    return (
+        f"  dev issuer     {stack.oidc['OIDC_JWKS_URL']}\n"
+        "Dev token (a platform administrator; drop --realm-role for a plain user):\n"
+        f"  TOKEN=$(.venv/bin/pacs-grpc token --data-dir {data_dir} --user alice"
+        " --realm-role pacs-admin)\n"
+        f'  grpcurl -plaintext -H "authorization: Bearer $TOKEN" {server.address}'
+        " pacs.v1.IdentityService/Login\n"
     )

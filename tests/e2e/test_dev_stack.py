@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -61,11 +62,11 @@ def _stop(process: subprocess.Popen[bytes]) -> tuple[int, set[int]]:
 
 
 def test_dev_starts_everything_and_ctrl_c_stops_every_child(
-    tmp_path: Path, artifacts_dir: Path
+    scratch_dir: Callable[[str], Path], artifacts_dir: Path
 ) -> None:
     ports = free_ports(3)
     log_path = artifacts_dir / "dev-stack.log"
-    data_dir = tmp_path / "data"
+    data_dir = scratch_dir("dev") / "data"
 
     process = _start_dev(data_dir, ports, log_path)
     try:

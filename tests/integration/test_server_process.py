@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -38,13 +38,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack(scratch_dir: Callable[[str], Path]) -> Iterator[LocalStack]:
     # `environment` is explicit, so DATABASE_URL / S3_ENDPOINT from the
     # caller's shell are not used: these tests must own what they stop.
     local = LocalStack(
-        StackConfig(
-            data_dir=tmp_path_factory.mktemp("stack"), durable=False, environment=FAST_PROBES
-        )
+        StackConfig(data_dir=scratch_dir("stack"), durable=False, environment=FAST_PROBES)
     )
     try:
         local.start_dependencies()
@@ -102,17 +100,36 @@ def _unary_methods() -> list[tuple[str, type]]:
     return methods
 
 
-def test_rpcs_not_built_yet_answer_unimplemented(server: ServerProcess) -> None:
-    with grpc.insecure_channel(server.address) as channel:
-        for path, request_class in _unary_methods():
+def _call_each(
+    address: str, methods: list[tuple[str, type]], metadata: tuple[tuple[str, str], ...]
+) -> dict[str, grpc.StatusCode]:
+    codes = {}
+    with grpc.insecure_channel(address) as channel:
+        for path, request_class in methods:
             call = channel.unary_unary(
                 path,
                 request_serializer=lambda message: message.SerializeToString(),
                 response_deserializer=lambda data: data,
             )
-            with pytest.raises(grpc.RpcError) as raised:
-                call(request_class(), timeout=5)
-            assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED, path
+            try:
+                call(request_class(), metadata=metadata, timeout=5)
+                codes[path] = grpc.StatusCode.OK
+            except grpc.RpcError as error:
+                codes[path] = error.code()
+    return codes
+
+
+def test_every_rpc_needs_a_token(server: ServerProcess) -> None:
+    codes = _call_each(server.address, _unary_methods(), ())
+    assert set(codes.values()) == {grpc.StatusCode.UNAUTHENTICATED}
+
+
+def test_rpcs_not_built_yet_answer_unimplemented(stack: LocalStack, server: ServerProcess) -> None:
+    assert stack.issuer is not None
+    token = stack.issuer.mint("unimplemented-prober")
+    later = [m for m in _unary_methods() if not m[0].startswith("/pacs.v1.IdentityService/")]
+    codes = _call_each(server.address, later, (("authorization", f"Bearer {token}"),))
+    assert set(codes.values()) == {grpc.StatusCode.UNIMPLEMENTED}, codes
 
 
 def _reflection_request(symbol: str) -> reflection_pb2.ServerReflectionRequest:
