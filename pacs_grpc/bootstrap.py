@@ -52,6 +52,9 @@ SERVICE_NAMES: tuple[str, ...] = (
 )
 
 
+_MAX_METADATA_BYTES = 256 * 1024
+
+
 class StartupError(RuntimeError):
     """Start-up cannot go on; the message is one line for the operator."""
 
@@ -166,6 +169,12 @@ def _create_server(
             ("grpc.max_send_message_length", settings.grpc_max_send_bytes),
             # Two servers must never share a port silently.
             ("grpc.so_reuseport", 0),
+            # gRPC's default 16 KiB metadata limit would answer an oversized
+            # token with RESOURCE_EXHAUSTED; with room here the verifier's own
+            # OIDC_MAX_TOKEN_BYTES check answers UNAUTHENTICATED, as for any
+            # other bad token.
+            ("grpc.max_metadata_size", _MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", _MAX_METADATA_BYTES),
         ],
     )
     # The generated base servicers answer UNIMPLEMENTED until each service's

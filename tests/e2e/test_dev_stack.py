@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2
+from pacs.v1 import identity_pb2, identity_pb2_grpc
 
 from pacs_grpc.devstack.ports import free_ports
 from pacs_grpc.devstack.server import ServerProcess
@@ -75,6 +77,8 @@ def test_dev_starts_everything_and_ctrl_c_stops_every_child(
         assert re.search(r"migrations: \d+ applied", banner)
         server = ServerProcess({}, ports[0])
         assert server.health() == health_pb2.HealthCheckResponse.SERVING
+        assert "pacs-grpc token" in banner
+        _login_with_a_dev_token(data_dir, server.address)
     finally:
         code, survivors = _stop(process)
     assert code == 0
@@ -88,3 +92,25 @@ def test_dev_starts_everything_and_ctrl_c_stops_every_child(
     finally:
         code, _ = _stop(process)
     assert code == 0
+
+
+def _login_with_a_dev_token(data_dir: Path, address: str) -> None:
+    """What the banner tells a developer to do: mint a token, call the server."""
+    token = subprocess.run(
+        [
+            sys.executable, "-m", "pacs_grpc", "token", "--data-dir", str(data_dir),
+            "--user", "alice", "--realm-role", "pacs-admin",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()  # fmt: skip
+    with grpc.insecure_channel(address) as channel:
+        reply = identity_pb2_grpc.IdentityServiceStub(channel).Login(
+            identity_pb2.LoginRequest(),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=10,
+        )
+    assert reply.user.username == "alice"
+    assert reply.platform_admin is True
