@@ -1,0 +1,50 @@
+"""Annotations on DICOM studies, series and instances, and their change events."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One annotation; field names are the columns of annotation_annotation."""
+
+    id: int
+    project_id: int
+    user_id: int
+    study_uid: str
+    series_uid: str | None
+    instance_uid: str | None
+    annotation_type: str
+    annotation_data: dict[str, Any]
+    measurement_values: Any
+    viewer_software: str | None
+    row_version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def etag(self) -> str:
+        """Opaque to clients: pass it back unchanged on update or delete."""
+        return f"v{self.row_version}"
+
+
+class EventType(enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class AnnotationEvent:
+    event_id: int
+    project_id: int
+    study_uid: str
+    annotation_id: int
+    event_type: EventType
+    occurred_at: datetime
+    # The annotation as it is when the event is read; None once it is deleted.
+    annotation: Annotation | None
