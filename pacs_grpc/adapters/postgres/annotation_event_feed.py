@@ -1,0 +1,161 @@
+"""annotation_event: writing change events, and reading them back in event_id order.
+
+The hub that streams these events to viewers is in annotation_events.py, which also
+re-exports everything here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from psycopg import pq
+
+from pacs_grpc.adapters.postgres.database import Connection
+from pacs_grpc.domain.annotation import Annotation, AnnotationEvent, EventType
+
+CHANNEL = "pacs_annotation_events"
+
+# Advisory lock keys are one bigint space per database, shared with every other feature that
+# locks (idempotency keys, the migrator). The high 32 bits name this one ("pcev"), the low 32
+# bits are the project id. Projects whose ids differ by a multiple of 2**32 would share a key:
+# that serialises their writers more than needed, never less, so ordering stays correct.
+_LOCK_NAMESPACE = 0x7063_6576
+
+
+def project_lock_key(project_id: int) -> int:
+    """The pg_advisory_xact_lock key that orders the events of one project."""
+    return (_LOCK_NAMESPACE << 32) | (project_id & 0xFFFF_FFFF)
+
+
+LOCK_PROJECT_FEED = "select pg_advisory_xact_lock(%(lock_key)s)"
+
+INSERT_EVENT = """
+insert into annotation_event (project_id, study_uid, annotation_id, event_type)
+values (%(project_id)s, %(study_uid)s, %(annotation_id)s, %(event_type)s)
+returning event_id
+"""
+
+# The payload is the project id only: UIDs are client-chosen and may identify patients, and
+# listeners re-read the table anyway.
+NOTIFY_PROJECT = "select pg_notify(%(channel)s, %(project_id)s::text)"
+
+
+async def record_event(
+    conn: Connection,
+    *,
+    project_id: int,
+    study_uid: str,
+    annotation_id: int,
+    event_type: EventType,
+) -> int:
+    """Append an event to the project's feed; return its event_id.
+
+    Must be the LAST statements of the writer's transaction, just before it commits. The
+    per-project lock taken here is held until commit, so that a later event_id can only
+    exist once every earlier one of the project has committed (readers never skip one
+    that commits late); every writer of the project waits while it is held, so nothing
+    slow may follow. The NOTIFY is delivered at commit, and not at all on rollback.
+    """
+    if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
+        # In autocommit the lock would be released before the insert commits.
+        raise RuntimeError("record_event must run inside the writer's transaction")
+    params: dict[str, Any] = {
+        "lock_key": project_lock_key(project_id),
+        "project_id": project_id,
+        "study_uid": study_uid,
+        "annotation_id": annotation_id,
+        "event_type": event_type.value,
+        "channel": CHANNEL,
+    }
+    # One round trip for all three: once the lock is granted, each further round trip
+    # would lengthen the wait of every other writer of the project.
+    async with conn.pipeline():
+        await conn.execute(LOCK_PROJECT_FEED, params)
+        inserted = await conn.execute(INSERT_EVENT, params)
+        await conn.execute(NOTIFY_PROJECT, params)
+    row = await inserted.fetchone()
+    if row is None:  # pragma: no cover - INSERT ... RETURNING always returns the row
+        raise RuntimeError("insert into annotation_event returned nothing")
+    return int(row[0])
+
+
+_ANNOTATION_FIELDS = [field.name for field in fields(Annotation)]
+_SELECT_EVENTS = (
+    "select e.event_id, e.project_id, e.study_uid, e.annotation_id, e.event_type, e.occurred_at, "
+    + ", ".join(f"a.{name}" for name in _ANNOTATION_FIELDS)
+    + """
+from annotation_event e
+left join annotation_annotation a on a.id = e.annotation_id and a.project_id = e.project_id
+"""
+)
+_EVENT_COLUMN_COUNT = 6
+
+# Two statements rather than "study_uid is null or ...": each matches one index exactly,
+# (project_id, event_id) or (project_id, study_uid, event_id), as a range scan in order.
+EVENTS_AFTER = (
+    _SELECT_EVENTS
+    + """where e.project_id = %(project_id)s and e.event_id > %(after_event_id)s
+order by e.event_id limit %(limit)s
+"""
+)
+STUDY_EVENTS_AFTER = (
+    _SELECT_EVENTS
+    + """where e.project_id = %(project_id)s and e.study_uid = %(study_uid)s
+  and e.event_id > %(after_event_id)s
+order by e.event_id limit %(limit)s
+"""
+)
+LATEST_EVENT_ID = """
+select coalesce(max(event_id), 0) from annotation_event where project_id = %(project_id)s
+"""
+
+
+class AnnotationEventFeed:
+    async def after(
+        self,
+        conn: Connection,
+        project_id: int,
+        *,
+        after_event_id: int,
+        study_uid: str | None,
+        limit: int,
+    ) -> list[AnnotationEvent]:
+        """Up to `limit` events with event_id > after_event_id, ascending.
+
+        Each carries the annotation as it is now, or None once it is deleted.
+        """
+        params = {
+            "project_id": project_id,
+            "study_uid": study_uid,
+            "after_event_id": after_event_id,
+            "limit": limit,
+        }
+        query = EVENTS_AFTER if study_uid is None else STUDY_EVENTS_AFTER
+        async with conn.cursor() as cur:
+            await cur.execute(query, params)
+            rows = await cur.fetchall()
+        return [_event(row) for row in rows]
+
+    async def latest_event_id(self, conn: Connection, project_id: int) -> int:
+        """The project's highest event_id, 0 when it has none."""
+        async with conn.cursor() as cur:
+            await cur.execute(LATEST_EVENT_ID, {"project_id": project_id})
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+def _event(row: tuple[Any, ...]) -> AnnotationEvent:
+    annotation_values = row[_EVENT_COLUMN_COUNT:]
+    annotation = None
+    if annotation_values[0] is not None:
+        annotation = Annotation(**dict(zip(_ANNOTATION_FIELDS, annotation_values, strict=True)))
+    return AnnotationEvent(
+        event_id=row[0],
+        project_id=row[1],
+        study_uid=row[2],
+        annotation_id=row[3],
+        event_type=EventType(row[4]),
+        occurred_at=row[5],
+        annotation=annotation,
+    )
