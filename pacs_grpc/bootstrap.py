@@ -23,11 +23,15 @@ from pacs.v1 import (
     mask_pb2,
     mask_pb2_grpc,
 )
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pacs_grpc.adapters.auth.jwks import JwksCache, JwksUnavailableError
 from pacs_grpc.adapters.auth.verifier import TokenVerifier, bearer_token
 from pacs_grpc.adapters.postgres import migrator
+from pacs_grpc.adapters.postgres.annotation_event_feed import AnnotationEventFeed, record_event
+from pacs_grpc.adapters.postgres.annotation_events import EventHub
+from pacs_grpc.adapters.postgres.annotations import AnnotationRepository
 from pacs_grpc.adapters.postgres.audit import AuditRepository
 from pacs_grpc.adapters.postgres.database import Database
 from pacs_grpc.adapters.postgres.idempotency import IdempotencyRepository
@@ -35,11 +39,13 @@ from pacs_grpc.adapters.postgres.pool import PostgresProbe, create_pool
 from pacs_grpc.adapters.postgres.projects import ProjectRepository
 from pacs_grpc.adapters.postgres.users import UserRepository
 from pacs_grpc.adapters.storage.s3 import StorageProbe
+from pacs_grpc.api.annotation_servicer import AnnotationServicer
 from pacs_grpc.api.gate import AccessGate
 from pacs_grpc.api.health import HealthMonitor, HealthServicer
 from pacs_grpc.api.identity_servicer import IdentityServicer
 from pacs_grpc.api.interceptors import EdgeInterceptor
 from pacs_grpc.config import Settings
+from pacs_grpc.services.annotations import AnnotationUseCases
 from pacs_grpc.services.context import AuditedTransactions
 from pacs_grpc.services.identity import IdentityUseCases, UserDirectory
 
@@ -67,8 +73,10 @@ class Application:
     pool: AsyncConnectionPool
     health: HealthServicer
     monitor: HealthMonitor
+    events: EventHub
 
     async def start(self) -> None:
+        await self.events.start()
         await self.monitor.start()
         await self.server.start()
         _log.info(
@@ -85,6 +93,10 @@ class Application:
         """
         await self.monitor.stop()
         await self.health.enter_graceful_shutdown()
+        # Watch streams never end on their own; ending them first lets the
+        # grace period go to the calls that do, and tells viewers to resume
+        # on another replica.
+        await self.events.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
         await self.pool.close()
         _log.info("stopped")
@@ -138,14 +150,37 @@ async def create_application(settings: Settings) -> Application:
         audit,
         admin_role=settings.oidc.admin_role,
     )
+    transactions = AuditedTransactions(database, audit)
+    projects, idempotency = ProjectRepository(), IdempotencyRepository()
     identity = IdentityUseCases(
-        AuditedTransactions(database, audit),
-        users,
-        ProjectRepository(),
-        IdempotencyRepository(),
-        max_page_size=settings.max_page_size,
+        transactions, users, projects, idempotency, max_page_size=settings.max_page_size
     )
-    server = _create_server(settings, health_servicer, gate, IdentityServicer(identity))
+    events = EventHub(
+        # Its own session (LISTEN), bounded like the pool's connections.
+        make_conninfo(
+            settings.database.url, connect_timeout=settings.database.connect_timeout_seconds
+        ),
+        database,
+        AnnotationEventFeed(),
+        queue_size=settings.watch_queue_size,
+    )
+    annotations = AnnotationUseCases(
+        transactions,
+        annotations=AnnotationRepository(),
+        projects=projects,
+        idempotency=idempotency,
+        record_event=record_event,
+        events=events,
+        max_page_size=settings.max_page_size,
+        max_data_bytes=settings.max_annotation_data_bytes,
+    )
+    server = _create_server(
+        settings,
+        health_servicer,
+        gate,
+        IdentityServicer(identity),
+        AnnotationServicer(annotations),
+    )
     try:
         port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     except RuntimeError:
@@ -153,7 +188,7 @@ async def create_application(settings: Settings) -> Application:
     if port == 0:
         await pool.close()
         raise StartupError(f"cannot listen on GRPC_HOST:GRPC_PORT ({settings.grpc_port} in use?)")
-    return Application(settings, server, port, pool, health_servicer, monitor)
+    return Application(settings, server, port, pool, health_servicer, monitor, events)
 
 
 def _create_server(
@@ -161,6 +196,7 @@ def _create_server(
     health_servicer: HealthServicer,
     gate: AccessGate,
     identity: IdentityServicer,
+    annotations: AnnotationServicer,
 ) -> aio.Server:
     server = aio.server(
         interceptors=[EdgeInterceptor(gate)],
@@ -181,10 +217,7 @@ def _create_server(
     # release replaces them with its own.
     # (Their stubs mark every method abstract, hence the ignores.)
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(identity, server)
-    annotation_pb2_grpc.add_AnnotationServiceServicer_to_server(
-        annotation_pb2_grpc.AnnotationServiceServicer(),  # type: ignore[abstract]
-        server,
-    )
+    annotation_pb2_grpc.add_AnnotationServiceServicer_to_server(annotations, server)
     mask_pb2_grpc.add_MaskServiceServicer_to_server(
         mask_pb2_grpc.MaskServiceServicer(),  # type: ignore[abstract]
         server,

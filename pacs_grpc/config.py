@@ -85,6 +85,10 @@ class Settings:
     max_url_ttl_seconds: int = 3600
     download_url_ttl_seconds: int = 300
     max_page_size: int = 500
+    max_annotation_data_bytes: int = MIB
+    # Events a WatchAnnotations subscriber may fall behind before its stream
+    # ends with RESOURCE_EXHAUSTED (it then resumes from its last event id).
+    watch_queue_size: int = 1000
     log_level: str = "INFO"
 
     @classmethod
@@ -139,6 +143,10 @@ class Settings:
             max_url_ttl_seconds=read.integer("MAX_URL_TTL_SECONDS", 3600, minimum=1),
             download_url_ttl_seconds=read.integer("DOWNLOAD_URL_TTL_SECONDS", 300, minimum=1),
             max_page_size=read.integer("MAX_PAGE_SIZE", 500, minimum=1, maximum=10_000),
+            max_annotation_data_bytes=read.integer(
+                "MAX_ANNOTATION_DATA_BYTES", MIB, minimum=1024, maximum=64 * MIB
+            ),
+            watch_queue_size=read.integer("WATCH_QUEUE_SIZE", 1000, minimum=10, maximum=100_000),
             log_level=read.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
         _check_consistency(settings)

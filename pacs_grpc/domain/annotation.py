@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pacs_grpc.domain.identity import ProjectRole
+
 
 @dataclass(frozen=True)
 class Annotation:
@@ -32,6 +34,15 @@ class Annotation:
         return f"v{self.row_version}"
 
 
+@dataclass(frozen=True)
+class AnnotationAccess:
+    """An annotation with what the caller may do to it, read in one query."""
+
+    annotation: Annotation
+    caller_role: ProjectRole | None
+    project_active: bool
+
+
 class EventType(enum.Enum):
     CREATED = "created"
     UPDATED = "updated"
@@ -48,3 +59,17 @@ class AnnotationEvent:
     occurred_at: datetime
     # The annotation as it is when the event is read; None once it is deleted.
     annotation: Annotation | None
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """Equality and range filters of ListAnnotations; None means "any"."""
+
+    project_ids: tuple[int, ...] | None  # None: every project (platform administrators)
+    study_uid: str | None = None
+    series_uid: str | None = None
+    instance_uid: str | None = None
+    annotation_type: str | None = None
+    user_id: int | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None

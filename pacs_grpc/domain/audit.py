@@ -41,6 +41,9 @@ class AuditTrail:
     resource_type: str | None = None
     resource_ids: list[int] = field(default_factory=list)
     study_uid: str | None = None
+    # Inserted in the use case's transaction, which has not committed yet.
+    written: bool = False
+    # Committed: nobody writes another row for this call.
     recorded: bool = False
 
     def touch(

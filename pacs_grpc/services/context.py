@@ -32,33 +32,48 @@ class AuditedTransactions:
     async def __call__(self, call: CallContext) -> AsyncIterator[Tx]:
         async with self._db.transaction() as conn:
             yield conn
-            await self._audit.insert(conn, call.audit.entry("ok"))
+            if not call.audit.written:
+                await self.write_audit(conn, call)
         call.audit.recorded = True
+
+    async def write_audit(self, conn: Tx, call: CallContext) -> None:
+        """Write the call's audit row now, e.g. before statements that must come last."""
+        await self._audit.insert(conn, call.audit.entry("ok"))
+        call.audit.written = True
 
 
 async def authorize_project(
     projects: ProjectStore, conn: Tx, call: CallContext, project_id: int
 ) -> tuple[Project, ProjectRole]:
-    """The project, if the caller holds the role the RPC table asks for.
-
-    A caller who may not read the project gets NOT_FOUND whether or not it
-    exists, so ids cannot be probed; a reader lacking the role gets
-    PERMISSION_DENIED. Platform administrators act as owners everywhere.
-    """
+    """The project, if the caller holds the role the RPC table asks for (see check_access)."""
     call.audit.touch(project_id=project_id)
-    needed = call.access.project_role
-    if needed is None:
-        raise RuntimeError(f"{call.audit.action} is not a project-scoped RPC")
     found = await projects.with_role(conn, project_id, call.caller.user_id)
     if found is None:
         raise NotFound("project not found")
     project, role = found
+    return project, check_access(call, role, project_active=project.is_active, what="project")
+
+
+def check_access(
+    call: CallContext, role: ProjectRole | None, *, project_active: bool, what: str
+) -> ProjectRole:
+    """The caller's effective role, if it meets what the RPC table asks for.
+
+    `role` is the caller's membership in the resource's project, read in the
+    same query as the resource. A caller who may not read the project gets
+    NOT_FOUND whether or not the resource exists, so ids cannot be probed; a
+    reader lacking the role gets PERMISSION_DENIED. Platform administrators
+    act as owners everywhere.
+    """
+    needed = call.access.project_role
+    if needed is None:
+        raise RuntimeError(f"{call.audit.action} is not a project-scoped RPC")
     if call.caller.platform_admin:
         role = ProjectRole.OWNER
     if role is None:
-        raise NotFound("project not found")
+        raise NotFound(f"{what} not found")
     if role < needed:
         raise PermissionDenied(f"this needs {call.access.value}")
-    if needed > ProjectRole.VIEWER and not project.is_active:
+    if needed > ProjectRole.VIEWER and not project_active:
         raise FailedPrecondition("the project is deactivated; it accepts no changes")
-    return project, role
+    return role

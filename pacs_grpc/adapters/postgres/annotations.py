@@ -1,0 +1,217 @@
+"""annotation_annotation: hand-written SQL, dynamic parts only from whitelists."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from pacs_grpc.adapters.postgres.database import Connection
+from pacs_grpc.domain.annotation import Annotation, AnnotationAccess, ListFilter
+from pacs_grpc.domain.annotation_rules import AnnotationContent, Location
+from pacs_grpc.domain.identity import ProjectRole
+
+COLUMNS = (
+    "a.id, a.project_id, a.user_id, a.study_uid, a.series_uid, a.instance_uid,"
+    " a.annotation_type, a.annotation_data, a.measurement_values, a.viewer_software,"
+    " a.row_version, a.created_at, a.updated_at"
+)
+
+INSERT_ANNOTATION = f"""
+insert into annotation_annotation as a (
+    user_id, project_id, study_uid, series_uid, instance_uid, annotation_type,
+    annotation_data, measurement_values, viewer_software)
+values (%(user_id)s, %(project_id)s, %(study_uid)s, %(series_uid)s, %(instance_uid)s,
+        %(annotation_type)s, %(annotation_data)s, %(measurement_values)s, %(viewer_software)s)
+returning {COLUMNS}
+"""
+
+# The annotation, its project's state and the caller's role there, in one round trip.
+GET_WITH_ACCESS = f"""
+select {COLUMNS}, m.role as caller_role, p.is_active as project_active
+from annotation_annotation a
+join security_project p on p.id = a.project_id
+left join security_project_member m on m.project_id = a.project_id and m.user_id = %(user_id)s
+where a.id = %(annotation_id)s
+"""
+
+# Pending uploads count too: their objects may exist although no mask row does.
+ENQUEUE_ANNOTATION_OBJECTS = """
+insert into storage_deletion_outbox (object_key)
+select m.file_path from annotation_mask m
+join annotation_mask_group g on g.id = m.mask_group_id
+where g.annotation_id = %(annotation_id)s
+union all
+select u.object_key from mask_upload u
+join annotation_mask_group g on g.id = u.mask_group_id
+where g.annotation_id = %(annotation_id)s and u.completed_at is null
+"""
+
+DELETE_ANNOTATION = "delete from annotation_annotation where id = %(annotation_id)s"
+
+# Filters ListAnnotations may use: request field -> SQL condition.
+_FILTERS: Mapping[str, str] = {
+    "project_id": "a.project_id = %(project_id)s",
+    "project_ids": "a.project_id = any(%(project_ids)s)",
+    "study_uid": "a.study_uid = %(study_uid)s",
+    "series_uid": "a.series_uid = %(series_uid)s",
+    "instance_uid": "a.instance_uid = %(instance_uid)s",
+    "annotation_type": "a.annotation_type = %(annotation_type)s",
+    "user_id": "a.user_id = %(user_id)s",
+    "created_after": "a.created_at >= %(created_after)s",
+    "created_before": "a.created_at < %(created_before)s",
+    "after": "(a.created_at, a.id) < (%(after_created_at)s, %(after_id)s)",
+}
+_JSON_COLUMNS = frozenset({"annotation_data", "measurement_values"})
+UPDATABLE_COLUMNS = frozenset(
+    {"annotation_type", "annotation_data", "measurement_values", "viewer_software"}
+)
+
+
+@dataclass(frozen=True)
+class _AccessRow:
+    id: int
+    project_id: int
+    user_id: int
+    study_uid: str
+    series_uid: str | None
+    instance_uid: str | None
+    annotation_type: str
+    annotation_data: dict[str, Any]
+    measurement_values: Any
+    viewer_software: str | None
+    row_version: int
+    created_at: datetime
+    updated_at: datetime
+    caller_role: str | None
+    project_active: bool
+
+    def to_access(self) -> AnnotationAccess:
+        annotation = Annotation(
+            self.id, self.project_id, self.user_id, self.study_uid, self.series_uid,
+            self.instance_uid, self.annotation_type, self.annotation_data,
+            self.measurement_values, self.viewer_software, self.row_version,
+            self.created_at, self.updated_at,
+        )  # fmt: skip
+        role = ProjectRole.from_db(self.caller_role) if self.caller_role else None
+        return AnnotationAccess(annotation, role, self.project_active)
+
+
+class AnnotationRepository:
+    async def insert(
+        self, conn: Connection, *, project_id: int, user_id: int, where: Location,
+        content: AnnotationContent,
+    ) -> Annotation:  # fmt: skip
+        params = {
+            "user_id": user_id,
+            "project_id": project_id,
+            "study_uid": where.study_uid,
+            "series_uid": where.series_uid,
+            "instance_uid": where.instance_uid,
+            "annotation_type": content.annotation_type,
+            "annotation_data": Jsonb(content.annotation_data),
+            "measurement_values": _json_or_null(content.measurement_values),
+            "viewer_software": content.viewer_software,
+        }
+        async with conn.cursor(row_factory=class_row(Annotation)) as cur:
+            await cur.execute(INSERT_ANNOTATION, params)
+            row = await cur.fetchone()
+        assert row is not None
+        return row
+
+    async def get_with_access(
+        self, conn: Connection, annotation_id: int, user_id: int, *, for_update: bool = False
+    ) -> AnnotationAccess | None:
+        """The annotation and the caller's access to it; locked for a change when asked."""
+        query = GET_WITH_ACCESS + (" for update of a" if for_update else "")
+        async with conn.cursor(row_factory=class_row(_AccessRow)) as cur:
+            await cur.execute(query, {"annotation_id": annotation_id, "user_id": user_id})
+            row = await cur.fetchone()
+        return row.to_access() if row else None
+
+    async def update(
+        self, conn: Connection, annotation_id: int, changes: Mapping[str, Any]
+    ) -> Annotation:
+        """Set whitelisted columns, bump the row version (the etag)."""
+        columns = sorted(changes)
+        if not columns or not set(columns) <= UPDATABLE_COLUMNS:
+            raise ValueError(f"not updatable: {set(columns) - UPDATABLE_COLUMNS}")
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder(c)) for c in columns
+        )
+        query = sql.SQL(
+            "update annotation_annotation a set {assignments},"
+            " row_version = a.row_version + 1, updated_at = now()"
+            " where a.id = %(annotation_id)s returning {columns}"
+        ).format(assignments=assignments, columns=sql.SQL(COLUMNS))
+        params = {c: (_json_or_null(v) if c in _JSON_COLUMNS else v) for c, v in changes.items()}
+        async with conn.cursor(row_factory=class_row(Annotation)) as cur:
+            await cur.execute(query, {**params, "annotation_id": annotation_id})
+            row = await cur.fetchone()
+        assert row is not None
+        return row
+
+    async def delete(self, conn: Connection, annotation_id: int) -> int:
+        """Queue the objects of its masks for deletion, then delete (cascading to masks)."""
+        async with conn.cursor() as cur:
+            await cur.execute(ENQUEUE_ANNOTATION_OBJECTS, {"annotation_id": annotation_id})
+            queued = cur.rowcount
+            await cur.execute(DELETE_ANNOTATION, {"annotation_id": annotation_id})
+        return queued
+
+    async def list_page(
+        self,
+        conn: Connection,
+        filters: ListFilter,
+        *,
+        after: tuple[datetime, int] | None,
+        limit: int,
+    ) -> list[Annotation]:
+        """Newest first, keyset-paged: `after` is the (created_at, id) of the last row seen."""
+        query, params = build_list_query(filters, after=after, limit=limit)
+        async with conn.cursor(row_factory=class_row(Annotation)) as cur:
+            await cur.execute(query, params)
+            return await cur.fetchall()
+
+
+def build_list_query(
+    filters: ListFilter, *, after: tuple[datetime, int] | None, limit: int
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The list query and its parameters; public so tests can EXPLAIN exactly this SQL."""
+    params: dict[str, Any] = {"limit": limit}
+    used: list[str] = []
+    if filters.project_ids is not None:
+        if len(filters.project_ids) == 1:
+            used.append("project_id")
+            params["project_id"] = filters.project_ids[0]
+        else:
+            used.append("project_ids")
+            params["project_ids"] = list(filters.project_ids)
+    for name in (
+        "study_uid", "series_uid", "instance_uid", "annotation_type", "user_id",
+        "created_after", "created_before",
+    ):  # fmt: skip
+        value = getattr(filters, name)
+        if value is not None:
+            used.append(name)
+            params[name] = value
+    if after is not None:
+        used.append("after")
+        params["after_created_at"], params["after_id"] = after
+    where = (
+        sql.SQL(" and ").join(sql.SQL(_FILTERS[name]) for name in used) if used else sql.SQL("true")
+    )
+    query = sql.SQL(
+        "select {columns} from annotation_annotation a where {where}"
+        " order by a.created_at desc, a.id desc limit %(limit)s"
+    ).format(columns=sql.SQL(COLUMNS), where=where)
+    return query, params
+
+
+def _json_or_null(value: Any) -> Jsonb | None:
+    return None if value is None else Jsonb(value)

@@ -1,0 +1,131 @@
+"""AnnotationService: proto in, use case, proto out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pacs.v1 import annotation_pb2, annotation_pb2_grpc
+
+from pacs_grpc.api import convert
+from pacs_grpc.api.gate import current_call
+from pacs_grpc.domain import annotation_rules as rules
+from pacs_grpc.domain import validation
+from pacs_grpc.domain.errors import Unavailable
+from pacs_grpc.services.annotations import AnnotationUseCases, ListRequest, NewAnnotation
+
+Context = Any
+
+
+class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
+    def __init__(self, use_cases: AnnotationUseCases) -> None:
+        self._use_cases = use_cases
+
+    async def CreateAnnotation(
+        self, request: annotation_pb2.CreateAnnotationRequest, context: Context
+    ) -> annotation_pb2.CreateAnnotationResponse:
+        given = request.annotation
+        new = NewAnnotation(
+            project_id=_project_id(given.project_id),
+            where=rules.location(
+                "annotation", given.study_uid, given.series_uid, given.instance_uid
+            ),
+            content=rules.content(
+                prefix="annotation",
+                annotation_type_value=given.annotation_type,
+                data=convert.json_object(given.annotation_data)
+                if given.HasField("annotation_data")
+                else None,
+                measurements=convert.json_value(given.measurement_values)
+                if given.HasField("measurement_values")
+                else None,
+                viewer_software=given.viewer_software,
+                max_data_bytes=self._use_cases.max_data_bytes,
+            ),
+            request_id=_request_id(request.request_id),
+        )
+        created = await self._use_cases.create(current_call(), new)
+        return annotation_pb2.CreateAnnotationResponse(annotation=convert.annotation(created))
+
+    async def GetAnnotation(
+        self, request: annotation_pb2.GetAnnotationRequest, context: Context
+    ) -> annotation_pb2.GetAnnotationResponse:
+        found = await self._use_cases.get(current_call(), request.annotation_id)
+        return annotation_pb2.GetAnnotationResponse(annotation=convert.annotation(found))
+
+    async def ListAnnotations(
+        self, request: annotation_pb2.ListAnnotationsRequest, context: Context
+    ) -> annotation_pb2.ListAnnotationsResponse:
+        page = await self._use_cases.list_annotations(
+            current_call(),
+            ListRequest(
+                project_id=request.project_id,
+                study_uid=request.study_uid,
+                series_uid=request.series_uid,
+                instance_uid=request.instance_uid,
+                annotation_type=request.annotation_type,
+                user_id=request.user_id,
+                created_after=convert.optional_time(
+                    request.created_after, request.HasField("created_after")
+                ),
+                created_before=convert.optional_time(
+                    request.created_before, request.HasField("created_before")
+                ),
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
+        )
+        return annotation_pb2.ListAnnotationsResponse(
+            annotations=[convert.annotation(a) for a in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def UpdateAnnotation(
+        self, request: annotation_pb2.UpdateAnnotationRequest, context: Context
+    ) -> annotation_pb2.UpdateAnnotationResponse:
+        given = request.annotation
+        values = {
+            "annotation_type": given.annotation_type,
+            "annotation_data": convert.json_object(given.annotation_data)
+            if given.HasField("annotation_data")
+            else None,
+            "measurement_values": convert.json_value(given.measurement_values)
+            if given.HasField("measurement_values")
+            else None,
+            "viewer_software": given.viewer_software,
+        }
+        updated = await self._use_cases.update(
+            current_call(),
+            request.annotation_id,
+            request.etag,
+            list(request.update_mask.paths),
+            values,
+        )
+        return annotation_pb2.UpdateAnnotationResponse(annotation=convert.annotation(updated))
+
+    async def DeleteAnnotation(
+        self, request: annotation_pb2.DeleteAnnotationRequest, context: Context
+    ) -> annotation_pb2.DeleteAnnotationResponse:
+        await self._use_cases.delete(current_call(), request.annotation_id, request.etag)
+        return annotation_pb2.DeleteAnnotationResponse()
+
+    async def WatchAnnotations(
+        self, request: annotation_pb2.WatchAnnotationsRequest, context: Context
+    ) -> AsyncIterator[annotation_pb2.WatchAnnotationsResponse]:
+        subscription = await self._use_cases.watch(
+            current_call(), request.project_id, request.study_uid, request.after_event_id
+        )
+        async with subscription as events:
+            async for event in events:
+                yield convert.annotation_event(event)
+        # A subscription only ends when this server stops; the client resumes
+        # elsewhere from the last event id it received.
+        raise Unavailable("the server is shutting down; resume with after_event_id")
+
+
+def _project_id(value: int) -> int:
+    return validation.positive_id("annotation.project_id", value)
+
+
+def _request_id(value: str) -> str | None:
+    return validation.request_id("request_id", value)

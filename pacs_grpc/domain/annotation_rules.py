@@ -1,0 +1,119 @@
+"""What a valid annotation is. Every failure names the field and never echoes the value."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pacs_grpc.domain import validation
+from pacs_grpc.domain.errors import InvalidArgument
+
+# PS3.5 §9.1: components of digits without leading zeros (a lone 0 is fine), dot-separated,
+# at most 64 characters. The database checks the same rule.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+MAX_UID_LENGTH = 64
+
+# The shapes viewers draw and the results models produce. Anything else must be a vendor
+# extension spelled `x-<name>` (lowercase letters, digits, `.`, `_`, `-`), so two tools never
+# mean different things by one word.
+ANNOTATION_TYPES = frozenset(
+    {
+        "point", "line", "polyline", "polygon", "rectangle", "ellipse", "circle", "angle",
+        "cobb_angle", "arrow", "bidirectional", "freehand", "spline", "probe", "measurement",
+        "segmentation", "text", "bounding_box",
+    }
+)  # fmt: skip
+_EXTENSION_TYPE = re.compile(r"^x-[a-z0-9][a-z0-9._-]{0,61}$")
+MAX_VIEWER_SOFTWARE = 128
+MUTABLE_FIELDS = frozenset(
+    {"annotation_type", "annotation_data", "measurement_values", "viewer_software"}
+)
+
+
+def dicom_uid(field: str, value: str, *, required: bool) -> str | None:
+    if not value:
+        if required:
+            raise InvalidArgument(field, "is required")
+        return None
+    if len(value) > MAX_UID_LENGTH:
+        raise InvalidArgument(field, f"must be a DICOM UID of at most {MAX_UID_LENGTH} characters")
+    if not _UID.match(value):
+        raise InvalidArgument(
+            field, "must be a DICOM UID: digits in dot-separated components, no leading zeros"
+        )
+    return value
+
+
+def annotation_type(field: str, value: str) -> str:
+    if value in ANNOTATION_TYPES or _EXTENSION_TYPE.match(value):
+        return value
+    raise InvalidArgument(
+        field, "must be a documented type (point, line, polygon, ...) or an x-<name> extension"
+    )
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+@dataclass(frozen=True)
+class AnnotationContent:
+    """The validated, mutable part of an annotation."""
+
+    annotation_type: str
+    annotation_data: dict[str, Any]
+    measurement_values: Any
+    viewer_software: str | None
+
+
+def content(
+    *,
+    prefix: str,
+    annotation_type_value: str,
+    data: dict[str, Any] | None,
+    measurements: Any,
+    viewer_software: str,
+    max_data_bytes: int,
+) -> AnnotationContent:
+    kind = annotation_type(f"{prefix}.annotation_type", annotation_type_value)
+    if data is None:
+        raise InvalidArgument(f"{prefix}.annotation_data", "is required (a JSON object)")
+    if json_size(data) + json_size(measurements) > max_data_bytes:
+        raise InvalidArgument(
+            f"{prefix}.annotation_data",
+            f"with measurement_values must be at most {max_data_bytes} bytes of JSON",
+        )
+    software = validation.text(
+        f"{prefix}.viewer_software", viewer_software, max_length=MAX_VIEWER_SOFTWARE
+    )
+    return AnnotationContent(kind, data, measurements, software)
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where on the imaging an annotation sits."""
+
+    study_uid: str
+    series_uid: str | None
+    instance_uid: str | None
+
+
+def location(prefix: str, study: str, series: str, instance: str) -> Location:
+    study_uid = dicom_uid(f"{prefix}.study_uid", study, required=True)
+    series_uid = dicom_uid(f"{prefix}.series_uid", series, required=False)
+    instance_uid = dicom_uid(f"{prefix}.instance_uid", instance, required=False)
+    if instance_uid is not None and series_uid is None:
+        raise InvalidArgument(f"{prefix}.series_uid", "is required when instance_uid is given")
+    assert study_uid is not None
+    return Location(study_uid, series_uid, instance_uid)
+
+
+def etag(field: str, value: str) -> int | None:
+    """The row version an etag names; None when the client sent none."""
+    if not value:
+        return None
+    if not re.fullmatch(r"v[1-9][0-9]{0,18}", value):
+        raise InvalidArgument(field, "is not an etag this service issued")
+    return int(value[1:])

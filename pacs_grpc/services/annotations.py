@@ -1,0 +1,332 @@
+"""Use cases of AnnotationService."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from pacs_grpc.domain import annotation_rules as rules
+from pacs_grpc.domain import paging, validation
+from pacs_grpc.domain.annotation import (
+    Annotation,
+    AnnotationAccess,
+    AnnotationEvent,
+    EventType,
+    ListFilter,
+)
+from pacs_grpc.domain.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from pacs_grpc.services.context import (
+    AuditedTransactions,
+    CallContext,
+    authorize_project,
+    check_access,
+)
+from pacs_grpc.services.identity import Page
+from pacs_grpc.services.ports import IdempotencyStore, ProjectStore, Tx
+
+_OPERATION = "CreateAnnotation"
+
+
+class AnnotationStore(Protocol):
+    async def insert(
+        self, conn: Tx, *, project_id: int, user_id: int, where: rules.Location,
+        content: rules.AnnotationContent,
+    ) -> Annotation: ...  # fmt: skip
+    async def get_with_access(
+        self, conn: Tx, annotation_id: int, user_id: int, *, for_update: bool = False
+    ) -> AnnotationAccess | None: ...
+    async def update(
+        self, conn: Tx, annotation_id: int, changes: Mapping[str, Any]
+    ) -> Annotation: ...
+    async def delete(self, conn: Tx, annotation_id: int) -> int: ...
+    async def list_page(
+        self, conn: Tx, filters: ListFilter, *, after: tuple[datetime, int] | None, limit: int
+    ) -> list[Annotation]: ...
+
+
+class EventRecorder(Protocol):
+    async def __call__(
+        self, conn: Tx, *, project_id: int, study_uid: str, annotation_id: int,
+        event_type: EventType,
+    ) -> int: ...  # fmt: skip
+
+
+class EventSource(Protocol):
+    def subscribe(
+        self, project_id: int, *, study_uid: str | None, after_event_id: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[AnnotationEvent]]: ...
+
+
+@dataclass(frozen=True)
+class NewAnnotation:
+    project_id: int
+    where: rules.Location
+    content: rules.AnnotationContent
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class ListRequest:
+    project_id: int
+    study_uid: str
+    series_uid: str
+    instance_uid: str
+    annotation_type: str
+    user_id: int
+    created_after: datetime | None
+    created_before: datetime | None
+    page_size: int
+    page_token: str
+
+
+class AnnotationUseCases:
+    def __init__(
+        self,
+        transaction: AuditedTransactions,
+        *,
+        annotations: AnnotationStore,
+        projects: ProjectStore,
+        idempotency: IdempotencyStore,
+        record_event: EventRecorder,
+        events: EventSource,
+        max_page_size: int,
+        max_data_bytes: int,
+    ) -> None:
+        self._transaction = transaction
+        self._annotations = annotations
+        self._projects = projects
+        self._idempotency = idempotency
+        self._record_event = record_event
+        self._events = events
+        self._max_page_size = max_page_size
+        self.max_data_bytes = max_data_bytes
+
+    async def create(self, call: CallContext, new: NewAnnotation) -> Annotation:
+        call.audit.touch(resource_type="annotation", study_uid=new.where.study_uid)
+        fingerprint = paging.filters_fingerprint(
+            new.project_id, new.where, new.content.annotation_type, new.content.annotation_data,
+            new.content.measurement_values, new.content.viewer_software,
+        )  # fmt: skip
+        async with self._transaction(call) as conn:
+            await authorize_project(self._projects, conn, call, new.project_id)
+            if new.request_id is not None:
+                earlier = await self._idempotency.lock_and_find(
+                    conn, call.caller.user_id, _OPERATION, new.request_id
+                )
+                if earlier is not None:
+                    return await self._replayed(conn, call, earlier, fingerprint)
+            annotation = await self._annotations.insert(
+                conn,
+                project_id=new.project_id,
+                user_id=call.caller.user_id,
+                where=new.where,
+                content=new.content,
+            )
+            call.audit.touch(resource_ids=[annotation.id])
+            if new.request_id is not None:
+                await self._idempotency.remember(
+                    conn,
+                    user_id=call.caller.user_id,
+                    operation=_OPERATION,
+                    request_id=new.request_id,
+                    resource_id=annotation.id,
+                    fingerprint=fingerprint,
+                )
+            await self._event(conn, call, annotation, EventType.CREATED)
+        return annotation
+
+    async def _replayed(
+        self, conn: Tx, call: CallContext, earlier: tuple[int, str], fingerprint: str
+    ) -> Annotation:
+        annotation_id, earlier_fingerprint = earlier
+        if earlier_fingerprint != fingerprint:
+            raise InvalidArgument("request_id", "was already used for a different request")
+        found = await self._annotations.get_with_access(conn, annotation_id, call.caller.user_id)
+        if found is None:
+            raise FailedPrecondition("the annotation created for this request_id was deleted")
+        call.audit.touch(resource_ids=[annotation_id])
+        return found.annotation
+
+    async def get(self, call: CallContext, annotation_id: int) -> Annotation:
+        validation.positive_id("annotation_id", annotation_id)
+        call.audit.touch(resource_type="annotation", resource_ids=[annotation_id])
+        async with self._transaction(call) as conn:
+            return await self._accessible(conn, call, annotation_id)
+
+    async def list_annotations(self, call: CallContext, request: ListRequest) -> Page[Annotation]:
+        limit = validation.page_size("page_size", request.page_size, self._max_page_size)
+        if request.project_id < 0:
+            raise InvalidArgument("project_id", "must be a positive id")
+        if request.user_id < 0:
+            raise InvalidArgument("user_id", "must be a positive id")
+        kind = (
+            rules.annotation_type("annotation_type", request.annotation_type)
+            if request.annotation_type
+            else None
+        )
+        criteria = ListFilter(
+            project_ids=None,
+            study_uid=rules.dicom_uid("study_uid", request.study_uid, required=False),
+            series_uid=rules.dicom_uid("series_uid", request.series_uid, required=False),
+            instance_uid=rules.dicom_uid("instance_uid", request.instance_uid, required=False),
+            annotation_type=kind,
+            user_id=request.user_id or None,
+            created_after=request.created_after,
+            created_before=request.created_before,
+        )
+        fingerprint = paging.filters_fingerprint(request.project_id, dataclasses.asdict(criteria))
+        position = paging.decode(request.page_token, fingerprint, arity=2)
+        after = _position(position) if position else None
+        call.audit.touch(resource_type="annotation", study_uid=criteria.study_uid)
+        async with self._transaction(call) as conn:
+            project_ids = await self._readable_projects(conn, call, request.project_id)
+            if project_ids == ():
+                return Page([], "")
+            rows = await self._annotations.list_page(
+                conn,
+                dataclasses.replace(criteria, project_ids=project_ids),
+                after=after,
+                limit=limit + 1,
+            )
+        page, more = rows[:limit], len(rows) > limit
+        call.audit.touch(resource_ids=[a.id for a in page])
+        last = page[-1] if page else None
+        token = (
+            paging.encode(fingerprint, [last.created_at.isoformat(), last.id])
+            if (more and last)
+            else ""
+        )
+        return Page(page, token)
+
+    async def _readable_projects(
+        self, conn: Tx, call: CallContext, project_id: int
+    ) -> tuple[int, ...] | None:
+        """The projects to list from: the one asked for, else all the caller may read."""
+        if project_id:
+            await authorize_project(self._projects, conn, call, project_id)
+            return (project_id,)
+        if call.caller.platform_admin:
+            return None
+        memberships = await self._projects.memberships_of(conn, call.caller.user_id)
+        return tuple(m.project_id for m in memberships)
+
+    async def update(
+        self,
+        call: CallContext,
+        annotation_id: int,
+        etag: str,
+        paths: list[str],
+        values: Mapping[str, Any],
+    ) -> Annotation:
+        validation.positive_id("annotation_id", annotation_id)
+        expected_version = rules.etag("etag", etag)
+        chosen = validation.field_mask("update_mask", paths, rules.MUTABLE_FIELDS)
+        changes = _validated_changes(chosen, values)
+        call.audit.touch(resource_type="annotation", resource_ids=[annotation_id])
+        async with self._transaction(call) as conn:
+            current = await self._accessible(conn, call, annotation_id, for_update=True)
+            _check_version(current, expected_version)
+            merged_size = rules.json_size(
+                changes.get("annotation_data", current.annotation_data)
+            ) + rules.json_size(changes.get("measurement_values", current.measurement_values))
+            if merged_size > self.max_data_bytes:
+                raise InvalidArgument(
+                    "annotation.annotation_data",
+                    f"with measurement_values must be at most {self.max_data_bytes} bytes of JSON",
+                )
+            annotation = await self._annotations.update(conn, annotation_id, changes)
+            await self._event(conn, call, annotation, EventType.UPDATED)
+        return annotation
+
+    async def delete(self, call: CallContext, annotation_id: int, etag: str) -> int:
+        """Delete; returns how many stored objects were queued for deletion."""
+        validation.positive_id("annotation_id", annotation_id)
+        expected_version = rules.etag("etag", etag)
+        call.audit.touch(resource_type="annotation", resource_ids=[annotation_id])
+        async with self._transaction(call) as conn:
+            current = await self._accessible(conn, call, annotation_id, for_update=True)
+            _check_version(current, expected_version)
+            queued = await self._annotations.delete(conn, annotation_id)
+            await self._event(conn, call, current, EventType.DELETED)
+        return queued
+
+    async def watch(
+        self, call: CallContext, project_id: int, study_uid: str, after_event_id: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[AnnotationEvent]]:
+        """Authorise, then subscribe; the caller iterates the subscription."""
+        validation.positive_id("project_id", project_id)
+        study = rules.dicom_uid("study_uid", study_uid, required=False)
+        if after_event_id < 0:
+            raise InvalidArgument("after_event_id", "must not be negative")
+        call.audit.touch(resource_type="annotation_events", study_uid=study)
+        async with self._transaction(call) as conn:
+            await authorize_project(self._projects, conn, call, project_id)
+        return self._events.subscribe(project_id, study_uid=study, after_event_id=after_event_id)
+
+    async def _accessible(
+        self, conn: Tx, call: CallContext, annotation_id: int, *, for_update: bool = False
+    ) -> Annotation:
+        found = await self._annotations.get_with_access(
+            conn, annotation_id, call.caller.user_id, for_update=for_update
+        )
+        if found is None:
+            raise NotFound("annotation not found")
+        annotation = found.annotation
+        call.audit.touch(project_id=annotation.project_id, study_uid=annotation.study_uid)
+        check_access(
+            call, found.caller_role, project_active=found.project_active, what="annotation"
+        )
+        return annotation
+
+    async def _event(
+        self, conn: Tx, call: CallContext, annotation: Annotation, event_type: EventType
+    ) -> None:
+        # The event takes the project's feed lock until commit, so it goes
+        # last: the audit row is written before it, not after.
+        await self._transaction.write_audit(conn, call)
+        await self._record_event(
+            conn,
+            project_id=annotation.project_id,
+            study_uid=annotation.study_uid,
+            annotation_id=annotation.id,
+            event_type=event_type,
+        )
+
+
+def _check_version(current: Annotation, expected_version: int | None) -> None:
+    # Without an etag the write applies: last writer wins, by the client's choice.
+    if expected_version is not None and expected_version != current.row_version:
+        raise Conflict("etag: the annotation changed since it was read; read it again and retry")
+
+
+def _validated_changes(chosen: frozenset[str], values: Mapping[str, Any]) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if "annotation_type" in chosen:
+        changes["annotation_type"] = rules.annotation_type(
+            "annotation.annotation_type", values.get("annotation_type", "")
+        )
+    if "annotation_data" in chosen:
+        data = values.get("annotation_data")
+        if data is None:
+            raise InvalidArgument("annotation.annotation_data", "is required (a JSON object)")
+        changes["annotation_data"] = data
+    if "measurement_values" in chosen:
+        changes["measurement_values"] = values.get("measurement_values")
+    if "viewer_software" in chosen:
+        changes["viewer_software"] = validation.text(
+            "annotation.viewer_software",
+            values.get("viewer_software", ""),
+            max_length=rules.MAX_VIEWER_SOFTWARE,
+        )
+    return changes
+
+
+def _position(position: list[Any]) -> tuple[datetime, int]:
+    try:
+        return datetime.fromisoformat(str(position[0])), int(position[1])
+    except (TypeError, ValueError):
+        raise InvalidArgument("page_token", "is not a token this service issued") from None
