@@ -1,0 +1,59 @@
+"""What the mask use cases need from object storage.
+
+Implemented by pacs_grpc.adapters.storage.objects.ObjectStore (minio SDK) and
+by fakes in unit tests. Every method raises the domain's Unavailable when
+storage cannot be reached, so callers can report a retryable outage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class PostTicket:
+    """A presigned POST policy: form fields to send before the file field."""
+
+    url: str
+    fields: dict[str, str]
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class PutTicket:
+    url: str
+    headers: dict[str, str]
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    # Lowercase hex without quotes; the MD5 of the bytes for single-part uploads.
+    etag: str
+    content_type: str | None
+
+
+class ObjectChangedError(Exception):
+    """A conditional copy found the source changed since it was checked."""
+
+
+class ObjectStorage(Protocol):
+    def presign_post(
+        self, key: str, *, content_type: str, size: int, ttl: timedelta
+    ) -> PostTicket: ...
+    def presign_put(self, key: str, *, content_type: str, ttl: timedelta) -> PutTicket: ...
+    def presign_get(
+        self, key: str, *, content_type: str, ttl: timedelta
+    ) -> tuple[str, datetime]: ...
+    async def stat(self, key: str) -> ObjectInfo | None: ...
+    async def read_head(self, key: str, length: int) -> bytes: ...
+    async def copy(self, source_key: str, target_key: str, *, if_match_etag: str) -> ObjectInfo: ...
+    async def put_stream(
+        self, key: str, chunks: AsyncIterator[bytes], *, size: int, content_type: str
+    ) -> ObjectInfo: ...
+    async def delete(self, keys: Sequence[str]) -> list[str]: ...
