@@ -1,0 +1,331 @@
+"""Masks in S3-compatible storage through the minio SDK: upload tickets, checks, frozen copies.
+
+Clients upload straight to storage with presigned tickets; the server only signs,
+inspects and copies, so no mask bytes pass through it except in put_stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, BinaryIO, TypeVar, cast
+
+import urllib3
+from minio.commonconfig import CopySource
+from minio.datatypes import PostPolicy
+from minio.deleteobjects import DeleteObject
+from minio.error import InvalidResponseError, S3Error, ServerError
+
+from pacs_grpc.adapters.storage.s3 import create_client
+from pacs_grpc.config import StorageSettings
+from pacs_grpc.domain.errors import InvalidArgument, NotFound, Unavailable
+from pacs_grpc.services.storage import ObjectChangedError, ObjectInfo, PostTicket, PutTicket
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+_UNAVAILABLE = "object storage unavailable, retry shortly"
+# S3's smallest multipart part; one part at a time is what put_stream holds in memory.
+_PART_SIZE = 5 * 1024 * 1024
+_QUEUED_CHUNKS = 4
+# Bounds how long a worker thread waits for the next chunk if the event loop is gone.
+_STALL_SECONDS = 60.0
+# Codes that mean our own credentials, clock or bucket are wrong: an operator must act.
+_MISCONFIGURED = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "RequestTimeTooSkewed",
+        "NoSuchBucket",
+        "AllAccessDisabled",
+    }
+)
+
+
+class ObjectStore:
+    """ObjectStorage on one bucket; blocking SDK calls run in a thread pool of their own."""
+
+    def __init__(
+        self,
+        settings: StorageSettings,
+        *,
+        max_workers: int = 32,
+        public_endpoint: str | None = None,
+    ) -> None:
+        self._bucket = settings.bucket
+        self._client = create_client(settings)
+        # Signatures cover the host header, so URLs handed to clients must be signed
+        # for the host they will connect to. Presigning never uses the network.
+        public = (public_endpoint or settings.endpoint).rstrip("/")
+        self._signer = (
+            self._client
+            if public == settings.endpoint
+            else create_client(replace(settings, endpoint=public))
+        )
+        self._post_url = f"{public}/{settings.bucket}"
+        # Not the default executor: a flood of storage calls must not starve other
+        # to_thread users, and the pool bounds concurrent connections to storage.
+        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="object-store")
+        self._reported: set[str] = set()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._client._http.clear()
+
+    # -- tickets: pure local computation -------------------------------------------------------
+
+    def presign_post(self, key: str, *, content_type: str, size: int, ttl: timedelta) -> PostTicket:
+        now = _now()
+        policy = PostPolicy(self._bucket, now + ttl)
+        policy.add_equals_condition("key", key)
+        policy.add_equals_condition("Content-Type", content_type)
+        policy.add_content_length_range_condition(size, size)
+        signed = self._signer.presigned_post_policy(policy)
+        fields = {"key": key, "Content-Type": content_type, **signed}
+        return PostTicket(url=self._post_url, fields=fields, expires_at=now + ttl)
+
+    def presign_put(self, key: str, *, content_type: str, ttl: timedelta) -> PutTicket:
+        now = _now()
+        url = self._signer.get_presigned_url(
+            "PUT", self._bucket, key, expires=ttl, request_date=now
+        )
+        return PutTicket(url=url, headers={"Content-Type": content_type}, expires_at=now + ttl)
+
+    def presign_get(self, key: str, *, content_type: str, ttl: timedelta) -> tuple[str, datetime]:
+        now = _now()
+        url = self._signer.get_presigned_url(
+            "GET",
+            self._bucket,
+            key,
+            expires=ttl,
+            request_date=now,
+            response_headers={"response-content-type": content_type},
+        )
+        return url, now + ttl
+
+    # -- calls to storage ----------------------------------------------------------------------
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        return await self._run(self._stat, key)
+
+    async def read_head(self, key: str, length: int) -> bytes:
+        return await self._run(self._read_head, key, length)
+
+    async def copy(self, source_key: str, target_key: str, *, if_match_etag: str) -> ObjectInfo:
+        return await self._run(self._copy, source_key, target_key, if_match_etag)
+
+    async def delete(self, keys: Sequence[str]) -> list[str]:
+        if not keys:
+            return []
+        return await self._run(self._delete, list(keys))
+
+    async def put_stream(
+        self, key: str, chunks: AsyncIterator[bytes], *, size: int, content_type: str
+    ) -> ObjectInfo:
+        """Upload exactly `size` bytes, or leave nothing under the key.
+
+        A stream of another length raises InvalidArgument; a stream that raises has its
+        error re-raised here; the returned etag is the MD5 of the bytes, also for multipart.
+        The last chunk goes to storage only after the iterator has ended, which is then closed.
+        """
+        if size < 0:
+            raise InvalidArgument("size", "must not be negative")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | _SourceFailed] = asyncio.Queue(_QUEUED_CHUNKS)
+        reader = _QueueReader(loop, queue)
+        feeder = asyncio.create_task(_feed(chunks, queue, size))
+        try:
+            if size == 0:
+                # put_object reads nothing for an empty object: hear the verdict first.
+                early = await feeder
+                if early is not None:
+                    raise early
+            await self._run(
+                self._client.put_object,
+                self._bucket,
+                key,
+                cast(BinaryIO, reader),
+                size,
+                content_type=content_type,
+                part_size=_PART_SIZE,
+                # Parallel parts would each hold 5 MiB and run outside our executor.
+                num_parallel_uploads=1,
+            )
+        except _SourceFailed as failed:
+            raise failed.error from None
+        finally:
+            feeder.cancel()
+            reader.abandon()
+        return ObjectInfo(
+            key=key, size=size, etag=reader.md5.hexdigest(), content_type=content_type
+        )
+
+    # -- blocking halves, run in the executor -------------------------------------------------
+
+    def _stat(self, key: str) -> ObjectInfo | None:
+        try:
+            found = self._client.stat_object(self._bucket, key)
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                return None
+            raise
+        return ObjectInfo(
+            key=key, size=found.size or 0, etag=_etag(found.etag), content_type=found.content_type
+        )
+
+    def _read_head(self, key: str, length: int) -> bytes:
+        try:
+            response = self._client.get_object(self._bucket, key, offset=0, length=length)
+        except S3Error as exc:
+            if exc.code == "InvalidRange":  # an empty object has no first bytes
+                return b""
+            if exc.code == "NoSuchKey":
+                raise NotFound("the uploaded object is missing") from None
+            raise
+        try:
+            # A server that ignores Range sends everything; we still take only `length`.
+            return bytes(response.read(length))
+        finally:
+            response.close()
+            response.release_conn()
+
+    def _copy(self, source_key: str, target_key: str, if_match_etag: str) -> ObjectInfo:
+        expected = _etag(if_match_etag)
+        # Some stores compare the header literally; send the form they report.
+        source = CopySource(self._bucket, source_key, match_etag=expected)
+        try:
+            self._client.copy_object(self._bucket, target_key, source)
+        except S3Error as exc:
+            if exc.code in ("PreconditionFailed", "NoSuchKey"):
+                raise ObjectChangedError from None
+            raise
+        copied = self._stat(target_key)
+        if copied is None:  # removed at once by someone else: nothing was frozen
+            raise ObjectChangedError
+        return copied
+
+    def _delete(self, keys: list[str]) -> list[str]:
+        # remove_objects is lazy: the requests happen while its errors are read.
+        errors = self._client.remove_objects(self._bucket, [DeleteObject(k) for k in keys])
+        return [e.name for e in errors if e.code != "NoSuchKey" and e.name is not None]
+
+    async def _run(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, partial(call, *args, **kwargs))
+        except S3Error as exc:
+            status = exc.response.status
+            if exc.code in _MISCONFIGURED or status == 403:
+                self._report_misconfiguration(exc.code or f"HTTP {status}")
+            elif status < 500:
+                raise
+            raise Unavailable(_UNAVAILABLE) from exc
+        except (ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Unavailable(_UNAVAILABLE) from exc
+
+    def _report_misconfiguration(self, code: str) -> None:
+        # Once per code: every request fails the same way until an operator fixes it.
+        if code not in self._reported:
+            self._reported.add(code)
+            _log.error(
+                "object storage refused our request (S3 error %s); check S3_* settings", code
+            )
+
+
+class _SourceFailed(Exception):
+    """Carries the stream's own error through put_object, which aborts and re-raises it."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__("the source stream failed")
+        self.error = error
+
+
+async def _feed(
+    chunks: AsyncIterator[bytes], queue: asyncio.Queue[bytes | _SourceFailed], size: int
+) -> _SourceFailed | None:
+    """Pass chunks to the reader and return the stream's failure, if any.
+
+    put_object stops reading once `size` bytes arrived and then completes the upload,
+    so the latest chunk is held back until the next one (or the end) proves the total
+    is not exceeded: the last bytes reach storage only when the stream is known good.
+    """
+    total, held = 0, b""
+    problem: BaseException | None = None
+    try:
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            total += len(chunk)
+            if total > size:
+                break
+            if held:
+                await queue.put(held)
+            held = chunk
+    except Exception as exc:  # noqa: BLE001 - handed to the upload, which aborts and re-raises
+        problem = exc
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
+    if problem is None and total != size:
+        longer = "is longer than" if total > size else f"ended after {total} of"
+        problem = InvalidArgument("size", f"the stream {longer} {size} bytes")
+    if problem is not None:
+        failed = _SourceFailed(problem)
+        await queue.put(failed)
+        return failed
+    if held:
+        await queue.put(held)
+    return None
+
+
+class _QueueReader:
+    """The file-like object put_object reads from its worker thread; hashes what it hands out."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | _SourceFailed]
+    ) -> None:
+        self._loop = loop
+        self._queue = queue
+        self._pending = b""
+        self.md5 = hashlib.md5(usedforsecurity=False)
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._pending:
+            waiting = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop)
+            try:
+                item = waiting.result(_STALL_SECONDS)
+            except TimeoutError:
+                waiting.cancel()
+                raise _SourceFailed(TimeoutError("no chunk arrived in time")) from None
+            if isinstance(item, _SourceFailed):
+                raise item
+            self._pending = item
+        if 0 <= size < len(self._pending):
+            data, self._pending = self._pending[:size], self._pending[size:]
+        else:
+            data, self._pending = self._pending, b""
+        self.md5.update(data)
+        return data
+
+    def abandon(self) -> None:
+        """On the loop: make a worker still waiting for chunks give up (the caller left)."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(_SourceFailed(asyncio.CancelledError()))
+
+
+def _now() -> datetime:
+    # Whole seconds: X-Amz-Date has no fraction, so expires_at matches the signature.
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _etag(value: str | None) -> str:
+    return (value or "").strip('"').lower()
