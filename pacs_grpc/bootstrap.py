@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from datetime import timedelta
 
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,19 +36,24 @@ from pacs_grpc.adapters.postgres.annotations import AnnotationRepository
 from pacs_grpc.adapters.postgres.audit import AuditRepository
 from pacs_grpc.adapters.postgres.database import Database
 from pacs_grpc.adapters.postgres.idempotency import IdempotencyRepository
+from pacs_grpc.adapters.postgres.masks import MaskRepository
 from pacs_grpc.adapters.postgres.pool import PostgresProbe, create_pool
 from pacs_grpc.adapters.postgres.projects import ProjectRepository
 from pacs_grpc.adapters.postgres.users import UserRepository
+from pacs_grpc.adapters.storage.objects import ObjectStore
 from pacs_grpc.adapters.storage.s3 import StorageProbe
 from pacs_grpc.api.annotation_servicer import AnnotationServicer
 from pacs_grpc.api.gate import AccessGate
 from pacs_grpc.api.health import HealthMonitor, HealthServicer
 from pacs_grpc.api.identity_servicer import IdentityServicer
 from pacs_grpc.api.interceptors import EdgeInterceptor
+from pacs_grpc.api.mask_servicer import MaskServicer
 from pacs_grpc.config import Settings
 from pacs_grpc.services.annotations import AnnotationUseCases
 from pacs_grpc.services.context import AuditedTransactions
 from pacs_grpc.services.identity import IdentityUseCases, UserDirectory
+from pacs_grpc.services.masks import MaskLimits, MaskUseCases
+from pacs_grpc.services.sweeper import Sweeper
 
 _log = logging.getLogger(__name__)
 
@@ -74,9 +80,12 @@ class Application:
     health: HealthServicer
     monitor: HealthMonitor
     events: EventHub
+    sweeper: Sweeper
+    storage: ObjectStore
 
     async def start(self) -> None:
         await self.events.start()
+        await self.sweeper.start()
         await self.monitor.start()
         await self.server.start()
         _log.info(
@@ -98,7 +107,9 @@ class Application:
         # on another replica.
         await self.events.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
+        await self.sweeper.stop()
         await self.pool.close()
+        self.storage.close()
         _log.info("stopped")
 
 
@@ -164,9 +175,10 @@ async def create_application(settings: Settings) -> Application:
         AnnotationEventFeed(),
         queue_size=settings.watch_queue_size,
     )
+    annotation_repository = AnnotationRepository()
     annotations = AnnotationUseCases(
         transactions,
-        annotations=AnnotationRepository(),
+        annotations=annotation_repository,
         projects=projects,
         idempotency=idempotency,
         record_event=record_event,
@@ -174,12 +186,40 @@ async def create_application(settings: Settings) -> Application:
         max_page_size=settings.max_page_size,
         max_data_bytes=settings.max_annotation_data_bytes,
     )
+    storage = ObjectStore(
+        settings.storage, public_endpoint=settings.storage.public_endpoint or None
+    )
+    masks = MaskUseCases(
+        transactions,
+        masks=MaskRepository(),
+        annotations=annotation_repository,
+        idempotency=idempotency,
+        storage=storage,
+        outbox=database,
+        limits=MaskLimits(
+            max_slices_per_call=settings.max_slices_per_request,
+            max_mask_bytes=settings.max_mask_bytes,
+            allowed_content_types=frozenset(settings.allowed_mask_content_types),
+            upload_ttl=timedelta(seconds=settings.upload_url_ttl_seconds),
+            download_ttl=timedelta(seconds=settings.download_url_ttl_seconds),
+            max_ttl=timedelta(seconds=settings.max_url_ttl_seconds),
+            max_page_size=settings.max_page_size,
+            check_png_signature=settings.check_png_signature,
+        ),
+    )
+    sweeper = Sweeper(
+        database,
+        storage,
+        interval_seconds=settings.sweeper_interval_seconds,
+        upload_grace=timedelta(seconds=settings.upload_grace_seconds),
+    )
     server = _create_server(
         settings,
         health_servicer,
         gate,
-        IdentityServicer(identity),
-        AnnotationServicer(annotations),
+        identity=IdentityServicer(identity),
+        annotations=AnnotationServicer(annotations),
+        masks=MaskServicer(masks),
     )
     try:
         port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
@@ -188,15 +228,19 @@ async def create_application(settings: Settings) -> Application:
     if port == 0:
         await pool.close()
         raise StartupError(f"cannot listen on GRPC_HOST:GRPC_PORT ({settings.grpc_port} in use?)")
-    return Application(settings, server, port, pool, health_servicer, monitor, events)
+    return Application(
+        settings, server, port, pool, health_servicer, monitor, events, sweeper, storage
+    )
 
 
 def _create_server(
     settings: Settings,
     health_servicer: HealthServicer,
     gate: AccessGate,
+    *,
     identity: IdentityServicer,
     annotations: AnnotationServicer,
+    masks: MaskServicer,
 ) -> aio.Server:
     server = aio.server(
         interceptors=[EdgeInterceptor(gate)],
@@ -218,10 +262,7 @@ def _create_server(
     # (Their stubs mark every method abstract, hence the ignores.)
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(identity, server)
     annotation_pb2_grpc.add_AnnotationServiceServicer_to_server(annotations, server)
-    mask_pb2_grpc.add_MaskServiceServicer_to_server(
-        mask_pb2_grpc.MaskServiceServicer(),  # type: ignore[abstract]
-        server,
-    )
+    mask_pb2_grpc.add_MaskServiceServicer_to_server(masks, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(

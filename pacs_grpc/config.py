@@ -39,6 +39,9 @@ class StorageSettings:
     secret_key: str = field(repr=False)
     bucket: str = "pacs-masks"
     region: str = "us-east-1"
+    # The endpoint clients reach storage at, when it differs from ours;
+    # presigned URLs are signed for this host.
+    public_endpoint: str = ""
 
     @property
     def secure(self) -> bool:
@@ -86,6 +89,13 @@ class Settings:
     download_url_ttl_seconds: int = 300
     max_page_size: int = 500
     max_annotation_data_bytes: int = MIB
+    max_slices_per_request: int = 1000
+    max_mask_bytes: int = 64 * MIB
+    allowed_mask_content_types: tuple[str, ...] = ("image/png",)
+    check_png_signature: bool = True
+    sweeper_interval_seconds: float = 5.0
+    # How long after its expiry an unfinished ticket's object is left alone.
+    upload_grace_seconds: int = 600
     # Events a WatchAnnotations subscriber may fall behind before its stream
     # ends with RESOURCE_EXHAUSTED (it then resumes from its last event id).
     watch_queue_size: int = 1000
@@ -114,6 +124,7 @@ class Settings:
                 secret_key=read.text("S3_SECRET_KEY"),
                 bucket=read.text("S3_BUCKET", "pacs-masks"),
                 region=read.text("S3_REGION", "us-east-1"),
+                public_endpoint=read.optional_endpoint_url("S3_PUBLIC_ENDPOINT"),
             ),
             oidc=OidcSettings(
                 issuer=read.text("OIDC_ISSUER"),
@@ -146,6 +157,16 @@ class Settings:
             max_annotation_data_bytes=read.integer(
                 "MAX_ANNOTATION_DATA_BYTES", MIB, minimum=1024, maximum=64 * MIB
             ),
+            max_slices_per_request=read.integer(
+                "MAX_SLICES_PER_REQUEST", 1000, minimum=1, maximum=10_000
+            ),
+            max_mask_bytes=read.integer(
+                "MAX_MASK_BYTES", 64 * MIB, minimum=1024, maximum=5 * 1024 * MIB
+            ),
+            allowed_mask_content_types=read.words("ALLOWED_MASK_CONTENT_TYPES", ("image/png",)),
+            check_png_signature=read.boolean("CHECK_PNG_SIGNATURE", True),
+            sweeper_interval_seconds=read.number("SWEEPER_INTERVAL_SECONDS", 5.0),
+            upload_grace_seconds=read.integer("UPLOAD_GRACE_SECONDS", 600, minimum=0),
             watch_queue_size=read.integer("WATCH_QUEUE_SIZE", 1000, minimum=10, maximum=100_000),
             log_level=read.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
@@ -238,6 +259,9 @@ class _Reader:
         if parts.path not in ("", "/") or parts.query:
             raise ConfigError(f"{name} must not have a path or query (the bucket is S3_BUCKET)")
         return f"{parts.scheme}://{parts.netloc}"
+
+    def optional_endpoint_url(self, name: str) -> str:
+        return self.endpoint_url(name) if self._env.get(name, "").strip() else ""
 
     def jwks_url(self, name: str) -> str:
         value = self._get(name, None)

@@ -77,7 +77,7 @@ def live_stack(scratch_dir: Callable[[str], Path], artifacts_dir: Path) -> Itera
         StackConfig(
             data_dir=scratch_dir("live"),
             durable=False,
-            environment={"HEALTH_PROBE_INTERVAL_SECONDS": "0.5"},
+            environment={"HEALTH_PROBE_INTERVAL_SECONDS": "0.5", "SWEEPER_INTERVAL_SECONDS": "1"},
         )
     )
     try:

@@ -8,10 +8,11 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
-from pacs.v1 import annotation_pb2, identity_pb2
+from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
 
 from pacs_grpc.domain.annotation import Annotation, AnnotationEvent, EventType
 from pacs_grpc.domain.identity import Project, ProjectMember, User
+from pacs_grpc.domain.masks import Mask, MaskGroup
 
 
 def timestamp(value: datetime) -> Timestamp:
@@ -109,3 +110,41 @@ def json_value(message: Value) -> Any:
 
 def optional_time(message: Timestamp, present: bool) -> datetime | None:
     return message.ToDatetime(tzinfo=UTC) if present else None
+
+
+def mask_group(value: MaskGroup) -> mask_pb2.MaskGroup:
+    return mask_pb2.MaskGroup(
+        id=value.id,
+        annotation_id=value.annotation_id,
+        group_name=value.group_name or "",
+        model_name=value.model_name or "",
+        version=value.version or "",
+        modality=value.modality or "",
+        slice_count=value.slice_count,
+        mask_type=value.mask_type,
+        description=value.description or "",
+        created_by=value.created_by or 0,
+        status=mask_pb2.MASK_GROUP_STATUS_COMPLETE
+        if value.complete
+        else mask_pb2.MASK_GROUP_STATUS_PENDING,
+        completed_slices=value.completed_slices,
+        created_at=timestamp(value.created_at),
+        updated_at=timestamp(value.updated_at),
+    )
+
+
+def mask(value: Mask) -> mask_pb2.Mask:
+    return mask_pb2.Mask(
+        id=value.id,
+        mask_group_id=value.mask_group_id,
+        slice_index=value.slice_index,
+        sop_instance_uid=value.sop_instance_uid or "",
+        label_name=value.label_name or "",
+        file_path=value.file_path,
+        mime_type=value.mime_type,
+        file_size=value.file_size,
+        checksum=value.checksum or "",
+        width=value.width or 0,
+        height=value.height or 0,
+        created_at=timestamp(value.created_at),
+    )

@@ -124,13 +124,16 @@ def test_every_rpc_needs_a_token(server: ServerProcess) -> None:
     assert set(codes.values()) == {grpc.StatusCode.UNAUTHENTICATED}
 
 
-def test_rpcs_not_built_yet_answer_unimplemented(stack: LocalStack, server: ServerProcess) -> None:
+def test_an_empty_request_to_any_rpc_gets_a_clear_status(
+    stack: LocalStack, server: ServerProcess
+) -> None:
+    """Never UNKNOWN, INTERNAL or UNIMPLEMENTED: every RPC exists and explains a refusal."""
     assert stack.issuer is not None
-    token = stack.issuer.mint("unimplemented-prober")
-    later = [m for m in _unary_methods() if m[0].startswith("/pacs.v1.MaskService/")]
-    assert later
-    codes = _call_each(server.address, later, (("authorization", f"Bearer {token}"),))
-    assert set(codes.values()) == {grpc.StatusCode.UNIMPLEMENTED}, codes
+    token = stack.issuer.mint("empty-requester")
+    codes = _call_each(server.address, _unary_methods(), (("authorization", f"Bearer {token}"),))
+    unclear = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED}
+    assert not {path: code for path, code in codes.items() if code in unclear}
+    assert grpc.StatusCode.INVALID_ARGUMENT in codes.values()
 
 
 def _reflection_request(symbol: str) -> reflection_pb2.ServerReflectionRequest:

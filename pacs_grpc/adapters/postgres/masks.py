@@ -1,0 +1,304 @@
+"""annotation_mask_group, mask_upload and annotation_mask."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import fields
+from datetime import datetime
+
+from psycopg import errors as pg_errors
+from psycopg.rows import class_row
+
+from pacs_grpc.adapters.postgres.database import Connection
+from pacs_grpc.domain.errors import FailedPrecondition
+from pacs_grpc.domain.identity import ProjectRole
+from pacs_grpc.domain.masks import (
+    GroupAccess,
+    GroupFields,
+    Mask,
+    MaskGroup,
+    NewMask,
+    PendingUpload,
+    SliceDeclaration,
+)
+
+_GROUP_COLUMNS = """g.id, g.annotation_id, g.group_name, g.model_name, g.version, g.modality,
+    g.slice_count, g.mask_type, g.description, g.created_by, g.created_at, g.updated_at,
+    (select count(*) from annotation_mask m where m.mask_group_id = g.id)::int
+        as completed_slices"""
+_MASK_COLUMNS = ", ".join(f"m.{f.name}" for f in fields(Mask))
+_UPLOAD_COLUMNS = ", ".join(f"u.{f.name}" for f in fields(PendingUpload))
+
+# The group, where it sits, and the caller's access, in one round trip.
+GROUP_WITH_ACCESS = f"""
+select {_GROUP_COLUMNS}, a.project_id, a.study_uid, mem.role as caller_role,
+       p.is_active as project_active
+from annotation_mask_group g
+join annotation_annotation a on a.id = g.annotation_id
+join security_project p on p.id = a.project_id
+left join security_project_member mem
+       on mem.project_id = a.project_id and mem.user_id = %(user_id)s
+where g.id = %(group_id)s and g.annotation_id = %(annotation_id)s
+"""
+
+INSERT_GROUP = f"""
+insert into annotation_mask_group as g (annotation_id, group_name, model_name, version, modality,
+    slice_count, mask_type, description, created_by)
+values (%(annotation_id)s, %(group_name)s, %(model_name)s, %(version)s, %(modality)s,
+    %(slice_count)s, %(mask_type)s, %(description)s, %(created_by)s)
+returning {_GROUP_COLUMNS}
+"""
+
+LIST_GROUPS = f"""
+select {_GROUP_COLUMNS} from annotation_mask_group g
+where g.annotation_id = %(annotation_id)s and g.id > %(after_id)s
+order by g.id limit %(limit)s
+"""
+
+GET_GROUP = f"select {_GROUP_COLUMNS} from annotation_mask_group g where g.id = %(group_id)s"
+
+# Recorded masks and every upload not completed (its object may exist) go to the outbox;
+# completed uploads' own objects were queued when they were frozen under their mask key.
+ENQUEUE_GROUP_OBJECTS = """
+insert into storage_deletion_outbox (object_key)
+select file_path from annotation_mask where mask_group_id = %(group_id)s
+union all
+select object_key from mask_upload where mask_group_id = %(group_id)s and completed_at is null
+"""
+
+DELETE_GROUP = "delete from annotation_mask_group where id = %(group_id)s"
+
+# One statement for a whole series of tickets, whatever its size.
+INSERT_UPLOADS = """
+insert into mask_upload (upload_id, mask_group_id, slice_index, sop_instance_uid, label_name,
+    content_type, size_bytes, md5, method, object_key, created_by, expires_at)
+select t.upload_id, %(group_id)s, t.slice_index, t.sop_instance_uid, t.label_name,
+       t.content_type, t.size_bytes, t.md5, %(method)s, t.object_key, %(created_by)s,
+       %(expires_at)s
+from unnest(%(upload_ids)s::uuid[], %(slice_indexes)s::int[], %(sop_uids)s::text[],
+            %(labels)s::text[], %(content_types)s::text[], %(sizes)s::bigint[],
+            %(md5s)s::text[], %(object_keys)s::text[])
+     as t(upload_id, slice_index, sop_instance_uid, label_name, content_type, size_bytes, md5,
+          object_key)
+"""
+
+# Locked, so concurrent completions of the same uploads take turns.
+UPLOADS_FOR_UPDATE = f"""
+select {_UPLOAD_COLUMNS} from mask_upload u
+where u.mask_group_id = %(group_id)s and u.upload_id = any(%(upload_ids)s::uuid[])
+order by u.upload_id
+for update
+"""
+
+MASKS_BY_UPLOAD = f"""
+select {_MASK_COLUMNS} from annotation_mask m where m.upload_id = any(%(upload_ids)s::uuid[])
+order by m.slice_index
+"""
+
+INSERT_MASKS = f"""
+insert into annotation_mask as m (mask_group_id, slice_index, sop_instance_uid, label_name,
+    file_path, mime_type, file_size, checksum, width, height, upload_id)
+select %(group_id)s, t.slice_index, t.sop_instance_uid, t.label_name, t.file_path, t.mime_type,
+       t.file_size, t.checksum, t.width, t.height, t.upload_id
+from unnest(%(slice_indexes)s::int[], %(sop_uids)s::text[], %(labels)s::text[],
+            %(paths)s::text[], %(mime_types)s::text[], %(sizes)s::bigint[],
+            %(checksums)s::text[], %(widths)s::int[], %(heights)s::int[],
+            %(upload_ids)s::uuid[])
+     as t(slice_index, sop_instance_uid, label_name, file_path, mime_type, file_size, checksum,
+          width, height, upload_id)
+returning {_MASK_COLUMNS}
+"""
+
+MARK_COMPLETED = """
+update mask_upload set completed_at = now() where upload_id = any(%(upload_ids)s::uuid[])
+"""
+
+ENQUEUE_KEYS = """
+insert into storage_deletion_outbox (object_key) select unnest(%(keys)s::text[])
+"""
+
+TOUCH_GROUP = "update annotation_mask_group set updated_at = now() where id = %(group_id)s"
+
+LIST_MASKS = f"""
+select {_MASK_COLUMNS} from annotation_mask m
+where m.mask_group_id = %(group_id)s and m.slice_index > %(after_slice)s
+order by m.slice_index limit %(limit)s
+"""
+
+GET_MASK = f"""
+select {_MASK_COLUMNS} from annotation_mask m
+where m.id = %(mask_id)s and m.mask_group_id = %(group_id)s
+"""
+
+MASKS_OF_GROUP = f"""
+select {_MASK_COLUMNS} from annotation_mask m
+where m.mask_group_id = %(group_id)s
+  and (%(all)s or m.id = any(%(mask_ids)s::bigint[]))
+order by m.slice_index limit %(limit)s
+"""
+
+
+class MaskRepository:
+    async def group_with_access(
+        self,
+        conn: Connection,
+        annotation_id: int,
+        group_id: int,
+        user_id: int,
+        *,
+        for_update: bool = False,
+    ) -> GroupAccess | None:
+        query = GROUP_WITH_ACCESS + (" for update of g" if for_update else "")
+        params = {"annotation_id": annotation_id, "group_id": group_id, "user_id": user_id}
+        async with conn.cursor() as cur:
+            await cur.execute(query, params)
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        *group_values, project_id, study_uid, role, active = row
+        return GroupAccess(
+            MaskGroup(*group_values),
+            project_id,
+            study_uid,
+            ProjectRole.from_db(role) if role else None,
+            active,
+        )
+
+    async def insert_group(
+        self, conn: Connection, annotation_id: int, values: GroupFields, created_by: int
+    ) -> MaskGroup:
+        params = {**values.__dict__, "annotation_id": annotation_id, "created_by": created_by}
+        async with conn.cursor(row_factory=class_row(MaskGroup)) as cur:
+            await cur.execute(INSERT_GROUP, params)
+            row = await cur.fetchone()
+        assert row is not None
+        return row
+
+    async def get_group(self, conn: Connection, group_id: int) -> MaskGroup | None:
+        async with conn.cursor(row_factory=class_row(MaskGroup)) as cur:
+            await cur.execute(GET_GROUP, {"group_id": group_id})
+            return await cur.fetchone()
+
+    async def list_groups(
+        self, conn: Connection, annotation_id: int, *, after_id: int, limit: int
+    ) -> list[MaskGroup]:
+        params = {"annotation_id": annotation_id, "after_id": after_id, "limit": limit}
+        async with conn.cursor(row_factory=class_row(MaskGroup)) as cur:
+            await cur.execute(LIST_GROUPS, params)
+            return await cur.fetchall()
+
+    async def delete_group(self, conn: Connection, group_id: int) -> int:
+        async with conn.cursor() as cur:
+            await cur.execute(ENQUEUE_GROUP_OBJECTS, {"group_id": group_id})
+            queued = cur.rowcount
+            await cur.execute(DELETE_GROUP, {"group_id": group_id})
+        return queued
+
+    async def insert_uploads(
+        self,
+        conn: Connection,
+        group_id: int,
+        declared: Sequence[tuple[uuid.UUID, str, SliceDeclaration]],
+        *,
+        method: str,
+        created_by: int,
+        expires_at: datetime,
+    ) -> None:
+        """Record tickets: (upload_id, object_key, slice) each."""
+        params = {
+            "group_id": group_id,
+            "method": method,
+            "created_by": created_by,
+            "expires_at": expires_at,
+            "upload_ids": [u for u, _, _ in declared],
+            "object_keys": [k for _, k, _ in declared],
+            "slice_indexes": [s.slice_index for _, _, s in declared],
+            "sop_uids": [s.sop_instance_uid for _, _, s in declared],
+            "labels": [s.label_name for _, _, s in declared],
+            "content_types": [s.content_type for _, _, s in declared],
+            "sizes": [s.size_bytes for _, _, s in declared],
+            "md5s": [s.md5 for _, _, s in declared],
+        }
+        async with conn.cursor() as cur:
+            await cur.execute(INSERT_UPLOADS, params)
+
+    async def uploads_for_update(
+        self, conn: Connection, group_id: int, upload_ids: Sequence[uuid.UUID]
+    ) -> list[PendingUpload]:
+        async with conn.cursor(row_factory=class_row(PendingUpload)) as cur:
+            await cur.execute(
+                UPLOADS_FOR_UPDATE, {"group_id": group_id, "upload_ids": list(upload_ids)}
+            )
+            return await cur.fetchall()
+
+    async def masks_by_upload(
+        self, conn: Connection, upload_ids: Sequence[uuid.UUID]
+    ) -> list[Mask]:
+        async with conn.cursor(row_factory=class_row(Mask)) as cur:
+            await cur.execute(MASKS_BY_UPLOAD, {"upload_ids": list(upload_ids)})
+            return await cur.fetchall()
+
+    async def record_masks(
+        self, conn: Connection, group_id: int, new: Sequence[NewMask], *, from_tickets: bool = True
+    ) -> list[Mask]:
+        """Insert masks; for ticket uploads also mark them completed and queue their objects
+        (the masks point at frozen copies). Pushed masks have no ticket behind them."""
+        params = {
+            "group_id": group_id,
+            "slice_indexes": [n.upload.slice_index for n in new],
+            "sop_uids": [n.upload.sop_instance_uid for n in new],
+            "labels": [n.upload.label_name for n in new],
+            "paths": [n.file_path for n in new],
+            "mime_types": [n.upload.content_type for n in new],
+            "sizes": [n.file_size for n in new],
+            "checksums": [n.checksum for n in new],
+            "widths": [n.width for n in new],
+            "heights": [n.height for n in new],
+            "upload_ids": [n.upload.upload_id if from_tickets else None for n in new],
+        }
+        async with conn.cursor(row_factory=class_row(Mask)) as cur:
+            try:
+                await cur.execute(INSERT_MASKS, params)
+            except pg_errors.UniqueViolation as error:
+                if error.diag.constraint_name == "annotation_mask_group_slice_key":
+                    raise FailedPrecondition(
+                        "a slice in this request already has a recorded mask"
+                    ) from None
+                raise
+            masks = await cur.fetchall()
+            if from_tickets:
+                await cur.execute(MARK_COMPLETED, {"upload_ids": params["upload_ids"]})
+                await cur.execute(ENQUEUE_KEYS, {"keys": [n.upload.object_key for n in new]})
+            await cur.execute(TOUCH_GROUP, {"group_id": group_id})
+        return masks
+
+    async def list_masks(
+        self, conn: Connection, group_id: int, *, after_slice: int, limit: int
+    ) -> list[Mask]:
+        params = {"group_id": group_id, "after_slice": after_slice, "limit": limit}
+        async with conn.cursor(row_factory=class_row(Mask)) as cur:
+            await cur.execute(LIST_MASKS, params)
+            return await cur.fetchall()
+
+    async def get_mask(self, conn: Connection, group_id: int, mask_id: int) -> Mask | None:
+        async with conn.cursor(row_factory=class_row(Mask)) as cur:
+            await cur.execute(GET_MASK, {"group_id": group_id, "mask_id": mask_id})
+            return await cur.fetchone()
+
+    async def masks_of_group(
+        self, conn: Connection, group_id: int, mask_ids: Sequence[int] | None, *, limit: int
+    ) -> list[Mask]:
+        params = {
+            "group_id": group_id,
+            "all": mask_ids is None,
+            "mask_ids": list(mask_ids or []),
+            "limit": limit,
+        }
+        async with conn.cursor(row_factory=class_row(Mask)) as cur:
+            await cur.execute(MASKS_OF_GROUP, params)
+            return await cur.fetchall()
+
+    async def enqueue_deletions(self, conn: Connection, keys: Sequence[str]) -> None:
+        async with conn.cursor() as cur:
+            await cur.execute(ENQUEUE_KEYS, {"keys": list(keys)})

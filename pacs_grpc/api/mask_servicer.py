@@ -1,0 +1,209 @@
+"""MaskService: proto in, use case, proto out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pacs.v1 import mask_pb2, mask_pb2_grpc
+
+from pacs_grpc.api import convert
+from pacs_grpc.api.gate import current_call
+from pacs_grpc.domain import masks as rules
+from pacs_grpc.domain.errors import InvalidArgument
+from pacs_grpc.domain.masks import SliceDeclaration, UploadMethod
+from pacs_grpc.services.masks import MaskUseCases, PushedSlice, PushMessage, PushTarget
+
+Context = Any
+
+_METHODS = {
+    mask_pb2.UPLOAD_METHOD_UNSPECIFIED: UploadMethod.POST,
+    mask_pb2.UPLOAD_METHOD_POST: UploadMethod.POST,
+    mask_pb2.UPLOAD_METHOD_PUT: UploadMethod.PUT,
+}
+_PROTO_METHODS = {UploadMethod.POST: mask_pb2.UPLOAD_METHOD_POST,
+                  UploadMethod.PUT: mask_pb2.UPLOAD_METHOD_PUT}  # fmt: skip
+
+
+class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
+    def __init__(self, use_cases: MaskUseCases) -> None:
+        self._use_cases = use_cases
+
+    async def CreateMaskGroup(
+        self, request: mask_pb2.CreateMaskGroupRequest, context: Context
+    ) -> mask_pb2.CreateMaskGroupResponse:
+        given = request.mask_group
+        values = rules.group_fields(
+            group_name=given.group_name,
+            model_name=given.model_name,
+            version=given.version,
+            modality=given.modality,
+            slice_count=given.slice_count,
+            mask_type=given.mask_type,
+            description=given.description,
+        )
+        group = await self._use_cases.create_group(
+            current_call(), request.annotation_id, values, request.request_id
+        )
+        return mask_pb2.CreateMaskGroupResponse(mask_group=convert.mask_group(group))
+
+    async def ListMaskGroups(
+        self, request: mask_pb2.ListMaskGroupsRequest, context: Context
+    ) -> mask_pb2.ListMaskGroupsResponse:
+        page = await self._use_cases.list_groups(
+            current_call(), request.annotation_id, request.page_size, request.page_token
+        )
+        return mask_pb2.ListMaskGroupsResponse(
+            mask_groups=[convert.mask_group(g) for g in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetMaskGroup(
+        self, request: mask_pb2.GetMaskGroupRequest, context: Context
+    ) -> mask_pb2.GetMaskGroupResponse:
+        group = await self._use_cases.get_group(
+            current_call(), request.annotation_id, request.group_id
+        )
+        return mask_pb2.GetMaskGroupResponse(mask_group=convert.mask_group(group))
+
+    async def DeleteMaskGroup(
+        self, request: mask_pb2.DeleteMaskGroupRequest, context: Context
+    ) -> mask_pb2.DeleteMaskGroupResponse:
+        await self._use_cases.delete_group(current_call(), request.annotation_id, request.group_id)
+        return mask_pb2.DeleteMaskGroupResponse()
+
+    async def CreateUploadUrls(
+        self, request: mask_pb2.CreateUploadUrlsRequest, context: Context
+    ) -> mask_pb2.CreateUploadUrlsResponse:
+        declared = [
+            SliceDeclaration(
+                slice_index=s.slice_index,
+                sop_instance_uid=s.sop_instance_uid,
+                label_name=s.label_name,
+                content_type=s.content_type,
+                size_bytes=s.size_bytes,
+                md5=s.md5,
+            )
+            for s in request.slices
+        ]
+        tickets = await self._use_cases.create_upload_urls(
+            current_call(),
+            request.annotation_id,
+            request.group_id,
+            declared,
+            ttl_seconds=request.ttl_seconds,
+            method=_METHODS.get(request.method, UploadMethod.POST),
+        )
+        return mask_pb2.CreateUploadUrlsResponse(
+            tickets=[
+                mask_pb2.UploadTicket(
+                    upload_id=str(t.upload_id),
+                    slice_index=t.slice_index,
+                    method=_PROTO_METHODS[t.method],
+                    url=t.url,
+                    fields=t.fields,
+                    headers=t.headers,
+                    object_key=t.object_key,
+                    expires_at=convert.timestamp(t.expires_at),
+                )
+                for t in tickets
+            ]
+        )
+
+    async def CompleteUpload(
+        self, request: mask_pb2.CompleteUploadRequest, context: Context
+    ) -> mask_pb2.CompleteUploadResponse:
+        completed = rules.completions(
+            [(u.upload_id, u.width, u.height, u.md5) for u in request.uploads],
+            self._use_cases.limits.max_slices_per_call,
+        )
+        group, masks = await self._use_cases.complete_upload(
+            current_call(), request.annotation_id, request.group_id, completed
+        )
+        return mask_pb2.CompleteUploadResponse(
+            mask_group=convert.mask_group(group), masks=[convert.mask(m) for m in masks]
+        )
+
+    async def ListMasks(
+        self, request: mask_pb2.ListMasksRequest, context: Context
+    ) -> mask_pb2.ListMasksResponse:
+        page = await self._use_cases.list_masks(
+            current_call(),
+            request.annotation_id,
+            request.group_id,
+            request.page_size,
+            request.page_token,
+        )
+        return mask_pb2.ListMasksResponse(
+            masks=[convert.mask(m) for m in page.items], next_page_token=page.next_page_token
+        )
+
+    async def GetMask(
+        self, request: mask_pb2.GetMaskRequest, context: Context
+    ) -> mask_pb2.GetMaskResponse:
+        mask = await self._use_cases.get_mask(
+            current_call(), request.annotation_id, request.group_id, request.mask_id
+        )
+        return mask_pb2.GetMaskResponse(mask=convert.mask(mask))
+
+    async def CreateDownloadUrls(
+        self, request: mask_pb2.CreateDownloadUrlsRequest, context: Context
+    ) -> mask_pb2.CreateDownloadUrlsResponse:
+        links = await self._use_cases.download_urls(
+            current_call(),
+            request.annotation_id,
+            request.group_id,
+            list(request.mask_ids),
+            request.ttl_seconds,
+        )
+        return mask_pb2.CreateDownloadUrlsResponse(
+            urls=[
+                mask_pb2.DownloadUrl(
+                    mask_id=link.mask.id,
+                    slice_index=link.mask.slice_index,
+                    url=link.url,
+                    mime_type=link.mask.mime_type,
+                    expires_at=convert.timestamp(link.expires_at),
+                )
+                for link in links
+            ]
+        )
+
+    async def PushMasks(
+        self, request_iterator: AsyncIterator[mask_pb2.PushMasksRequest], context: Context
+    ) -> mask_pb2.PushMasksResponse:
+        group, masks, received = await self._use_cases.push(
+            current_call(), _push_messages(request_iterator)
+        )
+        return mask_pb2.PushMasksResponse(
+            mask_group=convert.mask_group(group),
+            masks=[convert.mask(m) for m in masks],
+            bytes_received=received,
+        )
+
+
+async def _push_messages(
+    requests: AsyncIterator[mask_pb2.PushMasksRequest],
+) -> AsyncIterator[PushMessage]:
+    async for request in requests:
+        kind = request.WhichOneof("message")
+        if kind == "target":
+            yield PushTarget(request.target.annotation_id, request.target.group_id)
+        elif kind == "slice":
+            header = request.slice
+            yield PushedSlice(
+                SliceDeclaration(
+                    slice_index=header.slice_index,
+                    sop_instance_uid=header.sop_instance_uid,
+                    label_name=header.label_name,
+                    content_type=header.content_type,
+                    size_bytes=header.size_bytes,
+                    md5=header.md5,
+                ),
+                header.width,
+                header.height,
+            )
+        elif kind == "chunk":
+            yield request.chunk
+        else:
+            raise InvalidArgument("message", "must be a target, a slice header or a chunk")

@@ -1,0 +1,242 @@
+"""Mask groups, masks, and the signed uploads that become masks."""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from pacs_grpc.domain import validation
+from pacs_grpc.domain.annotation_rules import dicom_uid
+from pacs_grpc.domain.errors import InvalidArgument
+from pacs_grpc.domain.identity import ProjectRole
+
+MAX_SLICE_COUNT = 100_000
+_MD5 = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class MaskGroup:
+    id: int
+    annotation_id: int
+    group_name: str | None
+    model_name: str | None
+    version: str | None
+    modality: str | None
+    slice_count: int
+    mask_type: str
+    description: str | None
+    created_by: int | None
+    created_at: datetime
+    updated_at: datetime
+    completed_slices: int
+
+    @property
+    def complete(self) -> bool:
+        return self.completed_slices >= self.slice_count
+
+
+@dataclass(frozen=True)
+class Mask:
+    id: int
+    mask_group_id: int
+    slice_index: int
+    sop_instance_uid: str | None
+    label_name: str | None
+    file_path: str
+    mime_type: str
+    file_size: int
+    checksum: str | None
+    width: int | None
+    height: int | None
+    created_at: datetime
+
+
+class UploadMethod(enum.Enum):
+    POST = "POST"
+    PUT = "PUT"
+
+
+@dataclass(frozen=True)
+class SliceDeclaration:
+    """One slice a client is about to upload."""
+
+    slice_index: int
+    sop_instance_uid: str | None
+    label_name: str | None
+    content_type: str
+    size_bytes: int
+    md5: str | None
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    upload_id: uuid.UUID
+    mask_group_id: int
+    slice_index: int
+    sop_instance_uid: str | None
+    label_name: str | None
+    content_type: str
+    size_bytes: int
+    md5: str | None
+    method: str
+    object_key: str
+    expires_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class GroupAccess:
+    group: MaskGroup
+    project_id: int
+    study_uid: str
+    caller_role: ProjectRole | None
+    project_active: bool
+
+
+@dataclass(frozen=True)
+class NewMask:
+    upload: PendingUpload
+    file_path: str
+    file_size: int
+    checksum: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class CompletedSlice:
+    upload_id: uuid.UUID
+    width: int
+    height: int
+    md5: str | None
+
+
+@dataclass(frozen=True)
+class GroupFields:
+    group_name: str | None
+    model_name: str | None
+    version: str | None
+    modality: str | None
+    slice_count: int
+    mask_type: str
+    description: str | None
+
+
+def group_fields(
+    *,
+    group_name: str,
+    model_name: str,
+    version: str,
+    modality: str,
+    slice_count: int,
+    mask_type: str,
+    description: str,
+) -> GroupFields:
+    prefix = "mask_group"
+    if not 1 <= slice_count <= MAX_SLICE_COUNT:
+        raise InvalidArgument(f"{prefix}.slice_count", f"must be between 1 and {MAX_SLICE_COUNT}")
+    return GroupFields(
+        group_name=validation.text(f"{prefix}.group_name", group_name, max_length=200),
+        model_name=validation.text(f"{prefix}.model_name", model_name, max_length=200),
+        version=validation.text(f"{prefix}.version", version, max_length=100),
+        modality=validation.text(f"{prefix}.modality", modality, max_length=16),
+        slice_count=slice_count,
+        mask_type=validation.text(f"{prefix}.mask_type", mask_type, max_length=64)
+        or "segmentation",
+        description=validation.text(f"{prefix}.description", description, max_length=2000),
+    )
+
+
+def md5_hex(field: str, value: str) -> str | None:
+    if not value:
+        return None
+    lowered = value.lower()
+    if not _MD5.match(lowered):
+        raise InvalidArgument(field, "must be 32 hexadecimal digits (an MD5)")
+    return lowered
+
+
+def slices(
+    declared: list[SliceDeclaration],
+    *,
+    slice_count: int,
+    max_slices: int,
+    max_bytes: int,
+    allowed_types: frozenset[str],
+) -> list[SliceDeclaration]:
+    """Validated slices: indexes in range and distinct, sizes and types allowed."""
+    if not declared:
+        raise InvalidArgument("slices", "must list at least one slice")
+    if len(declared) > max_slices:
+        raise InvalidArgument("slices", f"must list at most {max_slices} slices per call")
+    seen: set[int] = set()
+    checked = []
+    for position, item in enumerate(declared):
+        field = f"slices[{position}]"
+        if not 0 <= item.slice_index < slice_count:
+            raise InvalidArgument(
+                f"{field}.slice_index", f"must be in [0, {slice_count}) for this group"
+            )
+        if item.slice_index in seen:
+            raise InvalidArgument(f"{field}.slice_index", "is repeated in this request")
+        seen.add(item.slice_index)
+        content_type = item.content_type or "image/png"
+        if content_type not in allowed_types:
+            raise InvalidArgument(
+                f"{field}.content_type", f"must be one of {', '.join(sorted(allowed_types))}"
+            )
+        if not 1 <= item.size_bytes <= max_bytes:
+            raise InvalidArgument(f"{field}.size_bytes", f"must be between 1 and {max_bytes}")
+        checked.append(
+            SliceDeclaration(
+                slice_index=item.slice_index,
+                sop_instance_uid=dicom_uid(
+                    f"{field}.sop_instance_uid", item.sop_instance_uid or "", required=False
+                ),
+                label_name=validation.text(
+                    f"{field}.label_name", item.label_name or "", max_length=200
+                ),
+                content_type=content_type,
+                size_bytes=item.size_bytes,
+                md5=md5_hex(f"{field}.md5", item.md5 or ""),
+            )
+        )
+    return checked
+
+
+def completions(items: list[tuple[str, int, int, str]], max_items: int) -> list[CompletedSlice]:
+    """(upload_id, width, height, md5) from the request, validated."""
+    if not items:
+        raise InvalidArgument("uploads", "must list at least one upload")
+    if len(items) > max_items:
+        raise InvalidArgument("uploads", f"must list at most {max_items} uploads per call")
+    seen: set[uuid.UUID] = set()
+    result = []
+    for position, (upload_id, width, height, md5) in enumerate(items):
+        field = f"uploads[{position}]"
+        try:
+            parsed = uuid.UUID(upload_id)
+        except ValueError:
+            raise InvalidArgument(f"{field}.upload_id", "is not an upload id") from None
+        if parsed in seen:
+            raise InvalidArgument(f"{field}.upload_id", "is repeated in this request")
+        seen.add(parsed)
+        if not 1 <= width <= 65_535:
+            raise InvalidArgument(f"{field}.width", "must be between 1 and 65535")
+        if not 1 <= height <= 65_535:
+            raise InvalidArgument(f"{field}.height", "must be between 1 and 65535")
+        result.append(CompletedSlice(parsed, width, height, md5_hex(f"{field}.md5", md5)))
+    return result
+
+
+def upload_key(project_id: int, annotation_id: int, group_id: int, upload_id: uuid.UUID) -> str:
+    """Where a ticket lets a client write. Server-chosen ids only: nothing about the patient."""
+    return f"masks/p{project_id}/a{annotation_id}/g{group_id}/uploads/{upload_id}"
+
+
+def mask_key(project_id: int, annotation_id: int, group_id: int, upload_id: uuid.UUID) -> str:
+    """Where a completed upload is frozen: no ticket can write here."""
+    return f"masks/p{project_id}/a{annotation_id}/g{group_id}/slices/{upload_id}"

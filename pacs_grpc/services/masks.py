@@ -1,0 +1,608 @@
+"""Use cases of MaskService: groups, signed uploads, verified completion, downloads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from pacs_grpc.domain import masks as rules
+from pacs_grpc.domain import paging, validation
+from pacs_grpc.domain.annotation import AnnotationAccess
+from pacs_grpc.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from pacs_grpc.domain.masks import (
+    CompletedSlice,
+    GroupAccess,
+    Mask,
+    MaskGroup,
+    NewMask,
+    PendingUpload,
+    SliceDeclaration,
+    UploadMethod,
+)
+from pacs_grpc.services.context import AuditedTransactions, CallContext, check_access
+from pacs_grpc.services.identity import Page
+from pacs_grpc.services.ports import IdempotencyStore, Transactions, Tx
+from pacs_grpc.services.storage import ObjectChangedError, ObjectInfo, ObjectStorage
+
+_log = logging.getLogger(__name__)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_OPERATION = "CreateMaskGroup"
+
+
+@dataclass(frozen=True)
+class MaskLimits:
+    max_slices_per_call: int
+    max_mask_bytes: int
+    allowed_content_types: frozenset[str]
+    upload_ttl: timedelta
+    download_ttl: timedelta
+    max_ttl: timedelta
+    max_page_size: int
+    check_png_signature: bool
+
+
+@dataclass(frozen=True)
+class Ticket:
+    upload_id: uuid.UUID
+    slice_index: int
+    method: UploadMethod
+    url: str
+    fields: dict[str, str]
+    headers: dict[str, str]
+    object_key: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class DownloadLink:
+    mask: Mask
+    url: str
+    expires_at: datetime
+
+
+class MaskStore(Protocol):
+    async def group_with_access(
+        self, conn: Tx, annotation_id: int, group_id: int, user_id: int, *, for_update: bool = False
+    ) -> GroupAccess | None: ...
+    async def insert_group(
+        self, conn: Tx, annotation_id: int, values: rules.GroupFields, created_by: int
+    ) -> MaskGroup: ...
+    async def get_group(self, conn: Tx, group_id: int) -> MaskGroup | None: ...
+    async def list_groups(
+        self, conn: Tx, annotation_id: int, *, after_id: int, limit: int
+    ) -> list[MaskGroup]: ...
+    async def delete_group(self, conn: Tx, group_id: int) -> int: ...
+    async def insert_uploads(
+        self, conn: Tx, group_id: int, declared: Sequence[tuple[uuid.UUID, str, SliceDeclaration]],
+        *, method: str, created_by: int, expires_at: datetime,
+    ) -> None: ...  # fmt: skip
+    async def uploads_for_update(
+        self, conn: Tx, group_id: int, upload_ids: Sequence[uuid.UUID]
+    ) -> list[PendingUpload]: ...
+    async def masks_by_upload(self, conn: Tx, upload_ids: Sequence[uuid.UUID]) -> list[Mask]: ...
+    async def record_masks(
+        self, conn: Tx, group_id: int, new: Sequence[NewMask], *, from_tickets: bool = True
+    ) -> list[Mask]: ...
+    async def list_masks(
+        self, conn: Tx, group_id: int, *, after_slice: int, limit: int
+    ) -> list[Mask]: ...
+    async def get_mask(self, conn: Tx, group_id: int, mask_id: int) -> Mask | None: ...
+    async def masks_of_group(
+        self, conn: Tx, group_id: int, mask_ids: Sequence[int] | None, *, limit: int
+    ) -> list[Mask]: ...
+    async def enqueue_deletions(self, conn: Tx, keys: Sequence[str]) -> None: ...
+
+
+class AnnotationAccessLookup(Protocol):
+    async def get_with_access(
+        self, conn: Tx, annotation_id: int, user_id: int, *, for_update: bool = False
+    ) -> AnnotationAccess | None: ...
+
+
+class MaskUseCases:
+    def __init__(
+        self,
+        transaction: AuditedTransactions,
+        *,
+        masks: MaskStore,
+        annotations: AnnotationAccessLookup,
+        idempotency: IdempotencyStore,
+        storage: ObjectStorage,
+        outbox: Transactions,
+        limits: MaskLimits,
+    ) -> None:
+        self._transaction = transaction
+        self._masks = masks
+        self._annotations = annotations
+        self._idempotency = idempotency
+        self._storage = storage
+        self._outbox = outbox
+        self.limits = limits
+
+    # -- groups -----------------------------------------------------------------------------
+
+    async def create_group(
+        self, call: CallContext, annotation_id: int, values: rules.GroupFields, request_id: str
+    ) -> MaskGroup:
+        validation.positive_id("annotation_id", annotation_id)
+        key = validation.request_id("request_id", request_id)
+        call.audit.touch(resource_type="mask_group")
+        fingerprint = paging.filters_fingerprint(annotation_id, values.__dict__)
+        async with self._transaction(call) as conn:
+            await self._annotation(conn, call, annotation_id)
+            if key is not None:
+                earlier = await self._idempotency.lock_and_find(
+                    conn, call.caller.user_id, _OPERATION, key
+                )
+                if earlier is not None:
+                    if earlier[1] != fingerprint:
+                        raise InvalidArgument("request_id", "was already used for another request")
+                    group = await self._masks.get_group(conn, earlier[0])
+                    if group is None:
+                        raise FailedPrecondition(
+                            "the group created for this request_id was deleted"
+                        )
+                    return group
+            group = await self._masks.insert_group(conn, annotation_id, values, call.caller.user_id)
+            if key is not None:
+                await self._idempotency.remember(
+                    conn,
+                    user_id=call.caller.user_id,
+                    operation=_OPERATION,
+                    request_id=key,
+                    resource_id=group.id,
+                    fingerprint=fingerprint,
+                )
+            call.audit.touch(resource_ids=[group.id])
+        return group
+
+    async def list_groups(
+        self, call: CallContext, annotation_id: int, page_size: int, page_token: str
+    ) -> Page[MaskGroup]:
+        validation.positive_id("annotation_id", annotation_id)
+        limit = validation.page_size("page_size", page_size, self.limits.max_page_size)
+        fingerprint = paging.filters_fingerprint("groups", annotation_id)
+        position = paging.decode(page_token, fingerprint, arity=1)
+        call.audit.touch(resource_type="mask_group")
+        async with self._transaction(call) as conn:
+            await self._annotation(conn, call, annotation_id)
+            rows = await self._masks.list_groups(
+                conn, annotation_id, after_id=int(position[0]) if position else 0, limit=limit + 1
+            )
+        page = rows[:limit]
+        call.audit.touch(resource_ids=[g.id for g in page])
+        more = len(rows) > limit
+        return Page(page, paging.encode(fingerprint, [page[-1].id]) if more else "")
+
+    async def get_group(self, call: CallContext, annotation_id: int, group_id: int) -> MaskGroup:
+        async with self._transaction(call) as conn:
+            return (await self._group(conn, call, annotation_id, group_id)).group
+
+    async def delete_group(self, call: CallContext, annotation_id: int, group_id: int) -> None:
+        async with self._transaction(call) as conn:
+            await self._group(conn, call, annotation_id, group_id, for_update=True)
+            await self._masks.delete_group(conn, group_id)
+
+    # -- uploads ----------------------------------------------------------------------------
+
+    async def create_upload_urls(
+        self,
+        call: CallContext,
+        annotation_id: int,
+        group_id: int,
+        declared: list[SliceDeclaration],
+        *,
+        ttl_seconds: int,
+        method: UploadMethod,
+    ) -> list[Ticket]:
+        ttl = self._ttl("ttl_seconds", ttl_seconds, self.limits.upload_ttl)
+        async with self._transaction(call) as conn:
+            access = await self._group(conn, call, annotation_id, group_id)
+            checked = rules.slices(
+                declared,
+                slice_count=access.group.slice_count,
+                max_slices=self.limits.max_slices_per_call,
+                max_bytes=self.limits.max_mask_bytes,
+                allowed_types=self.limits.allowed_content_types,
+            )
+            expires_at = datetime.now(UTC) + ttl
+            planned = []
+            for item in checked:
+                upload_id = uuid.uuid4()
+                key = rules.upload_key(access.project_id, annotation_id, group_id, upload_id)
+                planned.append((upload_id, key, item))
+            await self._masks.insert_uploads(
+                conn,
+                group_id,
+                planned,
+                method=method.value,
+                created_by=call.caller.user_id,
+                expires_at=expires_at,
+            )
+        # Signing is local computation; it runs after the commit so the transaction stays short.
+        return [
+            self._ticket(upload_id, key, item, method=method, ttl=ttl)
+            for upload_id, key, item in planned
+        ]
+
+    def _ticket(
+        self,
+        upload_id: uuid.UUID,
+        key: str,
+        item: SliceDeclaration,
+        *,
+        method: UploadMethod,
+        ttl: timedelta,
+    ) -> Ticket:
+        if method is UploadMethod.POST:
+            post = self._storage.presign_post(
+                key, content_type=item.content_type, size=item.size_bytes, ttl=ttl
+            )
+            return Ticket(upload_id, item.slice_index, method, post.url, post.fields, {}, key,
+                          post.expires_at)  # fmt: skip
+        put = self._storage.presign_put(key, content_type=item.content_type, ttl=ttl)
+        return Ticket(upload_id, item.slice_index, method, put.url, {}, put.headers, key,
+                      put.expires_at)  # fmt: skip
+
+    async def complete_upload(
+        self,
+        call: CallContext,
+        annotation_id: int,
+        group_id: int,
+        completed: list[CompletedSlice],
+    ) -> tuple[MaskGroup, list[Mask]]:
+        """Verify the uploaded objects and record them as masks, all or nothing."""
+        wanted = {c.upload_id: c for c in completed}
+        async with self._transaction(call) as conn:
+            access = await self._group(conn, call, annotation_id, group_id)
+            uploads = await self._masks.uploads_for_update(conn, group_id, list(wanted))
+        unknown = len(wanted) - len(uploads)
+        if unknown:
+            raise FailedPrecondition(f"{unknown} upload id(s) are not tickets of this group")
+        pending = [u for u in uploads if u.completed_at is None]
+        now = datetime.now(UTC)
+        expired = [u.slice_index for u in pending if u.expires_at <= now]
+        if expired:
+            raise FailedPrecondition(
+                f"tickets expired for slices {_list(expired)}; ask for new ones"
+            )
+        infos = await asyncio.gather(*(self._verify(u, wanted[u.upload_id]) for u in pending))
+        problems = [
+            f"slice {u.slice_index}: {p}" for u, (_, p) in zip(pending, infos, strict=True) if p
+        ]
+        if problems:
+            raise FailedPrecondition("uploads not accepted: " + "; ".join(problems))
+        frozen = await asyncio.gather(
+            *(self._freeze(access.project_id, annotation_id, group_id, u, info)
+              for u, (info, _) in zip(pending, infos, strict=True))
+        )  # fmt: skip
+        async with self._transaction(call) as conn:
+            await self._group(conn, call, annotation_id, group_id)
+            locked = await self._masks.uploads_for_update(conn, group_id, list(wanted))
+            # A concurrent completion may have recorded some meanwhile: those are kept as is.
+            still_pending = {u.upload_id for u in locked if u.completed_at is None}
+            new = [
+                NewMask(upload=u, file_path=path, file_size=info.size, checksum=info.etag,
+                               width=wanted[u.upload_id].width, height=wanted[u.upload_id].height)
+                for u, (path, info) in zip(pending, frozen, strict=True)
+                if u.upload_id in still_pending
+            ]  # fmt: skip
+            if new:
+                await self._masks.record_masks(conn, group_id, new)
+            masks = await self._masks.masks_by_upload(conn, list(wanted))
+            group = await self._masks.get_group(conn, group_id)
+            call.audit.touch(resource_ids=[m.id for m in masks])
+        assert group is not None
+        return group, masks
+
+    async def _verify(
+        self, upload: PendingUpload, reported: CompletedSlice
+    ) -> tuple[ObjectInfo | None, str | None]:
+        """What is stored for a ticket, or why it is not acceptable."""
+        info = await self._storage.stat(upload.object_key)
+        problem = _mismatch(info, upload, reported)
+        if (
+            problem is None
+            and self.limits.check_png_signature
+            and upload.content_type == "image/png"
+        ):
+            try:
+                head = await self._storage.read_head(upload.object_key, len(_PNG_SIGNATURE))
+            except NotFound:
+                head = b""
+            if head != _PNG_SIGNATURE:
+                problem = "content is not a PNG image"
+        return (None, problem) if problem else (info, None)
+
+    async def _freeze(
+        self, project_id: int, annotation_id: int, group_id: int, upload: PendingUpload,
+        info: ObjectInfo | None,
+    ) -> tuple[str, ObjectInfo]:  # fmt: skip
+        """Copy the checked object where no ticket can write: what was recorded stays so."""
+        assert info is not None
+        target = rules.mask_key(project_id, annotation_id, group_id, upload.upload_id)
+        try:
+            copied = await self._storage.copy(upload.object_key, target, if_match_etag=info.etag)
+        except ObjectChangedError:
+            raise FailedPrecondition(
+                f"slice {upload.slice_index}: the object changed while it was checked; retry"
+            ) from None
+        return target, copied
+
+    # -- streaming push ---------------------------------------------------------------------
+
+    async def push(
+        self, call: CallContext, messages: AsyncIterator[PushMessage]
+    ) -> tuple[MaskGroup, list[Mask], int]:
+        """Stream slices to storage and record them all, or leave nothing behind."""
+        first = await anext(messages, None)
+        if not isinstance(first, PushTarget):
+            raise InvalidArgument("target", "the first message must name the group")
+        async with self._transaction(call) as conn:
+            access = await self._group(conn, call, first.annotation_id, first.group_id)
+        written: list[str] = []
+        try:
+            new, received = await self._receive(access, first, messages, written)
+            async with self._transaction(call) as conn:
+                await self._group(conn, call, first.annotation_id, first.group_id)
+                masks = await self._masks.record_masks(
+                    conn, first.group_id, new, from_tickets=False
+                )
+                group = await self._masks.get_group(conn, first.group_id)
+        except BaseException:
+            # Broken off, refused or failed: nothing may stay behind. Shielded, because a
+            # cancelled call may be cancelled again while it cleans up.
+            if written:
+                await asyncio.shield(self._discard(written))
+            raise
+        assert group is not None
+        call.audit.touch(resource_ids=[m.id for m in masks])
+        return group, masks, received
+
+    async def _discard(self, keys: list[str]) -> None:
+        """Delete now, and queue for the sweeper too: a storage worker still finishing a
+        slice when the stream broke can create its object after this delete."""
+        with contextlib.suppress(Exception):
+            await self._storage.delete(keys)
+        try:
+            async with self._outbox.transaction() as conn:
+                await self._masks.enqueue_deletions(conn, keys)
+        except Exception:  # noqa: BLE001 - the delete above did what it could
+            _log.warning("could not queue objects of a broken push", extra={"count": len(keys)})
+
+    async def _receive(
+        self,
+        access: GroupAccess,
+        target: PushTarget,
+        messages: AsyncIterator[PushMessage],
+        written: list[str],
+    ) -> tuple[list[NewMask], int]:
+        new: list[NewMask] = []
+        seen: set[int] = set()
+        received = 0
+        message = await anext(messages, None)
+        while message is not None:
+            if not isinstance(message, PushedSlice):
+                raise InvalidArgument("slice", "chunks must follow a slice header")
+            field = f"slice[{len(new)}]"
+            if len(new) >= self.limits.max_slices_per_call:
+                raise InvalidArgument(
+                    "slice", f"at most {self.limits.max_slices_per_call} per push"
+                )
+            (declared,) = rules.slices(
+                [message.declaration],
+                slice_count=access.group.slice_count,
+                max_slices=1,
+                max_bytes=self.limits.max_mask_bytes,
+                allowed_types=self.limits.allowed_content_types,
+            )
+            if declared.slice_index in seen:
+                raise InvalidArgument(f"{field}.slice_index", "is repeated in this stream")
+            seen.add(declared.slice_index)
+            if declared.md5 is None:
+                raise InvalidArgument(f"{field}.md5", "is required")
+            if message.width <= 0 or message.height <= 0:
+                raise InvalidArgument(f"{field}.width", "width and height must be positive")
+            upload_id = uuid.uuid4()
+            key = rules.mask_key(
+                access.project_id, target.annotation_id, target.group_id, upload_id
+            )
+            written.append(key)
+            chunks = _SliceChunks(messages, declared.size_bytes, field)
+            info = await self._storage.put_stream(
+                key, chunks, size=declared.size_bytes, content_type=declared.content_type
+            )
+            if info.etag != declared.md5:
+                raise FailedPrecondition(f"slice {declared.slice_index}: checksum differs from md5")
+            received += declared.size_bytes
+            new.append(
+                NewMask(
+                    upload=PendingUpload(
+                        upload_id, target.group_id, declared.slice_index,
+                        declared.sop_instance_uid, declared.label_name, declared.content_type,
+                        declared.size_bytes, declared.md5, "PUSH", key, datetime.now(UTC), None,
+                    ),
+                    file_path=key, file_size=info.size, checksum=info.etag,
+                    width=message.width, height=message.height,
+                )
+            )  # fmt: skip
+            message = chunks.after
+        if not new:
+            raise InvalidArgument("slice", "the stream carried no slices")
+        return new, received
+
+    # -- masks ------------------------------------------------------------------------------
+
+    async def list_masks(
+        self, call: CallContext, annotation_id: int, group_id: int, page_size: int, page_token: str
+    ) -> Page[Mask]:
+        limit = validation.page_size("page_size", page_size, self.limits.max_page_size)
+        fingerprint = paging.filters_fingerprint("masks", group_id)
+        position = paging.decode(page_token, fingerprint, arity=1)
+        async with self._transaction(call) as conn:
+            await self._group(conn, call, annotation_id, group_id)
+            rows = await self._masks.list_masks(
+                conn, group_id, after_slice=int(position[0]) if position else -1, limit=limit + 1
+            )
+        page = rows[:limit]
+        call.audit.touch(resource_ids=[m.id for m in page])
+        more = len(rows) > limit
+        return Page(page, paging.encode(fingerprint, [page[-1].slice_index]) if more else "")
+
+    async def get_mask(
+        self, call: CallContext, annotation_id: int, group_id: int, mask_id: int
+    ) -> Mask:
+        validation.positive_id("mask_id", mask_id)
+        async with self._transaction(call) as conn:
+            await self._group(conn, call, annotation_id, group_id)
+            mask = await self._masks.get_mask(conn, group_id, mask_id)
+        if mask is None:
+            raise NotFound("mask not found")
+        call.audit.touch(resource_ids=[mask_id])
+        return mask
+
+    async def download_urls(
+        self,
+        call: CallContext,
+        annotation_id: int,
+        group_id: int,
+        mask_ids: list[int],
+        ttl_seconds: int,
+    ) -> list[DownloadLink]:
+        ttl = self._ttl("ttl_seconds", ttl_seconds, self.limits.download_ttl)
+        if len(mask_ids) > self.limits.max_slices_per_call:
+            raise InvalidArgument(
+                "mask_ids", f"must list at most {self.limits.max_slices_per_call} masks"
+            )
+        for position, mask_id in enumerate(mask_ids):
+            validation.positive_id(f"mask_ids[{position}]", mask_id)
+        async with self._transaction(call) as conn:
+            await self._group(conn, call, annotation_id, group_id)
+            masks = await self._masks.masks_of_group(
+                conn, group_id, mask_ids or None, limit=rules.MAX_SLICE_COUNT
+            )
+        if mask_ids and len(masks) != len(set(mask_ids)):
+            raise NotFound("mask not found")
+        call.audit.touch(resource_ids=[m.id for m in masks])
+        links = []
+        for mask in masks:
+            url, expires_at = self._storage.presign_get(
+                mask.file_path, content_type=mask.mime_type, ttl=ttl
+            )
+            links.append(DownloadLink(mask, url, expires_at))
+        return links
+
+    # -- shared -----------------------------------------------------------------------------
+
+    async def _annotation(self, conn: Tx, call: CallContext, annotation_id: int) -> None:
+        found = await self._annotations.get_with_access(conn, annotation_id, call.caller.user_id)
+        if found is None:
+            raise NotFound("annotation not found")
+        call.audit.touch(
+            project_id=found.annotation.project_id, study_uid=found.annotation.study_uid
+        )
+        check_access(
+            call, found.caller_role, project_active=found.project_active, what="annotation"
+        )
+
+    async def _group(
+        self, conn: Tx, call: CallContext, annotation_id: int, group_id: int, *,
+        for_update: bool = False,
+    ) -> GroupAccess:  # fmt: skip
+        validation.positive_id("annotation_id", annotation_id)
+        validation.positive_id("group_id", group_id)
+        call.audit.touch(resource_type="mask_group", resource_ids=[group_id])
+        access = await self._masks.group_with_access(
+            conn, annotation_id, group_id, call.caller.user_id, for_update=for_update
+        )
+        if access is None:
+            raise NotFound("mask group not found")
+        call.audit.touch(project_id=access.project_id, study_uid=access.study_uid)
+        check_access(call, access.caller_role, project_active=access.project_active,
+                     what="mask group")  # fmt: skip
+        return access
+
+    def _ttl(self, field: str, seconds: int, default: timedelta) -> timedelta:
+        if seconds == 0:
+            return default
+        if seconds < 0 or seconds > self.limits.max_ttl.total_seconds():
+            raise InvalidArgument(
+                field, f"must be between 1 and {int(self.limits.max_ttl.total_seconds())}"
+            )
+        return timedelta(seconds=seconds)
+
+
+MAX_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PushTarget:
+    annotation_id: int
+    group_id: int
+
+
+@dataclass(frozen=True)
+class PushedSlice:
+    declaration: SliceDeclaration
+    width: int
+    height: int
+
+
+PushMessage = PushTarget | PushedSlice | bytes
+
+
+class _SliceChunks:
+    """One slice's chunks from the push stream, ending exactly at its declared size."""
+
+    def __init__(self, messages: AsyncIterator[PushMessage], size: int, field: str) -> None:
+        self._messages = messages
+        self._remaining = size
+        self._field = field
+        # The message after this slice's last chunk: the next header, or None at the end.
+        self.after: PushMessage | None = None
+
+    def __aiter__(self) -> _SliceChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._remaining == 0:
+            self.after = await anext(self._messages, None)
+            if isinstance(self.after, bytes):
+                raise InvalidArgument(self._field, "more bytes than size_bytes declared")
+            raise StopAsyncIteration
+        chunk = await anext(self._messages, None)
+        if not isinstance(chunk, bytes):
+            raise InvalidArgument(self._field, "fewer bytes than size_bytes declared")
+        if not 0 < len(chunk) <= MAX_CHUNK_BYTES:
+            raise InvalidArgument("chunk", f"must be 1 to {MAX_CHUNK_BYTES} bytes")
+        if len(chunk) > self._remaining:
+            raise InvalidArgument(self._field, "more bytes than size_bytes declared")
+        self._remaining -= len(chunk)
+        return chunk
+
+
+def _mismatch(
+    info: ObjectInfo | None, upload: PendingUpload, reported: CompletedSlice
+) -> str | None:
+    """How the stored object differs from what the ticket declared, if it does."""
+    if info is None:
+        return "no object was uploaded"
+    if info.size != upload.size_bytes:
+        return f"size is {info.size} bytes, {upload.size_bytes} were declared"
+    if (info.content_type or "") != upload.content_type:
+        return "content type differs from the declared one"
+    expected_md5 = upload.md5 or reported.md5
+    if expected_md5 is not None and info.etag != expected_md5:
+        return "checksum differs from the declared MD5"
+    return None
+
+
+def _list(indexes: list[int]) -> str:
+    shown = ", ".join(str(i) for i in sorted(indexes)[:20])
+    return shown + (" ..." if len(indexes) > 20 else "")
