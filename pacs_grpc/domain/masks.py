@@ -237,6 +237,10 @@ def upload_key(project_id: int, annotation_id: int, group_id: int, upload_id: uu
     return f"masks/p{project_id}/a{annotation_id}/g{group_id}/uploads/{upload_id}"
 
 
-def mask_key(project_id: int, annotation_id: int, group_id: int, upload_id: uuid.UUID) -> str:
-    """Where a completed upload is frozen: no ticket can write here."""
-    return f"masks/p{project_id}/a{annotation_id}/g{group_id}/slices/{upload_id}"
+def mask_key(
+    project_id: int, annotation_id: int, group_id: int, upload_id: uuid.UUID, attempt: str
+) -> str:
+    """Where a completed upload is frozen: no ticket can write here. Each completion attempt
+    writes its own copies, so copies of an attempt that fails or loses a race can be
+    discarded without touching the copy a recorded mask points at."""
+    return f"masks/p{project_id}/a{annotation_id}/g{group_id}/slices/{upload_id}-{attempt}"

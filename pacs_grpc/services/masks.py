@@ -272,68 +272,91 @@ class MaskUseCases:
             raise FailedPrecondition(
                 f"tickets expired for slices {_list(expired)}; ask for new ones"
             )
-        infos = await asyncio.gather(*(self._verify(u, wanted[u.upload_id]) for u in pending))
-        problems = [
-            f"slice {u.slice_index}: {p}" for u, (_, p) in zip(pending, infos, strict=True) if p
-        ]
-        if problems:
-            raise FailedPrecondition("uploads not accepted: " + "; ".join(problems))
-        frozen = await asyncio.gather(
-            *(self._freeze(access.project_id, annotation_id, group_id, u, info)
-              for u, (info, _) in zip(pending, infos, strict=True))
-        )  # fmt: skip
-        async with self._transaction(call) as conn:
-            await self._group(conn, call, annotation_id, group_id)
-            locked = await self._masks.uploads_for_update(conn, group_id, list(wanted))
-            # A concurrent completion may have recorded some meanwhile: those are kept as is.
-            still_pending = {u.upload_id for u in locked if u.completed_at is None}
-            new = [
-                NewMask(upload=u, file_path=path, file_size=info.size, checksum=info.etag,
-                               width=wanted[u.upload_id].width, height=wanted[u.upload_id].height)
-                for u, (path, info) in zip(pending, frozen, strict=True)
-                if u.upload_id in still_pending
-            ]  # fmt: skip
-            if new:
-                await self._masks.record_masks(conn, group_id, new)
-            masks = await self._masks.masks_by_upload(conn, list(wanted))
-            group = await self._masks.get_group(conn, group_id)
+        attempt = uuid.uuid4().hex[:12]
+        checked = await asyncio.gather(
+            *(self._check_and_freeze(access, u, wanted[u.upload_id], attempt) for u in pending)
+        )
+        copies = [mask.file_path for mask, _ in checked if mask is not None]
+        recorded: set[str] = set()
+        try:
+            problems = [
+                f"slice {u.slice_index}: {problem}"
+                for u, (_, problem) in zip(pending, checked, strict=True)
+                if problem
+            ]
+            if problems:
+                raise FailedPrecondition("uploads not accepted: " + "; ".join(problems))
+            async with self._transaction(call) as conn:
+                await self._group(conn, call, annotation_id, group_id)
+                locked = await self._masks.uploads_for_update(conn, group_id, list(wanted))
+                # A concurrent completion may have recorded some meanwhile: those stay as is.
+                still_pending = {u.upload_id for u in locked if u.completed_at is None}
+                new = [
+                    m for m, _ in checked if m is not None and m.upload.upload_id in still_pending
+                ]
+                if new:
+                    await self._masks.record_masks(conn, group_id, new)
+                masks = await self._masks.masks_by_upload(conn, list(wanted))
+                group = await self._masks.get_group(conn, group_id)
+            recorded = {m.file_path for m in new}
             call.audit.touch(resource_ids=[m.id for m in masks])
+        finally:
+            unused = [key for key in copies if key not in recorded]
+            if unused:
+                await asyncio.shield(self._discard(unused))
         assert group is not None
         return group, masks
 
-    async def _verify(
-        self, upload: PendingUpload, reported: CompletedSlice
-    ) -> tuple[ObjectInfo | None, str | None]:
-        """What is stored for a ticket, or why it is not acceptable."""
+    async def _check_and_freeze(
+        self, access: GroupAccess, upload: PendingUpload, reported: CompletedSlice, attempt: str
+    ) -> tuple[NewMask | None, str | None]:
+        """The verified upload frozen under a key no ticket can write, or why it is refused.
+
+        A POST ticket's policy already made storage enforce the key, the content type and the
+        exact size, so with an MD5 one conditional copy proves the rest; the object is only
+        examined to explain a refusal. Otherwise (PUT tickets, no MD5, PNG sniffing) it is
+        examined first and copied on the condition that it is still what was examined.
+        """
+        target = rules.mask_key(
+            access.project_id, access.group.annotation_id, upload.mask_group_id, upload.upload_id,
+            attempt,
+        )  # fmt: skip
+        expected_md5 = upload.md5 or reported.md5
+        sniff = self.limits.check_png_signature and upload.content_type == "image/png"
+        if upload.method == UploadMethod.POST.value and expected_md5 and not sniff:
+            try:
+                etag = await self._storage.copy(
+                    upload.object_key, target, if_match_etag=expected_md5
+                )
+            except ObjectChangedError:
+                info = await self._storage.stat(upload.object_key)
+                return None, _mismatch(info, upload, reported) or "the object changed; retry"
+            return self._new_mask(upload, reported, target, upload.size_bytes, etag), None
         info = await self._storage.stat(upload.object_key)
         problem = _mismatch(info, upload, reported)
-        if (
-            problem is None
-            and self.limits.check_png_signature
-            and upload.content_type == "image/png"
-        ):
+        if problem is None and sniff:
             try:
                 head = await self._storage.read_head(upload.object_key, len(_PNG_SIGNATURE))
             except NotFound:
                 head = b""
             if head != _PNG_SIGNATURE:
                 problem = "content is not a PNG image"
-        return (None, problem) if problem else (info, None)
-
-    async def _freeze(
-        self, project_id: int, annotation_id: int, group_id: int, upload: PendingUpload,
-        info: ObjectInfo | None,
-    ) -> tuple[str, ObjectInfo]:  # fmt: skip
-        """Copy the checked object where no ticket can write: what was recorded stays so."""
-        assert info is not None
-        target = rules.mask_key(project_id, annotation_id, group_id, upload.upload_id)
+        if problem is not None or info is None:
+            return None, problem
         try:
-            copied = await self._storage.copy(upload.object_key, target, if_match_etag=info.etag)
+            etag = await self._storage.copy(upload.object_key, target, if_match_etag=info.etag)
         except ObjectChangedError:
-            raise FailedPrecondition(
-                f"slice {upload.slice_index}: the object changed while it was checked; retry"
-            ) from None
-        return target, copied
+            return None, "the object changed while it was checked; retry"
+        return self._new_mask(upload, reported, target, info.size, etag), None
+
+    @staticmethod
+    def _new_mask(
+        upload: PendingUpload, reported: CompletedSlice, path: str, size: int, etag: str
+    ) -> NewMask:
+        return NewMask(
+            upload=upload, file_path=path, file_size=size, checksum=etag,
+            width=reported.width, height=reported.height,
+        )  # fmt: skip
 
     # -- streaming push ---------------------------------------------------------------------
 
@@ -411,7 +434,7 @@ class MaskUseCases:
                 raise InvalidArgument(f"{field}.width", "width and height must be positive")
             upload_id = uuid.uuid4()
             key = rules.mask_key(
-                access.project_id, target.annotation_id, target.group_id, upload_id
+                access.project_id, target.annotation_id, target.group_id, upload_id, "push"
             )
             written.append(key)
             chunks = _SliceChunks(messages, declared.size_bytes, field)

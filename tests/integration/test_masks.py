@@ -450,3 +450,43 @@ async def test_deleting_a_group_queues_its_objects(
             )
         }
     assert queued == expected
+
+
+@pytest.mark.slow
+async def test_deleted_objects_and_expired_tickets_leave_storage(
+    live_stack: LocalStack, masks: mask_pb2_grpc.MaskServiceAsyncStub, setup: Setup
+) -> None:
+    """The server's own sweeper (every second in the test stack) empties the outbox."""
+    assert live_stack.s3 is not None
+    images = [png(16, 16, seed) for seed in range(2)]
+    group = await _group(masks, setup, 2)
+    tickets = list(
+        (
+            await masks.CreateUploadUrls(
+                mask_pb2.CreateUploadUrlsRequest(
+                    annotation_id=setup.annotation_id, group_id=group.id, slices=_slices(images)
+                ),
+                metadata=setup.writer.metadata(),
+            )
+        ).tickets
+    )
+    await _upload_all(tickets, images)
+    await masks.CompleteUpload(
+        _completion(tickets, setup, group.id), metadata=setup.writer.metadata()
+    )
+    prefix = f"masks/p{setup.project_id}/a{setup.annotation_id}/g{group.id}/"
+    client = live_stack.s3.client()
+
+    def stored() -> list[str]:
+        return [o.object_name for o in client.list_objects("pacs-masks", prefix, recursive=True)]
+
+    assert len(stored()) >= 2
+    await masks.DeleteMaskGroup(
+        mask_pb2.DeleteMaskGroupRequest(annotation_id=setup.annotation_id, group_id=group.id),
+        metadata=setup.writer.metadata(),
+    )
+    for _ in range(100):
+        if not stored():
+            break
+        await asyncio.sleep(0.1)
+    assert stored() == []

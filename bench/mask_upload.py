@@ -1,0 +1,229 @@
+"""Mask upload: the service path against raw uploads of the same bytes, in one run.
+
+    .venv/bin/python -m bench.mask_upload [--slices 100 1000] [--rounds 5]
+
+Starts the local stack (embedded PostgreSQL, SeaweedFS, the server) in a scratch directory and
+measures, per series size:
+  raw      N parallel POSTs of the slices straight to storage (policies signed by the bench)
+  service  CreateUploadUrls + the same N parallel POSTs with the tickets + CompleteUpload
+  push     PushMasks of the same slices through the server (one stream)
+Rounds alternate raw and service, and the medians are compared: these machines are noisy, so only
+ratios measured side by side mean anything. Results go to bench/results/mask_upload.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from google.protobuf import struct_pb2
+from grpc import aio
+from pacs.v1 import (
+    annotation_pb2,
+    annotation_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    mask_pb2,
+    mask_pb2_grpc,
+)
+
+from pacs_grpc.adapters.storage.objects import ObjectStore
+from pacs_grpc.config import StorageSettings
+from pacs_grpc.devstack.stack import LocalStack, StackConfig
+from tests.support.png import png
+from tests.support.users import login
+
+SLICE_BYTES = 64 * 1024
+PARALLEL = 16
+RESULTS = Path(__file__).parent / "results"
+_http = urllib3.PoolManager(maxsize=PARALLEL, retries=False, timeout=urllib3.Timeout(30))
+
+
+def _slice(seed: int) -> bytes:
+    image = png(32, 32, seed)
+    # A tEXt chunk adds 16 bytes around its padding: the slice is exactly SLICE_BYTES.
+    return png(32, 32, seed, padding=SLICE_BYTES - len(image) - 16)
+
+
+def _post(url: str, fields: dict[str, str], body: bytes) -> None:
+    response = _http.request("POST", url, fields={**fields, "file": ("m.png", body, "image/png")})
+    if response.status != 204:
+        raise RuntimeError(f"upload refused: {response.status}")
+
+
+def _upload_all(
+    pool: ThreadPoolExecutor, tickets: list[tuple[str, dict[str, str]]], bodies: list[bytes]
+) -> None:
+    pairs = zip(tickets, bodies, strict=True)
+    list(pool.map(lambda pair: _post(pair[0][0], pair[0][1], pair[1]), pairs))
+
+
+def _run(slice_counts: list[int], rounds: int) -> dict[str, Any]:
+    """Start the stack (synchronously: it runs asyncio itself), then measure."""
+    scratch = Path(tempfile.mkdtemp(prefix="pacs-bench-"))
+    scratch.chmod(0o755)
+    stack = LocalStack(StackConfig(data_dir=scratch, durable=False))
+    try:
+        stack.start_dependencies()
+        stack.migrate()
+        stack.start_server(log_path=scratch / "server.log")
+        return asyncio.run(_measure(stack, slice_counts, rounds))
+    finally:
+        stack.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _measure(stack: LocalStack, slice_counts: list[int], rounds: int) -> dict[str, Any]:
+    results: dict[str, Any] = {"slice_bytes": SLICE_BYTES, "parallel": PARALLEL, "series": {}}
+    server = stack.server
+    assert server is not None
+    assert stack.issuer is not None
+    if True:
+        raw_store = ObjectStore(
+            StorageSettings(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+        )
+        async with aio.insecure_channel(server.address) as channel:
+            user = await login(channel, stack.issuer, "bench", admin=True)
+            meta = user.metadata()
+            identity = identity_pb2_grpc.IdentityServiceStub(channel)
+            project = await identity.CreateProject(
+                identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name="bench")),
+                metadata=meta,
+            )
+            data = struct_pb2.Struct()
+            data.update({"bench": True})
+            annotation = await annotation_pb2_grpc.AnnotationServiceStub(channel).CreateAnnotation(
+                annotation_pb2.CreateAnnotationRequest(
+                    annotation=annotation_pb2.Annotation(
+                        project_id=project.project.id, study_uid="1.2.3",
+                        annotation_type="segmentation", annotation_data=data,
+                    )
+                ),
+                metadata=meta,
+            )  # fmt: skip
+            masks = mask_pb2_grpc.MaskServiceStub(channel)
+            annotation_id = annotation.annotation.id
+            loop = asyncio.get_running_loop()
+            with ThreadPoolExecutor(PARALLEL) as pool:
+                for count in slice_counts:
+                    bodies = [_slice(seed) for seed in range(count)]
+                    timings: dict[str, list[float]] = {"raw": [], "service": [], "push": []}
+                    for _ in range(rounds):
+                        # raw: the same bytes, the same parallelism, no service.
+                        started = time.perf_counter()
+                        raw_tickets = []
+                        for _ in bodies:
+                            ticket = raw_store.presign_post(
+                                f"bench/raw/{uuid.uuid4()}", content_type="image/png",
+                                size=len(bodies[0]), ttl=timedelta(minutes=10),
+                            )  # fmt: skip
+                            raw_tickets.append((ticket.url, ticket.fields))
+                        await loop.run_in_executor(None, _upload_all, pool, raw_tickets, bodies)
+                        timings["raw"].append(time.perf_counter() - started)
+
+                        started = time.perf_counter()
+                        group = await masks.CreateMaskGroup(
+                            mask_pb2.CreateMaskGroupRequest(
+                                annotation_id=annotation_id,
+                                mask_group=mask_pb2.MaskGroup(slice_count=count),
+                            ),
+                            metadata=meta,
+                        )
+                        reply = await masks.CreateUploadUrls(
+                            mask_pb2.CreateUploadUrlsRequest(
+                                annotation_id=annotation_id, group_id=group.mask_group.id,
+                                slices=[
+                                    mask_pb2.SliceUpload(
+                                        slice_index=i, size_bytes=len(b),
+                                        md5=hashlib.md5(b).hexdigest(),  # noqa: S324 - S3 ETag
+                                    )
+                                    for i, b in enumerate(bodies)
+                                ],
+                            ),
+                            metadata=meta,
+                        )  # fmt: skip
+                        tickets = [(t.url, dict(t.fields)) for t in reply.tickets]
+                        await loop.run_in_executor(None, _upload_all, pool, tickets, bodies)
+                        done = await masks.CompleteUpload(
+                            mask_pb2.CompleteUploadRequest(
+                                annotation_id=annotation_id, group_id=group.mask_group.id,
+                                uploads=[
+                                    mask_pb2.CompletedUpload(upload_id=t.upload_id, width=32, height=32)
+                                    for t in reply.tickets
+                                ],
+                            ),
+                            metadata=meta,
+                        )  # fmt: skip
+                        assert done.mask_group.completed_slices == count
+                        timings["service"].append(time.perf_counter() - started)
+
+                        push_group = await masks.CreateMaskGroup(
+                            mask_pb2.CreateMaskGroupRequest(
+                                annotation_id=annotation_id,
+                                mask_group=mask_pb2.MaskGroup(slice_count=count),
+                            ),
+                            metadata=meta,
+                        )
+                        started = time.perf_counter()
+                        pushed = await masks.PushMasks(
+                            _push(annotation_id, push_group.mask_group.id, bodies), metadata=meta
+                        )
+                        assert pushed.mask_group.completed_slices == count
+                        timings["push"].append(time.perf_counter() - started)
+                    medians = {k: statistics.median(v) for k, v in timings.items()}
+                    results["series"][str(count)] = {
+                        "seconds": timings,
+                        "median_seconds": medians,
+                        "service_over_raw": medians["service"] / medians["raw"],
+                        "push_over_raw": medians["push"] / medians["raw"],
+                    }
+        raw_store.close()
+    return results
+
+
+def _push(annotation_id: int, group_id: int, bodies: list[bytes]) -> Any:
+    yield mask_pb2.PushMasksRequest(
+        target=mask_pb2.PushTarget(annotation_id=annotation_id, group_id=group_id)
+    )
+    for index, body in enumerate(bodies):
+        yield mask_pb2.PushMasksRequest(
+            slice=mask_pb2.PushSliceHeader(
+                slice_index=index, content_type="image/png", size_bytes=len(body), width=32,
+                height=32, md5=hashlib.md5(body).hexdigest(),  # noqa: S324
+            )
+        )  # fmt: skip
+        yield mask_pb2.PushMasksRequest(chunk=body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--slices", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    results = _run(args.slices, args.rounds)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "mask_upload.json").write_text(json.dumps(results, indent=2))
+    print(f"slices x {SLICE_BYTES // 1024} KiB, {PARALLEL} parallel, median of rounds")
+    print(f"{'slices':>7} {'raw s':>8} {'service s':>10} {'ratio':>6} {'push s':>8} {'ratio':>6}")
+    for count, row in results["series"].items():
+        m = row["median_seconds"]
+        print(
+            f"{count:>7} {m['raw']:>8.3f} {m['service']:>10.3f} {row['service_over_raw']:>6.2f}"
+            f" {m['push']:>8.3f} {row['push_over_raw']:>6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
