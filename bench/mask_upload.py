@@ -133,7 +133,6 @@ async def _measure(stack: LocalStack, slice_counts: list[int], rounds: int) -> d
                         await loop.run_in_executor(None, _upload_all, pool, raw_tickets, bodies)
                         timings["raw"].append(time.perf_counter() - started)
 
-                        started = time.perf_counter()
                         group = await masks.CreateMaskGroup(
                             mask_pb2.CreateMaskGroupRequest(
                                 annotation_id=annotation_id,
@@ -141,6 +140,9 @@ async def _measure(stack: LocalStack, slice_counts: list[int], rounds: int) -> d
                             ),
                             metadata=meta,
                         )
+                        # Timed as the issue defines it: one ticket call, the parallel
+                        # uploads, one completion (the group is set up beforehand).
+                        started = time.perf_counter()
                         reply = await masks.CreateUploadUrls(
                             mask_pb2.CreateUploadUrlsRequest(
                                 annotation_id=annotation_id, group_id=group.mask_group.id,
@@ -160,7 +162,9 @@ async def _measure(stack: LocalStack, slice_counts: list[int], rounds: int) -> d
                             mask_pb2.CompleteUploadRequest(
                                 annotation_id=annotation_id, group_id=group.mask_group.id,
                                 uploads=[
-                                    mask_pb2.CompletedUpload(upload_id=t.upload_id, width=32, height=32)
+                                    mask_pb2.CompletedUpload(
+                                        upload_id=t.upload_id, width=32, height=32
+                                    )
                                     for t in reply.tickets
                                 ],
                             ),

@@ -46,7 +46,9 @@ from types import TracebackType
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import ENABLED
 from minio.error import MinioException, S3Error
+from minio.versioningconfig import VersioningConfig
 
 from pacs_grpc.devstack.ports import free_ports
 from pacs_grpc.devstack.process import dying_with_parent, log_tail, stop_child
@@ -333,6 +335,9 @@ class SeaweedS3:
                         raise self._start_error(
                             f"could not create bucket {bucket!r}: {_describe(exc)}"
                         ) from exc
+            # Versioned, as the server requires: a recorded mask names the exact version
+            # it checked, so an overwrite through a still-valid ticket changes nothing.
+            client.set_bucket_versioning(bucket, VersioningConfig(ENABLED))
         finally:
             http.clear()  # close its sockets now rather than in the garbage collector
 

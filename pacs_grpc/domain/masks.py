@@ -52,6 +52,8 @@ class Mask:
     width: int | None
     height: int | None
     created_at: datetime
+    # The storage version checked at completion; downloads are signed for it.
+    object_version: str | None = None
 
 
 class UploadMethod(enum.Enum):
@@ -104,6 +106,7 @@ class NewMask:
     checksum: str
     width: int
     height: int
+    object_version: str | None
 
 
 @dataclass(frozen=True)
@@ -232,15 +235,15 @@ def completions(items: list[tuple[str, int, int, str]], max_items: int) -> list[
     return result
 
 
+def uploads_prefix(project_id: int, annotation_id: int, group_id: int) -> str:
+    return f"masks/p{project_id}/a{annotation_id}/g{group_id}/uploads/"
+
+
 def upload_key(project_id: int, annotation_id: int, group_id: int, upload_id: uuid.UUID) -> str:
     """Where a ticket lets a client write. Server-chosen ids only: nothing about the patient."""
-    return f"masks/p{project_id}/a{annotation_id}/g{group_id}/uploads/{upload_id}"
+    return uploads_prefix(project_id, annotation_id, group_id) + str(upload_id)
 
 
-def mask_key(
-    project_id: int, annotation_id: int, group_id: int, upload_id: uuid.UUID, attempt: str
-) -> str:
-    """Where a completed upload is frozen: no ticket can write here. Each completion attempt
-    writes its own copies, so copies of an attempt that fails or loses a race can be
-    discarded without touching the copy a recorded mask points at."""
-    return f"masks/p{project_id}/a{annotation_id}/g{group_id}/slices/{upload_id}-{attempt}"
+def pushed_key(project_id: int, annotation_id: int, group_id: int, upload_id: uuid.UUID) -> str:
+    """Where a slice pushed through the service is stored."""
+    return f"masks/p{project_id}/a{annotation_id}/g{group_id}/pushed/{upload_id}"

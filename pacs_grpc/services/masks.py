@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -14,7 +15,7 @@ from typing import Protocol
 from pacs_grpc.domain import masks as rules
 from pacs_grpc.domain import paging, validation
 from pacs_grpc.domain.annotation import AnnotationAccess
-from pacs_grpc.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from pacs_grpc.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from pacs_grpc.domain.masks import (
     CompletedSlice,
     GroupAccess,
@@ -28,7 +29,7 @@ from pacs_grpc.domain.masks import (
 from pacs_grpc.services.context import AuditedTransactions, CallContext, check_access
 from pacs_grpc.services.identity import Page
 from pacs_grpc.services.ports import IdempotencyStore, Transactions, Tx
-from pacs_grpc.services.storage import ObjectChangedError, ObjectInfo, ObjectStorage
+from pacs_grpc.services.storage import ObjectInfo, ObjectStorage
 
 _log = logging.getLogger(__name__)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -272,69 +273,61 @@ class MaskUseCases:
             raise FailedPrecondition(
                 f"tickets expired for slices {_list(expired)}; ask for new ones"
             )
-        attempt = uuid.uuid4().hex[:12]
+        listed: dict[str, ObjectInfo] = {}
+        if any(u.method == UploadMethod.POST.value for u in pending):
+            listed = await self._storage.latest_versions(
+                rules.uploads_prefix(access.project_id, annotation_id, group_id)
+            )
         checked = await asyncio.gather(
-            *(self._check_and_freeze(access, u, wanted[u.upload_id], attempt) for u in pending)
+            *(self._check(u, wanted[u.upload_id], listed) for u in pending)
         )
-        copies = [mask.file_path for mask, _ in checked if mask is not None]
-        recorded: set[str] = set()
-        try:
-            problems = [
-                f"slice {u.slice_index}: {problem}"
-                for u, (_, problem) in zip(pending, checked, strict=True)
-                if problem
-            ]
-            if problems:
-                raise FailedPrecondition("uploads not accepted: " + "; ".join(problems))
-            async with self._transaction(call) as conn:
-                await self._group(conn, call, annotation_id, group_id)
-                locked = await self._masks.uploads_for_update(conn, group_id, list(wanted))
-                # A concurrent completion may have recorded some meanwhile: those stay as is.
-                still_pending = {u.upload_id for u in locked if u.completed_at is None}
-                new = [
-                    m for m, _ in checked if m is not None and m.upload.upload_id in still_pending
-                ]
-                if new:
-                    await self._masks.record_masks(conn, group_id, new)
-                masks = await self._masks.masks_by_upload(conn, list(wanted))
-                group = await self._masks.get_group(conn, group_id)
-            recorded = {m.file_path for m in new}
-            call.audit.touch(resource_ids=[m.id for m in masks])
-        finally:
-            unused = [key for key in copies if key not in recorded]
-            if unused:
-                await asyncio.shield(self._discard(unused))
+        problems = [
+            f"slice {u.slice_index}: {problem}"
+            for u, (_, problem) in zip(pending, checked, strict=True)
+            if problem
+        ]
+        if problems:
+            raise FailedPrecondition("uploads not accepted: " + "; ".join(problems))
+        async with self._transaction(call) as conn:
+            await self._group(conn, call, annotation_id, group_id)
+            locked = await self._masks.uploads_for_update(conn, group_id, list(wanted))
+            # A concurrent completion may have recorded some meanwhile: those stay as they are.
+            still_pending = {u.upload_id for u in locked if u.completed_at is None}
+            new = [m for m, _ in checked if m is not None and m.upload.upload_id in still_pending]
+            if new:
+                await self._masks.record_masks(conn, group_id, new)
+            masks = await self._masks.masks_by_upload(conn, list(wanted))
+            group = await self._masks.get_group(conn, group_id)
+        call.audit.touch(resource_ids=[m.id for m in masks])
         assert group is not None
         return group, masks
 
-    async def _check_and_freeze(
-        self, access: GroupAccess, upload: PendingUpload, reported: CompletedSlice, attempt: str
+    async def _check(
+        self, upload: PendingUpload, reported: CompletedSlice, listed: dict[str, ObjectInfo]
     ) -> tuple[NewMask | None, str | None]:
-        """The verified upload frozen under a key no ticket can write, or why it is refused.
+        """The upload as a mask of exactly the version checked, or why it is refused.
 
-        A POST ticket's policy already made storage enforce the key, the content type and the
-        exact size, so with an MD5 one conditional copy proves the rest; the object is only
-        examined to explain a refusal. Otherwise (PUT tickets, no MD5, PNG sniffing) it is
-        examined first and copied on the condition that it is still what was examined.
+        The bucket is versioned, so recording the version checked is what makes a later
+        overwrite through a still-valid ticket change nothing recorded: it only adds a version,
+        and downloads are signed for the recorded one. A POST ticket's policy made storage
+        enforce key, content type and exact size, so the group's listing (size, ETag, version
+        of every upload at once) is all it needs; a PUT upload is examined on its own.
         """
-        target = rules.mask_key(
-            access.project_id, access.group.annotation_id, upload.mask_group_id, upload.upload_id,
-            attempt,
-        )  # fmt: skip
-        expected_md5 = upload.md5 or reported.md5
-        sniff = self.limits.check_png_signature and upload.content_type == "image/png"
-        if upload.method == UploadMethod.POST.value and expected_md5 and not sniff:
-            try:
-                etag = await self._storage.copy(
-                    upload.object_key, target, if_match_etag=expected_md5
-                )
-            except ObjectChangedError:
-                info = await self._storage.stat(upload.object_key)
-                return None, _mismatch(info, upload, reported) or "the object changed; retry"
-            return self._new_mask(upload, reported, target, upload.size_bytes, etag), None
-        info = await self._storage.stat(upload.object_key)
+        if upload.method == UploadMethod.POST.value:
+            info = listed.get(upload.object_key)
+            if info is not None:
+                info = dataclasses.replace(info, content_type=upload.content_type)
+        else:
+            info = await self._storage.stat(upload.object_key)
         problem = _mismatch(info, upload, reported)
-        if problem is None and sniff:
+        if problem is None and info is not None and info.version_id is None:
+            _log.error("object storage bucket is not versioned; completions are refused")
+            raise Unavailable("object storage is misconfigured; retry later")
+        if (
+            problem is None
+            and self.limits.check_png_signature
+            and upload.content_type == "image/png"
+        ):
             try:
                 head = await self._storage.read_head(upload.object_key, len(_PNG_SIGNATURE))
             except NotFound:
@@ -343,20 +336,10 @@ class MaskUseCases:
                 problem = "content is not a PNG image"
         if problem is not None or info is None:
             return None, problem
-        try:
-            etag = await self._storage.copy(upload.object_key, target, if_match_etag=info.etag)
-        except ObjectChangedError:
-            return None, "the object changed while it was checked; retry"
-        return self._new_mask(upload, reported, target, info.size, etag), None
-
-    @staticmethod
-    def _new_mask(
-        upload: PendingUpload, reported: CompletedSlice, path: str, size: int, etag: str
-    ) -> NewMask:
         return NewMask(
-            upload=upload, file_path=path, file_size=size, checksum=etag,
-            width=reported.width, height=reported.height,
-        )  # fmt: skip
+            upload=upload, file_path=upload.object_key, file_size=info.size, checksum=info.etag,
+            width=reported.width, height=reported.height, object_version=info.version_id,
+        ), None  # fmt: skip
 
     # -- streaming push ---------------------------------------------------------------------
 
@@ -433,8 +416,8 @@ class MaskUseCases:
             if message.width <= 0 or message.height <= 0:
                 raise InvalidArgument(f"{field}.width", "width and height must be positive")
             upload_id = uuid.uuid4()
-            key = rules.mask_key(
-                access.project_id, target.annotation_id, target.group_id, upload_id, "push"
+            key = rules.pushed_key(
+                access.project_id, target.annotation_id, target.group_id, upload_id
             )
             written.append(key)
             chunks = _SliceChunks(messages, declared.size_bytes, field)
@@ -452,7 +435,7 @@ class MaskUseCases:
                         declared.size_bytes, declared.md5, "PUSH", key, datetime.now(UTC), None,
                     ),
                     file_path=key, file_size=info.size, checksum=info.etag,
-                    width=message.width, height=message.height,
+                    width=message.width, height=message.height, object_version=info.version_id,
                 )
             )  # fmt: skip
             message = chunks.after
@@ -516,7 +499,7 @@ class MaskUseCases:
         links = []
         for mask in masks:
             url, expires_at = self._storage.presign_get(
-                mask.file_path, content_type=mask.mime_type, ttl=ttl
+                mask.file_path, content_type=mask.mime_type, ttl=ttl, version_id=mask.object_version
             )
             links.append(DownloadLink(mask, url, expires_at))
         return links

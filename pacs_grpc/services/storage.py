@@ -36,10 +36,8 @@ class ObjectInfo:
     # Lowercase hex without quotes; the MD5 of the bytes for single-part uploads.
     etag: str
     content_type: str | None
-
-
-class ObjectChangedError(Exception):
-    """A conditional copy found the source changed since it was checked."""
+    # Set when the bucket is versioned (required): names exactly these bytes.
+    version_id: str | None = None
 
 
 class ObjectStorage(Protocol):
@@ -48,12 +46,20 @@ class ObjectStorage(Protocol):
     ) -> PostTicket: ...
     def presign_put(self, key: str, *, content_type: str, ttl: timedelta) -> PutTicket: ...
     def presign_get(
-        self, key: str, *, content_type: str, ttl: timedelta
+        self, key: str, *, content_type: str, ttl: timedelta, version_id: str | None = None
     ) -> tuple[str, datetime]: ...
     async def stat(self, key: str) -> ObjectInfo | None: ...
+    async def latest_versions(self, prefix: str) -> dict[str, ObjectInfo]:
+        """Every live object under a prefix (its latest version), from one listing; listings
+        carry no content type, so `content_type` is None."""
+        ...
+
     async def read_head(self, key: str, length: int) -> bytes: ...
-    async def copy(self, source_key: str, target_key: str, *, if_match_etag: str) -> str: ...
     async def put_stream(
         self, key: str, chunks: AsyncIterator[bytes], *, size: int, content_type: str
     ) -> ObjectInfo: ...
-    async def delete(self, keys: Sequence[str]) -> list[str]: ...
+    async def delete(self, keys: Sequence[str]) -> list[str]:
+        """Remove every version of each key; returns the keys that could not be removed."""
+        ...
+
+    async def versioning_enabled(self) -> bool: ...

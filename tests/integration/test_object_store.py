@@ -23,7 +23,7 @@ from pacs_grpc.config import StorageSettings
 from pacs_grpc.devstack.ports import free_ports
 from pacs_grpc.devstack.seaweed import SeaweedConfig, SeaweedS3
 from pacs_grpc.domain.errors import InvalidArgument, NotFound, Unavailable
-from pacs_grpc.services.storage import ObjectChangedError, PostTicket
+from pacs_grpc.services.storage import PostTicket
 
 ACCESS_KEY = "pacs-objects-access"
 SECRET_KEY = "pacs-objects-secret-0123456789"
@@ -293,40 +293,34 @@ async def test_read_head_returns_the_first_bytes(store: ObjectStore) -> None:
 # -- conditional copy ----------------------------------------------------------------------------
 
 
-async def test_copy_freezes_the_object_under_a_new_key(store: ObjectStore) -> None:
-    source, target = _key(), _key()
-    await store.put_stream(source, _chunks(PNG), size=len(PNG), content_type="image/png")
-    checked = await store.stat(source)
-    assert checked is not None
-
-    copied_etag = await store.copy(source, target, if_match_etag=f'"{checked.etag.upper()}"')
-
-    copied = await store.stat(target)
-    assert copied is not None
-    assert copied_etag == copied.etag == checked.etag
-    assert (copied.key, copied.size, copied.content_type) == (target, len(PNG), "image/png")
-
-
-async def test_copy_refuses_a_source_overwritten_after_it_was_checked(
-    store: ObjectStore, admin: Minio
+async def test_a_version_stays_readable_after_an_overwrite(
+    store: ObjectStore, http: urllib3.PoolManager
 ) -> None:
-    source, target = _key(), _key()
-    await store.put_stream(source, _chunks(PNG), size=len(PNG), content_type="image/png")
-    checked = await store.stat(source)
+    """What completion relies on: the checked version is what downloads get."""
+    assert await store.versioning_enabled()
+    key = _key()
+    await store.put_stream(key, _chunks(PNG), size=len(PNG), content_type="image/png")
+    checked = await store.stat(key)
     assert checked is not None
+    assert checked.version_id
     forged = b"\x89PNG\r\n\x1a\n" + b"something else entirely"
-    await store.put_stream(source, _chunks(forged), size=len(forged), content_type="image/png")
+    rewritten = await store.put_stream(
+        key, _chunks(forged), size=len(forged), content_type="image/png"
+    )
+    assert rewritten.version_id not in (None, checked.version_id)
+    url, _ = store.presign_get(
+        key, content_type="image/png", ttl=timedelta(minutes=5), version_id=checked.version_id
+    )
+    assert http.request("GET", url).data == PNG
 
-    with pytest.raises(ObjectChangedError):
-        await store.copy(source, target, if_match_etag=checked.etag)
-    assert await store.stat(target) is None
 
-    await store.delete([source])
-    with pytest.raises(ObjectChangedError):
-        await store.copy(source, target, if_match_etag=checked.etag)
-
-
-# -- streamed uploads ----------------------------------------------------------------------------
+async def test_delete_removes_every_version(store: ObjectStore, admin: Minio) -> None:
+    key = _key()
+    for body in (b"one", b"two", b"three"):
+        await store.put_stream(key, _chunks(body), size=len(body), content_type="image/png")
+    assert await store.delete([key]) == []
+    left = [v for v in admin.list_objects(BUCKET, prefix=key, include_version=True)]
+    assert left == []
 
 
 async def test_put_stream_uploads_in_parts_and_returns_the_md5(
@@ -495,7 +489,7 @@ async def test_killed_storage_is_unavailable_at_once_and_presigning_still_works(
         calls: dict[str, Callable[[], Awaitable[object]]] = {
             "stat": lambda: store.stat(key),
             "read_head": lambda: store.read_head(key, 8),
-            "copy": lambda: store.copy(key, _key(), if_match_etag="0" * 32),
+            "versioning": store.versioning_enabled,
             "delete": lambda: store.delete([key]),
             "put_stream": lambda: store.put_stream(
                 _key(), _chunks(PNG), size=len(PNG), content_type="image/png"

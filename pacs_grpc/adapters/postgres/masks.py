@@ -58,8 +58,8 @@ order by g.id limit %(limit)s
 
 GET_GROUP = f"select {_GROUP_COLUMNS} from annotation_mask_group g where g.id = %(group_id)s"
 
-# Recorded masks and every upload not completed (its object may exist) go to the outbox;
-# completed uploads' own objects were queued when they were frozen under their mask key.
+# Recorded masks and every upload not completed (its object may exist) go to the outbox; a
+# completed upload's object is its mask's.
 ENQUEUE_GROUP_OBJECTS = """
 insert into storage_deletion_outbox (object_key)
 select file_path from annotation_mask where mask_group_id = %(group_id)s
@@ -98,15 +98,15 @@ order by m.slice_index
 
 INSERT_MASKS = f"""
 insert into annotation_mask as m (mask_group_id, slice_index, sop_instance_uid, label_name,
-    file_path, mime_type, file_size, checksum, width, height, upload_id)
+    file_path, mime_type, file_size, checksum, width, height, upload_id, object_version)
 select %(group_id)s, t.slice_index, t.sop_instance_uid, t.label_name, t.file_path, t.mime_type,
-       t.file_size, t.checksum, t.width, t.height, t.upload_id
+       t.file_size, t.checksum, t.width, t.height, t.upload_id, t.object_version
 from unnest(%(slice_indexes)s::int[], %(sop_uids)s::text[], %(labels)s::text[],
             %(paths)s::text[], %(mime_types)s::text[], %(sizes)s::bigint[],
             %(checksums)s::text[], %(widths)s::int[], %(heights)s::int[],
-            %(upload_ids)s::uuid[])
+            %(upload_ids)s::uuid[], %(versions)s::text[])
      as t(slice_index, sop_instance_uid, label_name, file_path, mime_type, file_size, checksum,
-          width, height, upload_id)
+          width, height, upload_id, object_version)
 returning {_MASK_COLUMNS}
 """
 
@@ -242,8 +242,8 @@ class MaskRepository:
     async def record_masks(
         self, conn: Connection, group_id: int, new: Sequence[NewMask], *, from_tickets: bool = True
     ) -> list[Mask]:
-        """Insert masks; for ticket uploads also mark them completed and queue their objects
-        (the masks point at frozen copies). Pushed masks have no ticket behind them."""
+        """Insert masks; for ticket uploads also mark the tickets completed (the masks point at
+        the uploaded objects' checked versions). Pushed masks have no ticket behind them."""
         params = {
             "group_id": group_id,
             "slice_indexes": [n.upload.slice_index for n in new],
@@ -256,6 +256,7 @@ class MaskRepository:
             "widths": [n.width for n in new],
             "heights": [n.height for n in new],
             "upload_ids": [n.upload.upload_id if from_tickets else None for n in new],
+            "versions": [n.object_version for n in new],
         }
         async with conn.cursor(row_factory=class_row(Mask)) as cur:
             try:
@@ -269,7 +270,6 @@ class MaskRepository:
             masks = await cur.fetchall()
             if from_tickets:
                 await cur.execute(MARK_COMPLETED, {"upload_ids": params["upload_ids"]})
-                await cur.execute(ENQUEUE_KEYS, {"keys": [n.upload.object_key for n in new]})
             await cur.execute(TOUCH_GROUP, {"group_id": group_id})
         return masks
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import urllib3
 from minio import Minio
 
 from pacs_grpc.config import StorageSettings
+
+_log = logging.getLogger(__name__)
 
 
 def create_client(
@@ -46,6 +49,10 @@ class BucketMissingError(RuntimeError):
     """The configured bucket does not exist."""
 
 
+class BucketNotVersionedError(RuntimeError):
+    """The configured bucket does not keep versions, which mask completion relies on."""
+
+
 class StorageProbe:
     """Answers whether the configured bucket is reachable with our credentials."""
 
@@ -58,8 +65,16 @@ class StorageProbe:
         self._client = create_client(
             settings, connect_timeout=timeout_seconds, read_timeout=timeout_seconds, retry=False
         )
+        self._versioned = False
 
     async def check(self) -> None:
         exists = await asyncio.to_thread(self._client.bucket_exists, self._bucket)
         if not exists:
             raise BucketMissingError("the configured S3_BUCKET does not exist")
+        if not self._versioned:
+            # Checked until it holds: a recorded mask names the object version it verified.
+            config = await asyncio.to_thread(self._client.get_bucket_versioning, self._bucket)
+            if config.status != "Enabled":
+                _log.error("S3_BUCKET must have versioning enabled; reporting NOT_SERVING")
+                raise BucketNotVersionedError("the configured S3_BUCKET is not versioned")
+            self._versioned = True
