@@ -3,6 +3,7 @@
 #   make test      install what the tests need and run the whole suite
 #   make check     lint, type-check, buf lint/breaking and the generated-code check
 #   make generate  regenerate code from protos/ (committed; never edit by hand)
+#   make bench     benchmarks on the real stack, against baselines measured in the same run
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -14,7 +15,7 @@ DESCRIPTOR := deploy/envoy/pacs.binpb
 CONTRACT_BASELINE := .ci/contract-baseline.binpb
 PYTEST_ARGS ?=
 
-.PHONY: install run serve migrate generate check-generated breaking contract-baseline lint format check test test-fast clean
+.PHONY: install run serve migrate generate check-generated breaking contract-baseline lint format check test test-fast bench clean
 
 install: $(STAMP)
 
@@ -83,6 +84,10 @@ test: install
 
 test-fast: install
 	@$(MAKE) --no-print-directory test PYTEST_ARGS='-m "not slow" $(PYTEST_ARGS)'
+
+# Not part of `make test`: figures, not pass/fail; results in bench/results/.
+bench: install
+	$(BIN)/python -m bench.mask_upload
 
 clean:
 	rm -rf .build .pytest_cache .mypy_cache .ruff_cache test-artifacts
