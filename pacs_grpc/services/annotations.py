@@ -192,15 +192,9 @@ class AnnotationUseCases:
                 after=after,
                 limit=limit + 1,
             )
-        page, more = rows[:limit], len(rows) > limit
-        call.audit.touch(resource_ids=[a.id for a in page])
-        last = page[-1] if page else None
-        token = (
-            paging.encode(fingerprint, [last.created_at.isoformat(), last.id])
-            if (more and last)
-            else ""
-        )
-        return Page(page, token)
+        page = Page.of(rows, limit, fingerprint, lambda a: [a.created_at.isoformat(), a.id])
+        call.audit.touch(resource_ids=[a.id for a in page.items])
+        return page
 
     async def _readable_projects(
         self, conn: Tx, call: CallContext, project_id: int

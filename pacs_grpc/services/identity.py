@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pacs_grpc.domain import paging, validation
 from pacs_grpc.domain.errors import (
@@ -30,6 +30,15 @@ T = TypeVar("T")
 class Page(Generic[T]):
     items: list[T]
     next_page_token: str
+
+    @classmethod
+    def of(
+        cls, rows: list[T], limit: int, fingerprint: str, position: Callable[[T], list[Any]]
+    ) -> Page[T]:
+        """A page from `limit + 1` rows: the extra row only says that another page follows."""
+        items = rows[:limit]
+        more = len(rows) > limit and bool(items)
+        return cls(items, paging.encode(fingerprint, position(items[-1])) if more else "")
 
 
 class UserDirectory:
@@ -185,10 +194,9 @@ class IdentityUseCases:
                 limit=limit + 1,
                 include_inactive=include_inactive,
             )
-        page, more = rows[:limit], len(rows) > limit
-        call.audit.touch(resource_ids=[p.id for p in page])
-        token = paging.encode(fingerprint, [page[-1].id]) if more else ""
-        return Page(page, token)
+        page = Page.of(rows, limit, fingerprint, lambda p: [p.id])
+        call.audit.touch(resource_ids=[p.id for p in page.items])
+        return page
 
     async def deactivate_project(self, call: CallContext, project_id: int) -> Project:
         validation.positive_id("project_id", project_id)
@@ -226,10 +234,9 @@ class IdentityUseCases:
             rows = await self._projects.list_members(
                 conn, project_id, after_id=int(position[0]) if position else 0, limit=limit + 1
             )
-        page, more = rows[:limit], len(rows) > limit
-        call.audit.touch(resource_ids=[m.user_id for m in page])
-        token = paging.encode(fingerprint, [page[-1].user_id]) if more else ""
-        return Page(page, token)
+        page = Page.of(rows, limit, fingerprint, lambda m: [m.user_id])
+        call.audit.touch(resource_ids=[m.user_id for m in page.items])
+        return page
 
     async def remove_member(self, call: CallContext, project_id: int, user_id: int) -> None:
         validation.positive_id("project_id", project_id)

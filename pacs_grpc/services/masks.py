@@ -176,10 +176,9 @@ class MaskUseCases:
             rows = await self._masks.list_groups(
                 conn, annotation_id, after_id=int(position[0]) if position else 0, limit=limit + 1
             )
-        page = rows[:limit]
-        call.audit.touch(resource_ids=[g.id for g in page])
-        more = len(rows) > limit
-        return Page(page, paging.encode(fingerprint, [page[-1].id]) if more else "")
+        page = Page.of(rows, limit, fingerprint, lambda g: [g.id])
+        call.audit.touch(resource_ids=[g.id for g in page.items])
+        return page
 
     async def get_group(self, call: CallContext, annotation_id: int, group_id: int) -> MaskGroup:
         async with self._transaction(call) as conn:
@@ -456,10 +455,9 @@ class MaskUseCases:
             rows = await self._masks.list_masks(
                 conn, group_id, after_slice=int(position[0]) if position else -1, limit=limit + 1
             )
-        page = rows[:limit]
-        call.audit.touch(resource_ids=[m.id for m in page])
-        more = len(rows) > limit
-        return Page(page, paging.encode(fingerprint, [page[-1].slice_index]) if more else "")
+        page = Page.of(rows, limit, fingerprint, lambda m: [m.slice_index])
+        call.audit.touch(resource_ids=[m.id for m in page.items])
+        return page
 
     async def get_mask(
         self, call: CallContext, annotation_id: int, group_id: int, mask_id: int

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -73,35 +72,6 @@ UPDATABLE_COLUMNS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class _AccessRow:
-    id: int
-    project_id: int
-    user_id: int
-    study_uid: str
-    series_uid: str | None
-    instance_uid: str | None
-    annotation_type: str
-    annotation_data: dict[str, Any]
-    measurement_values: Any
-    viewer_software: str | None
-    row_version: int
-    created_at: datetime
-    updated_at: datetime
-    caller_role: str | None
-    project_active: bool
-
-    def to_access(self) -> AnnotationAccess:
-        annotation = Annotation(
-            self.id, self.project_id, self.user_id, self.study_uid, self.series_uid,
-            self.instance_uid, self.annotation_type, self.annotation_data,
-            self.measurement_values, self.viewer_software, self.row_version,
-            self.created_at, self.updated_at,
-        )  # fmt: skip
-        role = ProjectRole.from_db(self.caller_role) if self.caller_role else None
-        return AnnotationAccess(annotation, role, self.project_active)
-
-
 class AnnotationRepository:
     async def insert(
         self, conn: Connection, *, project_id: int, user_id: int, where: Location,
@@ -129,10 +99,15 @@ class AnnotationRepository:
     ) -> AnnotationAccess | None:
         """The annotation and the caller's access to it; locked for a change when asked."""
         query = GET_WITH_ACCESS + (" for update of a" if for_update else "")
-        async with conn.cursor(row_factory=class_row(_AccessRow)) as cur:
+        async with conn.cursor() as cur:
             await cur.execute(query, {"annotation_id": annotation_id, "user_id": user_id})
             row = await cur.fetchone()
-        return row.to_access() if row else None
+        if row is None:
+            return None
+        *annotation_values, role, active = row
+        return AnnotationAccess(
+            Annotation(*annotation_values), ProjectRole.from_db(role) if role else None, active
+        )
 
     async def update(
         self, conn: Connection, annotation_id: int, changes: Mapping[str, Any]
