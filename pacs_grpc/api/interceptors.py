@@ -74,19 +74,17 @@ def _request_id(context: aio.ServicerContext[Any, Any]) -> str:
 
 
 async def _fail(call: _CallLog, context: aio.ServicerContext[Any, Any], error: Exception) -> None:
-    """Abort the RPC for an exception; always raises."""
+    """Abort the RPC for an exception (status from _status_of); always raises."""
+    call.code = _status_of(error)
     if isinstance(error, NotImplementedError):
-        # The generated base servicers answer this way for RPCs that a later
-        # release implements; that is UNIMPLEMENTED, not a server fault.
-        call.code = grpc.StatusCode.UNIMPLEMENTED
-        await context.abort(call.code, f"{call.method} is not implemented yet")
+        # The generated base servicers answer this way for an RPC with no
+        # implementation; that is UNIMPLEMENTED, not a server fault.
+        await context.abort(call.code, f"{call.method} is not implemented")
     if isinstance(error, DomainError):
-        call.code = status_for(error)
         context.set_trailing_metadata(
             ((REQUEST_ID_HEADER, call.request_id), *trailing_metadata_for(error))
         )
         await context.abort(call.code, error.message)
-    call.code = grpc.StatusCode.INTERNAL
     call.error_id = uuid.uuid4().hex[:16]
     _log.error(
         "unhandled exception",
@@ -109,6 +107,7 @@ async def _served(
     """Everything around one handler: access, error mapping, audit, the log line."""
     log = _CallLog(method, context)
     call: CallContext | None = None
+    audited = False
     try:
         if gate is not None:
             call = await gate.open(method, context.invocation_metadata() or (), log.request_id)
@@ -123,11 +122,23 @@ async def _served(
         log.code = grpc.StatusCode.CANCELLED
         raise
     except Exception as error:  # noqa: BLE001 - the edge maps every exception
+        if gate is not None and call is not None:
+            # The refusal's audit row is committed before the client hears the refusal.
+            await gate.close(call, _status_of(error))
+            audited = True
         await _fail(log, context, error)
     finally:
-        if gate is not None and call is not None:
+        if gate is not None and call is not None and not audited:
             await gate.close(call, log.code)
         log.finish()
+
+
+def _status_of(error: Exception) -> grpc.StatusCode:
+    if isinstance(error, DomainError):
+        return status_for(error)
+    if isinstance(error, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
+    return grpc.StatusCode.INTERNAL
 
 
 def _wrap_call(
