@@ -18,13 +18,14 @@ from pacs_grpc.domain.annotation import (
     EventType,
     ListFilter,
 )
-from pacs_grpc.domain.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from pacs_grpc.domain.errors import Conflict, InvalidArgument, NotFound
 from pacs_grpc.services.context import (
     AuditedTransactions,
     CallContext,
     authorize_project,
     check_access,
 )
+from pacs_grpc.services.idempotency import create_once
 from pacs_grpc.services.identity import Page
 from pacs_grpc.services.ports import IdempotencyStore, ProjectStore, Tx
 
@@ -113,43 +114,34 @@ class AnnotationUseCases:
         )  # fmt: skip
         async with self._transaction(call) as conn:
             await authorize_project(self._projects, conn, call, new.project_id)
-            if new.request_id is not None:
-                earlier = await self._idempotency.lock_and_find(
-                    conn, call.caller.user_id, _OPERATION, new.request_id
+
+            async def find(annotation_id: int) -> Annotation | None:
+                found = await self._annotations.get_with_access(
+                    conn, annotation_id, call.caller.user_id
                 )
-                if earlier is not None:
-                    return await self._replayed(conn, call, earlier, fingerprint)
-            annotation = await self._annotations.insert(
+                return found.annotation if found else None
+
+            annotation, created = await create_once(
+                self._idempotency,
                 conn,
-                project_id=new.project_id,
-                user_id=call.caller.user_id,
-                where=new.where,
-                content=new.content,
+                call,
+                operation=_OPERATION,
+                request_id=new.request_id,
+                fingerprint=fingerprint,
+                create=lambda: self._annotations.insert(
+                    conn,
+                    project_id=new.project_id,
+                    user_id=call.caller.user_id,
+                    where=new.where,
+                    content=new.content,
+                ),
+                find=find,
+                id_of=lambda a: a.id,
             )
             call.audit.touch(resource_ids=[annotation.id])
-            if new.request_id is not None:
-                await self._idempotency.remember(
-                    conn,
-                    user_id=call.caller.user_id,
-                    operation=_OPERATION,
-                    request_id=new.request_id,
-                    resource_id=annotation.id,
-                    fingerprint=fingerprint,
-                )
-            await self._event(conn, call, annotation, EventType.CREATED)
+            if created:
+                await self._event(conn, call, annotation, EventType.CREATED)
         return annotation
-
-    async def _replayed(
-        self, conn: Tx, call: CallContext, earlier: tuple[int, str], fingerprint: str
-    ) -> Annotation:
-        annotation_id, earlier_fingerprint = earlier
-        if earlier_fingerprint != fingerprint:
-            raise InvalidArgument("request_id", "was already used for a different request")
-        found = await self._annotations.get_with_access(conn, annotation_id, call.caller.user_id)
-        if found is None:
-            raise FailedPrecondition("the annotation created for this request_id was deleted")
-        call.audit.touch(resource_ids=[annotation_id])
-        return found.annotation
 
     async def get(self, call: CallContext, annotation_id: int) -> Annotation:
         validation.positive_id("annotation_id", annotation_id)

@@ -17,6 +17,7 @@ from pacs_grpc.domain.errors import (
 )
 from pacs_grpc.domain.identity import Principal, Project, ProjectMember, ProjectRole, User
 from pacs_grpc.services.context import AuditedTransactions, CallContext, authorize_project
+from pacs_grpc.services.idempotency import create_once
 from pacs_grpc.services.ports import IdempotencyStore, ProjectStore, Transactions, UserStore
 
 PROFILE_FIELDS = frozenset({"email", "full_name", "organization", "department", "phone"})
@@ -139,36 +140,24 @@ class IdentityUseCases:
         call.audit.touch(resource_type="project")
         fingerprint = paging.filters_fingerprint(clean_name, clean_description)
         async with self._transaction(call) as conn:
-            if key is not None:
-                earlier = await self._idempotency.lock_and_find(
-                    conn, call.caller.user_id, "CreateProject", key
-                )
-                if earlier is not None:
-                    return await self._replayed_project(conn, call, earlier, fingerprint)
-            project = await self._projects.create(conn, clean_name, clean_description)
-            if key is not None:
-                await self._idempotency.remember(
-                    conn,
-                    user_id=call.caller.user_id,
-                    operation="CreateProject",
-                    request_id=key,
-                    resource_id=project.id,
-                    fingerprint=fingerprint,
-                )
+
+            async def find(project_id: int) -> Project | None:
+                found = await self._projects.with_role(conn, project_id, call.caller.user_id)
+                return found[0] if found else None
+
+            project, _ = await create_once(
+                self._idempotency,
+                conn,
+                call,
+                operation="CreateProject",
+                request_id=key,
+                fingerprint=fingerprint,
+                create=lambda: self._projects.create(conn, clean_name, clean_description),
+                find=find,
+                id_of=lambda p: p.id,
+            )
             call.audit.touch(project_id=project.id, resource_ids=[project.id])
         return project
-
-    async def _replayed_project(
-        self, conn: object, call: CallContext, earlier: tuple[int, str], fingerprint: str
-    ) -> Project:
-        project_id, earlier_fingerprint = earlier
-        if earlier_fingerprint != fingerprint:
-            raise InvalidArgument("request_id", "was already used for a different request")
-        found = await self._projects.with_role(conn, project_id, call.caller.user_id)
-        if found is None:
-            raise FailedPrecondition("the project created for this request_id no longer exists")
-        call.audit.touch(project_id=project_id, resource_ids=[project_id])
-        return found[0]
 
     async def get_project(self, call: CallContext, project_id: int) -> Project:
         validation.positive_id("project_id", project_id)

@@ -27,6 +27,7 @@ from pacs_grpc.domain.masks import (
     UploadMethod,
 )
 from pacs_grpc.services.context import AuditedTransactions, CallContext, check_access
+from pacs_grpc.services.idempotency import create_once
 from pacs_grpc.services.identity import Page
 from pacs_grpc.services.ports import IdempotencyStore, Transactions, Tx
 from pacs_grpc.services.storage import ObjectInfo, ObjectStorage
@@ -137,29 +138,19 @@ class MaskUseCases:
         fingerprint = paging.filters_fingerprint(annotation_id, values.__dict__)
         async with self._transaction(call) as conn:
             await self._annotation(conn, call, annotation_id)
-            if key is not None:
-                earlier = await self._idempotency.lock_and_find(
-                    conn, call.caller.user_id, _OPERATION, key
-                )
-                if earlier is not None:
-                    if earlier[1] != fingerprint:
-                        raise InvalidArgument("request_id", "was already used for another request")
-                    group = await self._masks.get_group(conn, earlier[0])
-                    if group is None:
-                        raise FailedPrecondition(
-                            "the group created for this request_id was deleted"
-                        )
-                    return group
-            group = await self._masks.insert_group(conn, annotation_id, values, call.caller.user_id)
-            if key is not None:
-                await self._idempotency.remember(
-                    conn,
-                    user_id=call.caller.user_id,
-                    operation=_OPERATION,
-                    request_id=key,
-                    resource_id=group.id,
-                    fingerprint=fingerprint,
-                )
+            group, _ = await create_once(
+                self._idempotency,
+                conn,
+                call,
+                operation=_OPERATION,
+                request_id=key,
+                fingerprint=fingerprint,
+                create=lambda: self._masks.insert_group(
+                    conn, annotation_id, values, call.caller.user_id
+                ),
+                find=lambda group_id: self._masks.get_group(conn, group_id),
+                id_of=lambda g: g.id,
+            )
             call.audit.touch(resource_ids=[group.id])
         return group
 

@@ -490,3 +490,22 @@ async def test_deleted_objects_and_expired_tickets_leave_storage(
             break
         await asyncio.sleep(0.1)
     assert stored() == []
+
+
+async def test_create_mask_group_with_a_request_id_is_idempotent(
+    masks: mask_pb2_grpc.MaskServiceAsyncStub, setup: Setup
+) -> None:
+    request = mask_pb2.CreateMaskGroupRequest(
+        annotation_id=setup.annotation_id,
+        mask_group=mask_pb2.MaskGroup(slice_count=4, model_name="retry-model"),
+        request_id=f"group-{uuid.uuid4().hex}",
+    )
+    replies = await asyncio.gather(
+        *(masks.CreateMaskGroup(request, metadata=setup.writer.metadata()) for _ in range(10))
+    )
+    assert len({r.mask_group.id for r in replies}) == 1
+    request.mask_group.slice_count = 5
+    with pytest.raises(aio.AioRpcError) as raised:
+        await masks.CreateMaskGroup(request, metadata=setup.writer.metadata())
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (raised.value.details() or "").startswith("request_id:")
