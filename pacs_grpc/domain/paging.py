@@ -12,8 +12,9 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from pacs_grpc.domain.errors import InvalidArgument
 
@@ -46,3 +47,21 @@ def decode(token: str, fingerprint: str, arity: int) -> list[Any] | None:
     if issued_for != fingerprint:
         raise InvalidArgument(_FIELD, "was issued for different filters")
     return position
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str
+
+    @classmethod
+    def of(
+        cls, rows: list[T], limit: int, fingerprint: str, position: Callable[[T], list[Any]]
+    ) -> Page[T]:
+        """A page from `limit + 1` rows: the extra row only says that another page follows."""
+        items = rows[:limit]
+        more = len(rows) > limit and bool(items)
+        return cls(items, encode(fingerprint, position(items[-1])) if more else "")

@@ -19,6 +19,7 @@ from pacs_grpc.domain.annotation import (
     ListFilter,
 )
 from pacs_grpc.domain.errors import Conflict, InvalidArgument, NotFound
+from pacs_grpc.domain.paging import Page
 from pacs_grpc.services.context import (
     AuditedTransactions,
     CallContext,
@@ -26,7 +27,6 @@ from pacs_grpc.services.context import (
     check_access,
 )
 from pacs_grpc.services.idempotency import create_once
-from pacs_grpc.services.identity import Page
 from pacs_grpc.services.ports import IdempotencyStore, ProjectStore, Tx
 
 _OPERATION = "CreateAnnotation"

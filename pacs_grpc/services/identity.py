@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
 
 from pacs_grpc.domain import paging, validation
 from pacs_grpc.domain.errors import (
@@ -16,30 +14,13 @@ from pacs_grpc.domain.errors import (
     PermissionDenied,
 )
 from pacs_grpc.domain.identity import Principal, Project, ProjectMember, ProjectRole, User
+from pacs_grpc.domain.paging import Page
 from pacs_grpc.services.context import AuditedTransactions, CallContext, authorize_project
 from pacs_grpc.services.idempotency import create_once
 from pacs_grpc.services.ports import IdempotencyStore, ProjectStore, Transactions, UserStore
 
 PROFILE_FIELDS = frozenset({"email", "full_name", "organization", "department", "phone"})
 _PROFILE_LIMITS = {"full_name": 200, "organization": 200, "department": 200}
-
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_page_token: str
-
-    @classmethod
-    def of(
-        cls, rows: list[T], limit: int, fingerprint: str, position: Callable[[T], list[Any]]
-    ) -> Page[T]:
-        """A page from `limit + 1` rows: the extra row only says that another page follows."""
-        items = rows[:limit]
-        more = len(rows) > limit and bool(items)
-        return cls(items, paging.encode(fingerprint, position(items[-1])) if more else "")
 
 
 class UserDirectory:

@@ -26,9 +26,9 @@ from pacs_grpc.domain.masks import (
     SliceDeclaration,
     UploadMethod,
 )
+from pacs_grpc.domain.paging import Page
 from pacs_grpc.services.context import AuditedTransactions, CallContext, check_access
 from pacs_grpc.services.idempotency import create_once
-from pacs_grpc.services.identity import Page
 from pacs_grpc.services.ports import IdempotencyStore, Transactions, Tx
 from pacs_grpc.services.storage import ObjectInfo, ObjectStorage
 
@@ -84,8 +84,8 @@ class MaskStore(Protocol):
         self, conn: Tx, group_id: int, declared: Sequence[tuple[uuid.UUID, str, SliceDeclaration]],
         *, method: str, created_by: int, expires_at: datetime,
     ) -> None: ...  # fmt: skip
-    async def uploads_for_update(
-        self, conn: Tx, group_id: int, upload_ids: Sequence[uuid.UUID]
+    async def uploads(
+        self, conn: Tx, group_id: int, upload_ids: Sequence[uuid.UUID], *, for_update: bool = False
     ) -> list[PendingUpload]: ...
     async def masks_by_upload(self, conn: Tx, upload_ids: Sequence[uuid.UUID]) -> list[Mask]: ...
     async def record_masks(
@@ -252,7 +252,7 @@ class MaskUseCases:
         wanted = {c.upload_id: c for c in completed}
         async with self._transaction(call) as conn:
             access = await self._group(conn, call, annotation_id, group_id)
-            uploads = await self._masks.uploads_for_update(conn, group_id, list(wanted))
+            uploads = await self._masks.uploads(conn, group_id, list(wanted))
         unknown = len(wanted) - len(uploads)
         if unknown:
             raise FailedPrecondition(f"{unknown} upload id(s) are not tickets of this group")
@@ -280,7 +280,7 @@ class MaskUseCases:
             raise FailedPrecondition("uploads not accepted: " + "; ".join(problems))
         async with self._transaction(call) as conn:
             await self._group(conn, call, annotation_id, group_id)
-            locked = await self._masks.uploads_for_update(conn, group_id, list(wanted))
+            locked = await self._masks.uploads(conn, group_id, list(wanted), for_update=True)
             # A concurrent completion may have recorded some meanwhile: those stay as they are.
             still_pending = {u.upload_id for u in locked if u.completed_at is None}
             new = [m for m, _ in checked if m is not None and m.upload.upload_id in still_pending]

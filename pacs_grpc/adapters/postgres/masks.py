@@ -83,12 +83,10 @@ from unnest(%(upload_ids)s::uuid[], %(slice_indexes)s::int[], %(sop_uids)s::text
           object_key)
 """
 
-# Locked, so concurrent completions of the same uploads take turns.
-UPLOADS_FOR_UPDATE = f"""
+UPLOADS = f"""
 select {_UPLOAD_COLUMNS} from mask_upload u
 where u.mask_group_id = %(group_id)s and u.upload_id = any(%(upload_ids)s::uuid[])
 order by u.upload_id
-for update
 """
 
 MASKS_BY_UPLOAD = f"""
@@ -223,13 +221,19 @@ class MaskRepository:
         async with conn.cursor() as cur:
             await cur.execute(INSERT_UPLOADS, params)
 
-    async def uploads_for_update(
-        self, conn: Connection, group_id: int, upload_ids: Sequence[uuid.UUID]
+    async def uploads(
+        self,
+        conn: Connection,
+        group_id: int,
+        upload_ids: Sequence[uuid.UUID],
+        *,
+        for_update: bool = False,
     ) -> list[PendingUpload]:
+        """The group's tickets among upload_ids; locked (concurrent completions of the same
+        uploads then take turns) only when the transaction goes on to record them."""
+        query = UPLOADS + (" for update" if for_update else "")
         async with conn.cursor(row_factory=class_row(PendingUpload)) as cur:
-            await cur.execute(
-                UPLOADS_FOR_UPDATE, {"group_id": group_id, "upload_ids": list(upload_ids)}
-            )
+            await cur.execute(query, {"group_id": group_id, "upload_ids": list(upload_ids)})
             return await cur.fetchall()
 
     async def masks_by_upload(
