@@ -195,7 +195,7 @@ async def create_application(settings: Settings) -> Application:
         annotations=annotation_repository,
         idempotency=idempotency,
         storage=storage,
-        outbox=database,
+        database=database,
         limits=MaskLimits(
             max_slices_per_call=settings.max_slices_per_request,
             max_mask_bytes=settings.max_mask_bytes,

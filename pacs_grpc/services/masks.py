@@ -7,10 +7,10 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from pacs_grpc.domain import masks as rules
 from pacs_grpc.domain import paging, validation
@@ -47,6 +47,8 @@ class MaskLimits:
     max_ttl: timedelta
     max_page_size: int
     check_png_signature: bool
+    # Slices of one push stored at once; each holds at most a few MiB of chunks in memory.
+    push_parallel_slices: int = 8
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class MaskUseCases:
         annotations: AnnotationAccessLookup,
         idempotency: IdempotencyStore,
         storage: ObjectStorage,
-        outbox: Transactions,
+        database: Transactions,
         limits: MaskLimits,
     ) -> None:
         self._transaction = transaction
@@ -124,7 +126,9 @@ class MaskUseCases:
         self._annotations = annotations
         self._idempotency = idempotency
         self._storage = storage
-        self._outbox = outbox
+        # Unaudited: for reads that precede the use case's one audited transaction, and
+        # for cleanup after a failure, whose audit row the edge writes.
+        self._database = database
         self.limits = limits
 
     # -- groups -----------------------------------------------------------------------------
@@ -250,7 +254,7 @@ class MaskUseCases:
     ) -> tuple[MaskGroup, list[Mask]]:
         """Verify the uploaded objects and record them as masks, all or nothing."""
         wanted = {c.upload_id: c for c in completed}
-        async with self._transaction(call) as conn:
+        async with self._database.transaction() as conn:
             access = await self._group(conn, call, annotation_id, group_id)
             uploads = await self._masks.uploads(conn, group_id, list(wanted))
         unknown = len(wanted) - len(uploads)
@@ -340,7 +344,7 @@ class MaskUseCases:
         first = await anext(messages, None)
         if not isinstance(first, PushTarget):
             raise InvalidArgument("target", "the first message must name the group")
-        async with self._transaction(call) as conn:
+        async with self._database.transaction() as conn:
             access = await self._group(conn, call, first.annotation_id, first.group_id)
         written: list[str] = []
         try:
@@ -367,7 +371,7 @@ class MaskUseCases:
         with contextlib.suppress(Exception):
             await self._storage.delete(keys)
         try:
-            async with self._outbox.transaction() as conn:
+            async with self._database.transaction() as conn:
                 await self._masks.enqueue_deletions(conn, keys)
         except Exception:  # noqa: BLE001 - the delete above did what it could
             _log.warning("could not queue objects of a broken push", extra={"count": len(keys)})
@@ -379,59 +383,110 @@ class MaskUseCases:
         messages: AsyncIterator[PushMessage],
         written: list[str],
     ) -> tuple[list[NewMask], int]:
-        new: list[NewMask] = []
+        """Read the stream slice by slice while earlier slices are still being stored.
+
+        One object PUT per slice, one after another, would make a series cost its slice
+        count times the storage round trip. Reading must stay in order (one stream), but each
+        slice's upload runs on while the next one is read, up to `push_parallel_slices` at a
+        time: memory stays bounded by that window, not by the series.
+        """
+        stored: list[asyncio.Task[NewMask]] = []
+        try:
+            received = await self._read_slices(access, target, messages, written, stored)
+            return list(await asyncio.gather(*stored)), received
+        except BaseException:
+            for task in stored:
+                task.cancel()
+            # Their objects are in `written` already; wait so none is still being created
+            # by this process when the caller discards them.
+            await asyncio.gather(*stored, return_exceptions=True)
+            raise
+
+    async def _read_slices(
+        self,
+        access: GroupAccess,
+        target: PushTarget,
+        messages: AsyncIterator[PushMessage],
+        written: list[str],
+        stored: list[asyncio.Task[NewMask]],
+    ) -> int:
+        running: set[asyncio.Task[NewMask]] = set()
         seen: set[int] = set()
         received = 0
         message = await anext(messages, None)
         while message is not None:
-            if not isinstance(message, PushedSlice):
-                raise InvalidArgument("slice", "chunks must follow a slice header")
-            field = f"slice[{len(new)}]"
-            if len(new) >= self.limits.max_slices_per_call:
-                raise InvalidArgument(
-                    "slice", f"at most {self.limits.max_slices_per_call} per push"
-                )
-            (declared,) = rules.slices(
-                [message.declaration],
-                slice_count=access.group.slice_count,
-                max_slices=1,
-                max_bytes=self.limits.max_mask_bytes,
-                allowed_types=self.limits.allowed_content_types,
-            )
-            if declared.slice_index in seen:
-                raise InvalidArgument(f"{field}.slice_index", "is repeated in this stream")
-            seen.add(declared.slice_index)
-            if declared.md5 is None:
-                raise InvalidArgument(f"{field}.md5", "is required")
-            if message.width <= 0 or message.height <= 0:
-                raise InvalidArgument(f"{field}.width", "width and height must be positive")
+            header, declared = self._pushed_declaration(access, message, len(stored), seen)
             upload_id = uuid.uuid4()
             key = rules.pushed_key(
                 access.project_id, target.annotation_id, target.group_id, upload_id
             )
             written.append(key)
-            chunks = _SliceChunks(messages, declared.size_bytes, field)
-            info = await self._storage.put_stream(
-                key, chunks, size=declared.size_bytes, content_type=declared.content_type
-            )
-            if info.etag != declared.md5:
-                raise FailedPrecondition(f"slice {declared.slice_index}: checksum differs from md5")
-            received += declared.size_bytes
-            new.append(
-                NewMask(
-                    upload=PendingUpload(
-                        upload_id, target.group_id, declared.slice_index,
-                        declared.sop_instance_uid, declared.label_name, declared.content_type,
-                        declared.size_bytes, declared.md5, "PUSH", key, datetime.now(UTC), None,
-                    ),
-                    file_path=key, file_size=info.size, checksum=info.etag,
-                    width=message.width, height=message.height, object_version=info.version_id,
+            chunks = _SliceChunks(messages, declared.size_bytes, f"slice[{len(stored)}]")
+            task = asyncio.create_task(
+                self._store_pushed(
+                    target, upload_id=upload_id, key=key, declared=declared, header=header,
+                    chunks=chunks,
                 )
             )  # fmt: skip
+            stored.append(task)
+            running.add(task)
+            await _until(chunks.read_through.wait(), running)
+            while len(running) >= self.limits.push_parallel_slices:
+                await _until(None, running)
+            received += declared.size_bytes
             message = chunks.after
-        if not new:
+        if not stored:
             raise InvalidArgument("slice", "the stream carried no slices")
-        return new, received
+        return received
+
+    def _pushed_declaration(
+        self, access: GroupAccess, message: PushMessage, position: int, seen: set[int]
+    ) -> tuple[PushedSlice, SliceDeclaration]:
+        if not isinstance(message, PushedSlice):
+            raise InvalidArgument("slice", "chunks must follow a slice header")
+        field = f"slice[{position}]"
+        if position >= self.limits.max_slices_per_call:
+            raise InvalidArgument("slice", f"at most {self.limits.max_slices_per_call} per push")
+        (declared,) = rules.slices(
+            [message.declaration],
+            slice_count=access.group.slice_count,
+            max_slices=1,
+            max_bytes=self.limits.max_mask_bytes,
+            allowed_types=self.limits.allowed_content_types,
+        )
+        if declared.slice_index in seen:
+            raise InvalidArgument(f"{field}.slice_index", "is repeated in this stream")
+        seen.add(declared.slice_index)
+        if declared.md5 is None:
+            raise InvalidArgument(f"{field}.md5", "is required")
+        if message.width <= 0 or message.height <= 0:
+            raise InvalidArgument(f"{field}.width", "width and height must be positive")
+        return message, declared
+
+    async def _store_pushed(
+        self,
+        target: PushTarget,
+        *,
+        upload_id: uuid.UUID,
+        key: str,
+        declared: SliceDeclaration,
+        header: PushedSlice,
+        chunks: _SliceChunks,
+    ) -> NewMask:
+        info = await self._storage.put_stream(
+            key, chunks, size=declared.size_bytes, content_type=declared.content_type
+        )
+        if info.etag != declared.md5:
+            raise FailedPrecondition(f"slice {declared.slice_index}: checksum differs from md5")
+        return NewMask(
+            upload=PendingUpload(
+                upload_id, target.group_id, declared.slice_index, declared.sop_instance_uid,
+                declared.label_name, declared.content_type, declared.size_bytes, declared.md5,
+                "PUSH", key, datetime.now(UTC), None,
+            ),
+            file_path=key, file_size=info.size, checksum=info.etag,
+            width=header.width, height=header.height, object_version=info.version_id,
+        )  # fmt: skip
 
     # -- masks ------------------------------------------------------------------------------
 
@@ -561,11 +616,20 @@ class _SliceChunks:
         self._field = field
         # The message after this slice's last chunk: the next header, or None at the end.
         self.after: PushMessage | None = None
+        # Set once this slice's reading is over, well or badly: the stream may move on.
+        self.read_through = asyncio.Event()
 
     def __aiter__(self) -> _SliceChunks:
         return self
 
     async def __anext__(self) -> bytes:
+        try:
+            return await self._next_chunk()
+        except BaseException:
+            self.read_through.set()
+            raise
+
+    async def _next_chunk(self) -> bytes:
         if self._remaining == 0:
             self.after = await anext(self._messages, None)
             if isinstance(self.after, bytes):
@@ -580,6 +644,32 @@ class _SliceChunks:
             raise InvalidArgument(self._field, "more bytes than size_bytes declared")
         self._remaining -= len(chunk)
         return chunk
+
+
+async def _until(
+    event: Coroutine[Any, Any, Any] | None, running: set[asyncio.Task[NewMask]]
+) -> None:
+    """Wait for `event` (or, without one, for any upload to end); a failed upload raises.
+
+    Watching the uploads too means a slice refused by storage stops the push at once, not
+    only when the stream reaches its end.
+    """
+    waiter = asyncio.ensure_future(event) if event is not None else None
+    try:
+        while running:
+            done, _ = await asyncio.wait(
+                {*running, *([waiter] if waiter else [])}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done & running:
+                running.discard(task)
+                task.result()
+            if waiter is None or waiter in done:
+                return
+        if waiter is not None:
+            await waiter
+    finally:
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
 
 
 def _mismatch(

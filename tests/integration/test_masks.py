@@ -235,9 +235,11 @@ async def test_completion_refuses_missing_short_and_foreign_objects_and_records_
     assert _upload(tickets[0], images[0]) == 200
     assert _upload(tickets[1], images[1][:-10]) == 200  # a PUT ticket cannot stop a short body
     # tickets[2]: nothing uploaded
+    request_id = str(uuid.uuid4())
     with pytest.raises(aio.AioRpcError) as raised:
         await masks.CompleteUpload(
-            _completion(list(tickets), setup, group.id), metadata=setup.writer.metadata()
+            _completion(list(tickets), setup, group.id),
+            metadata=setup.writer.metadata(request_id),
         )
     assert raised.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     details = raised.value.details() or ""
@@ -247,7 +249,12 @@ async def test_completion_refuses_missing_short_and_foreign_objects_and_records_
         count = conn.execute(
             "select count(*) from annotation_mask where mask_group_id = %s", [group.id]
         ).fetchone()
+        audited = conn.execute(
+            "select outcome, error_code from audit_log where request_id = %s", [request_id]
+        ).fetchall()
     assert count == (0,)
+    # The refusal is what the audit trail shows, not the authorization that preceded it.
+    assert audited == [("error", "FAILED_PRECONDITION")]
 
 
 async def test_duplicate_and_concurrent_completions_record_one_row_per_slice(

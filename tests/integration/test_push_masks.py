@@ -169,8 +169,9 @@ async def test_a_bad_slice_refuses_the_whole_push(
     else:
         messages[-2].slice.slice_index = 0
     stub = mask_pb2_grpc.MaskServiceStub(channel)
+    request_id = str(uuid.uuid4())
     with pytest.raises(aio.AioRpcError) as raised:
-        await stub.PushMasks(iter(messages), metadata=user.metadata(), timeout=30)
+        await stub.PushMasks(iter(messages), metadata=user.metadata(request_id), timeout=30)
     expected = {
         "short": grpc.StatusCode.INVALID_ARGUMENT,
         "checksum": grpc.StatusCode.FAILED_PRECONDITION,
@@ -178,3 +179,8 @@ async def test_a_bad_slice_refuses_the_whole_push(
     }[fault]
     assert raised.value.code() is expected
     assert _objects_under(live_stack, f"masks/p{project_id}/a{annotation_id}/g{group_id}/") == []
+    with psycopg.connect(live_stack.database_url) as conn:
+        audited = conn.execute(
+            "select outcome, error_code from audit_log where request_id = %s", [request_id]
+        ).fetchall()
+    assert audited == [("error", expected.name)]

@@ -15,11 +15,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, BinaryIO, TypeVar, cast
+from xml.etree import ElementTree
 
 import urllib3
 from minio.datatypes import PostPolicy
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.helpers import DictType
 
 from pacs_grpc.adapters.storage.s3 import create_client
 from pacs_grpc.config import StorageSettings
@@ -120,8 +122,9 @@ class ObjectStore:
     async def read_head(self, key: str, length: int) -> bytes:
         return await self._run(self._read_head, key, length)
 
-    async def latest_versions(self, prefix: str) -> dict[str, ObjectInfo]:
-        return await self._run(self._latest_versions, prefix)
+    async def latest_versions(self, prefix: str, *, page_size: int = 1000) -> dict[str, ObjectInfo]:
+        """The latest live version of every key under `prefix`."""
+        return await self._run(self._latest_versions, prefix, page_size)
 
     async def delete(self, keys: Sequence[str]) -> list[str]:
         """Remove every version of each key; returns the keys that could not be removed."""
@@ -226,22 +229,24 @@ class ObjectStore:
         errors = self._client.remove_objects(self._bucket, targets)
         return sorted({e.name for e in errors if e.code != "NoSuchKey" and e.name is not None})
 
-    def _latest_versions(self, prefix: str) -> dict[str, ObjectInfo]:
+    def _latest_versions(self, prefix: str, page_size: int) -> dict[str, ObjectInfo]:
         # One request per thousand objects, where a HEAD each would cost a signed round trip
-        # (about a millisecond of this process's CPU) per slice of the series.
+        # (about a millisecond of this process's CPU) per slice of the series. The pages are
+        # read here rather than by list_objects: the SDK's parser spends ~0.12 ms of CPU per
+        # entry (a namespaced path lookup per field), which was a tenth of a second for a
+        # 1,000-slice completion; walking each entry's children once is ten times cheaper.
         found: dict[str, ObjectInfo] = {}
-        for item in self._client.list_objects(
-            self._bucket, prefix=prefix, recursive=True, include_version=True
-        ):
-            if item.is_latest == "true" and not item.is_delete_marker and item.object_name:
-                found[item.object_name] = ObjectInfo(
-                    key=item.object_name,
-                    size=item.size or 0,
-                    etag=_etag(item.etag),
-                    content_type=None,
-                    version_id=item.version_id,
-                )
-        return found
+        query: DictType = {
+            "versions": "", "prefix": prefix, "delimiter": "", "max-keys": str(page_size)
+        }  # fmt: skip
+        while True:
+            # minio (pinned) has no public call that returns the raw page.
+            response = self._client._execute("GET", self._bucket, query_params=query)
+            page = ElementTree.fromstring(response.data)  # noqa: S314 - our own storage
+            more = _read_versions_page(page, found)
+            if more is None:
+                return found
+            query = {**query, "key-marker": more[0], "version-id-marker": more[1]}
 
     def _versioning_enabled(self) -> bool:
         return bool(self._client.get_bucket_versioning(self._bucket).status == "Enabled")
@@ -350,6 +355,40 @@ class _QueueReader:
         while not self._queue.empty():
             self._queue.get_nowait()
         self._queue.put_nowait(_SourceFailed(asyncio.CancelledError()))
+
+
+_S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_VERSION_FIELDS = {
+    f"{_S3_NS}{name}": name for name in ("Key", "VersionId", "IsLatest", "Size", "ETag")
+}
+
+
+def _read_versions_page(
+    page: ElementTree.Element, found: dict[str, ObjectInfo]
+) -> tuple[str, str] | None:
+    """Add a ListObjectVersions page's latest versions to `found`; the next page's markers.
+
+    A deleted key's latest entry is a DeleteMarker, not a Version, so it is left out.
+    """
+    for entry in page.iter(f"{_S3_NS}Version"):
+        values = {
+            _VERSION_FIELDS[child.tag]: child.text or ""
+            for child in entry
+            if child.tag in _VERSION_FIELDS
+        }
+        if values.get("IsLatest") == "true" and values.get("Key"):
+            key = values["Key"]
+            found[key] = ObjectInfo(
+                key=key,
+                size=int(values.get("Size") or 0),
+                etag=_etag(values.get("ETag")),
+                content_type=None,
+                version_id=values.get("VersionId") or None,
+            )
+    if page.findtext(f"{_S3_NS}IsTruncated") != "true":
+        return None
+    key_marker = page.findtext(f"{_S3_NS}NextKeyMarker") or ""
+    return key_marker, page.findtext(f"{_S3_NS}NextVersionIdMarker") or ""
 
 
 def _now() -> datetime:
