@@ -87,7 +87,7 @@ class MaskStore(Protocol):
         *, method: str, created_by: int, expires_at: datetime,
     ) -> None: ...  # fmt: skip
     async def uploads(
-        self, conn: Tx, group_id: int, upload_ids: Sequence[uuid.UUID], *, for_update: bool = False
+        self, conn: Tx, group_id: int, upload_ids: Sequence[uuid.UUID]
     ) -> list[PendingUpload]: ...
     async def masks_by_upload(self, conn: Tx, upload_ids: Sequence[uuid.UUID]) -> list[Mask]: ...
     async def record_masks(
@@ -284,13 +284,11 @@ class MaskUseCases:
             raise FailedPrecondition("uploads not accepted: " + "; ".join(problems))
         async with self._transaction(call) as conn:
             await self._group(conn, call, annotation_id, group_id)
-            locked = await self._masks.uploads(conn, group_id, list(wanted), for_update=True)
-            # A concurrent completion may have recorded some meanwhile: those stay as they are.
-            still_pending = {u.upload_id for u in locked if u.completed_at is None}
-            new = [m for m, _ in checked if m is not None and m.upload.upload_id in still_pending]
-            if new:
-                await self._masks.record_masks(conn, group_id, new)
-            masks = await self._masks.masks_by_upload(conn, list(wanted))
+            # Uploads a concurrent completion recorded meanwhile keep the masks it recorded.
+            new = [m for m, _ in checked if m is not None]
+            masks = await self._masks.record_masks(conn, group_id, new) if new else []
+            if len(masks) < len(wanted):
+                masks = await self._masks.masks_by_upload(conn, list(wanted))
             group = await self._masks.get_group(conn, group_id)
         call.audit.touch(resource_ids=[m.id for m in masks])
         assert group is not None
@@ -390,16 +388,20 @@ class MaskUseCases:
         slice's upload runs on while the next one is read, up to `push_parallel_slices` at a
         time: memory stays bounded by that window, not by the series.
         """
-        stored: list[asyncio.Task[NewMask]] = []
+        stored: list[tuple[asyncio.Task[NewMask], _SliceChunks]] = []
         try:
             received = await self._read_slices(access, target, messages, written, stored)
-            return list(await asyncio.gather(*stored)), received
+            return list(await asyncio.gather(*(task for task, _ in stored))), received
         except BaseException:
-            for task in stored:
-                task.cancel()
-            # Their objects are in `written` already; wait so none is still being created
-            # by this process when the caller discards them.
-            await asyncio.gather(*stored, return_exceptions=True)
+            # A slice read in full is finishing its PUT: let it, so that its object exists
+            # when the caller deletes what was written. Cancelling it would stop the wait,
+            # not the worker thread, whose object would then appear after the delete. A
+            # slice still being read is cancelled: its bytes will never all arrive.
+            for task, chunks in stored:
+                if not chunks.read_through.is_set():
+                    task.cancel()
+            tasks = [task for task, _ in stored]
+            await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
             raise
 
     async def _read_slices(
@@ -408,7 +410,7 @@ class MaskUseCases:
         target: PushTarget,
         messages: AsyncIterator[PushMessage],
         written: list[str],
-        stored: list[asyncio.Task[NewMask]],
+        stored: list[tuple[asyncio.Task[NewMask], _SliceChunks]],
     ) -> int:
         running: set[asyncio.Task[NewMask]] = set()
         seen: set[int] = set()
@@ -428,7 +430,7 @@ class MaskUseCases:
                     chunks=chunks,
                 )
             )  # fmt: skip
-            stored.append(task)
+            stored.append((task, chunks))
             running.add(task)
             await _until(chunks.read_through.wait(), running)
             while len(running) >= self.limits.push_parallel_slices:

@@ -94,7 +94,7 @@ select {_MASK_COLUMNS} from annotation_mask m where m.upload_id = any(%(upload_i
 order by m.slice_index
 """
 
-INSERT_MASKS = f"""
+_INSERT_MASKS_INTO = """
 insert into annotation_mask as m (mask_group_id, slice_index, sop_instance_uid, label_name,
     file_path, mime_type, file_size, checksum, width, height, upload_id, object_version)
 select %(group_id)s, t.slice_index, t.sop_instance_uid, t.label_name, t.file_path, t.mime_type,
@@ -105,11 +105,24 @@ from unnest(%(slice_indexes)s::int[], %(sop_uids)s::text[], %(labels)s::text[],
             %(upload_ids)s::uuid[], %(versions)s::text[])
      as t(slice_index, sop_instance_uid, label_name, file_path, mime_type, file_size, checksum,
           width, height, upload_id, object_version)
-returning {_MASK_COLUMNS}
 """
 
-MARK_COMPLETED = """
-update mask_upload set completed_at = now() where upload_id = any(%(upload_ids)s::uuid[])
+INSERT_PUSHED_MASKS = f"{_INSERT_MASKS_INTO} returning {_MASK_COLUMNS}"
+
+# Marks the tickets completed and records a mask for each one this statement completed. A
+# concurrent completion holding the same rows makes the update wait; once it commits, those
+# rows no longer match `completed_at is null`, so each ticket yields one mask however many
+# completions race, without reading and locking the rows in a statement of their own.
+COMPLETE_UPLOADS = f"""
+with completed as (
+    update mask_upload u set completed_at = now()
+    where u.mask_group_id = %(group_id)s and u.upload_id = any(%(upload_ids)s::uuid[])
+      and u.completed_at is null
+    returning u.upload_id
+)
+{_INSERT_MASKS_INTO}
+where t.upload_id in (select upload_id from completed)
+returning {_MASK_COLUMNS}
 """
 
 ENQUEUE_KEYS = """
@@ -226,14 +239,10 @@ class MaskRepository:
         conn: Connection,
         group_id: int,
         upload_ids: Sequence[uuid.UUID],
-        *,
-        for_update: bool = False,
     ) -> list[PendingUpload]:
-        """The group's tickets among upload_ids; locked (concurrent completions of the same
-        uploads then take turns) only when the transaction goes on to record them."""
-        query = UPLOADS + (" for update" if for_update else "")
+        """The group's tickets among upload_ids."""
         async with conn.cursor(row_factory=class_row(PendingUpload)) as cur:
-            await cur.execute(query, {"group_id": group_id, "upload_ids": list(upload_ids)})
+            await cur.execute(UPLOADS, {"group_id": group_id, "upload_ids": list(upload_ids)})
             return await cur.fetchall()
 
     async def masks_by_upload(
@@ -246,8 +255,9 @@ class MaskRepository:
     async def record_masks(
         self, conn: Connection, group_id: int, new: Sequence[NewMask], *, from_tickets: bool = True
     ) -> list[Mask]:
-        """Insert masks; for ticket uploads also mark the tickets completed (the masks point at
-        the uploaded objects' checked versions). Pushed masks have no ticket behind them."""
+        """Record masks, in slice order. Ticket uploads are marked completed in the same
+        statement, and only those still pending get a mask (see COMPLETE_UPLOADS); pushed
+        masks have no ticket behind them."""
         params = {
             "group_id": group_id,
             "slice_indexes": [n.upload.slice_index for n in new],
@@ -264,7 +274,7 @@ class MaskRepository:
         }
         async with conn.cursor(row_factory=class_row(Mask)) as cur:
             try:
-                await cur.execute(INSERT_MASKS, params)
+                await cur.execute(COMPLETE_UPLOADS if from_tickets else INSERT_PUSHED_MASKS, params)
             except pg_errors.UniqueViolation as error:
                 if error.diag.constraint_name == "annotation_mask_group_slice_key":
                     raise FailedPrecondition(
@@ -272,10 +282,8 @@ class MaskRepository:
                     ) from None
                 raise
             masks = await cur.fetchall()
-            if from_tickets:
-                await cur.execute(MARK_COMPLETED, {"upload_ids": params["upload_ids"]})
             await cur.execute(TOUCH_GROUP, {"group_id": group_id})
-        return masks
+        return sorted(masks, key=lambda m: m.slice_index)
 
     async def list_masks(
         self, conn: Connection, group_id: int, *, after_slice: int, limit: int
