@@ -12,6 +12,7 @@ STAMP := $(VENV)/.installed
 GOOGLEAPIS := .build/googleapis/google/api
 GENERATED_PY := clients/python/src/pacs/v1
 DESCRIPTOR := deploy/envoy/pacs.binpb
+OPENAPI := deploy/envoy/openapi.json
 CONTRACT_BASELINE := .ci/contract-baseline.binpb
 PYTEST_ARGS ?=
 
@@ -42,16 +43,20 @@ $(GOOGLEAPIS)/annotations.proto: $(STAMP)
 	mkdir -p $(GOOGLEAPIS)
 	$(BIN)/python -c 'import google.api.http_pb2 as m, pathlib, shutil; src = pathlib.Path(m.__file__).parent; [shutil.copy(src / f, "$(GOOGLEAPIS)/") for f in ("annotations.proto", "http.proto")]'
 
+# The OpenAPI document is built from an image with source info, because its
+# descriptions are the protos' comments.
 generate: $(GOOGLEAPIS)/annotations.proto
 	rm -f $(GENERATED_PY)/*_pb2*.py $(GENERATED_PY)/*_pb2*.pyi
 	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHON="$(CURDIR)/$(BIN)/python" $(BIN)/buf generate
 	$(BIN)/buf build --as-file-descriptor-set --exclude-source-info -o $(DESCRIPTOR)
+	$(BIN)/buf build --as-file-descriptor-set -o .build/openapi-source.binpb
+	$(BIN)/python -m tools.openapi .build/openapi-source.binpb $(OPENAPI)
 
 # Fails when the committed generated code differs from what the protos produce.
 check-generated: generate
-	@git diff --exit-code --stat -- $(GENERATED_PY) $(DESCRIPTOR) || \
+	@git diff --exit-code --stat -- $(GENERATED_PY) $(DESCRIPTOR) $(OPENAPI) || \
 	  (echo "generated code is stale: run 'make generate' and commit the result" >&2; exit 1)
-	@untracked=$$(git ls-files --others --exclude-standard -- $(GENERATED_PY) $(DESCRIPTOR)); \
+	@untracked=$$(git ls-files --others --exclude-standard -- $(GENERATED_PY) $(DESCRIPTOR) $(OPENAPI)); \
 	  if [ -n "$$untracked" ]; then echo "generated files not committed: $$untracked" >&2; exit 1; fi
 
 # The released contract is frozen: buf's FILE rules against the image saved
