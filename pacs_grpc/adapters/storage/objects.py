@@ -23,6 +23,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import DictType
 
+from pacs_grpc.adapters.storage.breaker import CircuitBreaker
 from pacs_grpc.adapters.storage.s3 import create_client
 from pacs_grpc.config import StorageSettings
 from pacs_grpc.domain.errors import InvalidArgument, NotFound, Unavailable
@@ -37,6 +38,8 @@ _PART_SIZE = 5 * 1024 * 1024
 _QUEUED_CHUNKS = 4
 # Bounds how long a worker thread waits for the next chunk if the event loop is gone.
 _STALL_SECONDS = 60.0
+# What a request to storage raises when storage (or the way to it) is down.
+_OUTAGES = (ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, OSError)
 # Codes that mean our own credentials, clock or bucket are wrong: an operator must act.
 _MISCONFIGURED = frozenset(
     {
@@ -59,9 +62,15 @@ class ObjectStore:
         *,
         max_workers: int = 32,
         public_endpoint: str | None = None,
+        breaker: CircuitBreaker | None = None,
+        request_timeout_seconds: float = 30.0,
     ) -> None:
         self._bucket = settings.bucket
-        self._client = create_client(settings)
+        self._client = create_client(
+            settings,
+            connect_timeout=min(3.0, request_timeout_seconds),
+            read_timeout=request_timeout_seconds,
+        )
         # Signatures cover the host header, so URLs handed to clients must be signed
         # for the host they will connect to. Presigning never uses the network.
         public = (public_endpoint or settings.endpoint).rstrip("/")
@@ -75,6 +84,7 @@ class ObjectStore:
         # to_thread users, and the pool bounds concurrent connections to storage.
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="object-store")
         self._reported: set[str] = set()
+        self.breaker = breaker or CircuitBreaker()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -252,9 +262,12 @@ class ObjectStore:
         return bool(self._client.get_bucket_versioning(self._bucket).status == "Enabled")
 
     async def _run(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        self.breaker.before_call()
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, partial(call, *args, **kwargs))
+            return await loop.run_in_executor(
+                self._executor, partial(self._observed, call, *args, **kwargs)
+            )
         except S3Error as exc:
             status = exc.response.status
             if exc.code in _MISCONFIGURED or status == 403:
@@ -262,8 +275,28 @@ class ObjectStore:
             elif status < 500:
                 raise
             raise Unavailable(_UNAVAILABLE) from exc
-        except (ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, OSError) as exc:
+        except _OUTAGES as exc:
             raise Unavailable(_UNAVAILABLE) from exc
+
+    def _observed(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run a blocking call and tell the breaker how storage did. In the worker thread,
+        so a call whose caller was cancelled still reports how it ended."""
+        try:
+            result = call(*args, **kwargs)
+        except S3Error as exc:
+            if exc.response.status >= 500:
+                self.breaker.record_failure()
+            else:  # storage answered; the request was wrong
+                self.breaker.record_success()
+            raise
+        except _OUTAGES:
+            self.breaker.record_failure()
+            raise
+        except BaseException:
+            self.breaker.release()
+            raise
+        self.breaker.record_success()
+        return result
 
     def _report_misconfiguration(self, code: str) -> None:
         # Once per code: every request fails the same way until an operator fixes it.

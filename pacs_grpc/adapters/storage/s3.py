@@ -8,6 +8,7 @@ import logging
 import urllib3
 from minio import Minio
 
+from pacs_grpc.adapters.storage.breaker import BreakerState, CircuitBreaker
 from pacs_grpc.config import StorageSettings
 
 _log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ def create_client(
     )
 
 
+class StorageBreakerOpenError(RuntimeError):
+    """Recent calls to storage failed; the breaker refuses new ones for a while."""
+
+
 class BucketMissingError(RuntimeError):
     """The configured bucket does not exist."""
 
@@ -58,8 +63,14 @@ class StorageProbe:
 
     name = "object_storage"
 
-    def __init__(self, settings: StorageSettings, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        settings: StorageSettings,
+        timeout_seconds: float,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self._bucket = settings.bucket
+        self._breaker = breaker
         # A client of its own without retries, so a probe never outlives its
         # timeout in a worker thread that cannot be cancelled.
         self._client = create_client(
@@ -68,6 +79,9 @@ class StorageProbe:
         self._versioned = False
 
     async def check(self) -> None:
+        if self._breaker is not None and self._breaker.state is BreakerState.OPEN:
+            # Requests are being refused: the instance must not receive more.
+            raise StorageBreakerOpenError("calls to object storage are failing fast")
         exists = await asyncio.to_thread(self._client.bucket_exists, self._bucket)
         if not exists:
             raise BucketMissingError("the configured S3_BUCKET does not exist")

@@ -1,0 +1,93 @@
+"""A circuit breaker for calls to object storage.
+
+When storage is down, every completion would otherwise wait out its connect timeout and
+retries in a worker thread, and the requests pile up behind each other. After
+`failure_threshold` outages in a row the breaker opens: calls fail at once with
+UNAVAILABLE for `open_seconds`. Then one call at a time is let through as a trial; its
+success closes the breaker, its failure opens it again for another period.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from pacs_grpc.domain.errors import Unavailable
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Thread-safe: storage calls finish in worker threads, the event loop starts them."""
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int = 5,
+        open_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failure_threshold < 1 or open_seconds <= 0:
+            raise ValueError("failure_threshold must be >= 1 and open_seconds > 0")
+        self._threshold = failure_threshold
+        self._open_seconds = open_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial_running = False
+
+    @property
+    def state(self) -> BreakerState:
+        with self._lock:
+            return self._state()
+
+    def before_call(self) -> None:
+        """Admit a call, or raise Unavailable while the breaker is open."""
+        with self._lock:
+            state = self._state()
+            if state is BreakerState.CLOSED:
+                return
+            if state is BreakerState.HALF_OPEN and not self._trial_running:
+                self._trial_running = True
+                return
+            raise Unavailable(f"object storage is unavailable; retry in {self._retry_after()} s")
+
+    def record_success(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._opened_at = None
+            self._trial_running = False
+
+    def release(self) -> None:
+        """The call ended without telling whether storage works (e.g. its input failed)."""
+        with self._lock:
+            self._trial_running = False
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            trial_failed = self._trial_running
+            self._trial_running = False
+            if trial_failed or self._failures >= self._threshold:
+                self._opened_at = self._clock()
+
+    def _state(self) -> BreakerState:
+        if self._opened_at is None:
+            return BreakerState.CLOSED
+        if self._clock() - self._opened_at < self._open_seconds:
+            return BreakerState.OPEN
+        return BreakerState.HALF_OPEN
+
+    def _retry_after(self) -> int:
+        if self._opened_at is None:
+            return 1
+        left = self._open_seconds - (self._clock() - self._opened_at)
+        return max(1, math.ceil(left))
