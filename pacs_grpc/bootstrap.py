@@ -40,6 +40,7 @@ from pacs_grpc.adapters.postgres.masks import MaskRepository
 from pacs_grpc.adapters.postgres.pool import PostgresProbe, create_pool
 from pacs_grpc.adapters.postgres.projects import ProjectRepository
 from pacs_grpc.adapters.postgres.users import UserRepository
+from pacs_grpc.adapters.storage.breaker import CircuitBreaker
 from pacs_grpc.adapters.storage.objects import ObjectStore
 from pacs_grpc.adapters.storage.s3 import StorageProbe
 from pacs_grpc.api.annotation_servicer import AnnotationServicer
@@ -48,7 +49,9 @@ from pacs_grpc.api.health import HealthMonitor, HealthServicer
 from pacs_grpc.api.identity_servicer import IdentityServicer
 from pacs_grpc.api.interceptors import EdgeInterceptor
 from pacs_grpc.api.mask_servicer import MaskServicer
-from pacs_grpc.config import Settings
+from pacs_grpc.api.metrics import Metrics, MetricsEndpoint
+from pacs_grpc.api.rate_limits import CallLimits
+from pacs_grpc.config import RateLimitSettings, Settings
 from pacs_grpc.services.annotations import AnnotationUseCases
 from pacs_grpc.services.context import AuditedTransactions
 from pacs_grpc.services.identity import IdentityUseCases, UserDirectory
@@ -63,6 +66,8 @@ SERVICE_NAMES: tuple[str, ...] = (
     mask_pb2.DESCRIPTOR.services_by_name["MaskService"].full_name,
 )
 
+# A health service name that follows the process, not its dependencies (liveness probes).
+LIVENESS_SERVICE = "liveness"
 
 _MAX_METADATA_BYTES = 256 * 1024
 
@@ -82,11 +87,17 @@ class Application:
     events: EventHub
     sweeper: Sweeper
     storage: ObjectStore
+    metrics: Metrics
+    # Listening from create_application on, when METRICS_PORT is set.
+    metrics_endpoint: MetricsEndpoint | None = None
 
     async def start(self) -> None:
         await self.events.start()
         await self.sweeper.start()
         await self.monitor.start()
+        # Answers while the process serves, whatever PostgreSQL and storage do: what the
+        # Kubernetes liveness probe asks, so an outage does not restart every pod.
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
         _log.info(
             "serving",
@@ -110,6 +121,9 @@ class Application:
         await self.sweeper.stop()
         await self.pool.close()
         self.storage.close()
+        # Last, so the drain itself can be watched.
+        if self.metrics_endpoint is not None:
+            await self.metrics_endpoint.stop()
         _log.info("stopped")
 
 
@@ -129,12 +143,16 @@ async def create_application(settings: Settings) -> Application:
         raise StartupError(f"database schema: {error} (run `pacs-grpc migrate`)") from None
 
     health_servicer = HealthServicer()
+    storage_breaker = CircuitBreaker(
+        failure_threshold=settings.storage.breaker_failures,
+        open_seconds=settings.storage.breaker_open_seconds,
+    )
     monitor = HealthMonitor(
         health_servicer,
         SERVICE_NAMES,
         [
             PostgresProbe(pool, settings.health_probe_timeout_seconds),
-            StorageProbe(settings.storage, settings.health_probe_timeout_seconds),
+            StorageProbe(settings.storage, settings.health_probe_timeout_seconds, storage_breaker),
         ],
         interval_seconds=settings.health_probe_interval_seconds,
         timeout_seconds=settings.health_probe_timeout_seconds,
@@ -150,6 +168,8 @@ async def create_application(settings: Settings) -> Application:
         # Not fatal: Keycloak may start after us. Tokens fail as "unknown
         # signing key" until a fetch succeeds (at most one per cooldown).
         _log.warning("signing keys not fetched at start-up; will retry on first token")
+    metrics = Metrics()
+    metrics.watch_pool(pool.get_stats)
     database = Database(pool)
     audit = AuditRepository()
     users = UserRepository()
@@ -160,6 +180,7 @@ async def create_application(settings: Settings) -> Application:
         database,
         audit,
         admin_role=settings.oidc.admin_role,
+        limits=_call_limits(settings.rate_limits, metrics),
     )
     transactions = AuditedTransactions(database, audit)
     projects, idempotency = ProjectRepository(), IdempotencyRepository()
@@ -187,7 +208,10 @@ async def create_application(settings: Settings) -> Application:
         max_data_bytes=settings.max_annotation_data_bytes,
     )
     storage = ObjectStore(
-        settings.storage, public_endpoint=settings.storage.public_endpoint or None
+        settings.storage,
+        public_endpoint=settings.storage.public_endpoint or None,
+        breaker=storage_breaker,
+        request_timeout_seconds=settings.storage.request_timeout_seconds,
     )
     masks = MaskUseCases(
         transactions,
@@ -212,6 +236,7 @@ async def create_application(settings: Settings) -> Application:
         storage,
         interval_seconds=settings.sweeper_interval_seconds,
         upload_grace=timedelta(seconds=settings.upload_grace_seconds),
+        on_backlog=metrics.storage_backlog,
     )
     server = _create_server(
         settings,
@@ -219,7 +244,8 @@ async def create_application(settings: Settings) -> Application:
         gate,
         identity=IdentityServicer(identity),
         annotations=AnnotationServicer(annotations),
-        masks=MaskServicer(masks),
+        masks=MaskServicer(masks, metrics),
+        metrics=metrics,
     )
     try:
         port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
@@ -228,8 +254,30 @@ async def create_application(settings: Settings) -> Application:
     if port == 0:
         await pool.close()
         raise StartupError(f"cannot listen on GRPC_HOST:GRPC_PORT ({settings.grpc_port} in use?)")
+    endpoint = None
+    if settings.metrics_port:
+        endpoint = MetricsEndpoint(metrics, settings.metrics_host, settings.metrics_port)
+        try:
+            await endpoint.start()
+        except OSError:
+            await pool.close()
+            raise StartupError(
+                f"cannot listen on METRICS_HOST:METRICS_PORT ({settings.metrics_port} in use?)"
+            ) from None
     return Application(
-        settings, server, port, pool, health_servicer, monitor, events, sweeper, storage
+        settings, server, port, pool, health_servicer, monitor, events, sweeper, storage,
+        metrics=metrics, metrics_endpoint=endpoint,
+    )  # fmt: skip
+
+
+def _call_limits(limits: RateLimitSettings, metrics: Metrics) -> CallLimits:
+    return CallLimits(
+        tickets_per_minute=limits.tickets_per_minute,
+        completions_per_minute=limits.completions_per_minute,
+        pushes_per_minute=limits.pushes_per_minute,
+        watches_per_minute=limits.watches_per_minute,
+        max_streams_per_user=limits.max_streams_per_user,
+        on_refused=metrics.rate_limited,
     )
 
 
@@ -241,9 +289,10 @@ def _create_server(
     identity: IdentityServicer,
     annotations: AnnotationServicer,
     masks: MaskServicer,
+    metrics: Metrics | None = None,
 ) -> aio.Server:
     server = aio.server(
-        interceptors=[EdgeInterceptor(gate)],
+        interceptors=[EdgeInterceptor(gate, metrics=metrics)],
         options=[
             ("grpc.max_receive_message_length", settings.grpc_max_receive_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_send_bytes),

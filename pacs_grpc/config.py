@@ -42,6 +42,11 @@ class StorageSettings:
     # The endpoint clients reach storage at, when it differs from ours;
     # presigned URLs are signed for this host.
     public_endpoint: str = ""
+    # Storage calls fail fast for breaker_open_seconds after this many outages in a row.
+    breaker_failures: int = 5
+    breaker_open_seconds: float = 10.0
+    # Bounds each metadata call and each part of an upload.
+    request_timeout_seconds: float = 30.0
 
     @property
     def secure(self) -> bool:
@@ -69,6 +74,19 @@ class OidcSettings:
     max_token_bytes: int = 16 * 1024
     # The realm role that makes a caller a platform administrator.
     admin_role: str = "pacs-admin"
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """Per user (token `sub`) and per replica; 0 switches a limit off."""
+
+    # Calls a minute; a full minute's worth may come at once.
+    tickets_per_minute: int = 120
+    completions_per_minute: int = 120
+    pushes_per_minute: int = 60
+    watches_per_minute: int = 60
+    # Open PushMasks streams, and open WatchAnnotations streams, each.
+    max_streams_per_user: int = 16
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,11 @@ class Settings:
     # Events a WatchAnnotations subscriber may fall behind before its stream
     # ends with RESOURCE_EXHAUSTED (it then resumes from its last event id).
     watch_queue_size: int = 1000
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    # Prometheus metrics over HTTP; port 0 serves none. Opt-in, because it is one more port
+    # open on every interface.
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
+    metrics_port: int = 0
     log_level: str = "INFO"
 
     @classmethod
@@ -126,6 +149,9 @@ class Settings:
                 bucket=read.text("S3_BUCKET", "pacs-masks"),
                 region=read.text("S3_REGION", "us-east-1"),
                 public_endpoint=read.optional_endpoint_url("S3_PUBLIC_ENDPOINT"),
+                breaker_failures=read.integer("S3_BREAKER_FAILURES", 5, minimum=1, maximum=1000),
+                breaker_open_seconds=read.number("S3_BREAKER_OPEN_SECONDS", 10.0),
+                request_timeout_seconds=read.number("S3_REQUEST_TIMEOUT_SECONDS", 30.0),
             ),
             oidc=OidcSettings(
                 issuer=read.text("OIDC_ISSUER"),
@@ -169,6 +195,17 @@ class Settings:
             sweeper_interval_seconds=read.number("SWEEPER_INTERVAL_SECONDS", 5.0),
             upload_grace_seconds=read.integer("UPLOAD_GRACE_SECONDS", 600, minimum=0),
             watch_queue_size=read.integer("WATCH_QUEUE_SIZE", 1000, minimum=10, maximum=100_000),
+            rate_limits=RateLimitSettings(
+                tickets_per_minute=read.rate("RATE_LIMIT_TICKETS_PER_MINUTE", 120),
+                completions_per_minute=read.rate("RATE_LIMIT_COMPLETIONS_PER_MINUTE", 120),
+                pushes_per_minute=read.rate("RATE_LIMIT_PUSHES_PER_MINUTE", 60),
+                watches_per_minute=read.rate("RATE_LIMIT_WATCHES_PER_MINUTE", 60),
+                max_streams_per_user=read.integer(
+                    "MAX_STREAMS_PER_USER", 16, minimum=0, maximum=10_000
+                ),
+            ),
+            metrics_host=read.text("METRICS_HOST", "0.0.0.0"),  # noqa: S104
+            metrics_port=read.integer("METRICS_PORT", 0, minimum=0, maximum=65535),
             log_level=read.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
         _check_consistency(settings)
@@ -190,6 +227,8 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError("DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE")
     if settings.oidc.jwks_cooldown_seconds < 30:
         raise ConfigError("OIDC_JWKS_COOLDOWN_SECONDS must be at least 30")
+    if settings.metrics_port and settings.metrics_port == settings.grpc_port:
+        raise ConfigError("METRICS_PORT must differ from GRPC_PORT")
 
 
 class _Reader:
@@ -226,6 +265,10 @@ class _Reader:
             bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
             raise ConfigError(f"{name} must be {bounds}, got {value}")
         return value
+
+    def rate(self, name: str, default: int) -> int:
+        """Calls a minute; 0 means no limit."""
+        return self.integer(name, default, minimum=0, maximum=1_000_000)
 
     def number(self, name: str, default: float) -> float:
         value = self._parse(name, default, float, "a number")

@@ -1,10 +1,11 @@
-"""The access gate every RPC passes before its handler: token, caller, audit.
+"""The access gate every RPC passes before its handler: token, caller, limits, audit.
 
 It verifies the bearer token (nothing reaches the database before that),
 resolves the caller's local profile, checks the RPC table's platform-level
-requirement, and after the call makes sure the RPC left exactly one audit
-row: successful use cases write theirs inside their own transaction, and the
-gate writes one for calls that were denied or failed.
+requirement and the caller's per-user limits, and after the call makes sure
+the RPC left exactly one audit row: successful use cases write theirs inside
+their own transaction, and the gate writes one for calls that were denied,
+refused by a limit, or failed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 import grpc
 
 from pacs_grpc.api.access import ACCESS_BY_METHOD, is_public
+from pacs_grpc.api.rate_limits import NO_PERMIT_NEEDED, CallLimits, Permit
 from pacs_grpc.domain.access import Access
 from pacs_grpc.domain.audit import AuditTrail, Outcome
 from pacs_grpc.domain.errors import PermissionDenied
@@ -29,7 +31,15 @@ _log = logging.getLogger(__name__)
 
 _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar("pacs_call")
 
-_DENIED = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND})
+# RESOURCE_EXHAUSTED reaches the gate unrecorded only from a limit that refused the call
+# (a Watch that falls behind ends after its subscription was recorded).
+_DENIED = frozenset(
+    {
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 _LOGIN = "/pacs.v1.IdentityService/Login"
 
 
@@ -56,6 +66,7 @@ class AccessGate:
         audit: AuditStore,
         *,
         admin_role: str,
+        limits: CallLimits | None = None,
     ) -> None:
         self._verifier = verifier
         self._read_token = read_token
@@ -63,6 +74,7 @@ class AccessGate:
         self._db = db
         self._audit = audit
         self._admin_role = admin_role
+        self._limits = limits
 
     async def open(
         self,
@@ -104,6 +116,15 @@ class AccessGate:
         """The platform-level part of the RPC table; project roles are checked in use cases."""
         if call.access is Access.PLATFORM_ADMIN and not call.caller.platform_admin:
             raise PermissionDenied(f"this needs {call.access.value}")
+
+    def admit(self, call: CallContext, method: str) -> Permit:
+        """The caller's per-user limits; raises ResourceExhausted (with a retry hint) when over.
+
+        Release the permit when the call ends: streams hold a slot until then.
+        """
+        if self._limits is None:
+            return NO_PERMIT_NEEDED
+        return self._limits.admit(method, call.caller.principal.subject)
 
     async def close(self, call: CallContext, code: grpc.StatusCode) -> None:
         """Write the audit row the call has not written yet."""

@@ -1,4 +1,4 @@
-"""The edge every RPC passes: access, error mapping, audit, one log line per call.
+"""The edge every RPC passes: access, limits, error mapping, audit, metrics, one log line.
 
 grpc.aio sends an exception escaping a handler to the client as UNKNOWN with
 the exception's text. Here domain errors become their status from the one
@@ -11,25 +11,43 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc import aio
 
+from pacs_grpc import deadlines
 from pacs_grpc.api.errors import status_for, trailing_metadata_for
 from pacs_grpc.api.gate import AccessGate
-from pacs_grpc.domain.errors import DomainError
+from pacs_grpc.api.rate_limits import Permit
+from pacs_grpc.domain.errors import DomainError, ResourceExhausted
 from pacs_grpc.services.context import CallContext
 
 _log = logging.getLogger("pacs_grpc.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
+# The precise retry hint of a RESOURCE_EXHAUSTED, beside `retry-after` in whole seconds.
+RETRY_AFTER_MS_HEADER = "retry-after-ms"
 _PROBE_PREFIX = "/grpc.health.v1.Health/"
 _MAX_REQUEST_ID_LENGTH = 128
+
+
+class RpcRecorder(Protocol):
+    """Where each finished RPC is counted (pacs_grpc.api.metrics.Metrics)."""
+
+    def rpc_finished(self, method: str, code: grpc.StatusCode, seconds: float | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Edge:
+    gate: AccessGate | None
+    metrics: RpcRecorder | None
 
 
 class _CallLog:
@@ -44,12 +62,15 @@ class _CallLog:
         # Returned on every outcome so a client can quote it in a bug report.
         context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
 
-    def finish(self) -> None:
+    def finish(self, metrics: RpcRecorder | None, *, streaming_response: bool) -> None:
+        seconds = time.perf_counter() - self.started
+        if metrics is not None:
+            metrics.rpc_finished(self.method, self.code, None if streaming_response else seconds)
         fields: dict[str, Any] = {
             "request_id": self.request_id,
             "method": self.method,
             "code": self.code.name,
-            "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
+            "duration_ms": round(seconds * 1000, 2),
         }
         if self.error_id is not None:
             fields["error_id"] = self.error_id
@@ -82,7 +103,11 @@ async def _fail(call: _CallLog, context: aio.ServicerContext[Any, Any], error: E
         await context.abort(call.code, f"{call.method} is not implemented")
     if isinstance(error, DomainError):
         context.set_trailing_metadata(
-            ((REQUEST_ID_HEADER, call.request_id), *trailing_metadata_for(error))
+            (
+                (REQUEST_ID_HEADER, call.request_id),
+                *trailing_metadata_for(error),
+                *_retry_after_ms(error),
+            )
         )
         await context.abort(call.code, error.message)
     call.error_id = uuid.uuid4().hex[:16]
@@ -95,6 +120,12 @@ async def _fail(call: _CallLog, context: aio.ServicerContext[Any, Any], error: E
     await context.abort(call.code, f"internal error (error id {call.error_id})")
 
 
+def _retry_after_ms(error: DomainError) -> tuple[tuple[str, str], ...]:
+    if isinstance(error, ResourceExhausted) and error.retry_after_seconds is not None:
+        return ((RETRY_AFTER_MS_HEADER, str(math.ceil(error.retry_after_seconds * 1000))),)
+    return ()
+
+
 def _settled_code(context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     code = context.code()
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
@@ -102,17 +133,27 @@ def _settled_code(context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
 
 @asynccontextmanager
 async def _served(
-    method: str, context: aio.ServicerContext[Any, Any], gate: AccessGate | None
+    method: str,
+    context: aio.ServicerContext[Any, Any],
+    edge: _Edge,
+    *,
+    streaming_response: bool,
 ) -> AsyncIterator[_CallLog]:
-    """Everything around one handler: access, error mapping, audit, the log line."""
+    """Everything around one handler: access, limits, error mapping, audit, metrics, log."""
+    gate = edge.gate
     log = _CallLog(method, context)
     call: CallContext | None = None
+    permit: Permit | None = None
     audited = False
+    # Waits below (a pool connection, say) end in time to answer before the deadline.
+    deadline = deadlines.start(context.time_remaining())
     try:
         if gate is not None:
             call = await gate.open(method, context.invocation_metadata() or (), log.request_id)
             if call is not None:
                 gate.authorize(call)
+                # After authentication (limits are per user), before any use case runs.
+                permit = gate.admit(call, method)
         yield log
         log.code = _settled_code(context)
     except aio.AbortError:
@@ -128,9 +169,12 @@ async def _served(
             audited = True
         await _fail(log, context, error)
     finally:
+        deadlines.reset(deadline)
+        if permit is not None:
+            permit.release()
         if gate is not None and call is not None and not audited:
             await gate.close(call, log.code)
-        log.finish()
+        log.finish(edge.metrics, streaming_response=streaming_response)
 
 
 def _status_of(error: Exception) -> grpc.StatusCode:
@@ -141,11 +185,9 @@ def _status_of(error: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _wrap_call(
-    method: str, behaviour: Callable[..., Any], gate: AccessGate | None
-) -> Callable[..., Any]:
+def _wrap_call(method: str, behaviour: Callable[..., Any], edge: _Edge) -> Callable[..., Any]:
     async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-        async with _served(method, context, gate):
+        async with _served(method, context, edge, streaming_response=False):
             response = behaviour(request, context)
             if inspect.isawaitable(response):
                 response = await response
@@ -155,22 +197,20 @@ def _wrap_call(
 
 
 def _wrap_stream(
-    method: str, behaviour: Callable[..., AsyncIterator[Any]], gate: AccessGate | None
+    method: str, behaviour: Callable[..., AsyncIterator[Any]], edge: _Edge
 ) -> Callable[..., Any]:
     async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        async with _served(method, context, gate):
+        async with _served(method, context, edge, streaming_response=True):
             async for response in behaviour(request, context):
                 yield response
 
     return stream
 
 
-def _wrap(
-    method: str, behaviour: Callable[..., Any], gate: AccessGate | None
-) -> Callable[..., Any]:
+def _wrap(method: str, behaviour: Callable[..., Any], edge: _Edge) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(behaviour):
-        return _wrap_stream(method, behaviour, gate)
-    return _wrap_call(method, behaviour, gate)
+        return _wrap_stream(method, behaviour, edge)
+    return _wrap_call(method, behaviour, edge)
 
 
 # The stubs make ServerInterceptor generic; at run time it is not subscriptable.
@@ -181,10 +221,12 @@ else:
 
 
 class EdgeInterceptor(_ServerInterceptor):
-    """Access, error mapping, audit and one log line for every RPC."""
+    """Access, limits, error mapping, audit, metrics and one log line for every RPC."""
 
-    def __init__(self, gate: AccessGate | None = None) -> None:
-        self._gate = gate
+    def __init__(
+        self, gate: AccessGate | None = None, *, metrics: RpcRecorder | None = None
+    ) -> None:
+        self._edge = _Edge(gate, metrics)
 
     async def intercept_service(
         self,
@@ -203,18 +245,18 @@ class EdgeInterceptor(_ServerInterceptor):
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap(method, handler.unary_unary, self._gate), **kwargs
+                _wrap(method, handler.unary_unary, self._edge), **kwargs
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap(method, handler.unary_stream, self._gate), **kwargs
+                _wrap(method, handler.unary_stream, self._edge), **kwargs
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap(method, handler.stream_unary, self._gate), **kwargs
+                _wrap(method, handler.stream_unary, self._edge), **kwargs
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap(method, handler.stream_stream, self._gate), **kwargs
+                _wrap(method, handler.stream_stream, self._edge), **kwargs
             )
         return handler

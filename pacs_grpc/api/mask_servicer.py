@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from pacs.v1 import mask_pb2, mask_pb2_grpc
 
@@ -25,9 +25,31 @@ _PROTO_METHODS = {UploadMethod.POST: mask_pb2.UPLOAD_METHOD_POST,
                   UploadMethod.PUT: mask_pb2.UPLOAD_METHOD_PUT}  # fmt: skip
 
 
+class MaskActivity(Protocol):
+    """Where the servicer counts what it hands out and records (pacs_grpc.api.metrics)."""
+
+    def tickets_issued(self, count: int) -> None: ...
+
+    def slices_completed(self, count: int) -> None: ...
+
+    def masks_pushed(self, count: int, received_bytes: int) -> None: ...
+
+
+class _NotCounted:
+    def tickets_issued(self, count: int) -> None:
+        pass
+
+    def slices_completed(self, count: int) -> None:
+        pass
+
+    def masks_pushed(self, count: int, received_bytes: int) -> None:
+        pass
+
+
 class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
-    def __init__(self, use_cases: MaskUseCases) -> None:
+    def __init__(self, use_cases: MaskUseCases, activity: MaskActivity | None = None) -> None:
         self._use_cases = use_cases
+        self._activity: MaskActivity = activity or _NotCounted()
 
     async def CreateMaskGroup(
         self, request: mask_pb2.CreateMaskGroupRequest, context: Context
@@ -94,6 +116,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
             ttl_seconds=request.ttl_seconds,
             method=_METHODS.get(request.method, UploadMethod.POST),
         )
+        self._activity.tickets_issued(len(tickets))
         return mask_pb2.CreateUploadUrlsResponse(
             tickets=[
                 mask_pb2.UploadTicket(
@@ -120,6 +143,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
         group, masks = await self._use_cases.complete_upload(
             current_call(), request.annotation_id, request.group_id, completed
         )
+        self._activity.slices_completed(len(masks))
         return mask_pb2.CompleteUploadResponse(
             mask_group=convert.mask_group(group), masks=[convert.mask(m) for m in masks]
         )
@@ -175,6 +199,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
         group, masks, received = await self._use_cases.push(
             current_call(), _push_messages(request_iterator)
         )
+        self._activity.masks_pushed(len(masks), received)
         return mask_pb2.PushMasksResponse(
             mask_group=convert.mask_group(group),
             masks=[convert.mask(m) for m in masks],

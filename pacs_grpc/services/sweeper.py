@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
@@ -87,10 +87,13 @@ class Sweeper:
         upload_grace: timedelta = timedelta(minutes=10),
         lock_key: int = outbox.SWEEPER_LOCK_KEY,
         delete_timeout_seconds: float = 60.0,
+        on_backlog: Callable[[int], None] | None = None,
     ) -> None:
         """`upload_grace` is how long after its expiry a ticket is left alone, for completions
         in flight and clock skew. `lock_key` must be the same on every replica of a database.
         `delete_timeout_seconds` bounds one storage call, and so how long a batch holds its rows.
+        `on_backlog` hears the outbox's size after every round (for a metric); every replica
+        reports it, the active one or not.
         """
         if interval_seconds <= 0 or batch_size <= 0 or delete_timeout_seconds <= 0:
             raise ValueError("interval_seconds, batch_size and delete_timeout_seconds must be > 0")
@@ -101,6 +104,7 @@ class Sweeper:
         self._grace = upload_grace
         self._lock_key = lock_key
         self._delete_timeout = delete_timeout_seconds
+        self._on_backlog = on_backlog
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -146,6 +150,14 @@ class Sweeper:
                 )
         return total
 
+    async def report_backlog(self) -> int:
+        """Count the outbox's rows, due or not, and pass the number to `on_backlog`."""
+        async with self._db.transaction() as conn:
+            rows = await outbox.backlog(conn)
+        if self._on_backlog is not None:
+            self._on_backlog(rows)
+        return rows
+
     async def _sweep_batch(self) -> _Batch | None:
         """One transaction; None when another sweeper holds the lock."""
         async with self._db.transaction() as conn:
@@ -182,6 +194,8 @@ class Sweeper:
         while True:
             try:
                 await self.sweep_once()
+                if self._on_backlog is not None:
+                    await self.report_backlog()
             except DomainError as error:
                 # Outages arrive as Unavailable or Conflict (Database.transaction()); a traceback
                 # every interval would add nothing.

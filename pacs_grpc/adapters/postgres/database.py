@@ -17,6 +17,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
+from pacs_grpc import deadlines
 from pacs_grpc.domain.errors import Conflict, Unavailable
 
 Connection: TypeAlias = psycopg.AsyncConnection[TupleRow]
@@ -30,9 +31,16 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        """One transaction: committed when the block ends, rolled back if it raises."""
+        """One transaction: committed when the block ends, rolled back if it raises.
+
+        Waiting for a connection stops in time for the call's deadline: the client then
+        hears UNAVAILABLE, which it may retry, instead of its own deadline expiring.
+        """
+        wait = deadlines.bounded(self._pool.timeout)
+        if wait <= 0:
+            raise Unavailable("database busy, retry shortly")
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self._pool.connection(timeout=wait) as conn, conn.transaction():
                 yield conn
         except (PoolTimeout, TooManyRequests):
             raise Unavailable("database busy, retry shortly") from None
