@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# The PACS Extension Server image: `pacs-grpc serve` by default; the same image runs
+# `pacs-grpc migrate` (the migrations Job) and `pacs-grpc envoy-config` (the Envoy sidecar's
+# init container). tests/e2e/test_wheel_serves.py installs and runs exactly what this file
+# installs, since no Docker engine runs in CI.
+ARG PYTHON_IMAGE=python:3.11-slim-trixie
+
+# Build both wheels (the generated pacs.v1 client and the server, which carries the
+# migrations and the Envoy descriptor set) and install them, with their runtime
+# dependencies only, into a virtual environment without pip.
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY clients/python/ clients/python/
+COPY pyproject.toml README.md ./
+COPY migrations/ migrations/
+COPY deploy/envoy/ deploy/envoy/
+COPY pacs_grpc/ pacs_grpc/
+RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ./clients/python . \
+    && python -m venv --without-pip /opt/pacs \
+    && python -m pip --python /opt/pacs/bin/python install --no-cache-dir /wheels/*.whl
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="pacs-grpc" \
+      org.opencontainers.image.description="PACS Extension Server: annotations and segmentation masks over gRPC"
+# The uid and gid the Kubernetes manifests run as (deploy/k8s, runAsUser).
+RUN groupadd --system --gid 10001 pacs \
+    && useradd --system --uid 10001 --gid pacs --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin pacs
+COPY --from=build /opt/pacs /opt/pacs
+# Bytecode was compiled at install; the root filesystem is read-only at run time.
+ENV PATH=/opt/pacs/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 10001:10001
+# gRPC (GRPC_PORT) and Prometheus metrics (METRICS_PORT).
+EXPOSE 50051 9464
+# No HEALTHCHECK: Kubernetes probes grpc.health.v1 natively (deploy/k8s/deployment.yaml).
+ENTRYPOINT ["pacs-grpc"]
+CMD ["serve"]
