@@ -1,0 +1,244 @@
+"""`pacs`: the PACS Extension Server from a shell.
+
+Parsing imports nothing heavy, so `--help` answers at once; the commands themselves live in
+commands.py. Failures print one line, `error: ...`, to stderr: exit code 1 for a failed call
+(with the gRPC status, `error: NOT_FOUND: mask group not found`), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+_EPILOG = (
+    "The server and token come from 'pacs login', or from PACS_SERVER, PACS_TOKEN and "
+    "PACS_INSECURE=1 (plaintext), which override it."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pacs",
+        description="Annotations and segmentation masks on the PACS Extension Server.",
+        epilog=_EPILOG,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    connection = _connection_options()
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    login = commands.add_parser(
+        "login",
+        help="save the server and how to get tokens, and check them",
+        description="Save the server address and a token source in "
+        "$XDG_CONFIG_HOME/pacs/config.json (readable by you only), then log in once to "
+        "check them. Secrets are read from standard input or the environment, never from "
+        "the command line.",
+    )
+    login.add_argument("--server", required=True, help="the server's gRPC address, host:port")
+    login.add_argument("--insecure", action="store_true", help="plaintext (local development)")
+    source = login.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--token-stdin", action="store_true", help="read a bearer token from standard input"
+    )
+    source.add_argument(
+        "--client-id",
+        help="a Keycloak client (service account) using the client-credentials grant; its "
+        "secret comes from PACS_CLIENT_SECRET or standard input",
+    )
+    login.add_argument(
+        "--realm-url", help="with --client-id: the realm, e.g. https://sso.example/realms/pacs"
+    )
+    login.add_argument("--token-url", help="with --client-id: the token endpoint itself")
+    login.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    login.set_defaults(run="login")
+
+    logout = commands.add_parser(
+        "logout", help="forget the saved login", description="Delete the saved login file."
+    )
+    logout.set_defaults(run="logout")
+
+    whoami = commands.add_parser(
+        "whoami",
+        parents=[connection, output],
+        help="who the token belongs to, and their projects",
+        description="Show the caller's profile, platform role and project memberships.",
+    )
+    whoami.set_defaults(run="whoami")
+
+    _projects(commands, connection, output)
+    _annotations(commands, connection, output)
+    _masks(commands, connection, output)
+    return parser
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("connection")
+    group.add_argument("--server", help="host:port (default: PACS_SERVER, then the saved login)")
+    group.add_argument(
+        "--insecure", action="store_true", default=None, help="plaintext (local development)"
+    )
+    group.add_argument(
+        "--timeout", type=float, default=30.0, help="deadline of each call in seconds (30)"
+    )
+    return options
+
+
+def _group(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    parser = commands.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
+    return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+
+def _projects(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    connection: argparse.ArgumentParser,
+    output: argparse.ArgumentParser,
+) -> None:
+    projects = _group(commands, "projects", "list, show and create projects")
+    parents = [connection, output]
+    listing = projects.add_parser(
+        "list", parents=parents, help="your projects", description="List your projects "
+        "(every project for platform administrators)."
+    )  # fmt: skip
+    listing.add_argument("--include-inactive", action="store_true", help="also deactivated ones")
+    listing.set_defaults(run="projects_list")
+    get = projects.add_parser(
+        "get", parents=parents, help="one project", description="Show a project."
+    )
+    get.add_argument("project_id", type=int, metavar="PROJECT_ID")
+    get.set_defaults(run="projects_get")
+    create = projects.add_parser(
+        "create", parents=parents, help="create a project (platform administrators)",
+        description="Create a project. Platform administrators only.",
+    )  # fmt: skip
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--description", default="")
+    create.set_defaults(run="projects_create")
+    members = projects.add_parser(
+        "members", parents=parents, help="a project's members",
+        description="List a project's members and their roles.",
+    )  # fmt: skip
+    members.add_argument("project_id", type=int, metavar="PROJECT_ID")
+    members.set_defaults(run="projects_members")
+    add = projects.add_parser(
+        "add-member", parents=parents, help="grant a user a role in a project",
+        description="Grant a user a role in a project, or change the role they have.",
+    )  # fmt: skip
+    add.add_argument("project_id", type=int, metavar="PROJECT_ID")
+    add.add_argument("user_id", type=int, metavar="USER_ID")
+    add.add_argument("--role", required=True, choices=["viewer", "annotator", "owner"])
+    add.set_defaults(run="projects_add_member")
+
+
+def _annotations(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    connection: argparse.ArgumentParser,
+    output: argparse.ArgumentParser,
+) -> None:
+    annotations = _group(commands, "annotations", "list, show and create annotations")
+    parents = [connection, output]
+    listing = annotations.add_parser(
+        "list", parents=parents, help="annotations, newest first",
+        description="List annotations, newest first, from one project or all you may read.",
+    )  # fmt: skip
+    listing.add_argument("--project", type=int, default=0, metavar="ID")
+    listing.add_argument("--study", default="", metavar="UID")
+    listing.add_argument("--series", default="", metavar="UID")
+    listing.add_argument("--type", default="", dest="annotation_type", metavar="TYPE")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (50; 0: all)")
+    listing.set_defaults(run="annotations_list")
+    get = annotations.add_parser(
+        "get", parents=parents, help="one annotation", description="Show an annotation."
+    )
+    get.add_argument("annotation_id", type=int, metavar="ANNOTATION_ID")
+    get.set_defaults(run="annotations_get")
+    create = annotations.add_parser(
+        "create", parents=parents, help="create an annotation",
+        description="Create an annotation on a study (optionally a series and instance).",
+    )  # fmt: skip
+    create.add_argument("--project", type=int, required=True, metavar="ID")
+    create.add_argument("--study", required=True, metavar="UID")
+    create.add_argument("--series", default="", metavar="UID")
+    create.add_argument("--instance", default="", metavar="UID")
+    create.add_argument("--type", required=True, dest="annotation_type", metavar="TYPE",
+                        help="point, polygon, segmentation, ... or x-<vendor type>")  # fmt: skip
+    create.add_argument("--data", default="{}", metavar="JSON",
+                        help="annotation_data, a JSON object; @FILE reads a file")  # fmt: skip
+    create.add_argument("--measurements", metavar="JSON", help="measurement_values, any JSON")
+    create.add_argument("--viewer-software", default="")
+    create.add_argument("--request-id", help="idempotency key (default: a new one)")
+    create.set_defaults(run="annotations_create")
+
+
+def _masks(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    connection: argparse.ArgumentParser,
+    output: argparse.ArgumentParser,
+) -> None:
+    masks = _group(commands, "masks", "push and pull segmentation masks")
+    transfer = argparse.ArgumentParser(add_help=False)
+    transfer.add_argument("--concurrency", type=int, default=8, help="parallel transfers (8)")
+    transfer.add_argument("--no-progress", action="store_true", help="no progress bar")
+    groups = masks.add_parser(
+        "groups", parents=[connection, output], help="an annotation's mask groups",
+        description="List an annotation's mask groups with their progress.",
+    )  # fmt: skip
+    groups.add_argument("--annotation", type=int, required=True, metavar="ID")
+    groups.set_defaults(run="masks_groups")
+    push = masks.add_parser(
+        "push", parents=[connection, transfer], help="upload a folder of slice images",
+        description="Upload a folder of PNG slices, each named by its slice index (0007.png), "
+        "to a new mask group under an annotation, or to an existing one (--group), where "
+        "slices already recorded are skipped.",
+    )  # fmt: skip
+    push.add_argument("directory", metavar="DIR")
+    push.add_argument("--annotation", type=int, required=True, metavar="ID")
+    push.add_argument("--group", type=int, metavar="GROUP_ID", help="an existing group")
+    push.add_argument("--slice-count", type=int, help="slices the new group expects (files)")
+    push.add_argument("--name", default="", help="the new group's name")
+    push.add_argument("--model", default="", help="the model that made the masks")
+    push.add_argument("--model-version", default="", help="the model's version")
+    push.add_argument("--modality", default="", help="CT, MR, ...")
+    push.add_argument("--label", default="", help="label name of every slice")
+    push.add_argument("--method", choices=["post", "put"], default="post",
+                      help="signed POST policies (default) or PUT URLs")  # fmt: skip
+    push.set_defaults(run="masks_push")
+    pull = masks.add_parser(
+        "pull", parents=[connection, transfer], help="download a mask group into a folder",
+        description="Download every recorded slice of a mask group into DIR as NNNN.png, "
+        "each checked against its recorded MD5.",
+    )  # fmt: skip
+    pull.add_argument("group_id", type=int, metavar="GROUP_ID")
+    pull.add_argument("directory", metavar="DIR")
+    pull.add_argument("--annotation", type=int, required=True, metavar="ID",
+                      help="the annotation the group belongs to")  # fmt: skip
+    pull.set_defaults(run="masks_pull")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pacs.client import commands
+
+    try:
+        return commands.run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except commands.UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:  # noqa: BLE001 - every failure becomes one line
+        print(f"error: {commands.describe(error)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

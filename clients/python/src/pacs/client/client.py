@@ -1,0 +1,316 @@
+"""PacsClient: a synchronous client for pipelines and scripts.
+
+    tokens = ClientCredentials.keycloak(realm_url, "seg-model", secret)
+    with PacsClient("pacs.example:443", tokens) as pacs:
+        result = pacs.upload_mask_group(annotation_id, directory="out/masks", model_name="nnU")
+
+The generated stubs are there too (`pacs.identity`, `pacs.annotations`, `pacs.masks`), on the
+same channel and so with the same deadlines, tokens and retries (see retry.py).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import json_format
+
+from pacs.client import slices as slice_sources
+from pacs.client.downloads import DownloadResult, MaskDownloader, masks_of_group
+from pacs.client.retry import CallPolicy, RetryPolicy
+from pacs.client.tokens import StaticToken, TokenProvider
+from pacs.client.transfer import SignedUrlTransport
+from pacs.client.uploads import MaskUploader, ProgressCallback, UploadOptions
+from pacs.v1 import (
+    annotation_pb2,
+    annotation_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    mask_pb2,
+    mask_pb2_grpc,
+)
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+_PAGE = 500
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    group: mask_pb2.MaskGroup
+    uploaded: int
+    # Slices the group had already recorded, left out of this upload.
+    skipped: int
+    bytes_sent: int
+    retries: int
+    seconds: float
+
+
+class PacsClient:
+    def __init__(
+        self,
+        target: str,
+        tokens: TokenProvider | str,
+        *,
+        insecure: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        options: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        """`target` is `host:port`; TLS unless `insecure` (plaintext, for local development).
+        `tokens` is a token provider, or a token string. `timeout` is the default deadline of
+        each call, retries included."""
+        self.tokens = StaticToken(tokens) if isinstance(tokens, str) else tokens
+        channel_options = list(options)
+        if insecure:
+            base = grpc.insecure_channel(target, options=channel_options)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates)
+            base = grpc.secure_channel(target, credentials, options=channel_options)
+        self._base = base
+        self.channel = grpc.intercept_channel(
+            base, CallPolicy(self.tokens, retry=retry, timeout=timeout)
+        )
+        self.identity = identity_pb2_grpc.IdentityServiceStub(self.channel)
+        self.annotations = annotation_pb2_grpc.AnnotationServiceStub(self.channel)
+        self.masks = mask_pb2_grpc.MaskServiceStub(self.channel)
+
+    def close(self) -> None:
+        self._base.close()
+
+    def __enter__(self) -> PacsClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- identity -------------------------------------------------------------------------------
+
+    def login(self) -> identity_pb2.LoginResponse:
+        """The caller's profile (created on first use), memberships and admin flag."""
+        return self.identity.Login(identity_pb2.LoginRequest())
+
+    def list_projects(self, *, include_inactive: bool = False) -> Iterator[identity_pb2.Project]:
+        token = ""
+        while True:
+            reply = self.identity.ListProjects(
+                identity_pb2.ListProjectsRequest(
+                    page_size=_PAGE, page_token=token, include_inactive=include_inactive
+                )
+            )
+            yield from reply.projects
+            token = reply.next_page_token
+            if not token:
+                return
+
+    def get_project(self, project_id: int) -> identity_pb2.Project:
+        return self.identity.GetProject(
+            identity_pb2.GetProjectRequest(project_id=project_id)
+        ).project
+
+    def create_project(
+        self, name: str, *, description: str = "", request_id: str | None = None
+    ) -> identity_pb2.Project:
+        """Platform administrators only. Retried safely: a request id is generated if not given."""
+        return self.identity.CreateProject(
+            identity_pb2.CreateProjectRequest(
+                project=identity_pb2.Project(name=name, description=description),
+                request_id=request_id or str(uuid.uuid4()),
+            )
+        ).project
+
+    # -- annotations ----------------------------------------------------------------------------
+
+    def list_annotations(
+        self,
+        *,
+        project_id: int = 0,
+        study_uid: str = "",
+        series_uid: str = "",
+        annotation_type: str = "",
+    ) -> Iterator[annotation_pb2.Annotation]:
+        """Newest first, across pages; without `project_id`, from every readable project."""
+        token = ""
+        while True:
+            reply = self.annotations.ListAnnotations(
+                annotation_pb2.ListAnnotationsRequest(
+                    project_id=project_id, study_uid=study_uid, series_uid=series_uid,
+                    annotation_type=annotation_type, page_size=_PAGE, page_token=token,
+                )
+            )  # fmt: skip
+            yield from reply.annotations
+            token = reply.next_page_token
+            if not token:
+                return
+
+    def get_annotation(self, annotation_id: int) -> annotation_pb2.Annotation:
+        request = annotation_pb2.GetAnnotationRequest(annotation_id=annotation_id)
+        return self.annotations.GetAnnotation(request).annotation
+
+    def create_annotation(
+        self,
+        *,
+        project_id: int,
+        study_uid: str,
+        annotation_type: str,
+        data: Mapping[str, Any],
+        series_uid: str = "",
+        instance_uid: str = "",
+        measurement_values: Any = None,
+        viewer_software: str = "",
+        request_id: str | None = None,
+    ) -> annotation_pb2.Annotation:
+        """Retried safely: a request id is generated if not given."""
+        annotation = annotation_pb2.Annotation(
+            project_id=project_id, study_uid=study_uid, series_uid=series_uid,
+            instance_uid=instance_uid, annotation_type=annotation_type,
+            viewer_software=viewer_software,
+        )  # fmt: skip
+        # Present even when empty: the server requires annotation_data to be set.
+        annotation.annotation_data.SetInParent()
+        annotation.annotation_data.update(dict(data))
+        if measurement_values is not None:
+            json_format.ParseDict(measurement_values, annotation.measurement_values)
+        return self.annotations.CreateAnnotation(
+            annotation_pb2.CreateAnnotationRequest(
+                annotation=annotation, request_id=request_id or str(uuid.uuid4())
+            )
+        ).annotation
+
+    # -- masks ----------------------------------------------------------------------------------
+
+    def create_mask_group(
+        self,
+        annotation_id: int,
+        *,
+        slice_count: int,
+        group_name: str = "",
+        model_name: str = "",
+        version: str = "",
+        modality: str = "",
+        mask_type: str = "",
+        description: str = "",
+        request_id: str | None = None,
+    ) -> mask_pb2.MaskGroup:
+        """Retried safely: a request id is generated if not given."""
+        group = mask_pb2.MaskGroup(
+            slice_count=slice_count, group_name=group_name, model_name=model_name,
+            version=version, modality=modality, mask_type=mask_type, description=description,
+        )  # fmt: skip
+        return self.masks.CreateMaskGroup(
+            mask_pb2.CreateMaskGroupRequest(
+                annotation_id=annotation_id,
+                mask_group=group,
+                request_id=request_id or str(uuid.uuid4()),
+            )
+        ).mask_group
+
+    def get_mask_group(self, annotation_id: int, group_id: int) -> mask_pb2.MaskGroup:
+        request = mask_pb2.GetMaskGroupRequest(annotation_id=annotation_id, group_id=group_id)
+        return self.masks.GetMaskGroup(request).mask_group
+
+    def list_masks(self, annotation_id: int, group_id: int) -> Iterator[mask_pb2.Mask]:
+        """The group's recorded masks by slice index, across pages."""
+        return masks_of_group(self.masks, annotation_id, group_id)
+
+    def upload_mask_group(
+        self,
+        annotation_id: int,
+        *,
+        directory: Path | str | None = None,
+        arrays: Iterable[npt.ArrayLike] | Mapping[int, npt.ArrayLike] | None = None,
+        slices: Iterable[slice_sources.Slice] | None = None,
+        group_id: int | None = None,
+        slice_count: int | None = None,
+        group_name: str = "",
+        model_name: str = "",
+        version: str = "",
+        modality: str = "",
+        label_name: str = "",
+        concurrency: int = 8,
+        method: mask_pb2.UploadMethod.ValueType = mask_pb2.UPLOAD_METHOD_POST,
+        progress: ProgressCallback | None = None,
+    ) -> UploadResult:
+        """Upload a group's slices from exactly one of: a folder of PNGs named by slice index,
+        2-D numpy arrays (uint8, uint16 or bool; encoded as PNG), or prepared Slices.
+
+        Without `group_id` a group is created under the annotation with `slice_count` (default:
+        the number of slices) and the naming fields. With it, slices the group has already
+        recorded are skipped, so repeating an upload that partly failed sends only the rest.
+        Raises UploadError when some slices could not be uploaded (the others are recorded).
+        """
+        started = time.perf_counter()
+        items = _slices(directory, arrays, slices, label_name)
+        if group_id is None:
+            group = self.create_mask_group(
+                annotation_id, slice_count=slice_count or len(items), group_name=group_name,
+                model_name=model_name, version=version, modality=modality,
+            )  # fmt: skip
+            group_id = group.id
+            skipped = 0
+        else:
+            recorded = {m.slice_index for m in self.list_masks(annotation_id, group_id)}
+            remaining = [s for s in items if s.index not in recorded]
+            skipped = len(items) - len(remaining)
+            items = remaining
+        transport = SignedUrlTransport(concurrency=concurrency)
+        try:
+            uploader = MaskUploader(
+                self.masks, transport, UploadOptions(concurrency=concurrency, method=method)
+            )
+            stats = uploader.upload(annotation_id, group_id, items, progress)
+        finally:
+            transport.close()
+        final = stats.group or self.get_mask_group(annotation_id, group_id)
+        return UploadResult(
+            group=final, uploaded=stats.uploaded, skipped=skipped, bytes_sent=stats.bytes_sent,
+            retries=stats.retries, seconds=time.perf_counter() - started,
+        )  # fmt: skip
+
+    def download_mask_group(
+        self,
+        annotation_id: int,
+        group_id: int,
+        directory: Path | str,
+        *,
+        concurrency: int = 8,
+        progress: ProgressCallback | None = None,
+    ) -> DownloadResult:
+        """Every recorded slice into `directory` as `NNNN.png`, each checked against its MD5."""
+        transport = SignedUrlTransport(concurrency=concurrency)
+        try:
+            downloader = MaskDownloader(self.masks, transport, concurrency=concurrency)
+            return downloader.download(annotation_id, group_id, Path(directory), progress)
+        finally:
+            transport.close()
+
+
+def _slices(
+    directory: Path | str | None,
+    arrays: Iterable[npt.ArrayLike] | Mapping[int, npt.ArrayLike] | None,
+    slices: Iterable[slice_sources.Slice] | None,
+    label_name: str,
+) -> list[slice_sources.Slice]:
+    given = [x is not None for x in (directory, arrays, slices)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of directory=, arrays= or slices=")
+    if directory is not None:
+        items = slice_sources.from_directory(directory)
+        if label_name:
+            items = [_labelled(s, label_name) for s in items]
+        return items
+    if arrays is not None:
+        return slice_sources.from_arrays(arrays, label_name=label_name)
+    assert slices is not None
+    return list(slices)
+
+
+def _labelled(item: slice_sources.Slice, label_name: str) -> slice_sources.Slice:
+    return replace(item, label_name=label_name)

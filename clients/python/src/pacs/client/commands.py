@@ -1,0 +1,374 @@
+"""What each `pacs` command does (cli.py parses); results on stdout, progress on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from pacs.client import config
+from pacs.client.client import PacsClient
+from pacs.client.downloads import DownloadError
+from pacs.client.progress import ProgressLine
+from pacs.client.tokens import StaticToken, TokenError, keycloak_token_url
+from pacs.client.uploads import UploadError
+from pacs.v1 import identity_pb2, mask_pb2
+
+_ROLES = {
+    "viewer": identity_pb2.PROJECT_ROLE_VIEWER,
+    "annotator": identity_pb2.PROJECT_ROLE_ANNOTATOR,
+    "owner": identity_pb2.PROJECT_ROLE_OWNER,
+}
+
+
+class UsageError(Exception):
+    """Options that parse but do not fit together; exit code 2 like argparse's own."""
+
+
+def run(args: argparse.Namespace) -> int:
+    handler: Callable[[argparse.Namespace], int] = _COMMANDS[args.run]
+    return handler(args)
+
+
+def describe(error: BaseException) -> str:
+    """One line for any failure, never a token, secret or signed URL."""
+    if isinstance(error, grpc.RpcError) and isinstance(error, grpc.Call):
+        details = " ".join((error.details() or "").split())
+        return f"{error.code().name}: {details}" if details else error.code().name
+    if isinstance(error, TokenError | config.ConfigError | UploadError | DownloadError):
+        return str(error)
+    if isinstance(error, OSError):
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror or type(error).__name__}{where}"
+    if isinstance(error, ValueError | TypeError):
+        return str(error)
+    if os.environ.get("PACS_DEBUG"):
+        raise error
+    return f"unexpected {type(error).__name__}: {error} (PACS_DEBUG=1 shows the traceback)"
+
+
+# -- login ----------------------------------------------------------------------------------
+
+
+def _login(args: argparse.Namespace) -> int:
+    if args.token_stdin:
+        source = {"kind": config.STATIC, "token": _stdin_secret("token")}
+        StaticToken(source["token"])  # refuses an empty one before anything is saved
+    else:
+        if bool(args.realm_url) == bool(args.token_url):
+            raise UsageError("with --client-id, give exactly one of --realm-url or --token-url")
+        secret = os.environ.get("PACS_CLIENT_SECRET") or _stdin_secret("client secret")
+        source = {
+            "kind": config.CLIENT_CREDENTIALS,
+            "token_url": args.token_url or keycloak_token_url(args.realm_url),
+            "client_id": args.client_id,
+            "client_secret": secret,
+        }
+    login = config.Login(server=args.server, insecure=args.insecure, token_source=source)
+    with PacsClient(
+        login.server, login.tokens(), insecure=login.insecure, timeout=args.timeout
+    ) as client:
+        reply = client.login()
+    path = config.save(login)
+    user = reply.user
+    print(f"logged in to {login.server} as {user.username} (user {user.id}); saved in {path}")
+    return 0
+
+
+def _logout(args: argparse.Namespace) -> int:
+    removed = config.remove()
+    print("logged out" if removed else "not logged in")
+    return 0
+
+
+def _stdin_secret(what: str) -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"{what}: ")
+    value = sys.stdin.readline().strip()
+    if not value:
+        raise UsageError(f"no {what} on standard input")
+    return value
+
+
+def _client(args: argparse.Namespace) -> PacsClient:
+    login = config.resolve(server=args.server, insecure=args.insecure)
+    return PacsClient(login.server, login.tokens(), insecure=login.insecure, timeout=args.timeout)
+
+
+# -- identity -------------------------------------------------------------------------------
+
+
+def _whoami(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = client.login()
+        if args.json:
+            return _print_json(reply)
+        user = reply.user
+        admin = ", platform administrator" if reply.platform_admin else ""
+        print(f"{user.username} (user {user.id}, {user.email or 'no e-mail'}{admin})")
+        for member in reply.memberships:
+            print(f"  project {member.project_id}: {_role(member.role)}")
+    return 0
+
+
+def _projects_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        projects = list(client.list_projects(include_inactive=args.include_inactive))
+    if args.json:
+        return _print_json_list(projects)
+    for project in projects:
+        state = "" if project.is_active else "  (inactive)"
+        print(f"{project.id:>8}  {project.name}{state}")
+    return 0
+
+
+def _projects_get(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _print_message(client.get_project(args.project_id), args.json)
+
+
+def _projects_create(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        project = client.create_project(args.name, description=args.description)
+    if args.json:
+        return _print_json(project)
+    print(f"created project {project.id} {project.name}")
+    return 0
+
+
+def _projects_members(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        members: list[identity_pb2.ProjectMember] = []
+        token = ""
+        while True:
+            reply = client.identity.ListProjectMembers(
+                identity_pb2.ListProjectMembersRequest(
+                    project_id=args.project_id, page_size=500, page_token=token
+                )
+            )
+            members.extend(reply.members)
+            token = reply.next_page_token
+            if not token:
+                break
+    if args.json:
+        return _print_json_list(members)
+    for member in members:
+        print(f"{member.user_id:>8}  {member.username:<24} {_role(member.role)}")
+    return 0
+
+
+def _projects_add_member(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = client.identity.AddProjectMember(
+            identity_pb2.AddProjectMemberRequest(
+                project_id=args.project_id, user_id=args.user_id, role=_ROLES[args.role]
+            )
+        )
+    if args.json:
+        return _print_json(reply.member)
+    print(f"user {reply.member.user_id} is {_role(reply.member.role)} in project {args.project_id}")
+    return 0
+
+
+# -- annotations ----------------------------------------------------------------------------
+
+
+def _annotations_list(args: argparse.Namespace) -> int:
+    if args.limit < 0:
+        raise UsageError("--limit must be 0 (all) or more")
+    with _client(args) as client:
+        found: Iterable[Any] = client.list_annotations(
+            project_id=args.project, study_uid=args.study, series_uid=args.series,
+            annotation_type=args.annotation_type,
+        )  # fmt: skip
+        annotations = list(itertools.islice(found, args.limit or None))
+    if args.json:
+        return _print_json_list(annotations)
+    for a in annotations:
+        created = a.created_at.ToJsonString() if a.HasField("created_at") else ""
+        print(f"{a.id:>8}  project {a.project_id:<6} {a.annotation_type:<14} {created}")
+    return 0
+
+
+def _annotations_get(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _print_message(client.get_annotation(args.annotation_id), args.json)
+
+
+def _annotations_create(args: argparse.Namespace) -> int:
+    data = _json_argument("--data", args.data)
+    if not isinstance(data, dict):
+        raise UsageError("--data must be a JSON object")
+    measurements = None
+    if args.measurements is not None:
+        measurements = _json_argument("--measurements", args.measurements)
+    with _client(args) as client:
+        annotation = client.create_annotation(
+            project_id=args.project, study_uid=args.study, series_uid=args.series,
+            instance_uid=args.instance, annotation_type=args.annotation_type, data=data,
+            measurement_values=measurements, viewer_software=args.viewer_software,
+            request_id=args.request_id,
+        )  # fmt: skip
+    if args.json:
+        return _print_json(annotation)
+    print(f"created annotation {annotation.id} in project {annotation.project_id}")
+    return 0
+
+
+def _json_argument(option: str, text: str) -> Any:
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{option} is not valid JSON ({error.msg})") from None
+
+
+# -- masks ----------------------------------------------------------------------------------
+
+
+def _masks_groups(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        groups: list[mask_pb2.MaskGroup] = []
+        token = ""
+        while True:
+            reply = client.masks.ListMaskGroups(
+                mask_pb2.ListMaskGroupsRequest(
+                    annotation_id=args.annotation, page_size=500, page_token=token
+                )
+            )
+            groups.extend(reply.mask_groups)
+            token = reply.next_page_token
+            if not token:
+                break
+    if args.json:
+        return _print_json_list(groups)
+    for g in groups:
+        status = mask_pb2.MaskGroupStatus.Name(g.status).removeprefix("MASK_GROUP_STATUS_")
+        print(f"{g.id:>8}  {status:<8} {g.completed_slices}/{g.slice_count}  {g.group_name}")
+    return 0
+
+
+def _masks_push(args: argparse.Namespace) -> int:
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    method = mask_pb2.UPLOAD_METHOD_PUT if args.method == "put" else mask_pb2.UPLOAD_METHOD_POST
+    progress = _progress(args, "push")
+    try:
+        with _client(args) as client:
+            result = client.upload_mask_group(
+                args.annotation, directory=args.directory, group_id=args.group,
+                slice_count=args.slice_count, group_name=args.name, model_name=args.model,
+                version=args.model_version, modality=args.modality, label_name=args.label,
+                concurrency=args.concurrency, method=method, progress=progress,
+            )  # fmt: skip
+    finally:
+        if progress is not None:
+            progress.close()
+    group = result.group
+    status = mask_pb2.MaskGroupStatus.Name(group.status).removeprefix("MASK_GROUP_STATUS_")
+    skipped = f", {result.skipped} already recorded" if result.skipped else ""
+    print(
+        f"pushed {result.uploaded} slices ({_size(result.bytes_sent)}) to group {group.id} in "
+        f"{result.seconds:.2f} s ({result.retries} retries{skipped}); group {status}, "
+        f"{group.completed_slices}/{group.slice_count} slices"
+    )
+    return 0
+
+
+def _masks_pull(args: argparse.Namespace) -> int:
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    started = time.perf_counter()
+    progress = _progress(args, "pull")
+    try:
+        with _client(args) as client:
+            result = client.download_mask_group(
+                args.annotation, args.group_id, args.directory,
+                concurrency=args.concurrency, progress=progress,
+            )  # fmt: skip
+    finally:
+        if progress is not None:
+            progress.close()
+    print(
+        f"pulled {len(result.files)} slices ({_size(result.bytes_received)}) of group "
+        f"{args.group_id} into {args.directory} in {time.perf_counter() - started:.2f} s"
+    )
+    return 0
+
+
+def _progress(args: argparse.Namespace, label: str) -> ProgressLine | None:
+    if args.no_progress or not sys.stderr.isatty():
+        return None
+    return ProgressLine(sys.stderr, label)
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def _role(role: identity_pb2.ProjectRole.ValueType) -> str:
+    return identity_pb2.ProjectRole.Name(role).removeprefix("PROJECT_ROLE_").lower()
+
+
+def _size(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    amount = count / 1024
+    for unit in ("KiB", "MiB"):
+        if amount < 1024:
+            return f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} GiB"
+
+
+def _as_dict(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _print_json(message: Message) -> int:
+    print(json.dumps(_as_dict(message), indent=2))
+    return 0
+
+
+def _print_json_list(messages: Iterable[Message]) -> int:
+    print(json.dumps([_as_dict(m) for m in messages], indent=2))
+    return 0
+
+
+def _print_message(message: Message, as_json: bool) -> int:
+    if as_json:
+        return _print_json(message)
+    for name, value in _as_dict(message).items():
+        shown = json.dumps(value) if isinstance(value, dict | list) else value
+        print(f"{name}: {shown}")
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "login": _login,
+    "logout": _logout,
+    "whoami": _whoami,
+    "projects_list": _projects_list,
+    "projects_get": _projects_get,
+    "projects_create": _projects_create,
+    "projects_members": _projects_members,
+    "projects_add_member": _projects_add_member,
+    "annotations_list": _annotations_list,
+    "annotations_get": _annotations_get,
+    "annotations_create": _annotations_create,
+    "masks_groups": _masks_groups,
+    "masks_push": _masks_push,
+    "masks_pull": _masks_pull,
+}

@@ -1,0 +1,320 @@
+"""`pacs`, the command line, run as a user runs it (a subprocess) against the real stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+from pacs.client.cli import build_parser
+
+from pacs_grpc.devstack.issuer import DevIssuer
+from pacs_grpc.devstack.stack import LocalStack
+from tests.support.png import png
+from tests.support.users import ADMIN_ROLE
+
+PACS = Path(sys.executable).parent / "pacs"
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def address(live_stack: LocalStack) -> str:
+    assert live_stack.server is not None
+    return live_stack.server.address
+
+
+@pytest.fixture(scope="module")
+def username() -> str:
+    return f"cli-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def token(issuer: DevIssuer, username: str) -> str:
+    return issuer.mint(username, realm_roles=[ADMIN_ROLE])
+
+
+@pytest.fixture
+def config_home(tmp_path: Path) -> Path:
+    return tmp_path / "config"
+
+
+@pytest.fixture
+def pacs(address: str, token: str, config_home: Path) -> Run:
+    """`pacs ARGS...` with PACS_SERVER/PACS_TOKEN set (env=None: no PACS_* at all)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    clean["XDG_CONFIG_HOME"] = str(config_home)
+    logged_in = clean | {"PACS_SERVER": address, "PACS_TOKEN": token, "PACS_INSECURE": "1"}
+
+    def run(
+        *args: str, env: dict[str, str] | None = logged_in, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(PACS), *args], env=clean if env is None else env, input=stdin,
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def project_id(address: str, token: str) -> Iterator[int]:
+    from pacs.client import PacsClient
+
+    with PacsClient(address, token, insecure=True) as client:
+        yield client.create_project(f"cli-{uuid.uuid4().hex[:8]}").id
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def command_paths() -> list[list[str]]:
+    """Every command and subcommand of the parser, as the words that reach it."""
+    paths: list[list[str]] = []
+
+    def walk(parser: argparse.ArgumentParser, prefix: list[str]) -> None:
+        paths.append(prefix)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, [*prefix, name])
+
+    walk(build_parser(), [])
+    return paths
+
+
+def test_every_command_has_help(pacs: Run) -> None:
+    paths = command_paths()
+    assert ["masks", "push"] in paths
+    assert ["annotations", "create"] in paths
+    assert len(paths) >= 18
+    for path in paths:
+        done = pacs(*path, "--help")
+        assert done.returncode == 0, (path, done.stderr)
+        assert done.stdout.startswith(f"usage: pacs {' '.join(path)}".rstrip()), path
+
+
+def test_whoami_names_the_tokens_user(pacs: Run, username: str) -> None:
+    out = ok(pacs("whoami"))
+    assert out.startswith(f"{username} (user ")
+    assert "platform administrator" in out
+    as_json = json.loads(ok(pacs("whoami", "--json")))
+    assert as_json["user"]["username"] == username
+
+
+def test_annotations_create_list_and_get(pacs: Run, project_id: int) -> None:
+    created = json.loads(
+        ok(
+            pacs(
+                "annotations", "create", "--project", str(project_id), "--study", "1.2.3.4",
+                "--type", "polygon", "--data", '{"points": [[1, 2], [3, 4], [5, 6]]}',
+                "--measurements", '{"area_mm2": 12.5}', "--json",
+            )
+        )
+    )  # fmt: skip
+    annotation_id = int(created["id"])
+    assert created["annotation_data"] == {"points": [[1, 2], [3, 4], [5, 6]]}
+    listed = ok(pacs("annotations", "list", "--project", str(project_id)))
+    assert listed.split()[0] == str(annotation_id)
+    assert "polygon" in listed
+    listed_json = json.loads(
+        ok(pacs("annotations", "list", "--project", str(project_id), "--json"))
+    )
+    assert [int(a["id"]) for a in listed_json] == [annotation_id]
+    shown = ok(pacs("annotations", "get", str(annotation_id)))
+    assert f"id: {annotation_id}" in shown
+    assert "study_uid: 1.2.3.4" in shown
+
+
+def test_a_failing_call_prints_one_line_and_exits_1(pacs: Run) -> None:
+    done = pacs("annotations", "get", "987654321")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == "error: NOT_FOUND: annotation not found\n"
+
+
+def test_a_bad_token_is_one_line_too(pacs: Run, address: str, config_home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env |= {"XDG_CONFIG_HOME": str(config_home), "PACS_SERVER": address, "PACS_INSECURE": "1"}
+    done = pacs("whoami", env=env | {"PACS_TOKEN": "not-a-jwt"})
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: UNAUTHENTICATED: ")
+    assert done.stderr.count("\n") == 1
+    assert "not-a-jwt" not in done.stderr
+
+
+def test_without_a_login_the_cli_says_how_to_log_in(pacs: Run) -> None:
+    done = pacs("projects", "list", env=None)
+    assert done.returncode == 1
+    assert done.stderr == (
+        "error: not logged in: run 'pacs login', or set PACS_SERVER and PACS_TOKEN\n"
+    )
+
+
+def test_usage_errors_exit_2(pacs: Run) -> None:
+    assert pacs("masks", "push", "somewhere").returncode == 2
+    assert pacs("annotations", "get", "not-a-number").returncode == 2
+    done = pacs("annotations", "create", "--project", "1", "--study", "1.2", "--type", "point",
+                "--data", "{not json")  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --data is not valid JSON")
+
+
+def test_login_saves_the_token_privately_and_never_prints_it(
+    pacs: Run, address: str, token: str, username: str, config_home: Path
+) -> None:
+    done = pacs("login", "--server", address, "--insecure", "--token-stdin", env=None, stdin=token)
+    out = ok(done)
+    assert out.startswith(f"logged in to {address} as {username} (user ")
+    assert token not in done.stdout + done.stderr
+    saved = config_home / "pacs" / "config.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    # Later commands need no environment at all.
+    assert ok(pacs("whoami", env=None)).startswith(username)
+    assert ok(pacs("logout", env=None)) == "logged out\n"
+    assert not saved.exists()
+    assert pacs("whoami", env=None).returncode == 1
+
+
+@pytest.fixture
+def token_endpoint(issuer: DevIssuer) -> Iterator[tuple[str, list[dict[str, list[str]]]]]:
+    """Keycloak's token endpoint for one client, issuing the dev issuer's real tokens."""
+    requests: list[dict[str, list[str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            requests.append(form)
+            if form.get("client_secret") == ["pipeline-secret"]:
+                status = 200
+                body = {
+                    "access_token": issuer.mint("svc-seg-model", client_id="seg-model"),
+                    "expires_in": 300,
+                    "token_type": "Bearer",
+                }
+            else:
+                status, body = 401, {"error": "unauthorized_client"}
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/token", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_login_with_client_credentials_fetches_tokens_itself(
+    pacs: Run,
+    address: str,
+    config_home: Path,
+    token_endpoint: tuple[str, list[dict[str, list[str]]]],
+) -> None:
+    url, requests = token_endpoint
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env |= {"XDG_CONFIG_HOME": str(config_home)}
+    done = pacs(
+        "login", "--server", address, "--insecure", "--client-id", "seg-model",
+        "--token-url", url, env=env | {"PACS_CLIENT_SECRET": "pipeline-secret"},
+    )  # fmt: skip
+    assert ok(done).startswith(f"logged in to {address} as svc-seg-model (user ")
+    assert "pipeline-secret" not in done.stdout + done.stderr
+    assert requests[0]["grant_type"] == ["client_credentials"]
+    # Each later command gets its own token from the endpoint, with the saved secret.
+    assert ok(pacs("whoami", env=env)).startswith("svc-seg-model (user ")
+    assert len(requests) == 2
+    wrong = pacs(
+        "login", "--server", address, "--insecure", "--client-id", "seg-model",
+        "--token-url", url, env=env, stdin="not-the-secret\n",
+    )  # fmt: skip
+    assert wrong.returncode == 1
+    assert wrong.stderr == (
+        "error: token endpoint refused the client: HTTP 401: unauthorized_client\n"
+    )
+
+
+def test_login_with_a_refused_token_saves_nothing(
+    pacs: Run, address: str, config_home: Path
+) -> None:
+    done = pacs("login", "--server", address, "--insecure", "--token-stdin", env=None,
+                stdin="garbage")  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: UNAUTHENTICATED")
+    assert not (config_home / "pacs" / "config.json").exists()
+
+
+def test_projects_create_list_and_members(pacs: Run, username: str) -> None:
+    name = f"cli-project-{uuid.uuid4().hex[:8]}"
+    created = ok(pacs("projects", "create", name, "--description", "from the CLI"))
+    project_id = int(created.split()[2])
+    assert created == f"created project {project_id} {name}\n"
+    listed = ok(pacs("projects", "list"))
+    assert any(line.split() == [str(project_id), name] for line in listed.splitlines())
+    shown = json.loads(ok(pacs("projects", "get", str(project_id), "--json")))
+    assert shown["description"] == "from the CLI"
+    assert ok(pacs("projects", "members", str(project_id), "--json")) is not None
+
+
+def test_masks_push_prints_a_summary_and_pull_returns_the_same_bytes(
+    pacs: Run, project_id: int, tmp_path: Path
+) -> None:
+    created = json.loads(
+        ok(pacs("annotations", "create", "--project", str(project_id), "--study", "1.2.5",
+                "--type", "segmentation", "--json"))
+    )  # fmt: skip
+    annotation_id = created["id"]
+    series = tmp_path / "series"
+    series.mkdir()
+    images = {f"slice_{i}.png": png(64, 48, seed=i) for i in range(5)}
+    for name, data in images.items():
+        (series / name).write_bytes(data)
+    pushed = ok(
+        pacs("masks", "push", str(series), "--annotation", str(annotation_id), "--name", "liver",
+             "--model", "unet", "--modality", "CT")
+    )  # fmt: skip
+    assert pushed.startswith("pushed 5 slices (")
+    assert pushed.rstrip().endswith("group COMPLETE, 5/5 slices")
+    group_id = pushed.split(" to group ")[1].split()[0]
+    groups = ok(pacs("masks", "groups", "--annotation", str(annotation_id)))
+    assert groups.split()[:3] == [group_id, "COMPLETE", "5/5"]
+
+    again = ok(
+        pacs("masks", "push", str(series), "--annotation", str(annotation_id), "--group", group_id)
+    )
+    assert again.startswith("pushed 0 slices")
+    assert "5 already recorded" in again
+
+    pulled = tmp_path / "pulled"
+    out = ok(pacs("masks", "pull", group_id, str(pulled), "--annotation", str(annotation_id)))
+    assert out.startswith("pulled 5 slices (")
+    for i in range(5):
+        assert (pulled / f"{i:04d}.png").read_bytes() == images[f"slice_{i}.png"]
+
+
+def test_pushing_a_folder_without_slices_fails_in_one_line(pacs: Run, tmp_path: Path) -> None:
+    done = pacs("masks", "push", str(tmp_path), "--annotation", "1")
+    assert done.returncode == 1
+    assert done.stderr == f"error: no files matching *.png in {tmp_path}\n"

@@ -1,0 +1,209 @@
+"""PacsClient and `pacs masks pull` on the real stack: PostgreSQL, SeaweedFS and the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pacs.client import PacsClient, encode_png
+from pacs.client.slices import from_directory
+from pacs.client.transfer import SignedUrlTransport
+from pacs.client.uploads import MaskUploader
+from pacs.v1 import annotation_pb2, mask_pb2
+
+from pacs_grpc.devstack.issuer import DevIssuer
+from pacs_grpc.devstack.stack import LocalStack
+from tests.support.png import png
+from tests.support.users import ADMIN_ROLE
+
+PACS = Path(sys.executable).parent / "pacs"
+COMPLETE = mask_pb2.MASK_GROUP_STATUS_COMPLETE
+
+
+@pytest.fixture(scope="module")
+def address(live_stack: LocalStack) -> str:
+    assert live_stack.server is not None
+    return live_stack.server.address
+
+
+@pytest.fixture(scope="module")
+def token(issuer: DevIssuer) -> str:
+    return issuer.mint(f"pipeline-{uuid.uuid4().hex[:8]}", realm_roles=[ADMIN_ROLE])
+
+
+@pytest.fixture(scope="module")
+def client(address: str, token: str) -> Iterator[PacsClient]:
+    with PacsClient(address, token, insecure=True) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def annotation(client: PacsClient) -> annotation_pb2.Annotation:
+    project = client.create_project(f"client-{uuid.uuid4().hex[:8]}")
+    return client.create_annotation(
+        project_id=project.id,
+        study_uid="1.2.840.113619.2.5",
+        series_uid="1.2.840.113619.2.5.1",
+        annotation_type="segmentation",
+        data={"model": "lung-seg"},
+        measurement_values={"volume_ml": 12.5},
+    )
+
+
+def write_series(folder: Path, count: int, padding: int = 0) -> dict[str, bytes]:
+    folder.mkdir()
+    images = {f"{i:04d}.png": png(256, 256, seed=i, padding=padding) for i in range(count)}
+    for name, data in images.items():
+        (folder / name).write_bytes(data)
+    return images
+
+
+def pull(address: str, token: str, annotation_id: int, group_id: int, into: Path) -> str:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    environment |= {"PACS_SERVER": address, "PACS_TOKEN": token, "PACS_INSECURE": "1"}
+    done = subprocess.run(
+        [PACS, "masks", "pull", str(group_id), str(into), "--annotation", str(annotation_id)],
+        env=environment, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_a_folder_of_100_slices_is_pushed_and_pulled_back_byte_for_byte(
+    client: PacsClient,
+    annotation: annotation_pb2.Annotation,
+    address: str,
+    token: str,
+    tmp_path: Path,
+    artifacts_dir: Path,
+) -> None:
+    # About 64 KiB a slice, as in bench/mask_upload.py.
+    images = write_series(tmp_path / "series", 100, padding=62_000)
+    reports: list[tuple[int, int]] = []
+    result = client.upload_mask_group(
+        annotation.id,
+        directory=tmp_path / "series",
+        group_name="lungs",
+        model_name="nnU-Net",
+        version="2.1",
+        modality="CT",
+        label_name="lung",
+        concurrency=16,
+        progress=lambda done, total: reports.append((done, total)),
+    )
+    group = result.group
+    assert (group.status, group.completed_slices, group.slice_count) == (COMPLETE, 100, 100)
+    assert result.uploaded == 100
+    assert result.bytes_sent == sum(len(b) for b in images.values())
+    assert reports[0] == (0, 100)
+    assert reports[-1] == (100, 100)
+    assert [done for done, _ in reports] == list(range(101))
+    # The success criterion of the mask-upload plan: 100 slices within a minute.
+    assert result.seconds < 60
+    (artifacts_dir / "python-client-push-100.json").write_text(
+        json.dumps({"slices": 100, "bytes": result.bytes_sent, "seconds": result.seconds})
+    )
+
+    masks = list(client.list_masks(annotation.id, group.id))
+    assert [m.slice_index for m in masks] == list(range(100))
+    assert {m.label_name for m in masks} == {"lung"}
+    assert {(m.width, m.height) for m in masks} == {(256, 256)}
+
+    pulled = tmp_path / "pulled"
+    summary = pull(address, token, annotation.id, group.id, pulled)
+    assert summary.startswith("pulled 100 slices (")
+    assert sorted(p.name for p in pulled.iterdir()) == sorted(images)
+    for name, data in images.items():
+        assert (pulled / name).read_bytes() == data, name
+
+
+def test_numpy_arrays_are_encoded_uploaded_and_downloaded(
+    client: PacsClient, annotation: annotation_pb2.Annotation, tmp_path: Path
+) -> None:
+    volume = np.zeros((3, 40, 60), dtype=np.uint16)
+    volume[0, 5:20, 10:30] = 1
+    volume[1, 10:35, 5:50] = 2
+    volume[2, :, :] = 65535
+    result = client.upload_mask_group(annotation.id, arrays=volume, model_name="unet-16bit")
+    assert result.group.status == COMPLETE
+    assert result.group.slice_count == 3
+    download = client.download_mask_group(annotation.id, result.group.id, tmp_path)
+    assert [p.name for p in download.files] == ["0000.png", "0001.png", "0002.png"]
+    for index, path in enumerate(download.files):
+        assert path.read_bytes() == encode_png(volume[index])
+    masks = list(client.list_masks(annotation.id, result.group.id))
+    assert {(m.width, m.height) for m in masks} == {(60, 40)}
+
+
+def test_uploading_to_a_group_again_sends_only_the_missing_slices(
+    client: PacsClient, annotation: annotation_pb2.Annotation, tmp_path: Path
+) -> None:
+    write_series(tmp_path / "all", 4)
+    first_half = tmp_path / "half"
+    first_half.mkdir()
+    for name in ("0000.png", "0001.png"):
+        (first_half / name).write_bytes((tmp_path / "all" / name).read_bytes())
+    group = client.create_mask_group(annotation.id, slice_count=4)
+    first = client.upload_mask_group(annotation.id, directory=first_half, group_id=group.id)
+    assert first.group.status == mask_pb2.MASK_GROUP_STATUS_PENDING
+    assert first.group.completed_slices == 2
+    second = client.upload_mask_group(annotation.id, directory=tmp_path / "all", group_id=group.id)
+    assert (second.uploaded, second.skipped) == (2, 2)
+    assert second.group.status == COMPLETE
+
+
+def test_put_tickets_upload_as_well(
+    client: PacsClient, annotation: annotation_pb2.Annotation, tmp_path: Path
+) -> None:
+    write_series(tmp_path / "series", 3)
+    result = client.upload_mask_group(
+        annotation.id, directory=tmp_path / "series", method=mask_pb2.UPLOAD_METHOD_PUT
+    )
+    assert result.group.status == COMPLETE
+
+
+class TamperedOnce:
+    """The real transport, except that slice 0's first ticket has its signature spoiled,
+    so storage itself refuses it as it would an expired one."""
+
+    def __init__(self, transport: SignedUrlTransport) -> None:
+        self.transport = transport
+        self.spoiled: list[str] = []
+
+    def upload(self, ticket: mask_pb2.UploadTicket, body: bytes, content_type: str) -> None:
+        if ticket.slice_index == 0 and not self.spoiled:
+            assert "x-amz-signature" in ticket.fields
+            forged = mask_pb2.UploadTicket()
+            forged.CopyFrom(ticket)
+            forged.fields["x-amz-signature"] = "0" * 64
+            self.spoiled.append(ticket.upload_id)
+            ticket = forged
+        self.transport.upload(ticket, body, content_type)
+
+
+def test_a_ticket_storage_refuses_is_replaced_by_a_new_one(
+    client: PacsClient, annotation: annotation_pb2.Annotation, tmp_path: Path
+) -> None:
+    write_series(tmp_path / "series", 3)
+    slices = [replace(s, label_name="x") for s in from_directory(tmp_path / "series")]
+    group = client.create_mask_group(annotation.id, slice_count=3)
+    transport = TamperedOnce(SignedUrlTransport(concurrency=3))
+    try:
+        stats = MaskUploader(client.masks, transport).upload(annotation.id, group.id, slices)
+    finally:
+        transport.transport.close()
+    assert len(transport.spoiled) == 1
+    assert stats.retries == 1
+    assert stats.group is not None
+    assert stats.group.status == COMPLETE
+    recorded = {m.slice_index for m in client.list_masks(annotation.id, group.id)}
+    assert recorded == {0, 1, 2}
