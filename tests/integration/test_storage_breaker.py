@@ -12,6 +12,7 @@ import pytest
 
 from pacs_grpc.adapters.storage.breaker import BreakerState, CircuitBreaker
 from pacs_grpc.adapters.storage.objects import ObjectStore
+from pacs_grpc.adapters.storage.s3 import StorageBreakerOpenError, StorageProbe
 from pacs_grpc.config import StorageSettings
 from pacs_grpc.devstack.seaweed import SeaweedConfig, SeaweedS3
 from pacs_grpc.domain.errors import Unavailable
@@ -75,7 +76,7 @@ async def test_black_holed_storage_fails_fast_once_the_breaker_opens_and_heals(
             fast = [await _timed(lambda: store.stat("missing/key")) for _ in range(20)]
             assert all(isinstance(error, Unavailable) for _, error in fast)
             assert "retry in" in str(fast[0][1])
-            assert max(took for took, _ in fast) < 0.05
+            assert max(took for took, _ in fast) < 0.2  # against >= 0.5 s each before
             # Storage comes back; after the open period one trial closes the breaker.
             proxy.restore()
             await asyncio.sleep(OPEN_SECONDS)
@@ -84,3 +85,18 @@ async def test_black_holed_storage_fails_fast_once_the_breaker_opens_and_heals(
             assert _state(breaker) is BreakerState.CLOSED
         finally:
             store.close()
+
+
+async def test_the_storage_probe_reports_an_open_breaker_without_asking_storage() -> None:
+    now = [100.0]
+    breaker = CircuitBreaker(failure_threshold=3, open_seconds=10, clock=lambda: now[0])
+    for _ in range(3):
+        breaker.record_failure()
+    # Port 9 on loopback: a probe that did reach for storage would fail differently.
+    probe = StorageProbe(StorageSettings("http://127.0.0.1:9", "key", "secret"), 0.5, breaker)
+    with pytest.raises(StorageBreakerOpenError):
+        await probe.check()
+    now[0] += 10  # half-open: the probe asks storage again, and fails to reach it
+    with pytest.raises(Exception) as unreachable:  # noqa: PT011 - any transport error
+        await probe.check()
+    assert not isinstance(unreachable.value, StorageBreakerOpenError)

@@ -24,6 +24,7 @@ class TcpProxy:
         self._flowing = threading.Event()
         self._flowing.set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
 
     def __enter__(self) -> TcpProxy:
@@ -59,6 +60,10 @@ class TcpProxy:
         self._flowing.set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
         self._writers.add(writer)
         try:
             if not self._flowing.is_set():
@@ -95,6 +100,9 @@ class TcpProxy:
         await self._cut_all()
         if self._server is not None:
             self._server.close()
+        for handler in list(self._handlers):
+            handler.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
 
 async def _drain_forever(reader: asyncio.StreamReader) -> None:
