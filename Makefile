@@ -3,6 +3,7 @@
 #   make test      install what the tests need and run the whole suite
 #   make check     lint, type-check, buf lint/breaking and the generated-code check
 #   make generate  regenerate code from protos/ (committed; never edit by hand)
+#   make soak      the long reliability runs (10 minutes of load, 10,000-request fuzzing)
 #   make bench     benchmarks on the real stack, against baselines measured in the same run
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -14,9 +15,15 @@ GENERATED_PY := clients/python/src/pacs/v1
 DESCRIPTOR := deploy/envoy/pacs.binpb
 OPENAPI := deploy/envoy/openapi.json
 CONTRACT_BASELINE := .ci/contract-baseline.binpb
+TS_CLIENT := clients/typescript
+GENERATED_TS := $(TS_CLIENT)/src/gen
+# npm ci rewrites this file, so it marks an install of exactly the lockfile.
+TS_DEPS := $(TS_CLIENT)/node_modules/.package-lock.json
+TS_SOURCES = $(shell find $(TS_CLIENT)/src $(TS_CLIENT)/viewer -type f) $(TS_CLIENT)/tsconfig.json
+VIEWER_BUNDLE := $(TS_CLIENT)/dist-viewer/viewer.js
 PYTEST_ARGS ?=
 
-.PHONY: install run serve migrate generate check-generated breaking contract-baseline lint format check test test-fast bench clean
+.PHONY: install viewer run serve migrate generate check-generated breaking contract-baseline lint format check test test-fast soak bench clean
 
 install: $(STAMP)
 
@@ -28,7 +35,18 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	touch $(STAMP)
 
 run: install
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory viewer; \
+	  else echo "npm not found: the viewer page is not built (needs Node.js 20 and npm)"; fi
 	$(BIN)/pacs-grpc dev
+
+# The TypeScript client (tsc) and the viewer page `make run` serves.
+$(TS_DEPS): $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
+
+viewer: $(VIEWER_BUNDLE)
+
+$(VIEWER_BUNDLE): $(TS_DEPS) $(TS_SOURCES)
+	cd $(TS_CLIENT) && npm run --silent build
 
 serve: install
 	$(BIN)/pacs-grpc serve
@@ -45,18 +63,19 @@ $(GOOGLEAPIS)/annotations.proto: $(STAMP)
 
 # The OpenAPI document is built from an image with source info, because its
 # descriptions are the protos' comments.
-generate: $(GOOGLEAPIS)/annotations.proto
+generate: $(GOOGLEAPIS)/annotations.proto $(TS_DEPS)
 	rm -f $(GENERATED_PY)/*_pb2*.py $(GENERATED_PY)/*_pb2*.pyi
 	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHON="$(CURDIR)/$(BIN)/python" $(BIN)/buf generate
+	$(BIN)/buf generate --template buf.gen.ts.yaml
 	$(BIN)/buf build --as-file-descriptor-set --exclude-source-info -o $(DESCRIPTOR)
 	$(BIN)/buf build --as-file-descriptor-set -o .build/openapi-source.binpb
 	$(BIN)/python -m tools.openapi .build/openapi-source.binpb $(OPENAPI)
 
 # Fails when the committed generated code differs from what the protos produce.
 check-generated: generate
-	@git diff --exit-code --stat -- $(GENERATED_PY) $(DESCRIPTOR) $(OPENAPI) || \
+	@git diff --exit-code --stat -- $(GENERATED_PY) $(GENERATED_TS) $(DESCRIPTOR) $(OPENAPI) || \
 	  (echo "generated code is stale: run 'make generate' and commit the result" >&2; exit 1)
-	@untracked=$$(git ls-files --others --exclude-standard -- $(GENERATED_PY) $(DESCRIPTOR) $(OPENAPI)); \
+	@untracked=$$(git ls-files --others --exclude-standard -- $(GENERATED_PY) $(GENERATED_TS) $(DESCRIPTOR) $(OPENAPI)); \
 	  if [ -n "$$untracked" ]; then echo "generated files not committed: $$untracked" >&2; exit 1; fi
 
 # The released contract is frozen: buf's FILE rules against the image saved
@@ -90,9 +109,17 @@ test: install
 test-fast: install
 	@$(MAKE) --no-print-directory test PYTEST_ARGS='-m "not slow" $(PYTEST_ARGS)'
 
-# Not part of `make test`: figures, not pass/fail; results in bench/results/.
+# The long reliability runs: ten minutes of series with reads (SOAK_SECONDS), and
+# 10,000 generated requests through gRPC and as many through REST.
+soak: install
+	@PACS_SOAK=1 FUZZ_REQUESTS=$${FUZZ_REQUESTS:-10000} $(BIN)/python -m pytest tests/soak \
+	  tests/integration/test_fuzz_grpc.py tests/e2e/test_fuzz_rest.py $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+# Not part of `make test`: figures, not pass/fail; results (JSON and PNG) in bench/results/.
 bench: install
-	$(BIN)/python -m bench.mask_upload
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf .build .pytest_cache .mypy_cache .ruff_cache test-artifacts

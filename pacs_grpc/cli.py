@@ -35,6 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token.add_argument("--client-id", default="pacs-cli", help="the azp claim (default pacs-cli)")
     token.add_argument("--data-dir", default=".data", help="the stack's data dir (default .data)")
+    edge = commands.add_parser(
+        "envoy-config",
+        help="write the Envoy sidecar's configuration, descriptor set and OpenAPI document "
+        "(settings from ENVOY_*, GRPC_PORT, CORS_ALLOWED_ORIGINS)",
+    )
+    edge.add_argument("--out", required=True, help="the directory to write them to")
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
@@ -43,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate()
         if args.command == "token":
             return _token(args)
+        if args.command == "envoy-config":
+            return _envoy_config(args.out)
         return _dev(args.data_dir)
     except ConfigError as error:
         print(f"pacs-grpc: configuration error: {error}", file=sys.stderr)
@@ -103,4 +111,19 @@ def _token(args: argparse.Namespace) -> int:
             args.user, realm_roles=args.realm_role, ttl_seconds=args.ttl, client_id=args.client_id
         )
     )
+    return 0
+
+
+def _envoy_config(out: str) -> int:
+    from pathlib import Path
+
+    from pacs_grpc.edge.envoy_config import EnvoyConfigError, EnvoySettings, write_envoy_config
+
+    settings = EnvoySettings.from_env(os.environ)
+    try:
+        path = write_envoy_config(settings, Path(out))
+    except (EnvoyConfigError, OSError) as error:
+        print(f"pacs-grpc envoy-config: {error}", file=sys.stderr)
+        return 1
+    print(f"pacs-grpc envoy-config: wrote {path} (files expected in {settings.config_dir})")
     return 0

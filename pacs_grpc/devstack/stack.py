@@ -1,4 +1,4 @@
-"""The local stack: PostgreSQL, S3, migrations and the server, in that order.
+"""The local stack: PostgreSQL, S3, migrations, the server and Envoy, in that order.
 
 `pacs-grpc dev` (and so `make run`) and the test suite start it through this
 same code. DATABASE_URL and S3_ENDPOINT, when set, replace the embedded
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import threading
@@ -17,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pacs_grpc.adapters.postgres import migrator
+from pacs_grpc.devstack.envoy import EnvoyProcess
 from pacs_grpc.devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
-from pacs_grpc.devstack.ports import free_port
+from pacs_grpc.devstack.ports import free_port, free_ports
 from pacs_grpc.devstack.postgres import EmbeddedPostgres, PostgresConfig
 from pacs_grpc.devstack.seaweed import SeaweedConfig, SeaweedS3
 from pacs_grpc.devstack.server import ServerProcess
+from pacs_grpc.devstack.viewer import ViewerServer, ViewerSettings, default_site_dir
+from pacs_grpc.edge.envoy_config import EnvoyAssets, EnvoySettings
 
 # Local-only credentials for the embedded SeaweedFS, which listens on loopback.
 DEV_S3_ACCESS_KEY = "pacs-dev"
@@ -36,6 +40,11 @@ class StackConfig:
     postgres_port: int = 0
     s3_port: int = 0
     issuer_port: int = 0
+    http_port: int = 0  # Envoy: REST, gRPC-web and gRPC
+    envoy_admin_port: int = 0
+    viewer_port: int = 0  # the viewer page (clients/typescript), when started
+    # Origins whose pages may read mask images from the embedded storage; empty: any.
+    storage_cors_origins: tuple[str, ...] = ()
     # Tests trade crash safety for speed; a developer's data stays durable.
     durable: bool = True
     bucket: str = "pacs-masks"
@@ -50,6 +59,8 @@ class LocalStack:
         self.postgres: EmbeddedPostgres | None = None
         self.s3: SeaweedS3 | None = None
         self.server: ServerProcess | None = None
+        self.envoy: EnvoyProcess | None = None
+        self.viewer: ViewerServer | None = None
         self.issuer: DevIssuer | None = None
         self.oidc: dict[str, str] = {}
         self.database_url = ""
@@ -84,6 +95,7 @@ class LocalStack:
                     secret_key=DEV_S3_SECRET_KEY,
                     bucket=env.get("S3_BUCKET") or self.config.bucket,
                     s3_port=self.config.s3_port,
+                    allowed_origins=",".join(self.config.storage_cors_origins) or "*",
                 )
             )
             self.s3.start()
@@ -125,8 +137,86 @@ class LocalStack:
         self.server.start(timeout)
         return self.server
 
+    def edge_settings(
+        self,
+        *,
+        cors_allowed_origins: tuple[str, ...] = (),
+        base: EnvoySettings | None = None,
+        http_port: int = 0,
+        admin_port: int = 0,
+    ) -> EnvoySettings:
+        """Envoy's settings for this stack: loopback, free ports unless given, this server.
+
+        `base` supplies everything else (rate and body limits); by default it comes from
+        the ENVOY_* variables of the stack's environment, as in production.
+        """
+        if self.server is None:
+            raise RuntimeError("start the server before Envoy")
+        if not (http_port and admin_port):
+            spare = iter(free_ports(2))
+            http_port, admin_port = http_port or next(spare), admin_port or next(spare)
+        return dataclasses.replace(
+            base or EnvoySettings.from_env(self.config.environment),
+            listen_address="127.0.0.1",
+            listen_port=http_port,
+            admin_address="127.0.0.1",
+            admin_port=admin_port,
+            upstream_address="127.0.0.1",
+            upstream_port=self.server.port,
+            cors_allowed_origins=cors_allowed_origins,
+        )
+
+    def start_envoy(
+        self,
+        *,
+        cors_allowed_origins: tuple[str, ...] = (),
+        assets: EnvoyAssets | None = None,
+        log_path: Path | None = None,
+        timeout: float = 30.0,
+    ) -> EnvoyProcess:
+        """Envoy in front of the running server; returns once a request would succeed."""
+        settings = self.edge_settings(
+            cors_allowed_origins=cors_allowed_origins,
+            http_port=self.config.http_port,
+            admin_port=self.config.envoy_admin_port,
+        )
+        envoy = EnvoyProcess(
+            settings, self.config.data_dir / "envoy", assets=assets, log_path=log_path
+        )
+        envoy.start(timeout=timeout)
+        self.envoy = envoy
+        return envoy
+
+    def stop_envoy(self) -> None:
+        if self.envoy is not None:
+            self.envoy.stop()
+            self.envoy = None
+
+    def start_viewer(self, *, api_base_url: str = "", site_dir: Path | None = None) -> ViewerServer:
+        """The viewer page on loopback, calling `api_base_url` (default: this stack's Envoy)."""
+        env = self.config.environment
+        settings = ViewerSettings(
+            site_dir=site_dir or default_site_dir(),
+            api_base_url=api_base_url or (self.envoy.url if self.envoy else ""),
+            storage_origins=(env.get("S3_PUBLIC_ENDPOINT") or self.s3_endpoint,),
+            issuer=self.issuer,
+            admin_role=env.get("PLATFORM_ADMIN_ROLE") or "pacs-admin",
+        )
+        viewer = ViewerServer(settings, port=self.config.viewer_port)
+        viewer.start()
+        self.viewer = viewer
+        return viewer
+
+    def stop_viewer(self) -> None:
+        if self.viewer is not None:
+            self.viewer.stop()
+            self.viewer = None
+
     def stop(self) -> None:
         """Stop everything this stack started, last started first."""
+        self.stop_viewer()
+        # The edge first, so no new request reaches a server that is going away.
+        self.stop_envoy()
         if self.server is not None:
             with contextlib.suppress(RuntimeError):
                 self.server.terminate()
@@ -147,6 +237,18 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
 def run_dev_stack(data_dir: str) -> int:
     """Start the stack in the foreground until Ctrl-C; what `make run` runs."""
     env = dict(os.environ)
+    http_port = _port(env, "PACS_DEV_HTTP_PORT", 8080)
+    viewer_port = _port(env, "PACS_DEV_VIEWER_PORT", 8081) or free_port()
+    # The stack's own pages (served at its HTTP origin) may call it unless told otherwise,
+    # and so may the viewer page; those pages may also load mask images from storage.
+    page_origins = (
+        *(
+            EnvoySettings.from_env(env).cors_allowed_origins
+            or (f"http://localhost:{http_port}", f"http://127.0.0.1:{http_port}")
+        ),
+        f"http://127.0.0.1:{viewer_port}",
+        f"http://localhost:{viewer_port}",
+    )
     stack = LocalStack(
         StackConfig(
             data_dir=Path(data_dir).resolve(),
@@ -154,6 +256,10 @@ def run_dev_stack(data_dir: str) -> int:
             postgres_port=_port(env, "PACS_DEV_POSTGRES_PORT", 54329),
             s3_port=_port(env, "PACS_DEV_S3_PORT", 8333),
             issuer_port=_port(env, "PACS_DEV_ISSUER_PORT", 8099),
+            http_port=http_port,
+            envoy_admin_port=_port(env, "PACS_DEV_ENVOY_ADMIN_PORT", 0),
+            viewer_port=viewer_port,
+            storage_cors_origins=page_origins,
             environment=env,
         )
     )
@@ -166,34 +272,47 @@ def run_dev_stack(data_dir: str) -> int:
         applied = stack.migrate()
         print(f"migrations: {len(applied)} applied", flush=True)
         server = stack.start_server()
-        _print_endpoints(stack, server)
-        while not stop.is_set() and server.process.poll() is None:
+        envoy = stack.start_envoy(cors_allowed_origins=page_origins)
+        viewer = stack.start_viewer()
+        _print_endpoints(stack, server, envoy, viewer)
+        children = {"server": server.process, "envoy": envoy.process}
+        while not stop.is_set() and all(c.poll() is None for c in children.values()):
             stop.wait(0.5)
-        if server.process.poll() is not None:
-            print(f"server exited with code {server.process.returncode}", flush=True)
-            return 1
+        for name, child in children.items():
+            if child.poll() is not None:
+                print(f"{name} exited with code {child.returncode}", flush=True)
+                return 1
         print("\nstopping ...", flush=True)
         return 0
     finally:
         stack.stop()
 
 
-def _print_endpoints(stack: LocalStack, server: ServerProcess) -> None:
+def _print_endpoints(
+    stack: LocalStack, server: ServerProcess, envoy: EnvoyProcess, viewer: ViewerServer
+) -> None:
     database = stack.database_url if stack.postgres else "DATABASE_URL (external)"
+    origins = ", ".join(envoy.settings.cors_allowed_origins) or "none"
     print(
         "\nPACS Extension Server is up.\n"
+        f"  REST           {envoy.url}/api/...   (e.g. {envoy.url}/api/users/me)\n"
+        f"  gRPC-web       {envoy.url}   (native gRPC too: {envoy.grpc_address})\n"
+        f"  OpenAPI        {envoy.url}/api/openapi.json\n"
+        f"  viewer page    {viewer.url}{_viewer_note(viewer)}\n"
+        f"  CORS origins   {origins}\n"
+        f"  Envoy admin    {envoy.admin_url}   (log {envoy.log_path})\n"
         f"  gRPC           {server.address}   (reflection on: grpcurl -plaintext "
         f"{server.address} list)\n"
         f"  health         grpc.health.v1 on {server.address}\n"
         f"  PostgreSQL     {database}\n"
         f"  S3             {stack.s3_endpoint}  bucket {stack.config.bucket}\n"
-        f"{_token_help(stack, server)}"
+        f"{_token_help(stack, server, envoy)}"
         "Press Ctrl-C to stop everything.\n",
         flush=True,
     )
 
 
-def _token_help(stack: LocalStack, server: ServerProcess) -> str:
+def _token_help(stack: LocalStack, server: ServerProcess, envoy: EnvoyProcess) -> str:
     if stack.issuer is None:
         return "  tokens         from your Keycloak realm (OIDC_* settings)\n"
     data_dir = stack.config.data_dir
@@ -204,4 +323,9 @@ def _token_help(stack: LocalStack, server: ServerProcess) -> str:
         " --realm-role pacs-admin)\n"
         f'  grpcurl -plaintext -H "authorization: Bearer $TOKEN" {server.address}'
         " pacs.v1.IdentityService/Login\n"
+        f'  curl -X POST -H "authorization: Bearer $TOKEN" -d {{}} {envoy.url}/api/auth/login\n'
     )
+
+
+def _viewer_note(viewer: ViewerServer) -> str:
+    return "" if viewer.built else "   (not built: run `make viewer`, needs Node.js and npm)"

@@ -1,0 +1,1 @@
+"""The edge in front of the gRPC server: the Envoy sidecar's configuration."""

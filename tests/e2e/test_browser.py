@@ -1,0 +1,466 @@
+"""The viewer page (clients/typescript) in headless Chromium, against the real stack.
+
+Debian's chromium (/usr/bin/chromium, installed by .ci/run) driven by Playwright, never
+a downloaded browser. The page is served by the local stack's viewer server and calls
+the server through a real Envoy (gRPC-web) that allows the page's origin; mask images
+come straight from SeaweedFS through presigned GET URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+from google.protobuf import json_format, struct_pb2
+from grpc import aio
+from pacs.v1 import (
+    annotation_pb2,
+    annotation_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    mask_pb2,
+    mask_pb2_grpc,
+)
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+from pacs_grpc.devstack.envoy import EnvoyProcess
+from pacs_grpc.devstack.stack import LocalStack
+from pacs_grpc.devstack.viewer import ViewerServer, ViewerSettings
+from pacs_grpc.edge.envoy_config import EnvoyAssets
+from tests.support.png import png
+from tests.support.users import ApiUser, login
+
+pytestmark = pytest.mark.slow
+
+TS_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "typescript"
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps dialling Google's hosts,
+# which this machine's closed network refuses.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SLICE_SIZE = 16
+SLICE_SEED = 40
+LIVE_WITHIN_MS = 1000
+
+
+@dataclass(frozen=True)
+class Seeded:
+    page_user: ApiUser  # signs in on the page (annotator)
+    writer: ApiUser  # the other client
+    project_id: int
+    project_name: str
+    study: str
+    annotation_ids: tuple[int, ...]
+    masked_annotation_id: int
+    group_id: int
+
+
+def _newest(paths: Iterable[Path]) -> float:
+    return max((p.stat().st_mtime for p in paths if p.is_file()), default=0.0)
+
+
+def _npm(*args: str) -> None:
+    npm = shutil.which("npm")
+    assert npm is not None, "npm (Node.js 20) is needed to build clients/typescript"
+    subprocess.run([npm, *args], cwd=TS_CLIENT, check=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def viewer_site() -> Path:
+    """The package and the viewer bundle, rebuilt (as `make viewer`) when a source changed.
+
+    A fresh clone always builds, so `make test` proves `npm run build` (tsc) passes.
+    """
+    installed = TS_CLIENT / "node_modules" / ".package-lock.json"
+    manifests = [TS_CLIENT / "package.json", TS_CLIENT / "package-lock.json"]
+    if _newest([installed]) < _newest(manifests):
+        _npm("ci", "--no-audit", "--no-fund")
+    bundle = TS_CLIENT / "dist-viewer" / "viewer.js"
+    sources = [*manifests, TS_CLIENT / "tsconfig.json"]
+    sources += [p for d in ("src", "viewer") for p in (TS_CLIENT / d).rglob("*")]
+    if _newest([bundle]) < _newest(sources):
+        _npm("run", "--silent", "build")
+    assert (TS_CLIENT / "dist" / "index.d.ts").is_file(), "tsc wrote no declarations"
+    return bundle.parent
+
+
+@pytest.fixture(scope="module")
+def viewer(live_stack: LocalStack, viewer_site: Path) -> Iterator[ViewerServer]:
+    server = live_stack.start_viewer(site_dir=viewer_site)
+    try:
+        yield server
+    finally:
+        live_stack.stop_viewer()
+
+
+@pytest.fixture(scope="module")
+def page_edge(
+    live_stack: LocalStack,
+    viewer: ViewerServer,
+    envoy_assets: EnvoyAssets,
+    scratch_dir: Callable[[str], Path],
+    artifacts_dir: Path,
+) -> Iterator[EnvoyProcess]:
+    """Envoy as `make run` configures it: the viewer's origin may call the API."""
+    envoy = EnvoyProcess(
+        live_stack.edge_settings(cors_allowed_origins=viewer.origins),
+        scratch_dir("envoy-viewer"),
+        assets=envoy_assets,
+        log_path=artifacts_dir / "envoy-viewer.log",
+    )
+    envoy.start()
+    viewer.settings.api_base_url = envoy.url
+    try:
+        yield envoy
+    finally:
+        envoy.stop()
+
+
+@pytest.fixture(scope="module")
+async def channel(live_stack: LocalStack) -> AsyncIterator[aio.Channel]:
+    assert live_stack.server is not None
+    async with aio.insecure_channel(live_stack.server.address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        # launch() gives every browser a fresh, empty profile of its own.
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+async def page(
+    browser: Browser, artifacts_dir: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Page]:
+    """A page whose console errors fail the test, screenshotted at the end whatever happens."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = await context.new_page()
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.append(f"console: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    try:
+        yield page
+        assert problems == [], "the page reported errors"
+    finally:
+        await page.screenshot(path=artifacts_dir / f"{request.node.name}.png", full_page=True)
+        await context.close()
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    data = struct_pb2.Struct()
+    data.update(values)
+    return data
+
+
+async def _create(
+    stub: annotation_pb2_grpc.AnnotationServiceAsyncStub,
+    user: ApiUser,
+    project_id: int,
+    study: str,
+    data: dict[str, Any],
+) -> int:
+    reply = await stub.CreateAnnotation(
+        annotation_pb2.CreateAnnotationRequest(
+            annotation=annotation_pb2.Annotation(
+                project_id=project_id,
+                study_uid=study,
+                annotation_type="point",
+                annotation_data=_struct(data),
+            )
+        ),
+        metadata=user.metadata(),
+        timeout=10,
+    )
+    return int(reply.annotation.id)
+
+
+async def _upload_one_slice(
+    masks: mask_pb2_grpc.MaskServiceAsyncStub, user: ApiUser, annotation_id: int
+) -> int:
+    """A group with one 16x16 PNG slice, uploaded to storage through its POST ticket."""
+    group = await masks.CreateMaskGroup(
+        mask_pb2.CreateMaskGroupRequest(
+            annotation_id=annotation_id,
+            mask_group=mask_pb2.MaskGroup(group_name="liver", model_name="seg-test", slice_count=1),
+        ),
+        metadata=user.metadata(),
+        timeout=10,
+    )
+    group_id = group.mask_group.id
+    image = png(SLICE_SIZE, SLICE_SIZE, SLICE_SEED)
+    tickets = await masks.CreateUploadUrls(
+        mask_pb2.CreateUploadUrlsRequest(
+            annotation_id=annotation_id,
+            group_id=group_id,
+            slices=[
+                mask_pb2.SliceUpload(slice_index=0, content_type="image/png", size_bytes=len(image))
+            ],
+        ),
+        metadata=user.metadata(),
+        timeout=10,
+    )
+    (ticket,) = tickets.tickets
+    fields: dict[str, Any] = {**ticket.fields, "file": ("mask.png", image, "image/png")}
+    http = urllib3.PoolManager(retries=False)
+    try:
+        response = await asyncio.to_thread(http.request, "POST", ticket.url, fields=fields)
+    finally:
+        http.clear()
+    assert response.status in (200, 204), response.status
+    await masks.CompleteUpload(
+        mask_pb2.CompleteUploadRequest(
+            annotation_id=annotation_id,
+            group_id=group_id,
+            uploads=[
+                mask_pb2.CompletedUpload(
+                    upload_id=ticket.upload_id, width=SLICE_SIZE, height=SLICE_SIZE
+                )
+            ],
+        ),
+        metadata=user.metadata(),
+        timeout=10,
+    )
+    return int(group_id)
+
+
+@pytest.fixture(scope="module")
+async def seeded(live_stack: LocalStack, channel: aio.Channel) -> Seeded:
+    """A project the page's user annotates in, with a study of two annotations, one masked."""
+    assert live_stack.issuer is not None
+    suffix = uuid.uuid4().hex[:8]
+    admin = await login(channel, live_stack.issuer, f"admin-{suffix}", admin=True)
+    page_user = await login(channel, live_stack.issuer, f"reader-{suffix}")
+    writer = await login(channel, live_stack.issuer, f"writer-{suffix}")
+    identity = identity_pb2_grpc.IdentityServiceStub(channel)
+    name = f"browser-{suffix}"
+    project = await identity.CreateProject(
+        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=name)),
+        metadata=admin.metadata(),
+        timeout=10,
+    )
+    project_id = project.project.id
+    for user in (page_user, writer):
+        await identity.AddProjectMember(
+            identity_pb2.AddProjectMemberRequest(
+                project_id=project_id,
+                user_id=user.user_id,
+                role=identity_pb2.PROJECT_ROLE_ANNOTATOR,
+            ),
+            metadata=admin.metadata(),
+            timeout=10,
+        )
+    annotations = annotation_pb2_grpc.AnnotationServiceStub(channel)
+    study = f"1.2.826.0.1.{uuid.uuid4().int % 10**12}"
+    first = await _create(annotations, writer, project_id, study, {"x": 1, "label": "lesion"})
+    second = await _create(annotations, writer, project_id, study, {"x": 2})
+    # Another study of the project: listed for picking, never shown with the first.
+    await _create(annotations, writer, project_id, f"{study}.7", {"x": 3})
+    group_id = await _upload_one_slice(mask_pb2_grpc.MaskServiceStub(channel), writer, first)
+    return Seeded(
+        page_user=page_user,
+        writer=writer,
+        project_id=project_id,
+        project_name=name,
+        study=study,
+        annotation_ids=(first, second),
+        masked_annotation_id=first,
+        group_id=group_id,
+    )
+
+
+def _item(annotation_id: int) -> str:
+    return f'#annotations li[data-annotation-id="{annotation_id}"]'
+
+
+async def _open_study(page: Page, viewer: ViewerServer, token: str, seeded: Seeded) -> None:
+    await page.goto(viewer.url)
+    await page.wait_for_selector("body[data-ready=true]")
+    await page.fill("#token", token)
+    await page.click("#connect")
+    await page.wait_for_selector("#browse:not([hidden])")
+    await page.select_option("#project", str(seeded.project_id))
+    await page.wait_for_selector(f'#study option[value="{seeded.study}"]', state="attached")
+    await page.select_option("#study", seeded.study)
+    await page.wait_for_selector("#annotations[data-loaded=true]", state="attached")
+
+
+async def _wait_until_live(
+    page: Page, stub: annotation_pb2_grpc.AnnotationServiceAsyncStub, seeded: Seeded
+) -> None:
+    """The page's watch becomes live a moment after it starts: write anchors until one shows."""
+    for attempt in range(20):
+        anchor = await _create(stub, seeded.writer, seeded.project_id, seeded.study, {"a": attempt})
+        try:
+            await page.wait_for_selector(_item(anchor), timeout=2000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError("the page never showed an annotation written by another client")
+
+
+async def test_the_viewer_lists_watches_shows_a_mask_and_creates(
+    page: Page,
+    viewer: ViewerServer,
+    page_edge: EnvoyProcess,
+    seeded: Seeded,
+    channel: aio.Channel,
+) -> None:
+    await _open_study(page, viewer, seeded.page_user.token, seeded)
+    # config.json pointed the page at Envoy.
+    assert await page.input_value("#api-url") == page_edge.url
+    assert seeded.page_user.username in await page.inner_text("#whoami")
+    assert seeded.project_name in await page.inner_text("#project")
+
+    # Lists the study's annotations, and only those.
+    shown = await page.eval_on_selector_all(
+        "#annotations li[data-annotation-id]", "items => items.map(i => i.dataset.annotationId)"
+    )
+    assert sorted(int(i) for i in shown) == sorted(seeded.annotation_ids)
+    assert "lesion" in await page.inner_text(_item(seeded.masked_annotation_id))
+
+    # A change written by another client (Python gRPC) shows within a second.
+    stub = annotation_pb2_grpc.AnnotationServiceStub(channel)
+    await _wait_until_live(page, stub, seeded)
+    started = time.monotonic()
+    live_id = await _create(stub, seeded.writer, seeded.project_id, seeded.study, {"live": True})
+    left_ms = LIVE_WITHIN_MS - (time.monotonic() - started) * 1000
+    await page.wait_for_selector(_item(live_id), timeout=max(left_ms, 1))
+    await stub.DeleteAnnotation(
+        annotation_pb2.DeleteAnnotationRequest(annotation_id=live_id),
+        metadata=seeded.writer.metadata(),
+        timeout=10,
+    )
+    await page.wait_for_selector(_item(live_id), state="detached", timeout=LIVE_WITHIN_MS)
+
+    # A mask slice, loaded from storage by a presigned GET URL with CORS: its pixels are
+    # readable, which a canvas refuses for an image storage did not allow.
+    await page.click(f"{_item(seeded.masked_annotation_id)} button.open-masks")
+    await page.click(f'button.mask-group[data-group-id="{seeded.group_id}"]')
+    slice_image = 'img.mask-slice[data-slice-index="0"]'
+    await page.wait_for_function(
+        f"() => {{ const i = document.querySelector('{slice_image}');"
+        " return i !== null && i.complete && i.naturalWidth > 0; }"
+    )
+    size, pixel = await page.eval_on_selector(
+        slice_image,
+        """image => {
+            const canvas = document.createElement("canvas");
+            canvas.width = image.naturalWidth;
+            canvas.height = image.naturalHeight;
+            const context = canvas.getContext("2d");
+            context.drawImage(image, 0, 0);
+            return [[image.naturalWidth, image.naturalHeight],
+                    context.getImageData(0, 0, 1, 1).data[0]];
+        }""",
+    )
+    assert size == [SLICE_SIZE, SLICE_SIZE]
+    assert pixel == SLICE_SEED  # the PNG's first pixel (tests/support/png.py)
+
+    # An annotation created on the page is stored, as the page's user.
+    await page.fill("#new-type", "rectangle")
+    await page.fill("#new-data", '{"x": 4, "y": 5, "w": 6, "h": 7}')
+    await page.click("#create")
+    status = page.locator("#status", has_text="created annotation #")
+    await status.wait_for()
+    created_id = int((await status.inner_text()).rsplit("#", 1)[1])
+    await page.wait_for_selector(_item(created_id))
+    stored = await stub.GetAnnotation(
+        annotation_pb2.GetAnnotationRequest(annotation_id=created_id),
+        metadata=seeded.writer.metadata(),
+        timeout=10,
+    )
+    assert stored.annotation.user_id == seeded.page_user.user_id
+    assert stored.annotation.study_uid == seeded.study
+    assert stored.annotation.annotation_type == "rectangle"
+    assert json_format.MessageToDict(stored.annotation.annotation_data) == {
+        "x": 4,
+        "y": 5,
+        "w": 6,
+        "h": 7,
+    }
+    assert stored.annotation.viewer_software.startswith("pacs-viewer-demo/")
+
+
+async def test_a_dev_token_from_the_local_stack_signs_in(
+    page: Page, viewer: ViewerServer, page_edge: EnvoyProcess
+) -> None:
+    name = f"dev-{uuid.uuid4().hex[:8]}"
+    await page.goto(viewer.url)
+    await page.wait_for_selector("#dev-token:not([hidden])")
+    await page.fill("#dev-user", name)
+    await page.click("#fetch-token")
+    await page.wait_for_function("() => document.querySelector('#token').value.length > 100")
+    await page.click("#connect")
+    await page.wait_for_selector("#browse:not([hidden])")
+    assert name in await page.inner_text("#whoami")
+
+
+def test_the_dev_token_endpoint_answers_only_its_own_page(viewer: ViewerServer) -> None:
+    http = urllib3.PoolManager(retries=False)
+    url = f"{viewer.origin}/dev-token"
+    body = b'{"username": "mallory", "admin": true}'
+    headers = {"Content-Type": "application/json"}
+    try:
+        # Another site's script: its Origin gives it away.
+        foreign = http.request(
+            "POST", url, body=body, headers={**headers, "Origin": "http://evil.example"}
+        )
+        # A rebound DNS name reaching loopback: its Host gives it away.
+        rebound = http.request(
+            "POST",
+            url,
+            body=body,
+            headers={**headers, "Origin": viewer.origin, "Host": "evil.example"},
+        )
+        own = http.request("POST", url, body=body, headers={**headers, "Origin": viewer.origin})
+    finally:
+        http.clear()
+    assert foreign.status == 403
+    assert rebound.status == 421
+    assert own.status == 200
+    assert own.json()["token"].count(".") == 2
+
+
+def test_an_unbuilt_viewer_says_how_to_build_it(tmp_path: Path) -> None:
+    server = ViewerServer(ViewerSettings(site_dir=tmp_path / "dist-viewer"))
+    server.start()
+    http = urllib3.PoolManager(retries=False)
+    try:
+        page = http.request("GET", server.url)
+        config = http.request("GET", f"{server.origin}/config.json")
+    finally:
+        http.clear()
+        server.stop()
+    assert page.status == 503
+    assert b"make viewer" in page.data
+    # Without a dev issuer the page offers no token fetching.
+    assert config.json() == {"apiBaseUrl": ""}

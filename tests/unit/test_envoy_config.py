@@ -1,0 +1,199 @@
+"""The sidecar's configuration as rendered from deploy/envoy/envoy.yaml."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
+
+from pacs_grpc.config import ConfigError
+from pacs_grpc.edge.envoy_config import EnvoyAssets, EnvoySettings, render_envoy_config
+
+TEMPLATE = EnvoyAssets.shipped().template.read_text()
+
+HCM = "envoy.filters.network.http_connection_manager"
+
+
+def _render(settings: EnvoySettings | None = None) -> dict[str, Any]:
+    text = render_envoy_config(TEMPLATE, settings or EnvoySettings())
+    assert "${" not in text
+    config: dict[str, Any] = yaml.safe_load(text)
+    return config
+
+
+def _manager(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = config["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    (hcm,) = [f for f in chain["filters"] if f["name"] == HCM]
+    manager: dict[str, Any] = hcm["typed_config"]
+    return manager
+
+
+def _filter(config: dict[str, Any], suffix: str) -> dict[str, Any]:
+    (found,) = [f for f in _manager(config)["http_filters"] if f["name"].endswith(suffix)]
+    typed: dict[str, Any] = found["typed_config"]
+    return typed
+
+
+def _routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    (host,) = _manager(config)["route_config"]["virtual_hosts"]
+    routes: list[dict[str, Any]] = host["routes"]
+    return routes
+
+
+def test_production_defaults_listen_on_8080_and_call_the_server_on_loopback() -> None:
+    config = _render()
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 8080}
+    assert config["admin"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 9901,
+    }
+    (cluster,) = config["static_resources"]["clusters"]
+    (endpoints,) = cluster["load_assignment"]["endpoints"]
+    (endpoint,) = endpoints["lb_endpoints"]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 50051,
+    }
+    protocol = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert "http2_protocol_options" in protocol["explicit_http_config"]
+    (check,) = cluster["health_checks"]
+    assert "grpc_health_check" in check
+    assert _manager(config)["codec_type"] == "AUTO"
+
+
+def test_filters_run_grpc_web_then_cors_then_the_transcoder_then_the_router() -> None:
+    names = [
+        f["name"].removeprefix("envoy.filters.http.") for f in _manager(_render())["http_filters"]
+    ]
+    main = [n for n in names if n in ("grpc_web", "cors", "grpc_json_transcoder", "router")]
+    assert main == ["grpc_web", "cors", "grpc_json_transcoder", "router"]
+    assert names[-1] == "router"
+    # Rate limit and body limit apply before a REST call becomes gRPC.
+    assert names.index("local_ratelimit") < names.index("grpc_json_transcoder")
+    assert names.index("buffer") < names.index("grpc_json_transcoder")
+
+
+def test_the_transcoder_knows_every_service_and_refuses_what_the_contract_lacks() -> None:
+    transcoder = _filter(_render(), "grpc_json_transcoder")
+    contract = {
+        service.full_name
+        for module in (identity_pb2, annotation_pb2, mask_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+    }
+    assert set(transcoder["services"]) == contract
+    assert transcoder["proto_descriptor"] == "/etc/envoy/pacs.binpb"
+    assert transcoder["print_options"]["preserve_proto_field_names"] is True
+    assert transcoder["convert_grpc_status"] is True
+    assert transcoder["auto_mapping"] is False
+    assert transcoder["request_validation_options"] == {
+        "reject_unknown_method": True,
+        "reject_unknown_query_parameters": True,
+        "reject_binding_body_field_collisions": True,
+    }
+
+
+def test_cors_allows_exactly_the_configured_origins_and_exposes_grpc_status() -> None:
+    origins = ("https://viewer.example", "http://localhost:3000")
+    config = _render(EnvoySettings(cors_allowed_origins=origins))
+    (host,) = _manager(config)["route_config"]["virtual_hosts"]
+    policy = host["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert policy["allow_origin_string_match"] == [{"exact": o} for o in origins]
+    assert {"grpc-status", "grpc-message"} <= {
+        h.strip() for h in policy["expose_headers"].split(",")
+    }
+    assert policy["forward_not_matching_preflights"] is False
+    nobody = _manager(_render())["route_config"]["virtual_hosts"][0]
+    assert (
+        nobody["typed_per_filter_config"]["envoy.filters.http.cors"]["allow_origin_string_match"]
+        == []
+    )
+
+
+def test_limits_come_from_the_settings() -> None:
+    config = _render(
+        EnvoySettings(
+            rate_limit_requests=7,
+            rate_limit_interval_seconds=5,
+            rate_limit_burst=20,
+            max_request_bytes=12345,
+            request_timeout_seconds=9,
+        )
+    )
+    limiter = _filter(config, "local_ratelimit")
+    assert limiter["token_bucket"] == {
+        "max_tokens": 20,
+        "tokens_per_fill": 7,
+        "fill_interval": "5s",
+    }
+    (retry,) = limiter["response_headers_to_add"]
+    assert retry["header"] == {"key": "retry-after", "value": "5"}
+    assert _filter(config, "buffer")["max_request_bytes"] == 12345
+    assert _routes(config)[-1]["route"]["timeout"] == "9s"
+
+
+def test_openapi_is_a_direct_response_from_the_file_beside_the_config() -> None:
+    config = _render(EnvoySettings(config_dir=PurePosixPath("/srv/edge")))
+    (route,) = [r for r in _routes(config) if r["match"].get("path") == "/api/openapi.json"]
+    assert route["direct_response"]["body"] == {"filename": "/srv/edge/openapi.json"}
+    limit = _manager(config)["route_config"]["max_direct_response_body_size_bytes"]
+    assert limit >= 1024 * 1024
+    assert _filter(config, "grpc_json_transcoder")["proto_descriptor"] == "/srv/edge/pacs.binpb"
+
+
+def test_access_logs_never_carry_a_query_string_or_request_headers() -> None:
+    (log,) = _manager(_render())["access_log"]
+    fields = log["typed_config"]["log_format"]["json_format"]
+    for name, value in fields.items():
+        assert ":PATH)" not in value or "REQ_WITHOUT_QUERY" in value, name
+        assert "AUTHORIZATION" not in value.upper(), name
+
+
+def test_streams_have_no_overall_timeout_and_pushes_skip_the_body_limit() -> None:
+    routes = {r["match"].get("path"): r for r in _routes(_render())}
+    watch = routes["/pacs.v1.AnnotationService/WatchAnnotations"]
+    push = routes["/pacs.v1.MaskService/PushMasks"]
+    assert watch["route"]["timeout"] == push["route"]["timeout"] == "0s"
+    assert push["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
+
+
+def test_settings_from_the_environment() -> None:
+    settings = EnvoySettings.from_env(
+        {
+            "ENVOY_LISTEN_PORT": "9090",
+            "GRPC_PORT": "6000",
+            "CORS_ALLOWED_ORIGINS": " https://A.example , http://b.example:8080,",
+            "ENVOY_RATE_LIMIT_REQUESTS": "50",
+            "ENVOY_RATE_LIMIT_BURST": "75",
+            "ENVOY_CONFIG_DIR": "/config",
+        }
+    )
+    assert (settings.listen_port, settings.upstream_port) == (9090, 6000)
+    assert settings.cors_allowed_origins == ("https://a.example", "http://b.example:8080")
+    assert (settings.rate_limit_requests, settings.rate_limit_burst) == (50, 75)
+    assert settings.descriptor_path == PurePosixPath("/config/pacs.binpb")
+    assert EnvoySettings.from_env({}) == EnvoySettings()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ENVOY_LISTEN_PORT": "http"}, "ENVOY_LISTEN_PORT"),
+        ({"ENVOY_LISTEN_PORT": "70000"}, "ENVOY_LISTEN_PORT"),
+        ({"GRPC_PORT": "-1"}, "GRPC_PORT"),
+        ({"ENVOY_UPSTREAM_ADDRESS": "server.local"}, "ENVOY_UPSTREAM_ADDRESS"),
+        ({"ENVOY_RATE_LIMIT_BURST": "0"}, "ENVOY_RATE_LIMIT_BURST"),
+        ({"CORS_ALLOWED_ORIGINS": "https://viewer.example/app"}, "CORS_ALLOWED_ORIGINS"),
+        ({"CORS_ALLOWED_ORIGINS": "*"}, "CORS_ALLOWED_ORIGINS"),
+        ({"ENVOY_CONFIG_DIR": "etc/envoy"}, "ENVOY_CONFIG_DIR"),
+    ],
+)
+def test_a_bad_variable_is_named_in_the_error(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        EnvoySettings.from_env(env)
