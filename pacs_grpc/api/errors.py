@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
 from pacs_grpc.domain import errors
@@ -32,5 +34,6 @@ def status_for(error: errors.DomainError) -> grpc.StatusCode:
 def trailing_metadata_for(error: errors.DomainError) -> tuple[tuple[str, str], ...]:
     """Machine-readable hints that travel with the status."""
     if isinstance(error, errors.ResourceExhausted) and error.retry_after_seconds is not None:
-        return (("retry-after", str(max(1, round(error.retry_after_seconds)))),)
+        # Rounded up: a client that waits the hint must not be refused again.
+        return (("retry-after", str(max(1, math.ceil(error.retry_after_seconds)))),)
     return ()

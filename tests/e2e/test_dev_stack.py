@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
+import urllib3
 from grpc_health.v1 import health_pb2
 from pacs.v1 import identity_pb2, identity_pb2_grpc
 
@@ -33,6 +34,10 @@ def _start_dev(data_dir: Path, ports: list[int], log_path: Path) -> subprocess.P
         GRPC_PORT=str(ports[0]),
         PACS_DEV_POSTGRES_PORT=str(ports[1]),
         PACS_DEV_S3_PORT=str(ports[2]),
+        # Never the fixed defaults: a developer's own `make run` may hold them.
+        PACS_DEV_HTTP_PORT=str(ports[3]),
+        PACS_DEV_VIEWER_PORT=str(ports[4]),
+        PACS_DEV_ISSUER_PORT=str(ports[5]),
     )
     with log_path.open("wb") as log:
         return subprocess.Popen(
@@ -66,7 +71,7 @@ def _stop(process: subprocess.Popen[bytes]) -> tuple[int, set[int]]:
 def test_dev_starts_everything_and_ctrl_c_stops_every_child(
     scratch_dir: Callable[[str], Path], artifacts_dir: Path
 ) -> None:
-    ports = free_ports(3)
+    ports = free_ports(6)
     log_path = artifacts_dir / "dev-stack.log"
     data_dir = scratch_dir("dev") / "data"
 
@@ -78,7 +83,15 @@ def test_dev_starts_everything_and_ctrl_c_stops_every_child(
         server = ServerProcess({}, ports[0])
         assert server.health() == health_pb2.HealthCheckResponse.SERVING
         assert "pacs-grpc token" in banner
-        _login_with_a_dev_token(data_dir, server.address)
+        token = _login_with_a_dev_token(data_dir, server.address)
+        rest = f"http://127.0.0.1:{ports[3]}"
+        assert f"{rest}/api/" in banner
+        reply = urllib3.request(
+            "POST", f"{rest}/api/auth/login", body=b"{}", timeout=10,
+            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+        )  # fmt: skip
+        assert reply.status == 200
+        assert reply.json()["user"]["username"] == "alice"
     finally:
         code, survivors = _stop(process)
     assert code == 0
@@ -94,7 +107,7 @@ def test_dev_starts_everything_and_ctrl_c_stops_every_child(
     assert code == 0
 
 
-def _login_with_a_dev_token(data_dir: Path, address: str) -> None:
+def _login_with_a_dev_token(data_dir: Path, address: str) -> str:
     """What the banner tells a developer to do: mint a token, call the server."""
     token = subprocess.run(
         [
@@ -114,3 +127,4 @@ def _login_with_a_dev_token(data_dir: Path, address: str) -> None:
         )
     assert reply.user.username == "alice"
     assert reply.platform_admin is True
+    return token

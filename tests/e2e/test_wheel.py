@@ -30,6 +30,9 @@ def test_wheel_contains_the_migrations_and_the_entry_point(tmp_path: Path) -> No
     assert in_repository
     assert shipped == in_repository
     assert "pacs_grpc/bootstrap.py" in names
+    # What `pacs-grpc envoy-config` renders and copies for the sidecar.
+    for shipped_file in ("envoy.yaml", "pacs.binpb", "openapi.json"):
+        assert f"pacs_grpc/_envoy/{shipped_file}" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "pacs-grpc = pacs_grpc.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     assert not any(n.startswith("tests/") for n in names)
