@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from pacs_grpc.devstack.postgres import EmbeddedPostgres, PostgresConfig
-from pacs_grpc.devstack.stack import LocalStack, StackConfig
+from pacs_grpc.devstack.stack import LocalStack
+from tests.support.stacks import own_stack
 
 
 @pytest.fixture(scope="session")
@@ -73,17 +74,9 @@ def live_stack(scratch_dir: Callable[[str], Path], artifacts_dir: Path) -> Itera
 
     Tests that stop PostgreSQL, storage or the server start their own.
     """
-    stack = LocalStack(
-        StackConfig(
-            data_dir=scratch_dir("live"),
-            durable=False,
-            environment={"HEALTH_PROBE_INTERVAL_SECONDS": "0.5", "SWEEPER_INTERVAL_SECONDS": "1"},
-        )
-    )
-    try:
-        stack.start_dependencies()
-        stack.migrate()
-        stack.start_server(log_path=artifacts_dir / "live-server.log")
+    with own_stack(
+        scratch_dir("live"),
+        {"HEALTH_PROBE_INTERVAL_SECONDS": "0.5", "SWEEPER_INTERVAL_SECONDS": "1"},
+        server_log=artifacts_dir / "live-server.log",
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()

@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
 
-from pacs_grpc.devstack.stack import LocalStack, StackConfig
+from pacs_grpc.devstack.stack import LocalStack
 from tests.support.fuzz_messages import message_of
+from tests.support.stacks import own_stack
 from tests.support.users import ADMIN_ROLE
 
 # `make soak` sends 10,000 (and as many through REST); `make test` a quicker sample.
@@ -56,14 +57,8 @@ METHODS = _unary_methods()
 
 @pytest.fixture(scope="module")
 def fuzz_stack(scratch_dir: Callable[[str], Path], artifacts_dir: Path) -> Iterator[LocalStack]:
-    stack = LocalStack(StackConfig(data_dir=scratch_dir("fuzz"), durable=False))
-    try:
-        stack.start_dependencies()
-        stack.migrate()
-        stack.start_server(log_path=artifacts_dir / "fuzz-server.log")
+    with own_stack(scratch_dir("fuzz"), server_log=artifacts_dir / "fuzz-server.log") as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def test_generated_requests_get_deliberate_statuses_and_no_leaked_text(

@@ -20,10 +20,10 @@ from grpc import aio
 from grpc_health.v1 import health_pb2
 from pacs.v1 import identity_pb2, identity_pb2_grpc
 
-from pacs_grpc.devstack.ports import free_port
 from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack, StackConfig
+from pacs_grpc.devstack.stack import LocalStack
 from tests.support.load import MixedLoad
+from tests.support.stacks import ServerStarter, own_stack
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.users import ApiUser, login
 
@@ -44,35 +44,18 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack(scratch_dir: Callable[[str], Path]) -> Iterator[LocalStack]:
-    local = LocalStack(
-        # Durable: a crash must not lose what was acknowledged, which is what is tested.
-        StackConfig(data_dir=scratch_dir("pg-faults"), durable=True, environment=SETTINGS)
-    )
-    try:
-        local.start_dependencies()
-        local.migrate()
+    # Durable: a crash must not lose what was acknowledged, which is what is tested.
+    with own_stack(scratch_dir("pg-faults"), SETTINGS, durable=True) as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture
 def start_server(
     stack: LocalStack, artifacts_dir: Path
 ) -> Iterator[Callable[[dict[str, str]], ServerProcess]]:
-    started: list[ServerProcess] = []
-
-    def start(overrides: dict[str, str]) -> ServerProcess:
-        port = free_port()
-        env = {**stack.server_environment(port), **overrides}
-        server = ServerProcess(env, port, log_path=artifacts_dir / f"pg-faults-{port}.log")
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.terminate()
+    servers = ServerStarter(stack, artifacts_dir, "pg-faults")
+    yield servers.start
+    servers.stop_all()
 
 
 async def _setup(stack: LocalStack, server: ServerProcess) -> tuple[ApiUser, int]:

@@ -29,11 +29,11 @@ from pacs.v1 import (
     mask_pb2_grpc,
 )
 
-from pacs_grpc.devstack.ports import free_port
 from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack, StackConfig
+from pacs_grpc.devstack.stack import LocalStack
 from tests.support.load import MixedLoad
 from tests.support.png import png
+from tests.support.stacks import ServerStarter, own_stack
 from tests.support.users import ApiUser, login
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -51,34 +51,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack(scratch_dir: Callable[[str], Path]) -> Iterator[LocalStack]:
-    local = LocalStack(
-        StackConfig(data_dir=scratch_dir("faults"), durable=False, environment=SETTINGS)
-    )
-    try:
-        local.start_dependencies()
-        local.migrate()
+    with own_stack(scratch_dir("faults"), SETTINGS) as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture
 def start_server(stack: LocalStack, artifacts_dir: Path) -> Iterator[Callable[[], ServerProcess]]:
-    started: list[ServerProcess] = []
-
-    def start() -> ServerProcess:
-        port = free_port()
-        server = ServerProcess(
-            stack.server_environment(port), port, log_path=artifacts_dir / f"faults-{port}.log"
-        )
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        if server.process.poll() is None:
-            server.terminate()
+    servers = ServerStarter(stack, artifacts_dir, "faults")
+    yield servers.start
+    servers.stop_all()
 
 
 async def _project(stack: LocalStack, address: str, name: str) -> tuple[ApiUser, int]:

@@ -23,7 +23,8 @@ from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
 from pacs_grpc.bootstrap import SERVICE_NAMES
 from pacs_grpc.devstack.ports import free_port
 from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack, StackConfig
+from pacs_grpc.devstack.stack import LocalStack
+from tests.support.stacks import own_stack
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -39,17 +40,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack(scratch_dir: Callable[[str], Path]) -> Iterator[LocalStack]:
-    # `environment` is explicit, so DATABASE_URL / S3_ENDPOINT from the
-    # caller's shell are not used: these tests must own what they stop.
-    local = LocalStack(
-        StackConfig(data_dir=scratch_dir("stack"), durable=False, environment=FAST_PROBES)
-    )
-    try:
-        local.start_dependencies()
-        local.migrate()
+    with own_stack(scratch_dir("stack"), FAST_PROBES) as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,9 @@ from pacs.v1 import (
     mask_pb2_grpc,
 )
 
-from pacs_grpc.devstack.stack import LocalStack, StackConfig
+from pacs_grpc.devstack.stack import LocalStack
 from tests.support.png import png
+from tests.support.stacks import own_stack
 from tests.support.users import login
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
@@ -42,19 +43,11 @@ _http = urllib3.PoolManager(maxsize=16, retries=False, timeout=urllib3.Timeout(3
 
 @pytest.fixture(scope="module")
 def soak_stack(scratch_dir: Callable[[str], Path], artifacts_dir: Path) -> Iterator[LocalStack]:
-    stack = LocalStack(
-        StackConfig(
-            data_dir=scratch_dir("soak"), durable=False,
-            environment={"SWEEPER_INTERVAL_SECONDS": "5"},
-        )
-    )  # fmt: skip
-    try:
-        stack.start_dependencies()
-        stack.migrate()
-        stack.start_server(log_path=artifacts_dir / "soak-server.log")
+    with own_stack(
+        scratch_dir("soak"), {"SWEEPER_INTERVAL_SECONDS": "5"},
+        server_log=artifacts_dir / "soak-server.log",
+    ) as stack:  # fmt: skip
         yield stack
-    finally:
-        stack.stop()
 
 
 def _upload(ticket: mask_pb2.UploadTicket, body: bytes) -> None:

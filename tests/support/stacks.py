@@ -1,0 +1,60 @@
+"""Stacks of a test module's own, for tests that stop what they run or must not share data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from pacs_grpc.devstack.ports import free_port
+from pacs_grpc.devstack.server import ServerProcess
+from pacs_grpc.devstack.stack import LocalStack, StackConfig
+
+
+@contextmanager
+def own_stack(
+    data_dir: Path,
+    environment: Mapping[str, str] | None = None,
+    *,
+    server_log: Path | None = None,
+    durable: bool = False,
+) -> Iterator[LocalStack]:
+    """PostgreSQL, storage and the issuer, migrated; with a server when `server_log` is given.
+
+    `environment` is explicit, so DATABASE_URL / S3_ENDPOINT from the caller's shell are
+    not used: such a stack is the test's to stop and restart.
+    """
+    stack = LocalStack(
+        StackConfig(data_dir=data_dir, durable=durable, environment=dict(environment or {}))
+    )
+    try:
+        stack.start_dependencies()
+        stack.migrate()
+        if server_log is not None:
+            stack.start_server(log_path=server_log)
+        yield stack
+    finally:
+        stack.stop()
+
+
+class ServerStarter:
+    """Extra servers on one stack's dependencies, each logging to its own file."""
+
+    def __init__(self, stack: LocalStack, log_dir: Path, prefix: str) -> None:
+        self._stack = stack
+        self._log_dir = log_dir
+        self._prefix = prefix
+        self._started: list[ServerProcess] = []
+
+    def start(self, overrides: Mapping[str, str] | None = None) -> ServerProcess:
+        port = free_port()
+        env = {**self._stack.server_environment(port), **(overrides or {})}
+        server = ServerProcess(env, port, log_path=self._log_dir / f"{self._prefix}-{port}.log")
+        server.start()
+        self._started.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self._started:
+            if server.process.poll() is None:
+                server.terminate()
