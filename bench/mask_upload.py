@@ -8,7 +8,8 @@ measures, per series size:
   service  CreateUploadUrls + the same N parallel POSTs with the tickets + CompleteUpload
   push     PushMasks of the same slices through the server (one stream)
 Rounds alternate raw and service, and the medians are compared: these machines are noisy, so only
-ratios measured side by side mean anything. Results go to bench/results/mask_upload.json.
+ratios measured side by side mean anything. Results go to bench/results/mask_upload.json and
+the chart to bench/results/mask_upload.png.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import shutil
 import statistics
 import tempfile
@@ -39,6 +39,7 @@ from pacs.v1 import (
     mask_pb2_grpc,
 )
 
+from bench.common import Panel, write_chart, write_results
 from pacs_grpc.adapters.storage.objects import ObjectStore
 from pacs_grpc.config import StorageSettings
 from pacs_grpc.devstack.stack import LocalStack, StackConfig
@@ -227,14 +228,13 @@ def _push(annotation_id: int, group_id: int, bodies: list[bytes], digests: list[
         yield mask_pb2.PushMasksRequest(chunk=body)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slices", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = _run(args.slices, args.rounds)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "mask_upload.json").write_text(json.dumps(results, indent=2))
+    write_results("mask_upload", results)
     print(f"slices x {SLICE_BYTES // 1024} KiB, {PARALLEL} parallel, median of rounds")
     print(f"{'slices':>7} {'raw s':>8} {'service s':>10} {'ratio':>6} {'push s':>8} {'ratio':>6}")
     for count, row in results["series"].items():
@@ -247,6 +247,41 @@ def main() -> None:
     for count, row in results["series"].items():
         m = row["median_seconds"]
         print(f"{count:>7} {m['tickets']:>8.3f} {m['uploads']:>8.3f} {m['complete']:>8.3f}")
+    print(f"results: {RESULTS / 'mask_upload.json'}, chart: {_chart(results)}")
+
+
+def _chart(results: dict[str, Any]) -> Path:
+    series = results["series"]
+    groups = [f"{count} slices" for count in series]
+
+    def medians(key: str) -> list[float]:
+        return [row["median_seconds"][key] for row in series.values()]
+
+    return write_chart(
+        "mask_upload",
+        f"Mask upload, {SLICE_BYTES // 1024} KiB slices, {PARALLEL} parallel (median of rounds)",
+        [
+            Panel(
+                "series upload time",
+                "seconds",
+                groups,
+                {
+                    "raw uploads": medians("raw"),
+                    "service path": medians("service"),
+                    "PushMasks": medians("push"),
+                },
+            ),
+            Panel(
+                "against raw uploads",
+                "time / raw time",
+                groups,
+                {
+                    "service path": [row["service_over_raw"] for row in series.values()],
+                    "PushMasks": [row["push_over_raw"] for row in series.values()],
+                },
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":
