@@ -6,8 +6,11 @@ the token or PyJWT's exception texts, which can echo token contents.
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jwt
@@ -19,6 +22,11 @@ from pacs_grpc.domain.errors import Unauthenticated
 from pacs_grpc.domain.identity import Principal
 
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "sub")
+# How long a verified token is trusted without a new check, at most (never past its exp).
+# It bounds how long a key removed from the realm's JWKS keeps working; the JWKS cache's
+# own cooldown is of the same order.
+VERIFIED_FOR_SECONDS = 60.0
+_MAX_VERIFIED_TOKENS = 10_000
 
 # Compact JWS: three unpadded base64url segments. The signature may be empty so
 # that an unsigned (`alg: none`) token is refused for its algorithm, not its shape.
@@ -47,13 +55,35 @@ _REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
 
 
 class TokenVerifier:
-    def __init__(self, settings: OidcSettings, keys: JwksCache) -> None:
+    def __init__(
+        self,
+        settings: OidcSettings,
+        keys: JwksCache,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._settings = settings
         self._keys = keys
         # The configured list, never the token's header (RFC 8725 §2.1).
         self._algorithms = list(settings.algorithms)
+        self._clock = clock
+        self._verified = _VerifiedTokens()
 
     async def verify(self, token: str) -> Principal:
+        """The token's principal; a token verified before is answered from memory.
+
+        Full verification (parsing, a signature check, claims) was a quarter of the
+        server's CPU per call, and a client sends the same token with every call.
+        """
+        now = self._clock()
+        known = self._verified.get(token, now)
+        if known is not None:
+            return known
+        principal, expires_at = await self._verify(token)
+        self._verified.put(token, principal, until=min(expires_at, now + VERIFIED_FOR_SECONDS))
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         header = self._header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
@@ -94,7 +124,7 @@ class TokenVerifier:
         subject = claims["sub"]
         if not isinstance(subject, str) or not _UUID.fullmatch(subject):
             raise Unauthenticated("invalid claim: sub")
-        return _principal(subject, claims)
+        return _principal(subject, claims), float(claims["exp"])
 
     def _header(self, token: str) -> dict[str, Any]:
         # Size first: nothing of an oversized token is parsed.
@@ -142,6 +172,39 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str:
     if len(parts) != 2 or parts[0].lower() != "bearer":
         raise Unauthenticated("malformed authorization header")
     return parts[1]
+
+
+class _VerifiedTokens:
+    """Tokens that passed verification, by digest (the tokens themselves are not kept),
+    until the time each may be trusted; the least recently used go first when full.
+    Refusals are never remembered: each is checked again."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+
+    def get(self, token: str, now: float) -> Principal | None:
+        key = _digest(token)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        principal, until = entry
+        if until <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return principal
+
+    def put(self, token: str, principal: Principal, *, until: float) -> None:
+        self._entries[_digest(token)] = (principal, until)
+        while len(self._entries) > _MAX_VERIFIED_TOKENS:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
 
 
 def _key_type_for(alg: str) -> str | None:
