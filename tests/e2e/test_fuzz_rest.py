@@ -2,7 +2,7 @@
 
 No generated request may get a 5xx or a leaked exception text. Schemathesis derives the
 requests from deploy/envoy/openapi.json, the document Envoy serves: `make test` sends a
-sample, `make soak` (FUZZ_REQUESTS=10000) as many as the gRPC fuzz run.
+sample, `make soak` ten times as many (REST_FUZZ_REQUESTS).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.support.users import ADMIN_ROLE
 OPENAPI = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "openapi.json"
 schema = schemathesis.openapi.from_path(OPENAPI)
 OPERATIONS = 24
-PER_OPERATION = max(5, int(os.environ.get("FUZZ_REQUESTS", "600")) // OPERATIONS)
+PER_OPERATION = max(5, int(os.environ.get("REST_FUZZ_REQUESTS", "240")) // OPERATIONS)
 LEAKS = re.compile(
     r"Traceback|File \"|\.py\b|psycopg|Exception|sqlstate|select |insert |/work/", re.IGNORECASE
 )
