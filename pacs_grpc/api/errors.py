@@ -34,6 +34,11 @@ def status_for(error: errors.DomainError) -> grpc.StatusCode:
 def trailing_metadata_for(error: errors.DomainError) -> tuple[tuple[str, str], ...]:
     """Machine-readable hints that travel with the status."""
     if isinstance(error, errors.ResourceExhausted) and error.retry_after_seconds is not None:
-        # Rounded up: a client that waits the hint must not be refused again.
-        return (("retry-after", str(max(1, math.ceil(error.retry_after_seconds)))),)
+        # Rounded up: a client that waits the hint must not be refused again. The
+        # milliseconds are for clients that can wait less than a whole second.
+        wait = error.retry_after_seconds
+        return (
+            ("retry-after", str(max(1, math.ceil(wait)))),
+            ("retry-after-ms", str(math.ceil(wait * 1000))),
+        )
     return ()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,14 +25,12 @@ from pacs_grpc import deadlines
 from pacs_grpc.api.errors import status_for, trailing_metadata_for
 from pacs_grpc.api.gate import AccessGate
 from pacs_grpc.api.rate_limits import Permit
-from pacs_grpc.domain.errors import DomainError, ResourceExhausted
+from pacs_grpc.domain.errors import DomainError
 from pacs_grpc.services.context import CallContext
 
 _log = logging.getLogger("pacs_grpc.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
-# The precise retry hint of a RESOURCE_EXHAUSTED, beside `retry-after` in whole seconds.
-RETRY_AFTER_MS_HEADER = "retry-after-ms"
 _PROBE_PREFIX = "/grpc.health.v1.Health/"
 _MAX_REQUEST_ID_LENGTH = 128
 
@@ -106,7 +103,6 @@ async def _fail(call: _CallLog, context: aio.ServicerContext[Any, Any], error: E
             (
                 (REQUEST_ID_HEADER, call.request_id),
                 *trailing_metadata_for(error),
-                *_retry_after_ms(error),
             )
         )
         await context.abort(call.code, error.message)
@@ -118,12 +114,6 @@ async def _fail(call: _CallLog, context: aio.ServicerContext[Any, Any], error: E
     )
     context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
     await context.abort(call.code, f"internal error (error id {call.error_id})")
-
-
-def _retry_after_ms(error: DomainError) -> tuple[tuple[str, str], ...]:
-    if isinstance(error, ResourceExhausted) and error.retry_after_seconds is not None:
-        return ((RETRY_AFTER_MS_HEADER, str(math.ceil(error.retry_after_seconds * 1000))),)
-    return ()
 
 
 def _settled_code(context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:

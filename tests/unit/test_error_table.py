@@ -46,5 +46,5 @@ def test_invalid_argument_message_names_the_field() -> None:
 def test_resource_exhausted_carries_a_retry_hint() -> None:
     error = errors.ResourceExhausted("too many uploads", retry_after_seconds=2.4)
     # Rounded up: waiting 2 s of a 2.4 s refusal would only be refused again.
-    assert trailing_metadata_for(error) == (("retry-after", "3"),)
+    assert trailing_metadata_for(error) == (("retry-after", "3"), ("retry-after-ms", "2400"))
     assert trailing_metadata_for(errors.NotFound("annotation not found")) == ()
