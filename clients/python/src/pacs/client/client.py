@@ -22,6 +22,7 @@ from google.protobuf import json_format
 
 from pacs.client import slices as slice_sources
 from pacs.client.downloads import DownloadResult, MaskDownloader, masks_of_group
+from pacs.client.paging import PAGE_SIZE, all_items
 from pacs.client.retry import CallPolicy, RetryPolicy
 from pacs.client.tokens import StaticToken, TokenProvider
 from pacs.client.transfer import SignedUrlTransport
@@ -37,8 +38,6 @@ from pacs.v1 import (
 
 if TYPE_CHECKING:
     import numpy.typing as npt
-
-_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -98,17 +97,24 @@ class PacsClient:
         return self.identity.Login(identity_pb2.LoginRequest())
 
     def list_projects(self, *, include_inactive: bool = False) -> Iterator[identity_pb2.Project]:
-        token = ""
-        while True:
-            reply = self.identity.ListProjects(
+        return all_items(
+            lambda token: self.identity.ListProjects(
                 identity_pb2.ListProjectsRequest(
-                    page_size=_PAGE, page_token=token, include_inactive=include_inactive
+                    page_size=PAGE_SIZE, page_token=token, include_inactive=include_inactive
                 )
-            )
-            yield from reply.projects
-            token = reply.next_page_token
-            if not token:
-                return
+            ),
+            lambda reply: reply.projects,
+        )
+
+    def list_project_members(self, project_id: int) -> Iterator[identity_pb2.ProjectMember]:
+        return all_items(
+            lambda token: self.identity.ListProjectMembers(
+                identity_pb2.ListProjectMembersRequest(
+                    project_id=project_id, page_size=PAGE_SIZE, page_token=token
+                )
+            ),
+            lambda reply: reply.members,
+        )
 
     def get_project(self, project_id: int) -> identity_pb2.Project:
         return self.identity.GetProject(
@@ -137,18 +143,15 @@ class PacsClient:
         annotation_type: str = "",
     ) -> Iterator[annotation_pb2.Annotation]:
         """Newest first, across pages; without `project_id`, from every readable project."""
-        token = ""
-        while True:
-            reply = self.annotations.ListAnnotations(
+        return all_items(
+            lambda token: self.annotations.ListAnnotations(
                 annotation_pb2.ListAnnotationsRequest(
                     project_id=project_id, study_uid=study_uid, series_uid=series_uid,
-                    annotation_type=annotation_type, page_size=_PAGE, page_token=token,
+                    annotation_type=annotation_type, page_size=PAGE_SIZE, page_token=token,
                 )
-            )  # fmt: skip
-            yield from reply.annotations
-            token = reply.next_page_token
-            if not token:
-                return
+            ),
+            lambda reply: reply.annotations,
+        )  # fmt: skip
 
     def get_annotation(self, annotation_id: int) -> annotation_pb2.Annotation:
         request = annotation_pb2.GetAnnotationRequest(annotation_id=annotation_id)
@@ -215,6 +218,16 @@ class PacsClient:
     def get_mask_group(self, annotation_id: int, group_id: int) -> mask_pb2.MaskGroup:
         request = mask_pb2.GetMaskGroupRequest(annotation_id=annotation_id, group_id=group_id)
         return self.masks.GetMaskGroup(request).mask_group
+
+    def list_mask_groups(self, annotation_id: int) -> Iterator[mask_pb2.MaskGroup]:
+        return all_items(
+            lambda token: self.masks.ListMaskGroups(
+                mask_pb2.ListMaskGroupsRequest(
+                    annotation_id=annotation_id, page_size=PAGE_SIZE, page_token=token
+                )
+            ),
+            lambda reply: reply.mask_groups,
+        )
 
     def list_masks(self, annotation_id: int, group_id: int) -> Iterator[mask_pb2.Mask]:
         """The group's recorded masks by slice index, across pages."""

@@ -150,18 +150,7 @@ def _projects_create(args: argparse.Namespace) -> int:
 
 def _projects_members(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        members: list[identity_pb2.ProjectMember] = []
-        token = ""
-        while True:
-            reply = client.identity.ListProjectMembers(
-                identity_pb2.ListProjectMembersRequest(
-                    project_id=args.project_id, page_size=500, page_token=token
-                )
-            )
-            members.extend(reply.members)
-            token = reply.next_page_token
-            if not token:
-                break
+        members = list(client.list_project_members(args.project_id))
     if args.json:
         return _print_json_list(members)
     for member in members:
@@ -241,18 +230,7 @@ def _json_argument(option: str, text: str) -> Any:
 
 def _masks_groups(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        groups: list[mask_pb2.MaskGroup] = []
-        token = ""
-        while True:
-            reply = client.masks.ListMaskGroups(
-                mask_pb2.ListMaskGroupsRequest(
-                    annotation_id=args.annotation, page_size=500, page_token=token
-                )
-            )
-            groups.extend(reply.mask_groups)
-            token = reply.next_page_token
-            if not token:
-                break
+        groups = list(client.list_mask_groups(args.annotation))
     if args.json:
         return _print_json_list(groups)
     for g in groups:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from pacs.client.paging import PAGE_SIZE, all_items
 from pacs.client.transfer import TransferFailed
 from pacs.client.uploads import MAX_SLICES_PER_CALL, ProgressCallback
 from pacs.v1 import mask_pb2
@@ -63,18 +64,15 @@ class DownloadError(Exception):
 def masks_of_group(
     calls: DownloadCalls, annotation_id: int, group_id: int
 ) -> Iterator[mask_pb2.Mask]:
-    page_token = ""
-    while True:
-        reply = calls.ListMasks(
+    return all_items(
+        lambda token: calls.ListMasks(
             mask_pb2.ListMasksRequest(
-                annotation_id=annotation_id, group_id=group_id, page_size=500,
-                page_token=page_token,
+                annotation_id=annotation_id, group_id=group_id, page_size=PAGE_SIZE,
+                page_token=token,
             )
-        )  # fmt: skip
-        yield from reply.masks
-        page_token = reply.next_page_token
-        if not page_token:
-            return
+        ),
+        lambda reply: reply.masks,
+    )  # fmt: skip
 
 
 def file_name(mask: mask_pb2.Mask, width: int = 4) -> str:
