@@ -1,5 +1,6 @@
 """Databases for integration tests: each test gets its own, created on the server that
-``postgres_admin_url`` (tests/conftest.py) points at, and dropped afterwards."""
+``postgres_admin_url`` (tests/conftest.py) points at, and dropped afterwards; and a channel
+to the session's server for modules that call it (a module may define its own)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from grpc import aio
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from pacs_grpc.adapters.postgres.migrator import default_migrations_dir, load_migrations, migrate
+from pacs_grpc.devstack.stack import LocalStack
 
 
 def _with_dbname(admin_url: str, dbname: str) -> str:
@@ -46,3 +49,10 @@ async def migrated_database_url(empty_database_url: str) -> str:
     """URL of a new database with every migration in the repository applied."""
     await migrate(empty_database_url, load_migrations(default_migrations_dir()))
     return empty_database_url
+
+
+@pytest.fixture(scope="module")
+async def channel(live_stack: LocalStack) -> AsyncIterator[aio.Channel]:
+    assert live_stack.server is not None
+    async with aio.insecure_channel(live_stack.server.address) as channel:
+        yield channel

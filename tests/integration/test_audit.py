@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -21,13 +20,6 @@ from tests.support.users import ApiUser, login
 
 def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-async def channel(live_stack: LocalStack) -> AsyncIterator[aio.Channel]:
-    assert live_stack.server is not None
-    async with aio.insecure_channel(live_stack.server.address) as channel:
-        yield channel
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -20,13 +19,6 @@ from tests.support.users import ApiUser, login
 
 VIEWER = identity_pb2.PROJECT_ROLE_VIEWER
 OWNER = identity_pb2.PROJECT_ROLE_OWNER
-
-
-@pytest.fixture(scope="module")
-async def channel(live_stack: LocalStack) -> AsyncIterator[aio.Channel]:
-    assert live_stack.server is not None
-    async with aio.insecure_channel(live_stack.server.address) as channel:
-        yield channel
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -45,13 +44,6 @@ class Setup:
 
 def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-async def channel(live_stack: LocalStack) -> AsyncIterator[aio.Channel]:
-    assert live_stack.server is not None
-    async with aio.insecure_channel(live_stack.server.address) as channel:
-        yield channel
 
 
 @pytest.fixture(scope="module")

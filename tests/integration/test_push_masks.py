@@ -29,13 +29,6 @@ CHUNK = 64 * 1024
 
 
 @pytest.fixture(scope="module")
-async def channel(live_stack: LocalStack) -> AsyncIterator[aio.Channel]:
-    assert live_stack.server is not None
-    async with aio.insecure_channel(live_stack.server.address) as channel:
-        yield channel
-
-
-@pytest.fixture(scope="module")
 async def target(live_stack: LocalStack, channel: aio.Channel) -> tuple[ApiUser, int, int]:
     assert live_stack.issuer is not None
     admin = await login(channel, live_stack.issuer, f"admin-{uuid.uuid4().hex[:6]}", admin=True)
