@@ -10,6 +10,7 @@ refused by a limit, or failed.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 from collections.abc import Iterable
@@ -17,10 +18,11 @@ from typing import Protocol
 
 import grpc
 
+from pacs_grpc import deadlines
 from pacs_grpc.api.access import ACCESS_BY_METHOD, is_public
 from pacs_grpc.api.rate_limits import NO_PERMIT_NEEDED, CallLimits, Permit
 from pacs_grpc.domain.access import Access
-from pacs_grpc.domain.audit import AuditTrail, Outcome
+from pacs_grpc.domain.audit import AuditEntry, AuditTrail, Outcome
 from pacs_grpc.domain.errors import PermissionDenied
 from pacs_grpc.domain.identity import Caller, Principal
 from pacs_grpc.services.context import CallContext
@@ -67,6 +69,7 @@ class AccessGate:
         *,
         admin_role: str,
         limits: CallLimits | None = None,
+        audit_timeout_seconds: float = 10.0,
     ) -> None:
         self._verifier = verifier
         self._read_token = read_token
@@ -75,6 +78,8 @@ class AccessGate:
         self._audit = audit
         self._admin_role = admin_role
         self._limits = limits
+        self._audit_timeout = audit_timeout_seconds
+        self._writes: set[asyncio.Future[bool]] = set()
 
     async def open(
         self,
@@ -127,19 +132,60 @@ class AccessGate:
         return self._limits.admit(method, call.caller.principal.subject)
 
     async def close(self, call: CallContext, code: grpc.StatusCode) -> None:
-        """Write the audit row the call has not written yet."""
+        """Write the audit row the call has not written yet.
+
+        The write does not depend on the client: it runs without the call's deadline and
+        is shielded from the call's cancellation, so a caller cannot send a deadline just
+        long enough to hear a refusal and too short for its row to be written. The call
+        waits for it while its deadline allows, so normally the row commits before the
+        client hears the answer; past that the answer goes out and the row follows.
+        """
         if call.audit.recorded:
             return
         outcome: Outcome = (
             "ok" if code is grpc.StatusCode.OK else "denied" if code in _DENIED else "error"
         )
         entry = call.audit.entry(outcome, None if outcome == "ok" else code.name)
+        write = asyncio.ensure_future(self._write_detached(entry))
+        # The loop keeps only weak references to tasks: hold it until it is done.
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+        # Waiting past the deadline would only turn the answer into DEADLINE_EXCEEDED (the
+        # same bound as every other wait of the call; see pacs_grpc.deadlines).
+        wait = deadlines.bounded(self._audit_timeout)
+        if wait <= 0:
+            return
         try:
-            async with self._db.transaction() as conn:
-                await self._audit.insert(conn, entry)
+            async with asyncio.timeout(wait):
+                written = await asyncio.shield(write)
+        except TimeoutError:
+            return
+        if written:
             call.audit.recorded = True
+
+    async def _write_detached(self, entry: AuditEntry) -> bool:
+        deadline = deadlines.start(None)
+        try:
+            async with asyncio.timeout(self._audit_timeout):
+                async with self._db.transaction() as conn:
+                    await self._audit.insert(conn, entry)
+            return True
         except Exception:  # noqa: BLE001 - the RPC's outcome stands; the gap is logged
             _log.exception(
                 "audit row not written",
-                extra={"action": entry.action, "outcome": outcome, "request_id": entry.request_id},
+                extra={
+                    "subject": entry.subject,
+                    "action": entry.action,
+                    "outcome": entry.outcome,
+                    "error_code": entry.error_code,
+                    "request_id": entry.request_id,
+                },
             )
+            return False
+        finally:
+            deadlines.reset(deadline)
+
+    async def drain(self) -> None:
+        """Wait for audit rows still being written (at shutdown)."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)

@@ -23,6 +23,10 @@ class AuditEntry:
     error_code: str | None = None
 
 
+class AuditTrailClosed(RuntimeError):
+    """A use case recorded something after its audit row was written: a bug, not bad input."""
+
+
 @dataclass
 class AuditTrail:
     """Filled in while an RPC runs; becomes exactly one AuditEntry.
@@ -31,6 +35,10 @@ class AuditTrail:
     the data access and its audit row commit together. Anything that ends the
     call otherwise (denied, failed) is recorded at the edge; `recorded` keeps
     the two from writing twice.
+
+    Once the row is written the trail is closed: `touch` and `returned` then
+    raise AuditTrailClosed, so ids gathered after the row went out cannot be
+    dropped silently. Record what a call returns inside its audited block.
     """
 
     action: str
@@ -54,13 +62,34 @@ class AuditTrail:
         resource_ids: Iterable[int] = (),
         study_uid: str | None = None,
     ) -> None:
+        """Add what the call has learnt so far; repeated ids are kept once."""
+        self._check_open()
         if project_id is not None:
             self.project_id = project_id
         if resource_type is not None:
             self.resource_type = resource_type
-        self.resource_ids.extend(resource_ids)
+        for resource_id in resource_ids:
+            if resource_id not in self.resource_ids:
+                self.resource_ids.append(resource_id)
         if study_uid is not None:
             self.study_uid = study_uid
+
+    def returned(self, resource_type: str, resource_ids: Iterable[int]) -> None:
+        """What the call answered with or changed (a list: the ids on the page).
+
+        Replaces the type and ids touched on the way there, such as the group
+        whose masks a call lists; project and study stay.
+        """
+        self._check_open()
+        self.resource_type = resource_type
+        self.resource_ids = list(dict.fromkeys(resource_ids))
+
+    def _check_open(self) -> None:
+        if self.written or self.recorded:
+            raise AuditTrailClosed(
+                f"{self.action}: the audit row is already written; record ids inside the "
+                "audited transaction"
+            )
 
     def entry(self, outcome: Outcome, error_code: str | None = None) -> AuditEntry:
         return AuditEntry(

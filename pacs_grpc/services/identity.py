@@ -83,17 +83,17 @@ class IdentityUseCases:
         call.audit.touch(resource_type="user", resource_ids=[call.caller.user_id])
         async with self._transaction(call) as conn:
             user = await self._users.get(conn, call.caller.user_id)
+            if user is None:
+                raise NotFound("user not found")
             memberships = await self._projects.memberships_of(conn, call.caller.user_id)
-        if user is None:
-            raise NotFound("user not found")
         return user, memberships
 
     async def current_user(self, call: CallContext) -> User:
         call.audit.touch(resource_type="user", resource_ids=[call.caller.user_id])
         async with self._transaction(call) as conn:
             user = await self._users.get(conn, call.caller.user_id)
-        if user is None:
-            raise NotFound("user not found")
+            if user is None:
+                raise NotFound("user not found")
         return user
 
     async def update_user(
@@ -164,8 +164,8 @@ class IdentityUseCases:
                 limit=limit + 1,
                 include_inactive=include_inactive,
             )
-        page = Page.of(rows, limit, fingerprint, lambda p: [p.id])
-        call.audit.touch(resource_ids=[p.id for p in page.items])
+            page = Page.of(rows, limit, fingerprint, lambda p: [p.id])
+            call.audit.returned("project", [p.id for p in page.items])
         return page
 
     async def deactivate_project(self, call: CallContext, project_id: int) -> Project:
@@ -204,8 +204,8 @@ class IdentityUseCases:
             rows = await self._projects.list_members(
                 conn, project_id, after_id=int(position[0]) if position else 0, limit=limit + 1
             )
-        page = Page.of(rows, limit, fingerprint, lambda m: [m.user_id])
-        call.audit.touch(resource_ids=[m.user_id for m in page.items])
+            page = Page.of(rows, limit, fingerprint, lambda m: [m.user_id])
+            call.audit.returned("project_member", [m.user_id for m in page.items])
         return page
 
     async def remove_member(self, call: CallContext, project_id: int, user_id: int) -> None:
