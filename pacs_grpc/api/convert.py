@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
 
 from pacs_grpc.domain.annotation import Annotation, AnnotationEvent, EventType
+from pacs_grpc.domain.errors import InvalidArgument
 from pacs_grpc.domain.identity import Project, ProjectMember, User
 from pacs_grpc.domain.masks import Mask, MaskGroup
 
@@ -100,12 +101,23 @@ def annotation_event(value: AnnotationEvent) -> annotation_pb2.WatchAnnotationsR
     return message
 
 
-def json_object(message: Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
+def json_object(message: Struct, field: str) -> dict[str, Any]:
+    return _json(message, field)  # type: ignore[no-any-return]
 
 
-def json_value(message: Value) -> Any:
-    return json_format.MessageToDict(message)
+def json_value(message: Value, field: str) -> Any:
+    return _json(message, field)
+
+
+def _json(message: Struct | Value, field: str) -> Any:
+    # protobuf refuses to turn NaN and Infinity into JSON (they have no JSON form); an
+    # empty Value (no kind set) is refused the same way. Both are the client's to fix.
+    try:
+        return json_format.MessageToDict(message)
+    except (ValueError, json_format.SerializeToJsonError):
+        raise InvalidArgument(
+            field, "must be JSON: no NaN, no Infinity, and every value set"
+        ) from None
 
 
 def optional_time(message: Timestamp, present: bool) -> datetime | None:

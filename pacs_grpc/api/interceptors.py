@@ -25,7 +25,7 @@ from pacs_grpc import deadlines
 from pacs_grpc.api.errors import status_for, trailing_metadata_for
 from pacs_grpc.api.gate import AccessGate
 from pacs_grpc.api.rate_limits import Permit
-from pacs_grpc.domain.errors import DomainError
+from pacs_grpc.domain.errors import DomainError, InvalidArgument
 from pacs_grpc.services.context import CallContext
 
 _log = logging.getLogger("pacs_grpc.rpc")
@@ -175,9 +175,55 @@ def _status_of(error: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _wrap_call(method: str, behaviour: Callable[..., Any], edge: _Edge) -> Callable[..., Any]:
+class _Unparsable:
+    """Stands in for a request message the server could not parse.
+
+    A deserializer that raises makes grpc answer before any interceptor runs, with a
+    status the client cannot act on; a message nested past protobuf's recursion limit
+    is a client's mistake and gets INVALID_ARGUMENT from the edge like any other.
+    """
+
+
+_UNPARSABLE = _Unparsable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    parse = deserializer
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # noqa: BLE001 - DecodeError, RecursionError: all the client's bytes
+            return _UNPARSABLE
+
+    return tolerant
+
+
+def _refuse_unparsable() -> InvalidArgument:
+    return InvalidArgument(
+        "request",
+        "is not a valid message: malformed, or nested deeper than protobuf allows",
+    )
+
+
+async def _parsed(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if request is _UNPARSABLE:
+            raise _refuse_unparsable()
+        yield request
+
+
+def _wrap_call(
+    method: str, behaviour: Callable[..., Any], edge: _Edge, *, request_streaming: bool
+) -> Callable[..., Any]:
     async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         async with _served(method, context, edge, streaming_response=False):
+            if request_streaming:
+                request = _parsed(request)
+            elif request is _UNPARSABLE:
+                raise _refuse_unparsable()
             response = behaviour(request, context)
             if inspect.isawaitable(response):
                 response = await response
@@ -187,20 +233,30 @@ def _wrap_call(method: str, behaviour: Callable[..., Any], edge: _Edge) -> Calla
 
 
 def _wrap_stream(
-    method: str, behaviour: Callable[..., AsyncIterator[Any]], edge: _Edge
+    method: str,
+    behaviour: Callable[..., AsyncIterator[Any]],
+    edge: _Edge,
+    *,
+    request_streaming: bool,
 ) -> Callable[..., Any]:
     async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         async with _served(method, context, edge, streaming_response=True):
+            if request_streaming:
+                request = _parsed(request)
+            elif request is _UNPARSABLE:
+                raise _refuse_unparsable()
             async for response in behaviour(request, context):
                 yield response
 
     return stream
 
 
-def _wrap(method: str, behaviour: Callable[..., Any], edge: _Edge) -> Callable[..., Any]:
+def _wrap(
+    method: str, behaviour: Callable[..., Any], edge: _Edge, *, request_streaming: bool = False
+) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(behaviour):
-        return _wrap_stream(method, behaviour, edge)
-    return _wrap_call(method, behaviour, edge)
+        return _wrap_stream(method, behaviour, edge, request_streaming=request_streaming)
+    return _wrap_call(method, behaviour, edge, request_streaming=request_streaming)
 
 
 # The stubs make ServerInterceptor generic; at run time it is not subscriptable.
@@ -230,7 +286,7 @@ class EdgeInterceptor(_ServerInterceptor):
             return handler
         method = handler_call_details.method
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
@@ -243,10 +299,11 @@ class EdgeInterceptor(_ServerInterceptor):
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap(method, handler.stream_unary, self._edge), **kwargs
+                _wrap(method, handler.stream_unary, self._edge, request_streaming=True), **kwargs
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap(method, handler.stream_stream, self._edge), **kwargs
+                _wrap(method, handler.stream_stream, self._edge, request_streaming=True),
+                **kwargs,
             )
         return handler

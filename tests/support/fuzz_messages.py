@@ -2,17 +2,23 @@
 
 Values lean towards what reaches deep code paths: small ids that exist, UIDs that almost
 validate, and the awkward cases (NUL bytes, huge numbers, long and non-ASCII strings,
-unknown enum numbers, empty and duplicated repeated fields).
+unknown enum numbers, empty and duplicated repeated fields), and what once reached the
+server as a fault: NaN and Infinity in a Struct, nesting past every limit, and page tokens
+whose parts were altered by hand.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any, cast
 
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
+
+from pacs_grpc.domain import paging
 
 _INT64 = (-(2**63), 2**63 - 1)
 _INT32 = (-(2**31), 2**31 - 1)
@@ -46,7 +52,8 @@ def _struct() -> st.SearchStrategy[struct_pb2.Struct]:
         message.update(values)
         return message
 
-    leaves = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False), _texts)
+    # NaN and the infinities have no JSON form; Struct carries them anyway.
+    leaves = st.one_of(st.none(), st.booleans(), st.floats(), _texts)
     nested = st.recursive(
         leaves,
         lambda inner: st.one_of(
@@ -54,7 +61,48 @@ def _struct() -> st.SearchStrategy[struct_pb2.Struct]:
         ),
         max_leaves=8,
     )
-    return st.dictionaries(st.text(max_size=12), nested, max_size=4).map(build)
+    return st.dictionaries(st.text(max_size=12), st.one_of(nested, _deep()), max_size=4).map(build)
+
+
+def _deep() -> st.SearchStrategy[Any]:
+    """Lists in lists, from within the JSON limit to past protobuf's own parse limit."""
+
+    def wrap(depth: int) -> Any:
+        value: Any = 1
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    return st.integers(min_value=20, max_value=120).map(wrap)
+
+
+def _page_tokens() -> st.SearchStrategy[str]:
+    """Tokens shaped like the service's, with the parts a client could change.
+
+    The fingerprints are those the list calls compute for common filters, so altered
+    positions reach the code that reads them instead of stopping at the fingerprint.
+    """
+    fingerprints = st.sampled_from(
+        [
+            paging.filters_fingerprint("projects", False),
+            paging.filters_fingerprint("projects", True),
+        ]
+        + [paging.filters_fingerprint(kind, n) for kind in ("groups", "masks") for n in (1, 2, 3)]
+        + ["0" * 16, ""]
+    )
+    parts = st.one_of(
+        st.integers(), st.floats(), st.text(max_size=30), st.none(), st.booleans(),
+        st.just("2026-01-01T00:00:00+00:00"), st.lists(st.integers(), max_size=2),
+    )  # fmt: skip
+    payloads = st.builds(
+        lambda f, p: json.dumps({"f": f, "p": p}, allow_nan=True),
+        fingerprints,
+        st.one_of(st.lists(parts, max_size=3), parts),
+    )
+    encoded = payloads.map(
+        lambda text: base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    )
+    return st.one_of(encoded, encoded.map(lambda t: t[:-1]), st.text(max_size=40))
 
 
 def _timestamp() -> st.SearchStrategy[timestamp_pb2.Timestamp]:
@@ -118,6 +166,8 @@ def _message(
             elif _repeated(field):
                 values = draw(st.lists(_scalar(field), max_size=4))
                 getattr(message, field.name).extend(values)
+            elif field.name == "page_token":
+                setattr(message, field.name, draw(_page_tokens()))
             else:
                 setattr(message, field.name, draw(_scalar(field)))
         return message
