@@ -33,14 +33,16 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
             content=rules.content(
                 prefix="annotation",
                 annotation_type_value=given.annotation_type,
-                data=convert.json_object(given.annotation_data)
+                data=convert.json_object(given.annotation_data, "annotation.annotation_data")
                 if given.HasField("annotation_data")
                 else None,
-                measurements=convert.json_value(given.measurement_values)
+                measurements=convert.json_value(
+                    given.measurement_values, "annotation.measurement_values"
+                )
                 if given.HasField("measurement_values")
                 else None,
                 viewer_software=given.viewer_software,
-                max_data_bytes=self._use_cases.max_data_bytes,
+                limits=self._use_cases.json_limits,
             ),
             request_id=_request_id(request.request_id),
         )
@@ -86,10 +88,14 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
         given = request.annotation
         values = {
             "annotation_type": given.annotation_type,
-            "annotation_data": convert.json_object(given.annotation_data)
+            "annotation_data": convert.json_object(
+                given.annotation_data, "annotation.annotation_data"
+            )
             if given.HasField("annotation_data")
             else None,
-            "measurement_values": convert.json_value(given.measurement_values)
+            "measurement_values": convert.json_value(
+                given.measurement_values, "annotation.measurement_values"
+            )
             if given.HasField("measurement_values")
             else None,
             "viewer_software": given.viewer_software,
@@ -100,6 +106,7 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
             request.etag,
             list(request.update_mask.paths),
             values,
+            resource_etag=given.etag,
         )
         return annotation_pb2.UpdateAnnotationResponse(annotation=convert.annotation(updated))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,53 @@ def json_size(value: Any) -> int:
 
 
 @dataclass(frozen=True)
+class JsonLimits:
+    """What an annotation's JSON may cost: its bytes, and what parsing them builds.
+
+    Bytes alone do not bound memory: a megabyte of `[{},{},...]` is hundreds of
+    thousands of Python objects on every read. Depth and element count do.
+    """
+
+    max_bytes: int
+    max_depth: int = 32
+    max_elements: int = 100_000
+
+
+def json_shape(field: str, value: Any, limits: JsonLimits) -> None:
+    """Refuse JSON nested deeper, or holding more values, than `limits` allow, and any
+    number JSON cannot carry (NaN, Infinity). Iterative, so depth costs no stack."""
+    elements = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        elements += 1
+        if elements > limits.max_elements:
+            raise InvalidArgument(field, f"must hold at most {limits.max_elements} JSON values")
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise InvalidArgument(field, "must not contain NaN or Infinity")
+            continue
+        if depth > limits.max_depth:
+            raise InvalidArgument(field, f"must be nested at most {limits.max_depth} levels deep")
+        pending.extend((child, depth + 1) for child in children)
+
+
+def json_fits(field: str, data: dict[str, Any], measurements: Any, limits: JsonLimits) -> None:
+    """`annotation_data` and `measurement_values` together within `limits`."""
+    json_shape(field, data, limits)
+    if measurements is not None:
+        json_shape(field.replace("annotation_data", "measurement_values"), measurements, limits)
+    if json_size(data) + json_size(measurements) > limits.max_bytes:
+        raise InvalidArgument(
+            field, f"with measurement_values must be at most {limits.max_bytes} bytes of JSON"
+        )
+
+
+@dataclass(frozen=True)
 class AnnotationContent:
     """The validated, mutable part of an annotation."""
 
@@ -75,16 +123,12 @@ def content(
     data: dict[str, Any] | None,
     measurements: Any,
     viewer_software: str,
-    max_data_bytes: int,
+    limits: JsonLimits,
 ) -> AnnotationContent:
     kind = annotation_type(f"{prefix}.annotation_type", annotation_type_value)
     if data is None:
         raise InvalidArgument(f"{prefix}.annotation_data", "is required (a JSON object)")
-    if json_size(data) + json_size(measurements) > max_data_bytes:
-        raise InvalidArgument(
-            f"{prefix}.annotation_data",
-            f"with measurement_values must be at most {max_data_bytes} bytes of JSON",
-        )
+    json_fits(f"{prefix}.annotation_data", data, measurements, limits)
     software = validation.text(
         f"{prefix}.viewer_software", viewer_software, max_length=MAX_VIEWER_SOFTWARE
     )
@@ -117,3 +161,15 @@ def etag(field: str, value: str) -> int | None:
     if not re.fullmatch(r"v[1-9][0-9]{0,18}", value):
         raise InvalidArgument(field, "is not an etag this service issued")
     return int(value[1:])
+
+
+def expected_version(request_etag: str, resource_etag: str) -> int | None:
+    """The row version a write is conditional on, from the request's or the resource's etag.
+
+    Both given and different is a client bug that must not pick one silently.
+    """
+    if request_etag and resource_etag and request_etag != resource_etag:
+        raise InvalidArgument("annotation.etag", "differs from the request's etag; send one")
+    if resource_etag:
+        return etag("annotation.etag", resource_etag)
+    return etag("etag", request_etag)

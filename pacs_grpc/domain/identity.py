@@ -24,6 +24,9 @@ class Principal:
     realm_roles: frozenset[str] = frozenset()
     # `resource_access.<client>.roles`, by client id.
     client_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Epoch seconds from which the verifier refuses the token (its `exp` plus the clock
+    # skew it allows): what a long call, such as a watch stream, must not outlive.
+    valid_until: float | None = None
 
 
 class ProjectRole(enum.IntEnum):

@@ -19,7 +19,7 @@ from pacs_grpc.domain.annotation import (
     ListFilter,
 )
 from pacs_grpc.domain.errors import Conflict, InvalidArgument, NotFound
-from pacs_grpc.domain.paging import Page
+from pacs_grpc.domain.paging import BudgetedRows, Page
 from pacs_grpc.services.context import (
     AuditedTransactions,
     CallContext,
@@ -28,6 +28,7 @@ from pacs_grpc.services.context import (
 )
 from pacs_grpc.services.idempotency import create_once
 from pacs_grpc.services.ports import IdempotencyStore, ProjectStore, Tx
+from pacs_grpc.services.watch import WatchAccess
 
 _OPERATION = "CreateAnnotation"
 
@@ -45,8 +46,9 @@ class AnnotationStore(Protocol):
     ) -> Annotation: ...
     async def delete(self, conn: Tx, annotation_id: int) -> int: ...
     async def list_page(
-        self, conn: Tx, filters: ListFilter, *, after: tuple[datetime, int] | None, limit: int
-    ) -> list[Annotation]: ...
+        self, conn: Tx, filters: ListFilter, *, after: tuple[datetime, int] | None, limit: int,
+        budget_bytes: int,
+    ) -> BudgetedRows[Annotation]: ...  # fmt: skip
 
 
 class EventRecorder(Protocol):
@@ -94,8 +96,10 @@ class AnnotationUseCases:
         idempotency: IdempotencyStore,
         record_event: EventRecorder,
         events: EventSource,
+        watch_access: WatchAccess,
         max_page_size: int,
-        max_data_bytes: int,
+        json_limits: rules.JsonLimits,
+        list_budget_bytes: int = 2 * 1024 * 1024,
     ) -> None:
         self._transaction = transaction
         self._annotations = annotations
@@ -103,8 +107,10 @@ class AnnotationUseCases:
         self._idempotency = idempotency
         self._record_event = record_event
         self._events = events
+        self._watch_access = watch_access
         self._max_page_size = max_page_size
-        self.max_data_bytes = max_data_bytes
+        self.json_limits = json_limits
+        self._list_budget_bytes = list_budget_bytes
 
     async def create(self, call: CallContext, new: NewAnnotation) -> Annotation:
         call.audit.touch(resource_type="annotation", study_uid=new.where.study_uid)
@@ -171,21 +177,25 @@ class AnnotationUseCases:
             created_before=request.created_before,
         )
         fingerprint = paging.filters_fingerprint(request.project_id, dataclasses.asdict(criteria))
-        position = paging.decode(request.page_token, fingerprint, arity=2)
-        after = _position(position) if position else None
+        position = paging.decode(request.page_token, fingerprint, 2, kinds=(datetime, int))
+        after = (position[0], position[1]) if position else None
         call.audit.touch(resource_type="annotation", study_uid=criteria.study_uid)
         async with self._transaction(call) as conn:
             project_ids = await self._readable_projects(conn, call, request.project_id)
             if project_ids == ():
                 return Page([], "")
-            rows = await self._annotations.list_page(
+            read = await self._annotations.list_page(
                 conn,
                 dataclasses.replace(criteria, project_ids=project_ids),
                 after=after,
                 limit=limit + 1,
+                budget_bytes=self._list_budget_bytes,
             )
-        page = Page.of(rows, limit, fingerprint, lambda a: [a.created_at.isoformat(), a.id])
-        call.audit.touch(resource_ids=[a.id for a in page.items])
+            page = Page.of(
+                read.rows, limit, fingerprint, lambda a: [a.created_at.isoformat(), a.id],
+                cut=read.cut,
+            )  # fmt: skip
+            call.audit.returned("annotation", [a.id for a in page.items])
         return page
 
     async def _readable_projects(
@@ -207,22 +217,25 @@ class AnnotationUseCases:
         etag: str,
         paths: list[str],
         values: Mapping[str, Any],
+        *,
+        resource_etag: str = "",
     ) -> Annotation:
+        """Apply the masked fields. The etag may come on the request or, as AIP-154 and
+        Google's clients send it, on the resource itself; either guards the write."""
         validation.positive_id("annotation_id", annotation_id)
-        expected_version = rules.etag("etag", etag)
+        expected_version = rules.expected_version(etag, resource_etag)
         chosen = validation.field_mask("update_mask", paths, rules.MUTABLE_FIELDS)
-        changes = _validated_changes(chosen, values)
+        changes = _validated_changes(chosen, values, self.json_limits)
         call.audit.touch(resource_type="annotation", resource_ids=[annotation_id])
         async with self._transaction(call) as conn:
             current = await self._accessible(conn, call, annotation_id, for_update=True)
             _check_version(current, expected_version)
-            merged_size = rules.json_size(
-                changes.get("annotation_data", current.annotation_data)
-            ) + rules.json_size(changes.get("measurement_values", current.measurement_values))
-            if merged_size > self.max_data_bytes:
-                raise InvalidArgument(
+            if changes.keys() & {"annotation_data", "measurement_values"}:
+                rules.json_fits(
                     "annotation.annotation_data",
-                    f"with measurement_values must be at most {self.max_data_bytes} bytes of JSON",
+                    changes.get("annotation_data", current.annotation_data),
+                    changes.get("measurement_values", current.measurement_values),
+                    self.json_limits,
                 )
             annotation = await self._annotations.update(conn, annotation_id, changes)
             await self._event(conn, call, annotation, EventType.UPDATED)
@@ -243,7 +256,11 @@ class AnnotationUseCases:
     async def watch(
         self, call: CallContext, project_id: int, study_uid: str, after_event_id: int
     ) -> AbstractAsyncContextManager[AsyncIterator[AnnotationEvent]]:
-        """Authorise, then subscribe; the caller iterates the subscription."""
+        """Authorise, then subscribe; the caller iterates the subscription.
+
+        The subscription ends with the token's validity, or with the refusal a new call
+        would get once a periodic recheck finds the caller can no longer read the project.
+        """
         validation.positive_id("project_id", project_id)
         study = rules.dicom_uid("study_uid", study_uid, required=False)
         if after_event_id < 0:
@@ -251,7 +268,10 @@ class AnnotationUseCases:
         call.audit.touch(resource_type="annotation_events", study_uid=study)
         async with self._transaction(call) as conn:
             await authorize_project(self._projects, conn, call, project_id)
-        return self._events.subscribe(project_id, study_uid=study, after_event_id=after_event_id)
+        subscription = self._events.subscribe(
+            project_id, study_uid=study, after_event_id=after_event_id
+        )
+        return self._watch_access.guard(call, project_id, subscription)
 
     async def _accessible(
         self, conn: Tx, call: CallContext, annotation_id: int, *, for_update: bool = False
@@ -289,7 +309,9 @@ def _check_version(current: Annotation, expected_version: int | None) -> None:
         raise Conflict("etag: the annotation changed since it was read; read it again and retry")
 
 
-def _validated_changes(chosen: frozenset[str], values: Mapping[str, Any]) -> dict[str, Any]:
+def _validated_changes(
+    chosen: frozenset[str], values: Mapping[str, Any], limits: rules.JsonLimits
+) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if "annotation_type" in chosen:
         changes["annotation_type"] = rules.annotation_type(
@@ -299,9 +321,13 @@ def _validated_changes(chosen: frozenset[str], values: Mapping[str, Any]) -> dic
         data = values.get("annotation_data")
         if data is None:
             raise InvalidArgument("annotation.annotation_data", "is required (a JSON object)")
+        rules.json_shape("annotation.annotation_data", data, limits)
         changes["annotation_data"] = data
     if "measurement_values" in chosen:
-        changes["measurement_values"] = values.get("measurement_values")
+        measurements = values.get("measurement_values")
+        if measurements is not None:
+            rules.json_shape("annotation.measurement_values", measurements, limits)
+        changes["measurement_values"] = measurements
     if "viewer_software" in chosen:
         changes["viewer_software"] = validation.text(
             "annotation.viewer_software",
@@ -309,10 +335,3 @@ def _validated_changes(chosen: frozenset[str], values: Mapping[str, Any]) -> dic
             max_length=rules.MAX_VIEWER_SOFTWARE,
         )
     return changes
-
-
-def _position(position: list[Any]) -> tuple[datetime, int]:
-    try:
-        return datetime.fromisoformat(str(position[0])), int(position[1])
-    except (TypeError, ValueError):
-        raise InvalidArgument("page_token", "is not a token this service issued") from None

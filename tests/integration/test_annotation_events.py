@@ -29,6 +29,7 @@ from pacs_grpc.adapters.postgres.database import Connection, Database
 from pacs_grpc.devstack.ports import free_port
 from pacs_grpc.domain.annotation import AnnotationEvent, EventType
 from pacs_grpc.domain.errors import InvalidArgument, ResourceExhausted, Unavailable
+from pacs_grpc.domain.paging import BudgetedRows
 
 STUDY_A = "1.2.826.0.1.3680043.1"
 STUDY_B = "1.2.826.0.1.3680043.2"
@@ -50,10 +51,12 @@ class _DelayedFeed(AnnotationEventFeed):
         after_event_id: int,
         study_uid: str | None,
         limit: int,
-    ) -> list[AnnotationEvent]:
+        budget_bytes: int,
+    ) -> BudgetedRows[AnnotationEvent]:
         events = await super().after(
-            conn, project_id, after_event_id=after_event_id, study_uid=study_uid, limit=limit
-        )
+            conn, project_id, after_event_id=after_event_id, study_uid=study_uid, limit=limit,
+            budget_bytes=budget_bytes,
+        )  # fmt: skip
         await asyncio.sleep(_read_delay.get())
         return events
 
@@ -68,9 +71,10 @@ class Seed:
 
 
 @pytest.fixture
-async def db(migrated_database_url: str) -> AsyncIterator[Database]:
+async def db(app_database_url: str) -> AsyncIterator[Database]:
+    # As the server connects: a member of pacs_app, so the grants are what is tested too.
     pool = AsyncConnectionPool(
-        migrated_database_url,
+        app_database_url,
         min_size=1,
         max_size=10,
         open=False,
@@ -85,13 +89,13 @@ async def db(migrated_database_url: str) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-async def make_hub(migrated_database_url: str, db: Database) -> AsyncIterator[MakeHub]:
+async def make_hub(app_database_url: str, db: Database) -> AsyncIterator[MakeHub]:
     hubs: list[EventHub] = []
 
     async def make(**options: Any) -> EventHub:
         options.setdefault("reconnect_delay_seconds", 0.05)
         feed = options.pop("feed", AnnotationEventFeed())
-        hub = EventHub(migrated_database_url, db, feed, **options)
+        hub = EventHub(app_database_url, db, feed, **options)
         hubs.append(hub)
         await hub.start()
         return hub
@@ -306,7 +310,7 @@ async def test_a_slow_watcher_overflows_and_the_others_get_everything(
 
 
 async def test_events_from_another_replica_reach_every_hub(
-    migrated_database_url: str, seed: Seed, make_hub: MakeHub
+    app_database_url: str, seed: Seed, make_hub: MakeHub
 ) -> None:
     first, second = await make_hub(), await make_hub()
     async with (
@@ -314,7 +318,7 @@ async def test_events_from_another_replica_reach_every_hub(
         second.subscribe(seed.project, study_uid=STUDY_B, after_event_id=0) as on_second,
     ):
         # Another replica: its own connection, not this process's pool.
-        async with await psycopg.AsyncConnection.connect(migrated_database_url) as conn:
+        async with await psycopg.AsyncConnection.connect(app_database_url) as conn:
             ids = []
             for study in (STUDY_A, STUDY_B):
                 async with conn.transaction():
@@ -324,13 +328,13 @@ async def test_events_from_another_replica_reach_every_hub(
 
 
 async def test_concurrent_writers_are_seen_in_commit_order_with_none_missing(
-    migrated_database_url: str, db: Database, seed: Seed, make_hub: MakeHub
+    app_database_url: str, db: Database, seed: Seed, make_hub: MakeHub
 ) -> None:
     hub = await make_hub()
     per_writer = 30
 
     async def writer(study: str) -> None:
-        async with await psycopg.AsyncConnection.connect(migrated_database_url) as conn:
+        async with await psycopg.AsyncConnection.connect(app_database_url) as conn:
             for _ in range(per_writer):
                 async with conn.transaction():
                     await _record(conn, seed, seed.project, study)
@@ -359,9 +363,9 @@ async def test_concurrent_writers_are_seen_in_commit_order_with_none_missing(
 
 
 async def test_record_event_locks_only_its_project_and_notifies_its_id_at_commit(
-    migrated_database_url: str, seed: Seed
+    app_database_url: str, seed: Seed
 ) -> None:
-    url = migrated_database_url
+    url = app_database_url
     async with (
         await psycopg.AsyncConnection.connect(url, autocommit=True) as listener,
         await psycopg.AsyncConnection.connect(url) as holder,
@@ -390,7 +394,7 @@ async def test_record_event_refuses_to_run_outside_a_transaction(db: Database, s
 
 async def test_the_hub_reconnects_and_catches_up(
     postgres_admin_url: str,
-    migrated_database_url: str,
+    app_database_url: str,
     db: Database,
     seed: Seed,
     make_hub: MakeHub,
@@ -398,7 +402,7 @@ async def test_the_hub_reconnects_and_catches_up(
 ) -> None:
     caplog.set_level(logging.INFO, logger="pacs_grpc.events")
     hub = await make_hub()
-    dbname = conninfo_to_dict(migrated_database_url)["dbname"]
+    dbname = conninfo_to_dict(app_database_url)["dbname"]
     find_listener = "select pid from pg_stat_activity where datname = %s and application_name = %s"
     async with (
         hub.subscribe(seed.project, study_uid=STUDY_A, after_event_id=0) as events,
@@ -529,3 +533,48 @@ async def test_a_negative_resume_point_is_refused(seed: Seed, make_hub: MakeHub)
     hub = await make_hub()
     with pytest.raises(InvalidArgument):
         hub.subscribe(seed.project, study_uid=None, after_event_id=-1)
+
+
+async def test_replay_of_large_annotations_goes_in_budgeted_batches_without_a_gap(
+    db: Database, seed: Seed, make_hub: MakeHub
+) -> None:
+    """Each batch of the table stops at its byte budget, yet the watcher still gets every
+    event, in order, each with its annotation."""
+    blob = "x" * 40_000
+    async with db.transaction() as conn:
+        big = [
+            await _one(
+                conn,
+                "insert into annotation_annotation (user_id, project_id, study_uid,"
+                " annotation_type, annotation_data) values (%s, %s, %s, 'polygon',"
+                " jsonb_build_object('blob', %s::text)) returning id",
+                (seed.user_id, seed.project, STUDY_A, blob),
+            )
+            for _ in range(6)
+        ]
+    start = await _write(db, seed, seed.project, STUDY_B)
+    written = []
+    for annotation_id in big:
+        async with db.transaction() as conn:
+            written.append(
+                await record_event(
+                    conn, project_id=seed.project, study_uid=STUDY_A,
+                    annotation_id=annotation_id, event_type=EventType.CREATED,
+                )
+            )  # fmt: skip
+    # Room for two of them per batch (the first row of a batch always fits).
+    budget = 100_000
+    async with db.transaction() as conn:
+        first = await AnnotationEventFeed().after(
+            conn, seed.project, after_event_id=start, study_uid=None, limit=500,
+            budget_bytes=budget,
+        )  # fmt: skip
+    assert first.cut
+    assert _ids(first.rows) == written[:3]
+    hub = await make_hub(batch_budget_bytes=budget)
+    async with hub.subscribe(seed.project, study_uid=None, after_event_id=start) as events:
+        received = await _take(events, len(written))
+        await _assert_quiet(events)
+    assert _ids(received) == written
+    assert all(e.annotation is not None and e.annotation.annotation_data == {"blob": blob}
+               for e in received)  # fmt: skip

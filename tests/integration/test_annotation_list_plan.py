@@ -69,7 +69,7 @@ def _fill(database_url: str) -> None:
 
 
 def _plan(database_url: str, filters: ListFilter, after: tuple[datetime, int] | None) -> Any:
-    query, params = build_list_query(filters, after=after, limit=51)
+    query, params = build_list_query(filters, after=after, limit=51, budget_bytes=4 << 20)
     with psycopg.connect(database_url) as conn:
         row = conn.execute(sql.SQL("explain (format json) ") + query, params).fetchone()
     assert row is not None

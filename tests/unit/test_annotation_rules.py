@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -87,9 +90,63 @@ def test_data_over_the_limit_is_rejected() -> None:
             data={"x": "a" * 2000},
             measurements=None,
             viewer_software="",
-            max_data_bytes=1000,
+            limits=rules.JsonLimits(max_bytes=1000),
         )
     assert raised.value.field == "annotation.annotation_data"
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return {"k": value}
+
+
+LIMITS = rules.JsonLimits(max_bytes=1 << 20, max_depth=8, max_elements=1000)
+
+
+def test_json_at_the_depth_limit_passes_and_one_deeper_is_refused() -> None:
+    rules.json_shape("annotation.annotation_data", _nested(8), LIMITS)
+    with pytest.raises(InvalidArgument) as raised:
+        rules.json_shape("annotation.annotation_data", _nested(9), LIMITS)
+    assert raised.value.field == "annotation.annotation_data"
+    assert "8 levels" in raised.value.message
+
+
+def test_deep_nesting_costs_no_stack() -> None:
+    deep = rules.JsonLimits(max_bytes=1 << 20, max_depth=10_000, max_elements=100_000)
+    rules.json_shape("annotation.annotation_data", _nested(5000), deep)
+
+
+def test_json_with_more_values_than_allowed_is_refused() -> None:
+    # The issue's example: cheap in bytes, hundreds of thousands of objects once parsed.
+    rules.json_shape("f", {"k": [{}] * 998}, LIMITS)
+    with pytest.raises(InvalidArgument) as raised:
+        rules.json_shape("f", {"k": [{}] * 999}, LIMITS)
+    assert "1000 JSON values" in raised.value.message
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_are_refused(number: float) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        rules.json_fits("annotation.annotation_data", {"x": 1}, {"m": [number]}, LIMITS)
+    assert raised.value.field == "annotation.measurement_values"
+
+
+@pytest.mark.parametrize(
+    ("request_etag", "resource_etag", "version"),
+    [("", "", None), ("v3", "", 3), ("", "v4", 4), ("v5", "v5", 5)],
+)
+def test_the_etag_may_come_on_the_request_or_the_resource(
+    request_etag: str, resource_etag: str, version: int | None
+) -> None:
+    assert rules.expected_version(request_etag, resource_etag) == version
+
+
+def test_two_different_etags_are_refused() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        rules.expected_version("v1", "v2")
+    assert raised.value.field == "annotation.etag"
 
 
 @pytest.mark.parametrize(("etag", "version"), [("", None), ("v1", 1), ("v42", 42)])

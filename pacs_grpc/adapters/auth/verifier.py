@@ -124,7 +124,9 @@ class TokenVerifier:
         subject = claims["sub"]
         if not isinstance(subject, str) or not _UUID.fullmatch(subject):
             raise Unauthenticated("invalid claim: sub")
-        return _principal(subject, claims), float(claims["exp"])
+        expires_at = float(claims["exp"])
+        valid_until = expires_at + self._settings.leeway_seconds
+        return _principal(subject, claims, valid_until), expires_at
 
     def _header(self, token: str) -> dict[str, Any]:
         # Size first: nothing of an oversized token is parsed.
@@ -220,7 +222,7 @@ def _reason(error: jwt.PyJWTError) -> str:
     return "invalid token"
 
 
-def _principal(subject: str, claims: Mapping[str, Any]) -> Principal:
+def _principal(subject: str, claims: Mapping[str, Any], valid_until: float) -> Principal:
     return Principal(
         subject=subject,
         username=_text(claims.get("preferred_username")) or subject,
@@ -229,6 +231,7 @@ def _principal(subject: str, claims: Mapping[str, Any]) -> Principal:
         client_id=_text(claims.get("azp")),
         realm_roles=_roles(claims.get("realm_access")),
         client_roles=_client_roles(claims.get("resource_access")),
+        valid_until=valid_until,
     )
 
 

@@ -13,6 +13,7 @@ from psycopg import pq
 
 from pacs_grpc.adapters.postgres.database import Connection
 from pacs_grpc.domain.annotation import Annotation, AnnotationEvent, EventType
+from pacs_grpc.domain.paging import BudgetedRows
 
 CHANNEL = "pacs_annotation_events"
 
@@ -81,30 +82,47 @@ async def record_event(
 
 
 _ANNOTATION_FIELDS = [field.name for field in fields(Annotation)]
-_SELECT_EVENTS = (
-    "select e.event_id, e.project_id, e.study_uid, e.annotation_id, e.event_type, e.occurred_at, "
-    + ", ".join(f"a.{name}" for name in _ANNOTATION_FIELDS)
-    + """
-from annotation_event e
-left join annotation_annotation a on a.id = e.annotation_id and a.project_id = e.project_id
-"""
-)
+_JSON_FIELDS = frozenset({"annotation_data", "measurement_values"})
 _EVENT_COLUMN_COUNT = 6
+
+
+def _events_after(condition: str) -> str:
+    """Events in event_id order with their annotations, under a byte budget.
+
+    The running sum of the annotations' JSON follows the scan, which still stops at the
+    limit; an event's annotation JSON is only read while the events before it stayed
+    within %(budget_bytes)s. The last column says whether the event did.
+    """
+    inner = ", ".join(f"a.{name} as a_{name}" for name in _ANNOTATION_FIELDS)
+    outer = ", ".join(
+        f"case when b.before_bytes < %(budget_bytes)s then b.a_{name} end"
+        if name in _JSON_FIELDS
+        else f"b.a_{name}"
+        for name in _ANNOTATION_FIELDS
+    )
+    return f"""
+select b.event_id, b.project_id, b.study_uid, b.annotation_id, b.event_type, b.occurred_at,
+       {outer}, b.before_bytes < %(budget_bytes)s
+from (
+    select e.event_id, e.project_id, e.study_uid, e.annotation_id, e.event_type, e.occurred_at,
+           {inner},
+           sum(coalesce(a.json_bytes, 0)) over (order by e.event_id
+               rows between unbounded preceding and current row)
+             - coalesce(a.json_bytes, 0) as before_bytes
+    from annotation_event e
+    left join annotation_annotation a on a.id = e.annotation_id and a.project_id = e.project_id
+    where {condition}
+    order by e.event_id limit %(limit)s
+) b
+"""
+
 
 # Two statements rather than "study_uid is null or ...": each matches one index exactly,
 # (project_id, event_id) or (project_id, study_uid, event_id), as a range scan in order.
-EVENTS_AFTER = (
-    _SELECT_EVENTS
-    + """where e.project_id = %(project_id)s and e.event_id > %(after_event_id)s
-order by e.event_id limit %(limit)s
-"""
-)
-STUDY_EVENTS_AFTER = (
-    _SELECT_EVENTS
-    + """where e.project_id = %(project_id)s and e.study_uid = %(study_uid)s
-  and e.event_id > %(after_event_id)s
-order by e.event_id limit %(limit)s
-"""
+EVENTS_AFTER = _events_after("e.project_id = %(project_id)s and e.event_id > %(after_event_id)s")
+STUDY_EVENTS_AFTER = _events_after(
+    "e.project_id = %(project_id)s and e.study_uid = %(study_uid)s"
+    " and e.event_id > %(after_event_id)s"
 )
 LATEST_EVENT_ID = """
 select coalesce(max(event_id), 0) from annotation_event where project_id = %(project_id)s
@@ -120,8 +138,10 @@ class AnnotationEventFeed:
         after_event_id: int,
         study_uid: str | None,
         limit: int,
-    ) -> list[AnnotationEvent]:
-        """Up to `limit` events with event_id > after_event_id, ascending.
+        budget_bytes: int,
+    ) -> BudgetedRows[AnnotationEvent]:
+        """Up to `limit` events with event_id > after_event_id, ascending, ending early
+        (`cut`) once their annotations' JSON passes `budget_bytes`; never fewer than one.
 
         Each carries the annotation as it is now, or None once it is deleted.
         """
@@ -130,12 +150,14 @@ class AnnotationEventFeed:
             "study_uid": study_uid,
             "after_event_id": after_event_id,
             "limit": limit,
+            "budget_bytes": budget_bytes,
         }
         query = EVENTS_AFTER if study_uid is None else STUDY_EVENTS_AFTER
         async with conn.cursor() as cur:
             await cur.execute(query, params)
             rows = await cur.fetchall()
-        return [_event(row) for row in rows]
+        within = [_event(row[:-1]) for row in rows if row[-1]]
+        return BudgetedRows(within, cut=len(within) < len(rows))
 
     async def latest_event_id(self, conn: Connection, project_id: int) -> int:
         """The project's highest event_id, 0 when it has none."""

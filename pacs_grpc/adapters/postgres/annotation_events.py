@@ -30,6 +30,7 @@ from pacs_grpc.adapters.postgres.annotation_event_feed import (
 from pacs_grpc.adapters.postgres.database import Database
 from pacs_grpc.domain.annotation import AnnotationEvent
 from pacs_grpc.domain.errors import InvalidArgument, ResourceExhausted, Unavailable
+from pacs_grpc.domain.paging import BudgetedRows
 
 __all__ = [
     "CHANNEL",
@@ -51,7 +52,7 @@ _HEARTBEAT_SECONDS = 30.0
 # start() waits this long for the first connection attempt, never for PostgreSQL itself.
 _START_WAIT_SECONDS = 5.0
 
-_Reader = Callable[[int, int, str | None], Coroutine[Any, Any, list[AnnotationEvent]]]
+_Reader = Callable[[int, int, str | None], Coroutine[Any, Any, BudgetedRows[AnnotationEvent]]]
 
 
 class SubscriberTooSlowError(ResourceExhausted):
@@ -117,8 +118,9 @@ class _Subscriber(AsyncIterator[AnnotationEvent]):
             if self._replay:
                 return self._deliver(self._replay.popleft())
             if not self._replay_done:
-                batch = await self._read(self._project_id, self._last_event_id, self._study_uid)
-                self._replay_done = len(batch) < self._batch_size
+                read = await self._read(self._project_id, self._last_event_id, self._study_uid)
+                batch = read.rows
+                self._replay_done = not read.cut and len(batch) < self._batch_size
                 if batch:
                     self._replay.extend(batch)
                     # Pushed while replaying and already in the replay: free their room now.
@@ -163,6 +165,7 @@ class EventHub:
         *,
         queue_size: int = 1000,
         batch_size: int = 500,
+        batch_budget_bytes: int = 2 * 1024 * 1024,
         reconnect_delay_seconds: float = 1.0,
     ) -> None:
         self._conninfo = conninfo
@@ -170,6 +173,7 @@ class EventHub:
         self._feed = feed
         self._queue_size = queue_size
         self._batch_size = batch_size
+        self._batch_budget_bytes = batch_budget_bytes
         self._reconnect_delay = reconnect_delay_seconds
         self._projects: dict[int, _Project] = {}
         self._dirty: set[int] = set()
@@ -256,7 +260,7 @@ class EventHub:
 
     async def _read(
         self, project_id: int, after_event_id: int, study_uid: str | None
-    ) -> list[AnnotationEvent]:
+    ) -> BudgetedRows[AnnotationEvent]:
         async with self._db.transaction() as conn:
             return await self._feed.after(
                 conn,
@@ -264,6 +268,7 @@ class EventHub:
                 after_event_id=after_event_id,
                 study_uid=study_uid,
                 limit=self._batch_size,
+                budget_bytes=self._batch_budget_bytes,
             )
 
     async def _latest(self, project_id: int) -> int:
@@ -298,13 +303,13 @@ class EventHub:
             return
         async with project.lock:
             while project.cursor is not None and project.subscribers:
-                events = await self._read(project_id, project.cursor, None)
-                for event in events:
+                read = await self._read(project_id, project.cursor, None)
+                for event in read.rows:
                     for subscriber in project.subscribers:
                         subscriber.push(event)
-                if events:
-                    project.cursor = events[-1].event_id
-                if len(events) < self._batch_size:
+                if read.rows:
+                    project.cursor = read.rows[-1].event_id
+                if not read.cut and len(read.rows) < self._batch_size:
                     return
 
     async def _listen(self) -> None:

@@ -14,11 +14,21 @@ from pacs_grpc.adapters.postgres.database import Connection
 from pacs_grpc.domain.annotation import Annotation, AnnotationAccess, ListFilter
 from pacs_grpc.domain.annotation_rules import AnnotationContent, Location
 from pacs_grpc.domain.identity import ProjectRole
+from pacs_grpc.domain.paging import BudgetedRows
 
 COLUMNS = (
     "a.id, a.project_id, a.user_id, a.study_uid, a.series_uid, a.instance_uid,"
     " a.annotation_type, a.annotation_data, a.measurement_values, a.viewer_software,"
     " a.row_version, a.created_at, a.updated_at"
+)
+
+# COLUMNS over a budgeted page `p`: the JSON only where the page's budget still allows it.
+BUDGETED_COLUMNS = (
+    "p.id, p.project_id, p.user_id, p.study_uid, p.series_uid, p.instance_uid,"
+    " p.annotation_type,"
+    " case when p.before_bytes < %(budget_bytes)s then p.annotation_data end,"
+    " case when p.before_bytes < %(budget_bytes)s then p.measurement_values end,"
+    " p.viewer_software, p.row_version, p.created_at, p.updated_at"
 )
 
 INSERT_ANNOTATION = f"""
@@ -146,19 +156,32 @@ class AnnotationRepository:
         *,
         after: tuple[datetime, int] | None,
         limit: int,
-    ) -> list[Annotation]:
-        """Newest first, keyset-paged: `after` is the (created_at, id) of the last row seen."""
-        query, params = build_list_query(filters, after=after, limit=limit)
-        async with conn.cursor(row_factory=class_row(Annotation)) as cur:
+        budget_bytes: int,
+    ) -> BudgetedRows[Annotation]:
+        """Newest first, keyset-paged: `after` is the (created_at, id) of the last row seen.
+
+        At most `limit` rows, and no more JSON than `budget_bytes` beyond the first row:
+        rows past the budget come back without their JSON, only to say that more follow.
+        """
+        query, params = build_list_query(
+            filters, after=after, limit=limit, budget_bytes=budget_bytes
+        )
+        async with conn.cursor() as cur:
             await cur.execute(query, params)
-            return await cur.fetchall()
+            rows = await cur.fetchall()
+        within = [Annotation(*row[:-1]) for row in rows if row[-1]]
+        return BudgetedRows(within, cut=len(within) < len(rows))
 
 
 def build_list_query(
-    filters: ListFilter, *, after: tuple[datetime, int] | None, limit: int
+    filters: ListFilter,
+    *,
+    after: tuple[datetime, int] | None,
+    limit: int,
+    budget_bytes: int,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """The list query and its parameters; public so tests can EXPLAIN exactly this SQL."""
-    params: dict[str, Any] = {"limit": limit}
+    params: dict[str, Any] = {"limit": limit, "budget_bytes": budget_bytes}
     used: list[str] = []
     if filters.project_ids is not None:
         if len(filters.project_ids) == 1:
@@ -181,10 +204,15 @@ def build_list_query(
     where = (
         sql.SQL(" and ").join(sql.SQL(_FILTERS[name]) for name in used) if used else sql.SQL("true")
     )
+    # The running sum follows the index order, so the scan still stops at the limit; a
+    # row's JSON is only read when the rows before it stayed within the budget.
     query = sql.SQL(
-        "select {columns} from annotation_annotation a where {where}"
-        " order by a.created_at desc, a.id desc limit %(limit)s"
-    ).format(columns=sql.SQL(COLUMNS), where=where)
+        "select {columns}, p.before_bytes < %(budget_bytes)s from ("
+        " select a.*, sum(a.json_bytes) over (order by a.created_at desc, a.id desc"
+        " rows between unbounded preceding and current row) - a.json_bytes as before_bytes"
+        " from annotation_annotation a where {where}"
+        " order by a.created_at desc, a.id desc limit %(limit)s) p"
+    ).format(columns=sql.SQL(BUDGETED_COLUMNS), where=where)
     return query, params
 
 
