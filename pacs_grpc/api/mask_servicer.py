@@ -173,12 +173,14 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
     async def CreateDownloadUrls(
         self, request: mask_pb2.CreateDownloadUrlsRequest, context: Context
     ) -> mask_pb2.CreateDownloadUrlsResponse:
-        links = await self._use_cases.download_urls(
+        page = await self._use_cases.download_urls(
             current_call(),
             request.annotation_id,
             request.group_id,
             list(request.mask_ids),
             request.ttl_seconds,
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
         return mask_pb2.CreateDownloadUrlsResponse(
             urls=[
@@ -189,8 +191,9 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
                     mime_type=link.mask.mime_type,
                     expires_at=convert.timestamp(link.expires_at),
                 )
-                for link in links
-            ]
+                for link in page.items
+            ],
+            next_page_token=page.next_page_token,
         )
 
     async def PushMasks(

@@ -1,9 +1,10 @@
 """Per-user limits on the expensive RPCs, so one caller's flood cannot starve the others.
 
 Each user (the token's `sub`) has a token bucket per kind of call (ticket issuing, completion,
-push, watch): N a minute, of which a full minute's worth may come at once. PushMasks and
-WatchAnnotations also hold a slot for as long as the stream is open, at most M per user. Over a
-limit the call is refused with ResourceExhausted carrying a retry hint, before its use case runs.
+download URLs, push, watch): N a minute, of which a full minute's worth may come at once.
+PushMasks and WatchAnnotations also hold a slot for as long as the stream is open, at most M per
+user. Over a limit the call is refused with ResourceExhausted carrying a retry hint, before its
+use case runs.
 
 State lives in this process only: behind a load balancer each replica limits on its own, so a
 user gets at most N times the number of replicas. Memory is bounded: a bucket that has refilled
@@ -136,6 +137,7 @@ class CallLimits:
         pushes_per_minute: int,
         watches_per_minute: int,
         max_streams_per_user: int,
+        downloads_per_minute: int = 0,
         clock: Callable[[], float] = time.monotonic,
         max_keys: int = 50_000,
         on_refused: Callable[[str], None] | None = None,
@@ -149,6 +151,10 @@ class CallLimits:
             _MASK + "PushMasks": Limit("pushes", "PushMasks streams", pushes_per_minute, streams),
             _ANNOTATION + "WatchAnnotations": Limit(
                 "watches", "WatchAnnotations streams", watches_per_minute, streams
+            ),
+            # Each call signs up to a page of URLs (a thousand) for a group.
+            _MASK + "CreateDownloadUrls": Limit(
+                "downloads", "download URL requests", downloads_per_minute
             ),
         }
         self._buckets = TokenBuckets(clock=clock, max_keys=max_keys)

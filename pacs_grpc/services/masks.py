@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -15,7 +15,13 @@ from typing import Any, Protocol
 from pacs_grpc.domain import masks as rules
 from pacs_grpc.domain import paging, validation
 from pacs_grpc.domain.annotation import AnnotationAccess
-from pacs_grpc.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from pacs_grpc.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from pacs_grpc.domain.masks import (
     CompletedSlice,
     GroupAccess,
@@ -30,11 +36,20 @@ from pacs_grpc.domain.paging import Page
 from pacs_grpc.services.context import AuditedTransactions, CallContext, check_access
 from pacs_grpc.services.idempotency import create_once
 from pacs_grpc.services.ports import IdempotencyStore, Transactions, Tx
+from pacs_grpc.services.push_memory import PushMemoryBudget
 from pacs_grpc.services.storage import ObjectInfo, ObjectStorage
 
 _log = logging.getLogger(__name__)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _OPERATION = "CreateMaskGroup"
+# Download URLs signed on the event loop; a larger page is signed in a worker thread, so a
+# thousand signatures (tens of milliseconds of CPU) never hold up other calls.
+_SIGN_ON_LOOP_MAX = 50
+# What one pushed slice can hold in memory at once, whatever its size: the chunks queued for
+# its storage worker and the part the SDK sends (pacs_grpc.adapters.storage.objects).
+_PUSH_SLICE_MEMORY_MAX = 12 * 1024 * 1024
+# A push refused for memory can retry once slices in flight have been stored.
+_PUSH_MEMORY_RETRY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,12 @@ class MaskLimits:
     check_png_signature: bool
     # Slices of one push stored at once; each holds at most a few MiB of chunks in memory.
     push_parallel_slices: int = 8
+    # PUT tickets sign only the host, so storage that honours unsigned headers would let
+    # one become a server-side copy (x-amz-copy-source); an operator must opt in.
+    allow_put_uploads: bool = False
+    # Bytes of pushed slices in flight (declared size, at most 12 MiB a slice).
+    push_memory_per_process: int = 256 * 1024 * 1024
+    push_memory_per_user: int = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -130,6 +151,9 @@ class MaskUseCases:
         # for cleanup after a failure, whose audit row the edge writes.
         self._database = database
         self.limits = limits
+        self._push_memory = PushMemoryBudget(
+            per_process=limits.push_memory_per_process, per_user=limits.push_memory_per_user
+        )
 
     # -- groups -----------------------------------------------------------------------------
 
@@ -171,8 +195,8 @@ class MaskUseCases:
             rows = await self._masks.list_groups(
                 conn, annotation_id, after_id=int(position[0]) if position else 0, limit=limit + 1
             )
-        page = Page.of(rows, limit, fingerprint, lambda g: [g.id])
-        call.audit.touch(resource_ids=[g.id for g in page.items])
+            page = Page.of(rows, limit, fingerprint, lambda g: [g.id])
+            call.audit.returned("mask_group", [g.id for g in page.items])
         return page
 
     async def get_group(self, call: CallContext, annotation_id: int, group_id: int) -> MaskGroup:
@@ -197,6 +221,10 @@ class MaskUseCases:
         method: UploadMethod,
     ) -> list[Ticket]:
         ttl = self._ttl("ttl_seconds", ttl_seconds, self.limits.upload_ttl)
+        if method is UploadMethod.PUT and not self.limits.allow_put_uploads:
+            raise InvalidArgument(
+                "method", "PUT tickets are not enabled on this server; use UPLOAD_METHOD_POST"
+            )
         async with self._transaction(call) as conn:
             access = await self._group(conn, call, annotation_id, group_id)
             checked = rules.slices(
@@ -206,6 +234,8 @@ class MaskUseCases:
                 max_bytes=self.limits.max_mask_bytes,
                 allowed_types=self.limits.allowed_content_types,
             )
+            if method is UploadMethod.PUT:
+                _require_md5(checked)
             expires_at = datetime.now(UTC) + ttl
             planned = []
             for item in checked:
@@ -237,8 +267,9 @@ class MaskUseCases:
     ) -> Ticket:
         if method is UploadMethod.POST:
             post = self._storage.presign_post(
-                key, content_type=item.content_type, size=item.size_bytes, ttl=ttl
-            )
+                key, content_type=item.content_type, size=item.size_bytes, ttl=ttl,
+                upload_id=str(upload_id),
+            )  # fmt: skip
             return Ticket(upload_id, item.slice_index, method, post.url, post.fields, {}, key,
                           post.expires_at)  # fmt: skip
         put = self._storage.presign_put(key, content_type=item.content_type, ttl=ttl)
@@ -290,7 +321,7 @@ class MaskUseCases:
             if len(masks) < len(wanted):
                 masks = await self._masks.masks_by_upload(conn, list(wanted))
             group = await self._masks.get_group(conn, group_id)
-        call.audit.touch(resource_ids=[m.id for m in masks])
+            call.audit.returned("mask", [m.id for m in masks])
         assert group is not None
         return group, masks
 
@@ -311,17 +342,26 @@ class MaskUseCases:
                 info = dataclasses.replace(info, content_type=upload.content_type)
         else:
             info = await self._storage.stat(upload.object_key)
+            if info is not None and info.upload_id not in (None, str(upload.upload_id)):
+                # Stored with another ticket's id: a server-side copy of someone else's
+                # object (x-amz-copy-source keeps the source's metadata), never this upload.
+                return None, "the object was not uploaded through this ticket"
         problem = _mismatch(info, upload, reported)
         if problem is None and info is not None and info.version_id is None:
             _log.error("object storage bucket is not versioned; completions are refused")
             raise Unavailable("object storage is misconfigured; retry later")
         if (
             problem is None
+            and info is not None
             and self.limits.check_png_signature
             and upload.content_type == "image/png"
         ):
             try:
-                head = await self._storage.read_head(upload.object_key, len(_PNG_SIGNATURE))
+                # The version checked above, which is the one recorded: the latest may already
+                # be another upload through the same still-valid ticket.
+                head = await self._storage.read_head(
+                    upload.object_key, len(_PNG_SIGNATURE), version_id=info.version_id
+                )
             except NotFound:
                 head = b""
             if head != _PNG_SIGNATURE:
@@ -346,13 +386,16 @@ class MaskUseCases:
             access = await self._group(conn, call, first.annotation_id, first.group_id)
         written: list[str] = []
         try:
-            new, received = await self._receive(access, first, messages, written)
+            new, received = await self._receive(
+                access, first, messages, written, user=call.caller.user_id
+            )
             async with self._transaction(call) as conn:
                 await self._group(conn, call, first.annotation_id, first.group_id)
                 masks = await self._masks.record_masks(
                     conn, first.group_id, new, from_tickets=False
                 )
                 group = await self._masks.get_group(conn, first.group_id)
+                call.audit.returned("mask", [m.id for m in masks])
         except BaseException:
             # Broken off, refused or failed: nothing may stay behind. Shielded, because a
             # cancelled call may be cancelled again while it cleans up.
@@ -360,7 +403,6 @@ class MaskUseCases:
                 await asyncio.shield(self._discard(written))
             raise
         assert group is not None
-        call.audit.touch(resource_ids=[m.id for m in masks])
         return group, masks, received
 
     async def _discard(self, keys: list[str]) -> None:
@@ -380,6 +422,8 @@ class MaskUseCases:
         target: PushTarget,
         messages: AsyncIterator[PushMessage],
         written: list[str],
+        *,
+        user: int,
     ) -> tuple[list[NewMask], int]:
         """Read the stream slice by slice while earlier slices are still being stored.
 
@@ -390,7 +434,7 @@ class MaskUseCases:
         """
         stored: list[tuple[asyncio.Task[NewMask], _SliceChunks]] = []
         try:
-            received = await self._read_slices(access, target, messages, written, stored)
+            received = await self._read_slices(access, target, messages, written, stored, user=user)
             return list(await asyncio.gather(*(task for task, _ in stored))), received
         except BaseException:
             # A slice read in full is finishing its PUT: let it, so that its object exists
@@ -411,6 +455,8 @@ class MaskUseCases:
         messages: AsyncIterator[PushMessage],
         written: list[str],
         stored: list[tuple[asyncio.Task[NewMask], _SliceChunks]],
+        *,
+        user: int,
     ) -> int:
         running: set[asyncio.Task[NewMask]] = set()
         seen: set[int] = set()
@@ -422,14 +468,34 @@ class MaskUseCases:
             key = rules.pushed_key(
                 access.project_id, target.annotation_id, target.group_id, upload_id
             )
+            charge = min(declared.size_bytes, _PUSH_SLICE_MEMORY_MAX)
+            while not self._push_memory.try_reserve(user, charge):
+                if not running:
+                    raise ResourceExhausted(
+                        "too many bytes of pushed slices in flight on this server; retry in "
+                        f"{_PUSH_MEMORY_RETRY_SECONDS:.0f} s",
+                        retry_after_seconds=_PUSH_MEMORY_RETRY_SECONDS,
+                    )
+                # This stream's own slices still being stored free memory as they finish.
+                await _until(None, running)
             written.append(key)
-            chunks = _SliceChunks(messages, declared.size_bytes, f"slice[{len(stored)}]")
-            task = asyncio.create_task(
-                self._store_pushed(
-                    target, upload_id=upload_id, key=key, declared=declared, header=header,
-                    chunks=chunks,
-                )
+            png = self.limits.check_png_signature and declared.content_type == "image/png"
+            chunks = _SliceChunks(
+                messages, declared.size_bytes, f"slice[{len(stored)}]",
+                signature=_PNG_SIGNATURE if png else b"",
             )  # fmt: skip
+            try:
+                task = asyncio.create_task(
+                    self._store_pushed(
+                        target, upload_id=upload_id, key=key, declared=declared, header=header,
+                        chunks=chunks,
+                    )
+                )  # fmt: skip
+            except BaseException:
+                self._push_memory.release(user, charge)
+                raise
+            # A done callback, not a finally: a task cancelled before it starts runs no code.
+            task.add_done_callback(_give_back(self._push_memory, user, charge))
             stored.append((task, chunks))
             running.add(task)
             await _until(chunks.read_through.wait(), running)
@@ -476,8 +542,9 @@ class MaskUseCases:
         chunks: _SliceChunks,
     ) -> NewMask:
         info = await self._storage.put_stream(
-            key, chunks, size=declared.size_bytes, content_type=declared.content_type
-        )
+            key, chunks, size=declared.size_bytes, content_type=declared.content_type,
+            upload_id=str(upload_id),
+        )  # fmt: skip
         if info.etag != declared.md5:
             raise FailedPrecondition(f"slice {declared.slice_index}: checksum differs from md5")
         return NewMask(
@@ -503,8 +570,8 @@ class MaskUseCases:
             rows = await self._masks.list_masks(
                 conn, group_id, after_slice=int(position[0]) if position else -1, limit=limit + 1
             )
-        page = Page.of(rows, limit, fingerprint, lambda m: [m.slice_index])
-        call.audit.touch(resource_ids=[m.id for m in page.items])
+            page = Page.of(rows, limit, fingerprint, lambda m: [m.slice_index])
+            call.audit.returned("mask", [m.id for m in page.items])
         return page
 
     async def get_mask(
@@ -514,9 +581,9 @@ class MaskUseCases:
         async with self._transaction(call) as conn:
             await self._group(conn, call, annotation_id, group_id)
             mask = await self._masks.get_mask(conn, group_id, mask_id)
-        if mask is None:
-            raise NotFound("mask not found")
-        call.audit.touch(resource_ids=[mask_id])
+            if mask is None:
+                raise NotFound("mask not found")
+            call.audit.returned("mask", [mask_id])
         return mask
 
     async def download_urls(
@@ -526,22 +593,45 @@ class MaskUseCases:
         group_id: int,
         mask_ids: list[int],
         ttl_seconds: int,
-    ) -> list[DownloadLink]:
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Page[DownloadLink]:
+        """URLs for the listed masks, or for one page of the whole group (by slice_index)."""
         ttl = self._ttl("ttl_seconds", ttl_seconds, self.limits.download_ttl)
-        if len(mask_ids) > self.limits.max_slices_per_call:
-            raise InvalidArgument(
-                "mask_ids", f"must list at most {self.limits.max_slices_per_call} masks"
-            )
+        most = self.limits.max_slices_per_call
+        if len(mask_ids) > most:
+            raise InvalidArgument("mask_ids", f"must list at most {most} masks")
         for position, mask_id in enumerate(mask_ids):
             validation.positive_id(f"mask_ids[{position}]", mask_id)
+        limit = validation.page_size("page_size", page_size or most, most)
+        fingerprint = paging.filters_fingerprint("download-urls", group_id)
+        if mask_ids and page_token:
+            raise InvalidArgument("page_token", "continues a whole group; not with mask_ids")
+        after = _slice_position(paging.decode(page_token, fingerprint, arity=1))
+        next_page_token = ""
         async with self._transaction(call) as conn:
             await self._group(conn, call, annotation_id, group_id)
-            masks = await self._masks.masks_of_group(
-                conn, group_id, mask_ids or None, limit=rules.MAX_SLICE_COUNT
-            )
-        if mask_ids and len(masks) != len(set(mask_ids)):
-            raise NotFound("mask not found")
-        call.audit.touch(resource_ids=[m.id for m in masks])
+            if mask_ids:
+                masks = await self._masks.masks_of_group(
+                    conn, group_id, mask_ids, limit=rules.MAX_SLICE_COUNT
+                )
+            else:
+                rows = await self._masks.list_masks(
+                    conn, group_id, after_slice=after, limit=limit + 1
+                )
+                page = Page.of(rows, limit, fingerprint, lambda m: [m.slice_index])
+                masks, next_page_token = page.items, page.next_page_token
+            if mask_ids and len(masks) != len(set(mask_ids)):
+                raise NotFound("mask not found")
+            call.audit.returned("mask", [m.id for m in masks])
+        if len(masks) > _SIGN_ON_LOOP_MAX:
+            links = await asyncio.to_thread(self._sign_downloads, masks, ttl)
+        else:
+            links = self._sign_downloads(masks, ttl)
+        return Page(links, next_page_token)
+
+    def _sign_downloads(self, masks: list[Mask], ttl: timedelta) -> list[DownloadLink]:
         links = []
         for mask in masks:
             url, expires_at = self._storage.presign_get(
@@ -610,12 +700,18 @@ PushMessage = PushTarget | PushedSlice | bytes
 
 
 class _SliceChunks:
-    """One slice's chunks from the push stream, ending exactly at its declared size."""
+    """One slice's chunks from the push stream, ending exactly at its declared size, and
+    starting with `signature` when one is given."""
 
-    def __init__(self, messages: AsyncIterator[PushMessage], size: int, field: str) -> None:
+    def __init__(
+        self, messages: AsyncIterator[PushMessage], size: int, field: str, *,
+        signature: bytes = b"",
+    ) -> None:  # fmt: skip
         self._messages = messages
         self._remaining = size
         self._field = field
+        self._signature = signature
+        self._head = b""
         # The message after this slice's last chunk: the next header, or None at the end.
         self.after: PushMessage | None = None
         # Set once this slice's reading is over, well or badly: the stream may move on.
@@ -636,6 +732,8 @@ class _SliceChunks:
             self.after = await anext(self._messages, None)
             if isinstance(self.after, bytes):
                 raise InvalidArgument(self._field, "more bytes than size_bytes declared")
+            if len(self._head) < len(self._signature):
+                raise InvalidArgument(self._field, "content is not a PNG image")
             raise StopAsyncIteration
         chunk = await anext(self._messages, None)
         if not isinstance(chunk, bytes):
@@ -644,6 +742,11 @@ class _SliceChunks:
             raise InvalidArgument("chunk", f"must be 1 to {MAX_CHUNK_BYTES} bytes")
         if len(chunk) > self._remaining:
             raise InvalidArgument(self._field, "more bytes than size_bytes declared")
+        if len(self._head) < len(self._signature):
+            # Checked on the bytes as they pass: what is stored is exactly what was read.
+            self._head += chunk[: len(self._signature) - len(self._head)]
+            if not self._signature.startswith(self._head):
+                raise InvalidArgument(self._field, "content is not a PNG image")
         self._remaining -= len(chunk)
         return chunk
 
@@ -674,6 +777,24 @@ async def _until(
             waiter.cancel()
 
 
+def _give_back(
+    budget: PushMemoryBudget, user: int, size: int
+) -> Callable[[asyncio.Task[NewMask]], None]:
+    return lambda _: budget.release(user, size)
+
+
+def _require_md5(checked: list[SliceDeclaration]) -> None:
+    """A PUT ticket's object is accepted only with the MD5 declared before the upload.
+
+    If storage ever let such a URL copy another object (x-amz-copy-source), the copy would
+    carry the source's checksum, which a caller who could not read the source cannot have
+    declared in advance; a checksum reported at completion could be read off the copy.
+    """
+    for position, item in enumerate(checked):
+        if item.md5 is None:
+            raise InvalidArgument(f"slices[{position}].md5", "is required for PUT tickets")
+
+
 def _mismatch(
     info: ObjectInfo | None, upload: PendingUpload, reported: CompletedSlice
 ) -> str | None:
@@ -688,6 +809,16 @@ def _mismatch(
     if expected_md5 is not None and info.etag != expected_md5:
         return "checksum differs from the declared MD5"
     return None
+
+
+def _slice_position(position: list[Any] | None) -> int:
+    """The slice_index a download page token continues after; -1 for the first page."""
+    if position is None:
+        return -1
+    (value,) = position
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    return value
 
 
 def _list(indexes: list[int]) -> str:

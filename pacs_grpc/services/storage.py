@@ -38,12 +38,24 @@ class ObjectInfo:
     content_type: str | None
     # Set when the bucket is versioned (required): names exactly these bytes.
     version_id: str | None = None
+    # The x-amz-meta-upload-id the object was stored with (only from stat): every ticket and
+    # push stores its own id there, so an object carrying another id was not written by it.
+    upload_id: str | None = None
 
 
 class ObjectStorage(Protocol):
     def presign_post(
-        self, key: str, *, content_type: str, size: int, ttl: timedelta
-    ) -> PostTicket: ...
+        self,
+        key: str,
+        *,
+        content_type: str,
+        size: int,
+        ttl: timedelta,
+        upload_id: str | None = None,
+    ) -> PostTicket:
+        """With `upload_id`, the policy also requires it as the object's upload-id metadata."""
+        ...
+
     def presign_put(self, key: str, *, content_type: str, ttl: timedelta) -> PutTicket: ...
     def presign_get(
         self, key: str, *, content_type: str, ttl: timedelta, version_id: str | None = None
@@ -54,9 +66,18 @@ class ObjectStorage(Protocol):
         carry no content type, so `content_type` is None."""
         ...
 
-    async def read_head(self, key: str, length: int) -> bytes: ...
+    async def read_head(self, key: str, length: int, *, version_id: str | None = None) -> bytes:
+        """The first `length` bytes of the key's latest version, or of `version_id`."""
+        ...
+
     async def put_stream(
-        self, key: str, chunks: AsyncIterator[bytes], *, size: int, content_type: str
+        self,
+        key: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        size: int,
+        content_type: str,
+        upload_id: str | None = None,
     ) -> ObjectInfo: ...
     async def delete(self, keys: Sequence[str]) -> list[str]:
         """Remove every version of each key; returns the keys that could not be removed."""

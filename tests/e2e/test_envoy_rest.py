@@ -165,12 +165,13 @@ def _masks_through_every_route(
         token=token,
         body={
             "slices": [{"slice_index": 0, "content_type": "image/png", "size_bytes": len(image)}],
-            "method": "UPLOAD_METHOD_PUT",
+            "method": "UPLOAD_METHOD_POST",
         },
         **ids,
     )["tickets"]
-    uploaded = http.request("PUT", ticket["url"], body=image, headers=ticket["headers"])
-    assert uploaded.status == 200
+    form = {**ticket["fields"], "file": ("mask.png", image, "image/png")}
+    uploaded = http.request("POST", ticket["url"], fields=form)
+    assert uploaded.status == 204
     completed = rest.ok(
         "POST",
         GROUP + "/complete",
@@ -184,7 +185,9 @@ def _masks_through_every_route(
     assert mask["file_size"] == str(len(image))
     one = rest.ok("GET", GROUP + "/masks/{mask_id}", mask_id=int(mask["id"]), token=token, **ids)
     assert one["mask"] == mask
-    (download,) = rest.ok("POST", GROUP + "/download-urls", token=token, body={}, **ids)["urls"]
+    downloads = rest.ok("POST", GROUP + "/download-urls", token=token, body={"page_size": 1}, **ids)
+    (download,) = downloads["urls"]
+    assert downloads["next_page_token"] == ""  # the group's one mask fits the page
     assert http.request("GET", download["url"]).data == image
     rest.ok("DELETE", GROUP, token=token, **ids)
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from pacs.client import PacsClient, encode_png
@@ -161,14 +162,20 @@ def test_uploading_to_a_group_again_sends_only_the_missing_slices(
     assert second.group.status == COMPLETE
 
 
-def test_put_tickets_upload_as_well(
+def test_put_tickets_are_refused_by_a_server_that_did_not_opt_in(
     client: PacsClient, annotation: annotation_pb2.Annotation, tmp_path: Path
 ) -> None:
+    # PUT tickets are opt-in (ALLOW_PUT_UPLOADS); tests/integration/test_mask_hardening.py
+    # uploads through them on a server that allows them.
     write_series(tmp_path / "series", 3)
-    result = client.upload_mask_group(
-        annotation.id, directory=tmp_path / "series", method=mask_pb2.UPLOAD_METHOD_PUT
-    )
-    assert result.group.status == COMPLETE
+    with pytest.raises(grpc.RpcError) as raised:
+        client.upload_mask_group(
+            annotation.id, directory=tmp_path / "series", method=mask_pb2.UPLOAD_METHOD_PUT
+        )
+    error = raised.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.details() or "").startswith("method: ")
 
 
 class TamperedOnce:

@@ -177,4 +177,4 @@ def test_zero_switches_a_limit_off_and_other_methods_are_never_limited() -> None
         limits.admit("/pacs.v1.AnnotationService/GetAnnotation", SUBJECT)
     held = [limits.admit(PUSH, SUBJECT) for _ in range(10)]
     assert len(held) == 10
-    assert limits.limit_names == ("tickets", "completions", "pushes", "watches")
+    assert limits.limit_names == ("tickets", "completions", "pushes", "watches", "downloads")

@@ -33,6 +33,9 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _UNAVAILABLE = "object storage unavailable, retry shortly"
+# User metadata naming the ticket (or push) that stored an object: a POST form field and a header.
+UPLOAD_ID_FIELD = "x-amz-meta-upload-id"
+_UPLOAD_ID_META = "upload-id"
 # S3's smallest multipart part; one part at a time is what put_stream holds in memory.
 _PART_SIZE = 5 * 1024 * 1024
 _QUEUED_CHUNKS = 4
@@ -92,15 +95,23 @@ class ObjectStore:
 
     # -- tickets: pure local computation -------------------------------------------------------
 
-    def presign_post(self, key: str, *, content_type: str, size: int, ttl: timedelta) -> PostTicket:
+    def presign_post(
+        self, key: str, *, content_type: str, size: int, ttl: timedelta,
+        upload_id: str | None = None,
+    ) -> PostTicket:  # fmt: skip
         now = _now()
         policy = PostPolicy(self._bucket, now + ttl)
         policy.add_equals_condition("key", key)
         policy.add_equals_condition("Content-Type", content_type)
         policy.add_content_length_range_condition(size, size)
+        fields = {"key": key, "Content-Type": content_type}
+        if upload_id is not None:
+            # Storage refuses a form without it, so the object carries the ticket's id and
+            # completion can tell it from an object that came from anywhere else.
+            policy.add_equals_condition(UPLOAD_ID_FIELD, upload_id)
+            fields[UPLOAD_ID_FIELD] = upload_id
         signed = self._signer.presigned_post_policy(policy)
-        fields = {"key": key, "Content-Type": content_type, **signed}
-        return PostTicket(url=self._post_url, fields=fields, expires_at=now + ttl)
+        return PostTicket(url=self._post_url, fields={**fields, **signed}, expires_at=now + ttl)
 
     def presign_put(self, key: str, *, content_type: str, ttl: timedelta) -> PutTicket:
         now = _now()
@@ -129,8 +140,8 @@ class ObjectStore:
     async def stat(self, key: str) -> ObjectInfo | None:
         return await self._run(self._stat, key)
 
-    async def read_head(self, key: str, length: int) -> bytes:
-        return await self._run(self._read_head, key, length)
+    async def read_head(self, key: str, length: int, *, version_id: str | None = None) -> bytes:
+        return await self._run(self._read_head, key, length, version_id)
 
     async def latest_versions(self, prefix: str, *, page_size: int = 1000) -> dict[str, ObjectInfo]:
         """The latest live version of every key under `prefix`."""
@@ -146,8 +157,9 @@ class ObjectStore:
         return await self._run(self._versioning_enabled)
 
     async def put_stream(
-        self, key: str, chunks: AsyncIterator[bytes], *, size: int, content_type: str
-    ) -> ObjectInfo:
+        self, key: str, chunks: AsyncIterator[bytes], *, size: int, content_type: str,
+        upload_id: str | None = None,
+    ) -> ObjectInfo:  # fmt: skip
         """Upload exactly `size` bytes, or leave nothing under the key.
 
         A stream of another length raises InvalidArgument; a stream that raises has its
@@ -173,6 +185,7 @@ class ObjectStore:
                 cast(BinaryIO, reader),
                 size,
                 content_type=content_type,
+                metadata=cast(DictType, {_UPLOAD_ID_META: upload_id}) if upload_id else None,
                 part_size=_PART_SIZE,
                 # Parallel parts would each hold 5 MiB and run outside our executor.
                 num_parallel_uploads=1,
@@ -188,6 +201,7 @@ class ObjectStore:
             etag=reader.md5.hexdigest(),
             content_type=content_type,
             version_id=written.version_id,
+            upload_id=upload_id,
         )
 
     # -- blocking halves, run in the executor -------------------------------------------------
@@ -205,15 +219,18 @@ class ObjectStore:
             etag=_etag(found.etag),
             content_type=found.content_type,
             version_id=found.version_id,
+            upload_id=_upload_id(found.metadata),
         )
 
-    def _read_head(self, key: str, length: int) -> bytes:
+    def _read_head(self, key: str, length: int, version_id: str | None) -> bytes:
         try:
-            response = self._client.get_object(self._bucket, key, offset=0, length=length)
+            response = self._client.get_object(
+                self._bucket, key, offset=0, length=length, version_id=version_id
+            )
         except S3Error as exc:
             if exc.code == "InvalidRange":  # an empty object has no first bytes
                 return b""
-            if exc.code == "NoSuchKey":
+            if exc.code in ("NoSuchKey", "NoSuchVersion"):
                 raise NotFound("the uploaded object is missing") from None
             raise
         try:
@@ -427,6 +444,14 @@ def _read_versions_page(
 def _now() -> datetime:
     # Whole seconds: X-Amz-Date has no fraction, so expires_at matches the signature.
     return datetime.now(UTC).replace(microsecond=0)
+
+
+def _upload_id(metadata: Any) -> str | None:
+    """The x-amz-meta-upload-id of a HEAD answer; header names arrive in any case."""
+    for name, value in (metadata or {}).items():
+        if str(name).lower() == UPLOAD_ID_FIELD:
+            return str(value)
+    return None
 
 
 def _etag(value: str | None) -> str:

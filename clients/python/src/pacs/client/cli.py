@@ -209,7 +209,8 @@ def _masks(
     push.add_argument("--modality", default="", help="CT, MR, ...")
     push.add_argument("--label", default="", help="label name of every slice")
     push.add_argument("--method", choices=["post", "put"], default="post",
-                      help="signed POST policies (default) or PUT URLs")  # fmt: skip
+                      help="signed POST policies (default) or PUT URLs (only where the "
+                           "server allows them)")  # fmt: skip
     push.set_defaults(run="masks_push")
     pull = masks.add_parser(
         "pull", parents=[connection, transfer], help="download a mask group into a folder",

@@ -152,12 +152,22 @@ class MaskDownloader:
         self, annotation_id: int, group_id: int, mask_ids: Sequence[int], *, whole_group: bool
     ) -> list[mask_pb2.DownloadUrl]:
         if whole_group:
-            chunks: list[Sequence[int]] = [[]]
-        else:
-            chunks = [
-                mask_ids[i : i + MAX_SLICES_PER_CALL]
-                for i in range(0, len(mask_ids), MAX_SLICES_PER_CALL)
-            ]
+            # The server answers a whole group a page at a time (at most its
+            # MAX_SLICES_PER_REQUEST URLs per reply).
+            return list(
+                all_items(
+                    lambda token: self._calls.CreateDownloadUrls(
+                        mask_pb2.CreateDownloadUrlsRequest(
+                            annotation_id=annotation_id, group_id=group_id, page_token=token
+                        )
+                    ),
+                    lambda reply: reply.urls,
+                )
+            )
+        chunks = [
+            mask_ids[i : i + MAX_SLICES_PER_CALL]
+            for i in range(0, len(mask_ids), MAX_SLICES_PER_CALL)
+        ]
         urls: list[mask_pb2.DownloadUrl] = []
         for chunk in chunks:
             reply = self._calls.CreateDownloadUrls(

@@ -811,10 +811,21 @@ class CreateDownloadUrlsRequest(_message.Message):
     GROUP_ID_FIELD_NUMBER: _builtins.int
     MASK_IDS_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     annotation_id: _builtins.int
     group_id: _builtins.int
     ttl_seconds: _builtins.int
     """Default 300, at most 3600."""
+    page_size: _builtins.int
+    """URLs per reply when mask_ids is empty: by default, and at most, the
+    server's MAX_SLICES_PER_REQUEST (1,000). A group with more masks takes
+    several calls.
+    """
+    page_token: _builtins.str
+    """next_page_token of the previous reply, to continue the whole group;
+    empty for the first page. Not allowed with mask_ids.
+    """
     @_builtins.property
     def mask_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The masks to download; empty means the whole group."""
@@ -826,10 +837,12 @@ class CreateDownloadUrlsRequest(_message.Message):
         group_id: _builtins.int = ...,
         mask_ids: _abc.Iterable[_builtins.int] | None = ...,
         ttl_seconds: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "group_id", b"group_id", "mask_ids", b"mask_ids", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "group_id", b"group_id", "mask_ids", b"mask_ids", "page_size", b"page_size", "page_token", b"page_token", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -842,16 +855,22 @@ class CreateDownloadUrlsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     URLS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when the group has more masks than this reply holds: pass it as
+    page_token to get the next ones.
+    """
     @_builtins.property
     def urls(self) -> _containers.RepeatedCompositeFieldContainer[Global___DownloadUrl]: ...
     def __init__(
         self,
         *,
         urls: _abc.Iterable[Global___DownloadUrl] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["urls", b"urls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "urls", b"urls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
