@@ -62,8 +62,8 @@ class EmbeddedPostgres:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@{self._config.host}:{self._port}/{database}"
+    def url(self, database: str = "postgres", user: str = "postgres") -> str:
+        return f"postgresql://{user}@{self._config.host}:{self._port}/{database}"
 
     def start(self, timeout: float = 30.0) -> None:
         """Initialise the data directory if new, start, and wait until it accepts queries."""
@@ -121,6 +121,26 @@ class EmbeddedPostgres:
                     psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name))
                 )
         return self.url(name)
+
+    def create_login_role(self, name: str, member_of: str) -> None:
+        """A login role in group role `member_of`, both created if missing.
+
+        No password: this server trusts loopback connections. The group's privileges come from
+        the migrations; creating it here lets the membership exist before they run.
+        """
+        group, login = psycopg.sql.Identifier(member_of), psycopg.sql.Identifier(name)
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            existing = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [[member_of, name]]
+                )
+            }
+            if member_of not in existing:
+                conn.execute(psycopg.sql.SQL("CREATE ROLE {} NOLOGIN").format(group))
+            if name not in existing:
+                conn.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN").format(login))
+            conn.execute(psycopg.sql.SQL("GRANT {} TO {}").format(group, login))
 
     def _spawn(self, args: list[str], user: str | None) -> None:
         with self._log_path.open("ab") as log:

@@ -28,7 +28,14 @@ def _start_dev(data_dir: Path, ports: list[int], log_path: Path) -> subprocess.P
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in ("DATABASE_URL", "S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY")
+        if key
+        not in (
+            "DATABASE_URL",
+            "MIGRATION_DATABASE_URL",
+            "S3_ENDPOINT",
+            "S3_ACCESS_KEY",
+            "S3_SECRET_KEY",
+        )
     }
     env.update(
         GRPC_PORT=str(ports[0]),

@@ -135,7 +135,7 @@ async def test_killed_and_restarted_postgres_costs_only_retryable_errors_and_no_
 async def test_black_holed_postgres_ends_every_call_by_its_deadline_then_recovers(
     stack: LocalStack, start_server: Callable[[dict[str, str]], ServerProcess]
 ) -> None:
-    target = urlsplit(stack.database_url)
+    target = urlsplit(stack.server_database_url)
     assert target.hostname is not None
     assert target.port is not None
     with TcpProxy(target.hostname, target.port) as proxy:

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import urllib3
 from minio import Minio
@@ -116,9 +117,10 @@ def store(client: Minio) -> SeaweedStore:
 
 
 @pytest.fixture
-async def db(migrated_database_url: str) -> AsyncIterator[Database]:
+async def db(app_database_url: str) -> AsyncIterator[Database]:
+    # As the server connects: a member of pacs_app, so the grants are what is tested too.
     pool = AsyncConnectionPool(
-        migrated_database_url,
+        app_database_url,
         min_size=1,
         max_size=6,
         open=False,
@@ -528,22 +530,28 @@ async def test_stop_during_a_storage_call_releases_the_rows_untouched(
 
 
 async def test_the_loop_survives_database_errors(
-    db: Database, client: Minio, store: SeaweedStore, caplog: pytest.LogCaptureFixture
+    db: Database,
+    migrated_database_url: str,
+    client: Minio,
+    store: SeaweedStore,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     keys = _objects(client, 2)
     await _enqueue(db, keys)
-    async with db.transaction() as conn:
-        await conn.execute("alter table storage_deletion_outbox rename to outbox_away")
-    caplog.set_level(logging.INFO, logger="pacs_grpc.sweeper")
-    sweeper = Sweeper(db, store, interval_seconds=0.05)
-    await sweeper.start()
-    try:
-        await _eventually(lambda: _failures_logged(caplog))
-        async with db.transaction() as conn:
-            await conn.execute("alter table outbox_away rename to storage_deletion_outbox")
-        await _eventually(lambda: _backlog_is_empty(db))
-    finally:
-        await sweeper.stop()
+    # Only the owner may rename the table; the sweeper runs as pacs_app.
+    async with await psycopg.AsyncConnection.connect(
+        migrated_database_url, autocommit=True
+    ) as owner:
+        await owner.execute("alter table storage_deletion_outbox rename to outbox_away")
+        caplog.set_level(logging.INFO, logger="pacs_grpc.sweeper")
+        sweeper = Sweeper(db, store, interval_seconds=0.05)
+        await sweeper.start()
+        try:
+            await _eventually(lambda: _failures_logged(caplog))
+            await owner.execute("alter table outbox_away rename to storage_deletion_outbox")
+            await _eventually(lambda: _backlog_is_empty(db))
+        finally:
+            await sweeper.stop()
 
     assert not any(_exists(client, key) for key in keys)
     failures = _sweeper_failures(caplog)
