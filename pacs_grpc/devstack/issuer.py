@@ -28,7 +28,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 from jwt.utils import base64url_encode
 
-DEV_ISSUER = "http://localhost/realms/pacs-dev"  # the `iss` claim: an identity, never fetched
+from pacs_grpc import config
+
+# The `iss` claim: an identity, never fetched. `pacs-grpc serve` trusts it only in development.
+DEV_ISSUER = config.DEV_ISSUER
 DEV_AUDIENCE = "pacs-api"
 KEY_FILE = "signing-key.pem"
 CERTS_PATH_SUFFIX = "/protocol/openid-connect/certs"

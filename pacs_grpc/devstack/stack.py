@@ -2,7 +2,9 @@
 
 `pacs-grpc dev` (and so `make run`) and the test suite start it through this
 same code. DATABASE_URL and S3_ENDPOINT, when set, replace the embedded
-PostgreSQL and SeaweedFS.
+PostgreSQL and SeaweedFS; MIGRATION_DATABASE_URL then names the schema's owner.
+As in production, the migrations run as the owner and the server as a member
+of pacs_app, so every test that calls the server proves that role's grants.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pacs_grpc.adapters.postgres import migrator
+from pacs_grpc.adapters.postgres.roles import APPLICATION_ROLE
 from pacs_grpc.devstack.envoy import EnvoyProcess
 from pacs_grpc.devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from pacs_grpc.devstack.ports import free_port, free_ports
@@ -31,6 +34,8 @@ from pacs_grpc.edge.envoy_config import EnvoyAssets, EnvoySettings
 DEV_S3_ACCESS_KEY = "pacs-dev"
 DEV_S3_SECRET_KEY = "pacs-dev-secret"  # noqa: S105 - loopback development store
 DEV_DATABASE = "pacs"
+# The embedded PostgreSQL's login role for the server (trust auth on loopback, no password).
+DEV_SERVER_ROLE = "pacs_server"
 
 
 @dataclass
@@ -63,7 +68,10 @@ class LocalStack:
         self.viewer: ViewerServer | None = None
         self.issuer: DevIssuer | None = None
         self.oidc: dict[str, str] = {}
+        # The schema owner's URL: migrations, and tests that look at or arrange data directly.
         self.database_url = ""
+        # The server's DATABASE_URL: a member of pacs_app, which owns nothing.
+        self.server_database_url = ""
         self.s3_endpoint = ""
         self.s3_access_key = ""
         self.s3_secret_key = ""
@@ -72,7 +80,8 @@ class LocalStack:
         env = self.config.environment
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         if env.get("DATABASE_URL"):
-            self.database_url = env["DATABASE_URL"]
+            self.server_database_url = env["DATABASE_URL"]
+            self.database_url = env.get("MIGRATION_DATABASE_URL") or env["DATABASE_URL"]
         else:
             self.postgres = EmbeddedPostgres(
                 PostgresConfig(
@@ -83,6 +92,8 @@ class LocalStack:
             )
             self.postgres.start()
             self.database_url = self.postgres.create_database(DEV_DATABASE)
+            self.postgres.create_login_role(DEV_SERVER_ROLE, APPLICATION_ROLE)
+            self.server_database_url = self.postgres.url(DEV_DATABASE, user=DEV_SERVER_ROLE)
         if env.get("S3_ENDPOINT"):
             self.s3_endpoint = env["S3_ENDPOINT"]
             self.s3_access_key = env.get("S3_ACCESS_KEY", "")
@@ -112,6 +123,8 @@ class LocalStack:
                 "OIDC_ISSUER": DEV_ISSUER,
                 "OIDC_AUDIENCE": DEV_AUDIENCE,
                 "OIDC_JWKS_URL": jwks_url,
+                # `serve` refuses the dev issuer unless told this is development.
+                "PACS_DEV_MODE": "true",
             }
 
     def migrate(self) -> list[migrator.Migration]:
@@ -120,8 +133,10 @@ class LocalStack:
 
     def server_environment(self, grpc_port: int) -> dict[str, str]:
         env = {**os.environ, **self.config.environment, **self.oidc}
+        # The owner's credentials stay with the migrations.
+        env.pop("MIGRATION_DATABASE_URL", None)
         env.update(
-            DATABASE_URL=self.database_url,
+            DATABASE_URL=self.server_database_url,
             S3_ENDPOINT=self.s3_endpoint,
             S3_ACCESS_KEY=self.s3_access_key,
             S3_SECRET_KEY=self.s3_secret_key,
@@ -291,7 +306,11 @@ def run_dev_stack(data_dir: str) -> int:
 def _print_endpoints(
     stack: LocalStack, server: ServerProcess, envoy: EnvoyProcess, viewer: ViewerServer
 ) -> None:
-    database = stack.database_url if stack.postgres else "DATABASE_URL (external)"
+    database = (
+        f"{stack.server_database_url} (server), {stack.database_url} (migrations)"
+        if stack.postgres
+        else "DATABASE_URL (external)"
+    )
     origins = ", ".join(envoy.settings.cors_allowed_origins) or "none"
     print(
         "\nPACS Extension Server is up.\n"

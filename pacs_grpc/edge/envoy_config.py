@@ -28,6 +28,9 @@ OPENAPI_NAME = "openapi.json"
 MIB = 1024 * 1024
 # Where the sidecar container mounts the directory `pacs-grpc envoy-config` writes.
 DEFAULT_CONFIG_DIR = PurePosixPath("/etc/envoy")
+# The longest Authorization header whose token subject picks a rate-limit bucket: the
+# server's default OIDC_MAX_TOKEN_BYTES. A longer one draws from its address's bucket.
+MAX_BUCKETED_AUTHORIZATION_CHARS = len("Bearer ") + 16 * 1024
 
 # scheme://host[:port], as a browser sends it in the Origin header.
 _ORIGIN = re.compile(r"^https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?$")
@@ -45,6 +48,10 @@ _ENV_NAMES = {
     "rate_limit_requests": "ENVOY_RATE_LIMIT_REQUESTS",
     "rate_limit_interval_seconds": "ENVOY_RATE_LIMIT_INTERVAL_SECONDS",
     "rate_limit_burst": "ENVOY_RATE_LIMIT_BURST",
+    "anonymous_rate_limit_requests": "ENVOY_ANONYMOUS_RATE_LIMIT_REQUESTS",
+    "anonymous_rate_limit_burst": "ENVOY_ANONYMOUS_RATE_LIMIT_BURST",
+    "rate_limit_max_clients": "ENVOY_RATE_LIMIT_MAX_CLIENTS",
+    "xff_trusted_hops": "ENVOY_XFF_TRUSTED_HOPS",
     "max_request_bytes": "ENVOY_MAX_REQUEST_BYTES",
     "max_response_bytes": "ENVOY_MAX_RESPONSE_BYTES",
     "request_timeout_seconds": "ENVOY_REQUEST_TIMEOUT_SECONDS",
@@ -70,11 +77,20 @@ class EnvoySettings:
     config_dir: PurePosixPath = DEFAULT_CONFIG_DIR
     # Exact origins (scheme://host[:port]) whose pages may call the API; none by default.
     cors_allowed_origins: tuple[str, ...] = ()
-    # A token bucket shared by every request this Envoy serves: `rate_limit_requests`
-    # tokens are added each interval, up to `rate_limit_burst`.
+    # A token bucket per caller (token subject): `rate_limit_requests` tokens are added
+    # each interval, up to `rate_limit_burst`.
     rate_limit_requests: int = 200
     rate_limit_interval_seconds: int = 1
     rate_limit_burst: int = 400
+    # A smaller bucket per client address for calls without a (readable) token: only
+    # health, reflection and the OpenAPI document succeed without one.
+    anonymous_rate_limit_requests: int = 10
+    anonymous_rate_limit_burst: int = 20
+    # Buckets held at once (least recently used dropped first).
+    rate_limit_max_clients: int = 10_000
+    # Proxies in front of Envoy whose x-forwarded-for entries are trusted; 0 when clients
+    # connect to Envoy directly (through a Service), so no client can pick its address.
+    xff_trusted_hops: int = 0
     # REST bodies are buffered whole for transcoding; gRPC messages are limited by the
     # server (GRPC_MAX_RECEIVE_BYTES / GRPC_MAX_SEND_BYTES). JSON is larger than protobuf.
     max_request_bytes: int = 4 * MIB
@@ -96,12 +112,17 @@ class EnvoySettings:
             "rate_limit_requests",
             "rate_limit_interval_seconds",
             "rate_limit_burst",
+            "anonymous_rate_limit_requests",
+            "anonymous_rate_limit_burst",
+            "rate_limit_max_clients",
             "max_request_bytes",
             "max_response_bytes",
             "request_timeout_seconds",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_ENV_NAMES[name]} must be at least 1")
+        if not 0 <= self.xff_trusted_hops <= 10:
+            raise ConfigError(f"{_ENV_NAMES['xff_trusted_hops']} must be between 0 and 10")
         if not self.config_dir.is_absolute():
             raise ConfigError(f"{_ENV_NAMES['config_dir']} must be an absolute path")
         for origin in self.cors_allowed_origins:
@@ -151,6 +172,16 @@ class EnvoySettings:
                 "ENVOY_RATE_LIMIT_INTERVAL_SECONDS", defaults.rate_limit_interval_seconds
             ),
             rate_limit_burst=integer("ENVOY_RATE_LIMIT_BURST", defaults.rate_limit_burst),
+            anonymous_rate_limit_requests=integer(
+                "ENVOY_ANONYMOUS_RATE_LIMIT_REQUESTS", defaults.anonymous_rate_limit_requests
+            ),
+            anonymous_rate_limit_burst=integer(
+                "ENVOY_ANONYMOUS_RATE_LIMIT_BURST", defaults.anonymous_rate_limit_burst
+            ),
+            rate_limit_max_clients=integer(
+                "ENVOY_RATE_LIMIT_MAX_CLIENTS", defaults.rate_limit_max_clients
+            ),
+            xff_trusted_hops=integer("ENVOY_XFF_TRUSTED_HOPS", defaults.xff_trusted_hops),
             max_request_bytes=integer("ENVOY_MAX_REQUEST_BYTES", defaults.max_request_bytes),
             max_response_bytes=integer("ENVOY_MAX_RESPONSE_BYTES", defaults.max_response_bytes),
             request_timeout_seconds=integer(
@@ -177,6 +208,11 @@ def render_envoy_config(template: str, settings: EnvoySettings) -> str:
         "rate_limit_requests": str(settings.rate_limit_requests),
         "rate_limit_interval": str(settings.rate_limit_interval_seconds),
         "rate_limit_burst": str(settings.rate_limit_burst),
+        "anonymous_rate_limit_requests": str(settings.anonymous_rate_limit_requests),
+        "anonymous_rate_limit_burst": str(settings.anonymous_rate_limit_burst),
+        "rate_limit_max_clients": str(settings.rate_limit_max_clients),
+        "max_token_chars": str(MAX_BUCKETED_AUTHORIZATION_CHARS),
+        "xff_trusted_hops": str(settings.xff_trusted_hops),
         "max_request_bytes": str(settings.max_request_bytes),
         "max_response_bytes": str(settings.max_response_bytes),
         "request_timeout": str(settings.request_timeout_seconds),

@@ -1,12 +1,17 @@
 """Envoy's own refusals: the rate limit, the body size limit, and a server it cannot reach.
 
 Each runs on an Envoy of its own with small settings, in front of the session's server.
+The rate limit keeps a bucket per token and one per client address for calls without a
+token; every test here draws from buckets of its own (new users), and only one test
+spends the tests' address's anonymous bucket.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from tests.support.rest import RestClient
 pytestmark = pytest.mark.slow
 
 BURST = 3
+ANONYMOUS_BURST = 2
 REFILL_SECONDS = 3600  # nothing refills during the test
 BODY_LIMIT = 64 * 1024
 
@@ -65,6 +71,8 @@ def rate_limited_edge(
         rate_limit_burst=BURST,
         rate_limit_requests=1,
         rate_limit_interval_seconds=REFILL_SECONDS,
+        anonymous_rate_limit_burst=ANONYMOUS_BURST,
+        anonymous_rate_limit_requests=1,
     )
     yield from _start(
         live_stack, scratch_dir, envoy_assets, artifacts_dir, "envoy-rate-limited", base
@@ -140,6 +148,100 @@ def test_over_the_rate_limit_every_protocol_gets_429_and_a_retry_hint(
     # ASCII metadata arrives as str, whatever the stubs say.
     trailers: dict[str, object] = {item.key: item.value for item in error.trailing_metadata()}
     assert trailers["retry-after"] == str(REFILL_SECONDS)
+
+
+def test_one_callers_flood_leaves_other_callers_served(
+    rate_limited_edge: EnvoyProcess,
+    http: urllib3.PoolManager,
+    issuer: DevIssuer,
+    unique: Callable[[str], str],
+) -> None:
+    flooder, neighbour = issuer.mint(unique("flooder")), issuer.mint(unique("neighbour"))
+    rest = RestClient(rate_limited_edge.url, http)
+    statuses = [rest.call("GET", "/api/users/me", token=flooder).status for _ in range(BURST + 2)]
+    assert statuses == [200] * BURST + [429, 429]
+
+    # Another user, through every protocol: the flood cost them nothing.
+    with grpc.insecure_channel(rate_limited_edge.grpc_address) as channel:
+        reply = identity_pb2_grpc.IdentityServiceStub(channel).GetCurrentUser(
+            identity_pb2.GetCurrentUserRequest(),
+            metadata=(("authorization", f"Bearer {neighbour}"),),
+            timeout=10,
+        )
+    assert reply.user.username.startswith("neighbour-")
+    web = GrpcWebClient(rate_limited_edge.url, http).unary(
+        "/pacs.v1.IdentityService/GetCurrentUser",
+        identity_pb2.GetCurrentUserRequest(),
+        metadata={"authorization": f"Bearer {neighbour}"},
+    )
+    assert web.http_status == 200
+    assert web.grpc_status == grpc.StatusCode.OK.value[0]
+    assert rest.call("GET", "/api/users/me", token=neighbour).status == 200
+    # Their own bucket is as large as anyone's, and no larger.
+    assert rest.call("GET", "/api/users/me", token=neighbour).status == 429
+    assert rest.call("GET", "/api/users/me", token=flooder).status == 429
+
+
+def _forged(token: str) -> str:
+    """The same header and claims (so the same `sub`) under a signature of the forger's own."""
+    header, payload, signature = token.split(".")
+    fake = base64.urlsafe_b64encode(hashlib.sha256(signature.encode()).digest() * 8)
+    return f"{header}.{payload}.{fake.rstrip(b'=').decode()}"
+
+
+def test_a_token_copying_someones_subject_cannot_empty_their_bucket(
+    rate_limited_edge: EnvoyProcess,
+    http: urllib3.PoolManager,
+    issuer: DevIssuer,
+    unique: Callable[[str], str],
+) -> None:
+    victim = issuer.mint(unique("victim"))
+    rest = RestClient(rate_limited_edge.url, http)
+    forged = _forged(victim)
+    statuses = [rest.call("GET", "/api/users/me", token=forged).status for _ in range(BURST + 1)]
+    # The server refuses the forgery; Envoy limits it in a bucket of its own.
+    assert statuses == [401] * BURST + [429]
+    assert [rest.call("GET", "/api/users/me", token=victim).status for _ in range(BURST)] == [
+        200
+    ] * BURST
+
+
+def _unsigned_token(claims: dict[str, object]) -> str:
+    def segment(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{segment({'alg': 'RS256', 'typ': 'JWT'})}.{segment(claims)}."
+
+
+def test_calls_without_a_token_share_a_small_bucket_per_client_address(
+    rate_limited_edge: EnvoyProcess,
+    http: urllib3.PoolManager,
+    issuer: DevIssuer,
+    unique: Callable[[str], str],
+) -> None:
+    rest = RestClient(rate_limited_edge.url, http)
+    statuses = [rest.call("GET", "/api/users/me").status for _ in range(ANONYMOUS_BURST + 1)]
+    assert statuses == [401] * ANONYMOUS_BURST + [429]
+    refused = rest.call("GET", "/api/users/me")
+    assert refused.status == 429
+    assert refused.json()["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+
+    # Not a way around it: an address of the caller's choosing, or a token Envoy cannot
+    # read (not a JWT, no signature, no subject), all count as this address without one.
+    spoofed = [
+        rest.call("GET", "/api/users/me", headers={"x-forwarded-for": f"198.51.100.{i}"}).status
+        for i in range(3)
+    ]
+    assert spoofed == [429, 429, 429]
+    for token in (
+        "not-a-jwt",
+        _unsigned_token({"sub": unique("nobody")}),
+        _unsigned_token({"name": "no subject"}) + "c2ln",
+    ):
+        assert rest.call("GET", "/api/users/me", token=token).status == 429, token
+
+    # A caller with a token is served meanwhile, from the same address.
+    assert rest.call("GET", "/api/users/me", token=issuer.mint(unique("signed-in"))).status == 200
 
 
 def test_a_rest_body_over_the_limit_is_413_with_a_json_status(

@@ -116,26 +116,91 @@ def test_cors_allows_exactly_the_configured_origins_and_exposes_grpc_status() ->
     )
 
 
+def _buckets(limiter: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each descriptor's token bucket by its first entry's key."""
+    return {d["entries"][0]["key"]: d["token_bucket"] for d in limiter["descriptors"]}
+
+
 def test_limits_come_from_the_settings() -> None:
     config = _render(
         EnvoySettings(
             rate_limit_requests=7,
             rate_limit_interval_seconds=5,
             rate_limit_burst=20,
+            anonymous_rate_limit_requests=2,
+            anonymous_rate_limit_burst=3,
+            rate_limit_max_clients=500,
             max_request_bytes=12345,
             request_timeout_seconds=9,
         )
     )
     limiter = _filter(config, "local_ratelimit")
-    assert limiter["token_bucket"] == {
-        "max_tokens": 20,
-        "tokens_per_fill": 7,
-        "fill_interval": "5s",
+    assert _buckets(limiter) == {
+        "token": {"max_tokens": 20, "tokens_per_fill": 7, "fill_interval": "5s"},
+        "anonymous": {"max_tokens": 3, "tokens_per_fill": 2, "fill_interval": "5s"},
     }
+    # Only a request no descriptor matched would draw from the filter's own bucket.
+    assert limiter["token_bucket"] == {"max_tokens": 3, "tokens_per_fill": 2, "fill_interval": "5s"}
+    assert limiter["max_dynamic_descriptors"] == 500
     (retry,) = limiter["response_headers_to_add"]
     assert retry["header"] == {"key": "retry-after", "value": "5"}
     assert _filter(config, "buffer")["max_request_bytes"] == 12345
     assert _routes(config)[-1]["route"]["timeout"] == "9s"
+
+
+def test_each_caller_draws_from_a_bucket_of_its_own() -> None:
+    limiter = _filter(_render(), "local_ratelimit")
+    by_token, anonymous = limiter["rate_limits"]
+    # The key the key filter read from the token, when there is one...
+    (token,) = by_token["actions"]
+    assert token["metadata"]["descriptor_key"] == "token"
+    assert token["metadata"]["metadata_key"] == {
+        "key": "pacs.rate_limit",
+        "path": [{"key": "token"}],
+    }
+    assert token["metadata"]["skip_if_absent"] is True
+    # ...else the client's address, in a bucket kind of its own.
+    marker, address = anonymous["actions"]
+    assert marker["metadata"]["metadata_key"]["path"] == [{"key": "anonymous"}]
+    assert marker["metadata"]["skip_if_absent"] is True
+    assert address == {"remote_address": {}}
+    entries = {d["entries"][0]["key"]: d["entries"] for d in limiter["descriptors"]}
+    # Empty values are wildcards: one bucket per token, and per address.
+    assert entries["token"] == [{"key": "token", "value": ""}]
+    assert entries["anonymous"] == [
+        {"key": "anonymous", "value": "true"},
+        {"key": "remote_address", "value": ""},
+    ]
+    # A shared bucket drawn from as well would let one caller get everyone a 429.
+    assert limiter["always_consume_default_token_bucket"] is False
+    assert limiter["max_dynamic_descriptors"] == EnvoySettings().rate_limit_max_clients
+    defaults = EnvoySettings()
+    assert defaults.anonymous_rate_limit_burst < defaults.rate_limit_burst
+
+
+def test_the_bucket_key_is_chosen_before_the_rate_limit_from_subject_and_signature() -> None:
+    names = [f["name"] for f in _manager(_render())["http_filters"]]
+    assert names.index("pacs.rate_limit_key") + 1 == names.index(
+        "envoy.filters.http.local_ratelimit"
+    )
+    script = _filter(_render(), "pacs.rate_limit_key")["default_source_code"]["inline_string"]
+    assert 'metadata:set("pacs.rate_limit", "token", key)' in script
+    assert 'metadata:set("pacs.rate_limit", "anonymous", "true")' in script
+    assert 'return sub .. " " .. signature' in script
+    # string.Template's $$ became the Lua pattern's end anchor.
+    assert '%.([%w_-]+)$")' in script
+    assert "#authorization > 16391" in script
+
+
+def test_the_client_address_is_the_peers_never_a_header_the_client_wrote() -> None:
+    manager = _manager(_render())
+    assert manager["use_remote_address"] is True
+    assert manager["xff_num_trusted_hops"] == 0
+    # No caller is internal: none may send Envoy's own x-envoy-* request headers.
+    assert manager["internal_address_config"] == {"cidr_ranges": []}
+    assert manager["preserve_external_request_id"] is True
+    behind_a_proxy = _manager(_render(EnvoySettings(xff_trusted_hops=1)))
+    assert behind_a_proxy["xff_num_trusted_hops"] == 1
 
 
 def test_openapi_is_a_direct_response_from_the_file_beside_the_config() -> None:
@@ -171,9 +236,15 @@ def test_settings_from_the_environment() -> None:
             "CORS_ALLOWED_ORIGINS": " https://A.example , http://b.example:8080,",
             "ENVOY_RATE_LIMIT_REQUESTS": "50",
             "ENVOY_RATE_LIMIT_BURST": "75",
+            "ENVOY_ANONYMOUS_RATE_LIMIT_REQUESTS": "3",
+            "ENVOY_ANONYMOUS_RATE_LIMIT_BURST": "4",
+            "ENVOY_RATE_LIMIT_MAX_CLIENTS": "99",
+            "ENVOY_XFF_TRUSTED_HOPS": "2",
             "ENVOY_CONFIG_DIR": "/config",
         }
     )
+    assert (settings.anonymous_rate_limit_requests, settings.anonymous_rate_limit_burst) == (3, 4)
+    assert (settings.rate_limit_max_clients, settings.xff_trusted_hops) == (99, 2)
     assert (settings.listen_port, settings.upstream_port) == (9090, 6000)
     assert settings.cors_allowed_origins == ("https://a.example", "http://b.example:8080")
     assert (settings.rate_limit_requests, settings.rate_limit_burst) == (50, 75)
@@ -189,6 +260,9 @@ def test_settings_from_the_environment() -> None:
         ({"GRPC_PORT": "-1"}, "GRPC_PORT"),
         ({"ENVOY_UPSTREAM_ADDRESS": "server.local"}, "ENVOY_UPSTREAM_ADDRESS"),
         ({"ENVOY_RATE_LIMIT_BURST": "0"}, "ENVOY_RATE_LIMIT_BURST"),
+        ({"ENVOY_ANONYMOUS_RATE_LIMIT_BURST": "0"}, "ENVOY_ANONYMOUS_RATE_LIMIT_BURST"),
+        ({"ENVOY_RATE_LIMIT_MAX_CLIENTS": "0"}, "ENVOY_RATE_LIMIT_MAX_CLIENTS"),
+        ({"ENVOY_XFF_TRUSTED_HOPS": "11"}, "ENVOY_XFF_TRUSTED_HOPS"),
         ({"CORS_ALLOWED_ORIGINS": "https://viewer.example/app"}, "CORS_ALLOWED_ORIGINS"),
         ({"CORS_ALLOWED_ORIGINS": "*"}, "CORS_ALLOWED_ORIGINS"),
         ({"ENVOY_CONFIG_DIR": "etc/envoy"}, "ENVOY_CONFIG_DIR"),

@@ -13,12 +13,13 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from pacs_grpc.config import ConfigError, Settings
+from pacs_grpc.config import ConfigError, Settings, migration_database_url_from_env
 from pacs_grpc.edge.envoy_config import EnvoySettings
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -178,14 +179,95 @@ def test_every_manifest_is_valid_in_strict_mode(
     kubernetes_validate.validate(resource, version, strict=True)
 
 
-def test_the_kustomization_installs_every_manifest_with_one_image() -> None:
+def test_the_kustomization_installs_every_manifest_but_the_examples_with_one_image() -> None:
     kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
     on_disk = {p.name for p in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == on_disk
+    examples = {name for name in on_disk if name.endswith(".example.yaml")}
+    assert listed == on_disk - examples
     (image,) = kustomization["images"]
     ours = [c["image"] for name, c in _all_containers() if name != "Deployment/envoy"]
     assert ours == [image["name"]] * 3  # envoy-config, server, migrate
+
+
+def test_no_secret_is_applied_only_referred_to_by_name() -> None:
+    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    assert "secret.yaml" not in kustomization["resources"]
+    assert "secret.example.yaml" not in kustomization["resources"]
+    applied = [
+        r for name, r in RESOURCES if name in kustomization["resources"] and r["kind"] == "Secret"
+    ]
+    assert applied == []
+    # The example shows the names and keys the workloads expect.
+    examples = {r["metadata"]["name"] for name, r in RESOURCES if name == "secret.example.yaml"}
+    referred = set()
+    for _, container in _all_containers():
+        referred |= {
+            s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s
+        }
+        referred |= {
+            v["valueFrom"]["secretKeyRef"]["name"]
+            for v in container.get("env", [])
+            if "secretKeyRef" in v.get("valueFrom", {})
+        }
+    assert referred == examples == {"pacs-grpc-secrets", "pacs-grpc-migrations"}
+
+
+def test_the_example_database_urls_verify_the_servers_certificate() -> None:
+    for name in ("pacs-grpc-secrets", "pacs-grpc-migrations"):
+        for key, value in _one("Secret", name)["stringData"].items():
+            if not key.endswith("DATABASE_URL"):
+                continue
+            query = dict(pair.split("=", 1) for pair in urlsplit(value).query.split("&"))
+            assert query["sslmode"] == "verify-full", key
+            # The CA file is where the pods mount it.
+            ca_dir = query["sslrootcert"].rsplit("/", 1)[0]
+            for kind in ("Deployment", "Job"):
+                pod = _pod_spec(kind)
+                mounts = [
+                    m
+                    for c in pod["containers"]
+                    for m in c.get("volumeMounts", [])
+                    if m["mountPath"] == ca_dir
+                ]
+                assert mounts, (kind, key)
+                (volume,) = [v for v in pod["volumes"] if v["name"] == mounts[0]["name"]]
+                assert volume["secret"]["secretName"] == "pacs-grpc-postgres-ca"
+
+
+def _ports_of(rule: Resource) -> set[str | int]:
+    return {p["port"] for p in rule.get("ports", [])}
+
+
+def test_only_the_sidecar_reaches_the_server_and_only_prometheus_the_metrics() -> None:
+    policy = _one("NetworkPolicy")
+    deployment = _one("Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    server = _container(_pod_spec("Deployment"), "server")
+    envoy = _container(_pod_spec("Deployment"), "envoy")
+    server_ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    envoy_ports = {p["name"]: p["containerPort"] for p in envoy["ports"]}
+    edge, metrics = policy["spec"]["ingress"]
+    # Envoy's port from anywhere (whatever reaches the Service), and nothing else so open.
+    assert "from" not in edge
+    assert _ports_of(edge) == {"http"}
+    assert "http" in envoy_ports
+    # The metrics port from Prometheus alone: its pods, in its namespace (both, one peer).
+    assert _ports_of(metrics) == {"metrics"}
+    (peer,) = metrics["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    # No rule opens the gRPC server's port, by name or number: only loopback (the sidecar).
+    opened = set().union(*(_ports_of(rule) for rule in policy["spec"]["ingress"]))
+    assert not opened & {"grpc", server_ports["grpc"]}
+    assert all(rule.get("ports") for rule in policy["spec"]["ingress"])
+    # The sidecar calls the server on loopback, and the Service leads only to the sidecar.
+    assert _envoy_settings().upstream_address == "127.0.0.1"
+    service = _one("Service")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
 
 
 def test_the_deployment_runs_three_replicas_with_a_server_and_an_envoy_sidecar() -> None:
@@ -239,9 +321,21 @@ def test_every_variable_the_server_gets_is_one_it_reads_and_the_required_ones_ar
 
 
 def test_secrets_come_from_the_secret_and_nothing_else_does() -> None:
-    secret = set(_one("Secret")["stringData"])
+    secret = set(_one("Secret", "pacs-grpc-secrets")["stringData"])
     assert secret == {"DATABASE_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY"}
     assert not secret & set(_one("ConfigMap", "pacs-grpc-config")["data"])
+
+
+def test_only_the_migrations_job_holds_the_schema_owners_url() -> None:
+    owner = _one("Secret", "pacs-grpc-migrations")
+    assert set(owner["stringData"]) == {"MIGRATION_DATABASE_URL"}
+    for name, container in _all_containers():
+        holds = "MIGRATION_DATABASE_URL" in _environment(container)
+        assert holds == (name == "Job/migrate"), name
+    # Two roles: the server's URL must not name the owner's.
+    server_url = _environment(_container(_pod_spec("Deployment"), "server"))["DATABASE_URL"]
+    owner_url = owner["stringData"]["MIGRATION_DATABASE_URL"]
+    assert urlsplit(server_url).username != urlsplit(owner_url).username
 
 
 def test_the_migrations_job_gets_only_what_migrate_reads() -> None:
@@ -253,10 +347,12 @@ def test_the_migrations_job_gets_only_what_migrate_reads() -> None:
     (container,) = pod["containers"]
     assert container["command"] == ["pacs-grpc", "migrate"]
     env = _environment(container)
-    assert "DATABASE_URL" in env
-    assert set(env) <= _names_read_by(
+    assert "MIGRATION_DATABASE_URL" in env
+    assert "DATABASE_URL" not in env
+    read = _names_read_by(migration_database_url_from_env, env) | _names_read_by(
         Settings.from_env, _environment(_container(_pod_spec("Deployment"), "server"))
     )
+    assert set(env) <= read
 
 
 def test_every_variable_the_envoy_renderer_gets_is_one_it_reads() -> None:
@@ -284,9 +380,10 @@ def test_ports_agree_between_configuration_containers_probes_and_the_service() -
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(settings.metrics_port)
     assert annotations["prometheus.io/path"] == "/metrics"
+    # Both of the Service's ports lead to Envoy: no other pod may reach the server's own.
     service = _one("Service")
     assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {
-        "grpc": "grpc",
+        "grpc": "http",
         "http": "http",
     }
 

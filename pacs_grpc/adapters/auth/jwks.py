@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import jwt
 
+from pacs_grpc.config import is_loopback_host
+
 _LOG = logging.getLogger(__name__)
 
 MAX_JWKS_BYTES = 1024 * 1024
@@ -162,8 +164,25 @@ def _is_signature_key(key: object) -> bool:
     )
 
 
+def _refusal(url: str) -> str | None:
+    """Why keys may not come from `url`, or None.
+
+    Keys in clear text could be swapped on the way, and then any token would verify:
+    https, or http to a loopback host (the local stack's issuer) only.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "not http or https"
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+        return "http:// to a host other than loopback"
+    return None
+
+
 class _NoOddRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects to http(s) only; urllib would also follow one to ftp://."""
+    """Follows redirects only where a first request could go, and never from https to http.
+
+    urllib alone would follow one to ftp://, or from https:// to http://.
+    """
 
     def redirect_request(  # noqa: PLR0917 - urllib's signature
         self,
@@ -177,6 +196,13 @@ class _NoOddRedirects(urllib.request.HTTPRedirectHandler):
         if urlsplit(newurl).scheme not in ("http", "https"):
             fp.close()
             raise JwksUnavailableError("JWKS URL redirected to a non-HTTP URL")
+        if urlsplit(req.full_url).scheme == "https" and urlsplit(newurl).scheme != "https":
+            fp.close()
+            raise JwksUnavailableError("JWKS URL redirected from https to http")
+        reason = _refusal(newurl)
+        if reason is not None:
+            fp.close()
+            raise JwksUnavailableError(f"JWKS URL redirected to {reason}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -187,6 +213,8 @@ def fetch_jwks(url: str, timeout: float) -> bytes:
     """GET the JWKS document; blocking, so callers run it in a thread."""
     if urlsplit(url).scheme not in ("http", "https"):
         raise JwksUnavailableError("the JWKS URL must be http or https")
+    if _refusal(url) is not None:
+        raise JwksUnavailableError("the JWKS URL must be https (http only on loopback)")
     accept = {"Accept": "application/json"}
     request = urllib.request.Request(url, headers=accept)  # noqa: S310 - scheme checked above
     try:
