@@ -1,7 +1,8 @@
 # PACS Extension Server — the task runner the README names.
 #   make run       start the whole local stack (PostgreSQL, S3, migrations, server)
 #   make test      install what the tests need and run the whole suite
-#   make check     lint, type-check, buf lint/breaking and the generated-code check
+#   make check     lint, type-check, buf lint/breaking, the generated-code and lock checks
+#   make lock      regenerate requirements/runtime.lock (the image's hashed runtime pins)
 #   make generate  regenerate code from protos/ (committed; never edit by hand)
 #   make soak      the long reliability runs (10 minutes of load, 10,000-request fuzzing)
 #   make bench     benchmarks on the real stack, against baselines measured in the same run
@@ -23,7 +24,7 @@ TS_SOURCES = $(shell find $(TS_CLIENT)/src $(TS_CLIENT)/viewer -type f) $(TS_CLI
 VIEWER_BUNDLE := $(TS_CLIENT)/dist-viewer/viewer.js
 PYTEST_ARGS ?=
 
-.PHONY: install viewer run serve migrate generate check-generated breaking contract-baseline lint format check test test-fast soak bench clean
+.PHONY: install viewer run serve migrate generate check-generated breaking contract-baseline lint format check lock check-lock test test-fast soak bench clean
 
 install: $(STAMP)
 
@@ -99,7 +100,26 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/buf format -w protos
 
-check: lint breaking check-generated
+# The image's runtime dependencies (Dockerfile), pinned with hashes from pyproject.toml and
+# requirements/runtime.in. Pins still allowed stay as they are; LOCK_ARGS=--upgrade moves
+# them all to the newest releases allowed. Needs PyPI.
+RUNTIME_LOCK := requirements/runtime.lock
+LOCK_COMPILE = $(BIN)/uv pip compile --quiet pyproject.toml requirements/runtime.in \
+	--generate-hashes --python-version 3.11 --python-platform linux \
+	--no-emit-package pacs-extension-client --custom-compile-command "make lock"
+
+lock: install
+	$(LOCK_COMPILE) $(LOCK_ARGS) -o $(RUNTIME_LOCK)
+
+# Fails when the lock no longer matches the declared dependencies: it is compiled again,
+# from its own pins, into a scratch copy, which must come out the same.
+check-lock: install
+	@mkdir -p .build && cp $(RUNTIME_LOCK) .build/runtime.lock
+	@$(LOCK_COMPILE) -o .build/runtime.lock
+	@diff -u $(RUNTIME_LOCK) .build/runtime.lock || \
+	  (echo "$(RUNTIME_LOCK) is stale: run 'make lock' and commit the result" >&2; exit 1)
+
+check: lint breaking check-generated check-lock
 
 # pytest exits 5 when it collected no test; a run that tested nothing fails.
 test: install

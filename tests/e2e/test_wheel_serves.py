@@ -1,10 +1,11 @@
 """What the image runs, without Docker: both wheels in a clean environment, serving.
 
-The Dockerfile builds the client and server wheels and installs them, with runtime
-dependencies only, into a virtual environment without pip; the pod then runs
-`pacs-grpc migrate` (Job), `pacs-grpc envoy-config` (init container), Envoy (sidecar) and
-`pacs-grpc serve`. This does the same on this machine against the real stack (PostgreSQL,
-SeaweedFS, the dev token issuer), with the settings of deploy/k8s where ports allow.
+The Dockerfile builds the client and server wheels and installs them, with the runtime
+dependencies of requirements/runtime.lock only (hashes checked), into a virtual environment
+without pip; the pod then runs `pacs-grpc migrate` (Job), `pacs-grpc envoy-config` (init
+container), Envoy (sidecar) and `pacs-grpc serve`. This does the same on this machine
+against the real stack (PostgreSQL, SeaweedFS, the dev token issuer), with the settings of
+deploy/k8s where ports allow.
 """
 
 from __future__ import annotations
@@ -81,15 +82,27 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Install:
     assert built.returncode == 0, built.stderr
     created = _run([sys.executable, "-m", "venv", "--without-pip", str(work / "venv")], timeout=60)
     assert created.returncode == 0, created.stderr
+    pip = [sys.executable, "-m", "pip", "--python", str(work / "venv" / "bin" / "python")]
+    # Runtime dependencies from the hashed lock only, then the two wheels without any.
+    locked = _run(
+        [
+            *pip, "install", "--quiet", "--disable-pip-version-check", "--require-hashes",
+            "--only-binary=:all:", "-r", str(REPOSITORY / "requirements" / "runtime.lock"),
+        ],
+        timeout=300,
+    )  # fmt: skip
+    assert locked.returncode == 0, locked.stderr
     installed = _run(
         [
-            sys.executable, "-m", "pip", "--python", str(work / "venv" / "bin" / "python"),
-            "install", "--quiet", "--disable-pip-version-check",
+            *pip, "install", "--quiet", "--disable-pip-version-check", "--no-deps",
             *sorted(str(w) for w in wheels.glob("*.whl")),
         ],
         timeout=300,
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr
+    # The lock holds everything the wheels need.
+    checked = _run([*pip, "check"], timeout=60)
+    assert checked.returncode == 0, checked.stdout
     return Install(work / "venv")
 
 
@@ -111,7 +124,7 @@ def stack(
 def _migrate(install: Install, stack: LocalStack) -> subprocess.CompletedProcess[str]:
     # Only what the Job's container gets (deploy/k8s/migrate-job.yaml).
     env = install.environment(
-        {"PATH": os.environ["PATH"]}, DATABASE_URL=stack.database_url, LOG_LEVEL="INFO"
+        {"PATH": os.environ["PATH"]}, MIGRATION_DATABASE_URL=stack.database_url, LOG_LEVEL="INFO"
     )
     return _run([str(install.bin / "pacs-grpc"), "migrate"], env=env, cwd="/", timeout=60)
 
@@ -130,10 +143,11 @@ def _container(name: str) -> dict[str, Any]:
 
 def _config_map(name: str) -> dict[str, str]:
     for path in MANIFESTS.glob("*.yaml"):
-        document = yaml.safe_load(path.read_text())
-        if document.get("kind") == "ConfigMap" and document["metadata"]["name"] == name:
-            data: dict[str, str] = document["data"]
-            return data
+        # Some files hold several resources (secret.example.yaml).
+        for document in yaml.safe_load_all(path.read_text()):
+            if document.get("kind") == "ConfigMap" and document["metadata"]["name"] == name:
+                data: dict[str, str] = document["data"]
+                return data
     raise AssertionError(f"no ConfigMap {name} in {MANIFESTS}")
 
 

@@ -124,6 +124,29 @@ def test_the_final_stage_holds_only_the_installed_environment() -> None:
     assert "./clients/python ." in build
 
 
+def test_runtime_dependencies_come_only_from_the_hashed_lock() -> None:
+    build = _stages()[0]
+    copied = [shlex.split(i.arguments) for i in build if i.keyword == "COPY"]
+    assert ["requirements/runtime.lock", "requirements/runtime.lock"] in copied
+    assert _in_build_context("requirements/runtime.lock")
+    installs = [
+        shlex.split(command.strip())
+        for i in build
+        if i.keyword == "RUN"
+        for command in i.arguments.split("&&")
+        if " install " in command
+    ]
+    locked, wheels = installs
+    # Every file checked against its hash, and never built from source on the way.
+    assert locked[-2:] == ["-r", "requirements/runtime.lock"]
+    assert {"--require-hashes", "--only-binary=:all:"} <= set(locked)
+    # The wheels built here bring nothing else in, and the lock must hold what they need.
+    assert "--no-deps" in wheels
+    assert wheels[-1] == "/wheels/*.whl"
+    run = " ".join(i.arguments for i in build if i.keyword == "RUN")
+    assert run.rstrip().endswith("-m pip --python /opt/pacs/bin/python check")
+
+
 def test_the_descriptor_and_migrations_reach_the_build() -> None:
     """The build copies them into the context the wheel is built from.
 
