@@ -39,6 +39,7 @@ from pacs_grpc.adapters.postgres.idempotency import IdempotencyRepository
 from pacs_grpc.adapters.postgres.masks import MaskRepository
 from pacs_grpc.adapters.postgres.pool import PostgresProbe, create_pool
 from pacs_grpc.adapters.postgres.projects import ProjectRepository
+from pacs_grpc.adapters.postgres.roles import ServerRoleError, verify_server_role
 from pacs_grpc.adapters.postgres.users import UserRepository
 from pacs_grpc.adapters.storage.breaker import CircuitBreaker
 from pacs_grpc.adapters.storage.objects import ObjectStore
@@ -52,11 +53,13 @@ from pacs_grpc.api.mask_servicer import MaskServicer
 from pacs_grpc.api.metrics import Metrics, MetricsEndpoint
 from pacs_grpc.api.rate_limits import CallLimits
 from pacs_grpc.config import RateLimitSettings, Settings
+from pacs_grpc.domain.annotation_rules import JsonLimits
 from pacs_grpc.services.annotations import AnnotationUseCases
 from pacs_grpc.services.context import AuditedTransactions
 from pacs_grpc.services.identity import IdentityUseCases, UserDirectory
 from pacs_grpc.services.masks import MaskLimits, MaskUseCases
 from pacs_grpc.services.sweeper import Sweeper
+from pacs_grpc.services.watch import WatchAccess
 
 _log = logging.getLogger(__name__)
 
@@ -90,6 +93,8 @@ class Application:
     metrics: Metrics
     # Listening from create_application on, when METRICS_PORT is set.
     metrics_endpoint: MetricsEndpoint | None = None
+    # Its refusals' audit rows are written detached from their calls: drained before the pool.
+    gate: AccessGate | None = None
 
     async def start(self) -> None:
         await self.events.start()
@@ -119,12 +124,28 @@ class Application:
         await self.events.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
         await self.sweeper.stop()
+        if self.gate is not None:
+            await self.gate.drain()
         await self.pool.close()
         self.storage.close()
         # Last, so the drain itself can be watched.
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.stop()
         _log.info("stopped")
+
+
+async def _check_database(url: str) -> None:
+    """The schema is current, and the server's role is pacs_app's, not its owner's."""
+    try:
+        await migrator.verify_schema(
+            url, migrator.load_migrations(migrator.default_migrations_dir())
+        )
+    except migrator.MigrationError as error:
+        raise StartupError(f"database schema: {error} (run `pacs-grpc migrate`)") from None
+    try:
+        await verify_server_role(url)
+    except ServerRoleError as error:
+        raise StartupError(f"database role: {error}") from None
 
 
 async def create_application(settings: Settings) -> Application:
@@ -135,12 +156,10 @@ async def create_application(settings: Settings) -> Application:
         await pool.close()
         raise StartupError("cannot connect to PostgreSQL at DATABASE_URL") from None
     try:
-        await migrator.verify_schema(
-            settings.database.url, migrator.load_migrations(migrator.default_migrations_dir())
-        )
-    except migrator.MigrationError as error:
+        await _check_database(settings.database.url)
+    except StartupError:
         await pool.close()
-        raise StartupError(f"database schema: {error} (run `pacs-grpc migrate`)") from None
+        raise
 
     health_servicer = HealthServicer()
     storage_breaker = CircuitBreaker(
@@ -195,6 +214,7 @@ async def create_application(settings: Settings) -> Application:
         database,
         AnnotationEventFeed(),
         queue_size=settings.watch_queue_size,
+        batch_budget_bytes=settings.list_page_budget_bytes,
     )
     annotation_repository = AnnotationRepository()
     annotations = AnnotationUseCases(
@@ -204,8 +224,16 @@ async def create_application(settings: Settings) -> Application:
         idempotency=idempotency,
         record_event=record_event,
         events=events,
+        watch_access=WatchAccess(
+            database, projects, recheck_seconds=settings.watch_recheck_seconds
+        ),
         max_page_size=settings.max_page_size,
-        max_data_bytes=settings.max_annotation_data_bytes,
+        json_limits=JsonLimits(
+            max_bytes=settings.max_annotation_data_bytes,
+            max_depth=settings.max_annotation_json_depth,
+            max_elements=settings.max_annotation_json_values,
+        ),
+        list_budget_bytes=settings.list_page_budget_bytes,
     )
     storage = ObjectStore(
         settings.storage,
@@ -229,6 +257,9 @@ async def create_application(settings: Settings) -> Application:
             max_ttl=timedelta(seconds=settings.max_url_ttl_seconds),
             max_page_size=settings.max_page_size,
             check_png_signature=settings.check_png_signature,
+            allow_put_uploads=settings.allow_put_uploads,
+            push_memory_per_process=settings.push_memory_budget_bytes,
+            push_memory_per_user=settings.push_memory_budget_per_user_bytes,
         ),
     )
     sweeper = Sweeper(
@@ -266,7 +297,7 @@ async def create_application(settings: Settings) -> Application:
             ) from None
     return Application(
         settings, server, port, pool, health_servicer, monitor, events, sweeper, storage,
-        metrics=metrics, metrics_endpoint=endpoint,
+        metrics=metrics, metrics_endpoint=endpoint, gate=gate,
     )  # fmt: skip
 
 
@@ -274,6 +305,7 @@ def _call_limits(limits: RateLimitSettings, metrics: Metrics) -> CallLimits:
     return CallLimits(
         tickets_per_minute=limits.tickets_per_minute,
         completions_per_minute=limits.completions_per_minute,
+        downloads_per_minute=limits.downloads_per_minute,
         pushes_per_minute=limits.pushes_per_minute,
         watches_per_minute=limits.watches_per_minute,
         max_streams_per_user=limits.max_streams_per_user,

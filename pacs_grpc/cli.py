@@ -9,14 +9,17 @@ import sys
 from collections.abc import Sequence
 
 from pacs_grpc import logs
-from pacs_grpc.config import ConfigError, Settings, database_url_from_env
+from pacs_grpc.config import ConfigError, Settings, migration_database_url_from_env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pacs-grpc", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the gRPC server (configuration from the environment)")
-    commands.add_parser("migrate", help="apply pending database migrations (DATABASE_URL)")
+    commands.add_parser(
+        "migrate",
+        help="apply pending database migrations (MIGRATION_DATABASE_URL, else DATABASE_URL)",
+    )
     dev = commands.add_parser(
         "dev", help="start the whole local stack: PostgreSQL, S3, migrations, server, Envoy"
     )
@@ -74,7 +77,7 @@ def _serve() -> int:
 def _migrate() -> int:
     from pacs_grpc.adapters.postgres import migrator
 
-    url = database_url_from_env(os.environ)
+    url = migration_database_url_from_env(os.environ)
     logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
     try:
         applied = asyncio.run(

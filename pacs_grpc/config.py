@@ -7,6 +7,7 @@ in that line or in the settings' repr.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -14,6 +15,9 @@ from urllib.parse import urlsplit
 
 _T = TypeVar("_T")
 MIB = 1024 * 1024
+# The `iss` of the local stack's token issuer (pacs_grpc/devstack/issuer.py). Its signing key
+# lies in a file on a developer's disk, so `serve` trusts it only when told it is development.
+DEV_ISSUER = "http://localhost/realms/pacs-dev"
 
 
 class ConfigError(ValueError):
@@ -74,6 +78,8 @@ class OidcSettings:
     max_token_bytes: int = 16 * 1024
     # The realm role that makes a caller a platform administrator.
     admin_role: str = "pacs-admin"
+    # Trust DEV_ISSUER; only the local stack and the tests set it (PACS_DEV_MODE).
+    allow_dev_issuer: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class RateLimitSettings:
     watches_per_minute: int = 60
     # Open PushMasks streams, and open WatchAnnotations streams, each.
     max_streams_per_user: int = 16
+    # CreateDownloadUrls calls (each signs up to a page of URLs).
+    downloads_per_minute: int = 300
 
 
 @dataclass(frozen=True)
@@ -107,17 +115,30 @@ class Settings:
     download_url_ttl_seconds: int = 300
     max_page_size: int = 500
     max_annotation_data_bytes: int = MIB
+    # What parsing an annotation's JSON builds is bounded by these, not by its bytes.
+    max_annotation_json_depth: int = 32
+    max_annotation_json_values: int = 100_000
+    # A list page (and a Watch catch-up batch) ends early past this much annotation JSON.
+    list_page_budget_bytes: int = 2 * MIB
     max_slices_per_request: int = 1000
     max_mask_bytes: int = 64 * MIB
     allowed_mask_content_types: tuple[str, ...] = ("image/png",)
     # Costs a ranged GET per slice at completion, so it is opt-in.
     check_png_signature: bool = False
+    # Presigned PUT tickets sign only the host: opt-in (see the README's "Upload tickets").
+    allow_put_uploads: bool = False
+    # Bytes of PushMasks slices in flight, per process and per user (token `sub`).
+    push_memory_budget_bytes: int = 256 * MIB
+    push_memory_budget_per_user_bytes: int = 128 * MIB
     sweeper_interval_seconds: float = 5.0
     # How long after its expiry an unfinished ticket's object is left alone.
     upload_grace_seconds: int = 600
     # Events a WatchAnnotations subscriber may fall behind before its stream
     # ends with RESOURCE_EXHAUSTED (it then resumes from its last event id).
     watch_queue_size: int = 1000
+    # How often an open WatchAnnotations stream re-reads its caller's role in the project:
+    # the longest a caller who lost access keeps receiving events (one small query each).
+    watch_recheck_seconds: float = 2.0
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     # Prometheus metrics over HTTP; port 0 serves none. Opt-in, because it is one more port
     # open on every interface.
@@ -166,6 +187,7 @@ class Settings:
                     "OIDC_MAX_TOKEN_BYTES", 16 * 1024, minimum=1024, maximum=1024 * 1024
                 ),
                 admin_role=read.text("PLATFORM_ADMIN_ROLE", "pacs-admin"),
+                allow_dev_issuer=read.boolean("PACS_DEV_MODE", False),
             ),
             grpc_host=read.text("GRPC_HOST", "0.0.0.0"),  # noqa: S104
             grpc_port=read.integer("GRPC_PORT", 50051, minimum=0, maximum=65535),
@@ -184,6 +206,15 @@ class Settings:
             max_annotation_data_bytes=read.integer(
                 "MAX_ANNOTATION_DATA_BYTES", MIB, minimum=1024, maximum=64 * MIB
             ),
+            max_annotation_json_depth=read.integer(
+                "MAX_ANNOTATION_JSON_DEPTH", 32, minimum=2, maximum=40
+            ),
+            max_annotation_json_values=read.integer(
+                "MAX_ANNOTATION_JSON_VALUES", 100_000, minimum=100, maximum=10_000_000
+            ),
+            list_page_budget_bytes=read.integer(
+                "LIST_PAGE_BUDGET_BYTES", 2 * MIB, minimum=64 * 1024, maximum=256 * MIB
+            ),
             max_slices_per_request=read.integer(
                 "MAX_SLICES_PER_REQUEST", 1000, minimum=1, maximum=10_000
             ),
@@ -192,12 +223,21 @@ class Settings:
             ),
             allowed_mask_content_types=read.words("ALLOWED_MASK_CONTENT_TYPES", ("image/png",)),
             check_png_signature=read.boolean("CHECK_PNG_SIGNATURE", False),
+            allow_put_uploads=read.boolean("ALLOW_PUT_UPLOADS", False),
+            push_memory_budget_bytes=read.integer(
+                "PUSH_MEMORY_BUDGET_BYTES", 256 * MIB, minimum=16 * MIB
+            ),
+            push_memory_budget_per_user_bytes=read.integer(
+                "PUSH_MEMORY_BUDGET_PER_USER_BYTES", 128 * MIB, minimum=16 * MIB
+            ),
             sweeper_interval_seconds=read.number("SWEEPER_INTERVAL_SECONDS", 5.0),
             upload_grace_seconds=read.integer("UPLOAD_GRACE_SECONDS", 600, minimum=0),
             watch_queue_size=read.integer("WATCH_QUEUE_SIZE", 1000, minimum=10, maximum=100_000),
+            watch_recheck_seconds=read.number("WATCH_RECHECK_SECONDS", 2.0),
             rate_limits=RateLimitSettings(
                 tickets_per_minute=read.rate("RATE_LIMIT_TICKETS_PER_MINUTE", 120),
                 completions_per_minute=read.rate("RATE_LIMIT_COMPLETIONS_PER_MINUTE", 120),
+                downloads_per_minute=read.rate("RATE_LIMIT_DOWNLOADS_PER_MINUTE", 300),
                 pushes_per_minute=read.rate("RATE_LIMIT_PUSHES_PER_MINUTE", 60),
                 watches_per_minute=read.rate("RATE_LIMIT_WATCHES_PER_MINUTE", 60),
                 max_streams_per_user=read.integer(
@@ -212,9 +252,16 @@ class Settings:
         return settings
 
 
-def database_url_from_env(env: Mapping[str, str]) -> str:
-    """DATABASE_URL alone, for commands that need nothing else (migrate)."""
-    return _Reader(env).database_url("DATABASE_URL")
+def migration_database_url_from_env(env: Mapping[str, str]) -> str:
+    """Where `migrate` connects: MIGRATION_DATABASE_URL (the schema's owner), else DATABASE_URL.
+
+    The server itself runs as pacs_app and refuses to run as the owner, so the two differ in
+    production; the fallback keeps a one-role database usable for `migrate` alone.
+    """
+    read = _Reader(env)
+    if env.get("MIGRATION_DATABASE_URL", "").strip():
+        return read.database_url("MIGRATION_DATABASE_URL")
+    return read.database_url("DATABASE_URL")
 
 
 def _check_consistency(settings: Settings) -> None:
@@ -227,6 +274,14 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError("DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE")
     if settings.oidc.jwks_cooldown_seconds < 30:
         raise ConfigError("OIDC_JWKS_COOLDOWN_SECONDS must be at least 30")
+    if settings.oidc.issuer.rstrip("/") == DEV_ISSUER and not settings.oidc.allow_dev_issuer:
+        raise ConfigError(
+            "OIDC_ISSUER is the local stack's dev issuer, whose signing key anyone with the "
+            "key file can use; set PACS_DEV_MODE=true only for local development and tests"
+        )
+    if not 0.1 <= settings.watch_recheck_seconds <= 5:
+        # Above 5 s, a removed member's open stream outlives the promised bound.
+        raise ConfigError("WATCH_RECHECK_SECONDS must be between 0.1 and 5")
     if settings.metrics_port and settings.metrics_port == settings.grpc_port:
         raise ConfigError("METRICS_PORT must differ from GRPC_PORT")
 
@@ -312,6 +367,9 @@ class _Reader:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"{name} must be an http:// or https:// URL")
+        # Keys fetched in clear text could be swapped on the way, and then any token verifies.
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+            raise ConfigError(f"{name} must be https:// (http:// only on loopback)")
         return value
 
     def algorithms(self, name: str) -> tuple[str, ...]:
@@ -332,3 +390,13 @@ class _Reader:
 
 def _raise_value_error() -> bool:
     raise ValueError
+
+
+def is_loopback_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: a host no packet to which leaves the machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
