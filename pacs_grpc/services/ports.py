@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from pacs_grpc.domain.audit import AuditEntry
 from pacs_grpc.domain.identity import Principal, Project, ProjectMember, ProjectRole, User
+from pacs_grpc.domain.pacs import SourceSeries
 
 Tx = Any
 
@@ -75,3 +76,26 @@ class IdempotencyStore(Protocol):
 
 class AuditStore(Protocol):
     async def insert(self, conn: Tx, entry: AuditEntry) -> None: ...
+
+
+class Pacs(Protocol):
+    """The hospital's PACS over DICOMweb (pacs_grpc.adapters.pacs).
+
+    Every method raises Unavailable when the PACS cannot be reached or answers with a
+    server error, so callers can tell "not there" (False / None) from "cannot tell".
+    """
+
+    async def study_exists(self, study_uid: str) -> bool: ...
+    async def series_exists(self, study_uid: str, series_uid: str) -> bool: ...
+    async def instance_exists(self, study_uid: str, series_uid: str, sop_uid: str) -> bool: ...
+    async def source_series(self, study_uid: str, series_uid: str) -> SourceSeries | None:
+        """The series' instances (no pixel data), or None when the PACS has no such series."""
+        ...
+
+    async def series_metadata(self, study_uid: str, series_uid: str) -> list[dict[str, Any]]:
+        """WADO-RS metadata of every instance, as DICOM JSON, for building a Segmentation."""
+        ...
+
+    async def store(self, parts: list[bytes]) -> list[str]:
+        """STOW-RS of DICOM Part-10 files; the SOP Instance UIDs the PACS refused."""
+        ...
