@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from pacs_grpc.devstack.postgres import EmbeddedPostgres, PostgresConfig
+from pacs_grpc.devstack.server import ServerProcess
 from pacs_grpc.devstack.stack import LocalStack
-from tests.support.stacks import own_stack
+from tests.support.pacs import running_orthanc
+from tests.support.stacks import ServerStarter, own_stack
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +71,19 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def pacs_url(scratch_dir: Callable[[str], Path], artifacts_dir: Path) -> Iterator[str]:
+    """The DICOMweb root of an Orthanc of this run's own, on free ports, empty at start.
+
+    Fails, never skips, where Orthanc is not installed: CI installs it. Tests that stop
+    the PACS start their own (tests/support/pacs.py running_orthanc).
+    """
+    with running_orthanc(
+        scratch_dir("orthanc"), log_path=artifacts_dir / "session-orthanc.log"
+    ) as orthanc:
+        yield orthanc.dicomweb_url
+
+
+@pytest.fixture(scope="session")
 def live_stack(scratch_dir: Callable[[str], Path], artifacts_dir: Path) -> Iterator[LocalStack]:
     """The whole stack with a running server, shared by tests that only call it.
 
@@ -80,3 +95,16 @@ def live_stack(scratch_dir: Callable[[str], Path], artifacts_dir: Path) -> Itera
         server_log=artifacts_dir / "live-server.log",
     ) as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def pacs_server(
+    live_stack: LocalStack, pacs_url: str, artifacts_dir: Path
+) -> Iterator[ServerProcess]:
+    """A second server on the session stack's database and storage, linked to the session's
+    PACS with PACS_VALIDATE=enforce; `live_stack`'s own server stays unlinked."""
+    servers = ServerStarter(live_stack, artifacts_dir, "pacs-linked-server")
+    try:
+        yield servers.start_linked(pacs_url)
+    finally:
+        servers.stop_all()

@@ -1,8 +1,10 @@
-"""The local stack: PostgreSQL, S3, migrations, the server and Envoy, in that order.
+"""The local stack: PostgreSQL, S3, a PACS, migrations, the server and Envoy, in that order.
 
 `pacs-grpc dev` (and so `make run`) and the test suite start it through this
 same code. DATABASE_URL and S3_ENDPOINT, when set, replace the embedded
 PostgreSQL and SeaweedFS; MIGRATION_DATABASE_URL then names the schema's owner.
+PACS_DICOMWEB_URL, when set, is the PACS; otherwise the stack starts Debian's
+Orthanc when asked to (`make run` asks when it is installed, the tests rarely).
 As in production, the migrations run as the owner and the server as a member
 of pacs_app, so every test that calls the server proves that role's grants.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -23,6 +26,7 @@ from pacs_grpc.adapters.postgres import migrator
 from pacs_grpc.adapters.postgres.roles import APPLICATION_ROLE
 from pacs_grpc.devstack.envoy import EnvoyProcess
 from pacs_grpc.devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
+from pacs_grpc.devstack.orthanc import INSTALL_HINT, Orthanc, orthanc_available, port_in_use
 from pacs_grpc.devstack.ports import free_port, free_ports
 from pacs_grpc.devstack.postgres import EmbeddedPostgres, PostgresConfig
 from pacs_grpc.devstack.seaweed import SeaweedConfig, SeaweedS3
@@ -48,6 +52,10 @@ class StackConfig:
     http_port: int = 0  # Envoy: REST, gRPC-web and gRPC
     envoy_admin_port: int = 0
     viewer_port: int = 0  # the viewer page (clients/typescript), when started
+    # Start Orthanc as the PACS (unless PACS_DICOMWEB_URL names one); its ports, 0 = free.
+    pacs: bool = False
+    pacs_http_port: int = 0
+    pacs_dicom_port: int = 0
     # Origins whose pages may read mask images from the embedded storage; empty: any.
     storage_cors_origins: tuple[str, ...] = ()
     # Tests trade crash safety for speed; a developer's data stays durable.
@@ -67,7 +75,10 @@ class LocalStack:
         self.envoy: EnvoyProcess | None = None
         self.viewer: ViewerServer | None = None
         self.issuer: DevIssuer | None = None
+        self.orthanc: Orthanc | None = None
         self.oidc: dict[str, str] = {}
+        # The PACS's DICOMweb root the server is linked to; empty: no PACS.
+        self.pacs_url = ""
         # The schema owner's URL: migrations, and tests that look at or arrange data directly.
         self.database_url = ""
         # The server's DATABASE_URL: a member of pacs_app, which owns nothing.
@@ -112,6 +123,16 @@ class LocalStack:
             self.s3.start()
             self.s3_endpoint = self.s3.endpoint
             self.s3_access_key, self.s3_secret_key = DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY
+        if env.get("PACS_DICOMWEB_URL"):
+            self.pacs_url = env["PACS_DICOMWEB_URL"]
+        elif self.config.pacs:
+            self.orthanc = Orthanc(
+                self.config.data_dir / "orthanc",
+                http_port=self.config.pacs_http_port,
+                dicom_port=self.config.pacs_dicom_port,
+            )
+            self.orthanc.start()
+            self.pacs_url = self.orthanc.dicomweb_url
 
         if env.get("OIDC_JWKS_URL"):
             # A real Keycloak realm: the caller configured OIDC_* already.
@@ -135,6 +156,13 @@ class LocalStack:
         env = {**os.environ, **self.config.environment, **self.oidc}
         # The owner's credentials stay with the migrations.
         env.pop("MIGRATION_DATABASE_URL", None)
+        if self.pacs_url:
+            env["PACS_DICOMWEB_URL"] = self.pacs_url
+            # With a PACS, writes are checked against it unless the caller says otherwise.
+            env.setdefault("PACS_VALIDATE", "enforce")
+        else:
+            # A PACS in the caller's shell is not this stack's (its environment is explicit).
+            env.pop("PACS_DICOMWEB_URL", None)
         env.update(
             DATABASE_URL=self.server_database_url,
             S3_ENDPOINT=self.s3_endpoint,
@@ -238,6 +266,9 @@ class LocalStack:
             self.server = None
         if self.issuer is not None:
             self.issuer.stop()
+        if self.orthanc is not None:
+            self.orthanc.stop()
+            self.orthanc = None
         if self.s3 is not None:
             self.s3.stop()
         if self.postgres is not None:
@@ -247,6 +278,51 @@ class LocalStack:
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
     value = env.get(name, "")
     return int(value) if value.isdigit() else default
+
+
+def _default_port_or_free(env: Mapping[str, str], name: str, default: int) -> int:
+    """The port `name` gives; else `default`, or a free port if something holds it.
+
+    Debian's orthanc package starts a system service on 8042/4242 where systemd runs;
+    the stack's own Orthanc then moves aside rather than fail. A port given explicitly
+    is kept, so a clash there is an error.
+    """
+    if env.get(name, "").isdigit():
+        return int(env[name])
+    return free_port() if port_in_use(default) else default
+
+
+@dataclass(frozen=True)
+class SampleSeries:
+    """The synthetic CT `make run` stores in its own PACS on first start."""
+
+    study_uid: str
+    series_uid: str
+    instances: int
+
+
+SAMPLE_MARKER = "sample-series.json"
+
+
+def ensure_sample_series(orthanc: Orthanc, uid_root: str | None = None) -> SampleSeries:
+    """Store the sample series once per data directory; later starts read what was stored.
+
+    The marker lives with Orthanc's data, so removing that removes both together.
+    """
+    from pacs_grpc.devstack.sample_ct import store_series, synthetic_ct
+
+    marker = orthanc.data_dir / SAMPLE_MARKER
+    if marker.is_file():
+        return SampleSeries(**json.loads(marker.read_text()))
+    datasets = synthetic_ct(uid_root=uid_root)
+    store_series(orthanc.dicomweb_url, datasets)
+    sample = SampleSeries(
+        study_uid=str(datasets[0].StudyInstanceUID),
+        series_uid=str(datasets[0].SeriesInstanceUID),
+        instances=len(datasets),
+    )
+    marker.write_text(json.dumps(dataclasses.asdict(sample)) + "\n")
+    return sample
 
 
 def run_dev_stack(data_dir: str) -> int:
@@ -276,20 +352,26 @@ def run_dev_stack(data_dir: str) -> int:
             viewer_port=viewer_port,
             storage_cors_origins=page_origins,
             environment=env,
+            # A PACS of the developer's (PACS_DICOMWEB_URL) wins over the local Orthanc.
+            pacs=orthanc_available() and not env.get("PACS_DICOMWEB_URL"),
+            pacs_http_port=_default_port_or_free(env, "PACS_DEV_ORTHANC_HTTP_PORT", 8042),
+            pacs_dicom_port=_default_port_or_free(env, "PACS_DEV_ORTHANC_DICOM_PORT", 4242),
         )
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        print("starting PostgreSQL and object storage ...", flush=True)
+        pacs = " and the PACS (Orthanc)" if stack.config.pacs else ""
+        print(f"starting PostgreSQL, object storage{pacs} ...", flush=True)
         stack.start_dependencies()
+        sample = _sample_series(stack, env)
         applied = stack.migrate()
         print(f"migrations: {len(applied)} applied", flush=True)
         server = stack.start_server()
         envoy = stack.start_envoy(cors_allowed_origins=page_origins)
         viewer = stack.start_viewer()
-        _print_endpoints(stack, server, envoy, viewer)
+        _print_endpoints(stack, server, envoy, viewer, sample)
         children = {"server": server.process, "envoy": envoy.process}
         while not stop.is_set() and all(c.poll() is None for c in children.values()):
             stop.wait(0.5)
@@ -303,8 +385,42 @@ def run_dev_stack(data_dir: str) -> int:
         stack.stop()
 
 
+def _sample_series(stack: LocalStack, env: Mapping[str, str]) -> SampleSeries | None:
+    """The sample series in the stack's own Orthanc; never written to a PACS of the caller's."""
+    if stack.orthanc is None:
+        return None
+    if not (stack.orthanc.data_dir / SAMPLE_MARKER).is_file():
+        print("storing a synthetic CT series in the local PACS (first start) ...", flush=True)
+    try:
+        return ensure_sample_series(stack.orthanc, env.get("DICOM_UID_ROOT") or None)
+    except Exception as exc:  # noqa: BLE001 - a convenience; the stack runs without it
+        print(f"could not store the sample CT series: {type(exc).__name__}: {exc}", flush=True)
+        return None
+
+
+def pacs_banner(pacs_url: str, own: bool, sample: SampleSeries | None) -> str:
+    """The banner's PACS lines: where DICOMweb is, the sample study, or how to add a PACS."""
+    if not pacs_url:
+        return (
+            "  PACS           none: writes are not checked against a PACS. Add a local one\n"
+            f"                 with `{INSTALL_HINT}`, or set PACS_DICOMWEB_URL\n"
+        )
+    lines = f"  PACS DICOMweb  {pacs_url}   ({'local Orthanc' if own else 'PACS_DICOMWEB_URL'})\n"
+    if sample is not None:
+        lines += (
+            f"  sample CT      {sample.instances} synthetic slices, patient SYNTHETIC^PHANTOM\n"
+            f"    study UID    {sample.study_uid}\n"
+            f"    series UID   {sample.series_uid}\n"
+        )
+    return lines
+
+
 def _print_endpoints(
-    stack: LocalStack, server: ServerProcess, envoy: EnvoyProcess, viewer: ViewerServer
+    stack: LocalStack,
+    server: ServerProcess,
+    envoy: EnvoyProcess,
+    viewer: ViewerServer,
+    sample: SampleSeries | None = None,
 ) -> None:
     database = (
         f"{stack.server_database_url} (server), {stack.database_url} (migrations)"
@@ -325,6 +441,7 @@ def _print_endpoints(
         f"  health         grpc.health.v1 on {server.address}\n"
         f"  PostgreSQL     {database}\n"
         f"  S3             {stack.s3_endpoint}  bucket {stack.config.bucket}\n"
+        f"{pacs_banner(stack.pacs_url, stack.orthanc is not None, sample)}"
         f"{_token_help(stack, server, envoy)}"
         "Press Ctrl-C to stop everything.\n",
         flush=True,

@@ -35,6 +35,8 @@ def _start_dev(data_dir: Path, ports: list[int], log_path: Path) -> subprocess.P
             "S3_ENDPOINT",
             "S3_ACCESS_KEY",
             "S3_SECRET_KEY",
+            "PACS_DICOMWEB_URL",
+            "PACS_VALIDATE",
         )
     }
     env.update(
@@ -45,6 +47,8 @@ def _start_dev(data_dir: Path, ports: list[int], log_path: Path) -> subprocess.P
         PACS_DEV_HTTP_PORT=str(ports[3]),
         PACS_DEV_VIEWER_PORT=str(ports[4]),
         PACS_DEV_ISSUER_PORT=str(ports[5]),
+        PACS_DEV_ORTHANC_HTTP_PORT=str(ports[6]),
+        PACS_DEV_ORTHANC_DICOM_PORT=str(ports[7]),
     )
     with log_path.open("wb") as log:
         return subprocess.Popen(
@@ -78,7 +82,7 @@ def _stop(process: subprocess.Popen[bytes]) -> tuple[int, set[int]]:
 def test_dev_starts_everything_and_ctrl_c_stops_every_child(
     scratch_dir: Callable[[str], Path], artifacts_dir: Path
 ) -> None:
-    ports = free_ports(6)
+    ports = free_ports(8)
     log_path = artifacts_dir / "dev-stack.log"
     data_dir = scratch_dir("dev") / "data"
 
@@ -99,19 +103,55 @@ def test_dev_starts_everything_and_ctrl_c_stops_every_child(
         )  # fmt: skip
         assert reply.status == 200
         assert reply.json()["user"]["username"] == "alice"
+        sample = _sample_in_the_local_pacs(banner, ports[6])
+        server_env = _server_environment(process)
+        assert server_env["PACS_DICOMWEB_URL"] == f"http://127.0.0.1:{ports[6]}/dicom-web"
+        assert server_env["PACS_VALIDATE"] == "enforce"
     finally:
         code, survivors = _stop(process)
     assert code == 0
-    assert survivors == set(), "Ctrl-C must stop PostgreSQL, SeaweedFS and the server"
+    assert survivors == set(), "Ctrl-C must stop PostgreSQL, SeaweedFS, Orthanc and the server"
 
     # A second run reuses the data: nothing left to migrate.
     process = _start_dev(data_dir, ports, log_path)
     try:
         banner = _wait_for_banner(process, log_path, timeout=90)
         assert "migrations: 0 applied" in banner
+        # Stored once: the same study is printed, and it is still the PACS's only one.
+        assert _sample_in_the_local_pacs(banner, ports[6]) == sample
     finally:
         code, _ = _stop(process)
     assert code == 0
+
+
+def _server_environment(dev: subprocess.Popen[bytes]) -> dict[str, str]:
+    servers = [
+        child
+        for child in psutil.Process(dev.pid).children(recursive=True)
+        if child.cmdline()[-2:] == ["pacs_grpc", "serve"]
+    ]
+    assert len(servers) == 1
+    return servers[0].environ()
+
+
+def _sample_in_the_local_pacs(banner: str, http_port: int) -> tuple[str, str]:
+    """The banner's DICOMweb URL and sample UIDs, checked against the PACS with QIDO-RS."""
+    dicomweb = f"http://127.0.0.1:{http_port}/dicom-web"
+    assert f"PACS DICOMweb  {dicomweb}" in banner
+    study = re.search(r"study UID\s+([0-9.]+)", banner)
+    series = re.search(r"series UID\s+([0-9.]+)", banner)
+    assert study, banner
+    assert series, banner
+    accept = {"Accept": "application/dicom+json"}
+    studies = urllib3.request("GET", f"{dicomweb}/studies", headers=accept, timeout=10).json()
+    assert [s["0020000D"]["Value"][0] for s in studies] == [study[1]]
+    assert studies[0]["00100010"]["Value"][0]["Alphabetic"] == "SYNTHETIC^PHANTOM"
+    found = urllib3.request(
+        "GET", f"{dicomweb}/studies/{study[1]}/series", headers=accept, timeout=10
+    ).json()
+    assert [s["0020000E"]["Value"][0] for s in found] == [series[1]]
+    assert found[0]["00201209"]["Value"][0] == 64  # NumberOfSeriesRelatedInstances
+    return study[1], series[1]
 
 
 def _login_with_a_dev_token(data_dir: Path, address: str) -> str:

@@ -18,14 +18,19 @@ def own_stack(
     *,
     server_log: Path | None = None,
     durable: bool = False,
+    pacs: bool = False,
 ) -> Iterator[LocalStack]:
     """PostgreSQL, storage and the issuer, migrated; with a server when `server_log` is given.
 
-    `environment` is explicit, so DATABASE_URL / S3_ENDPOINT from the caller's shell are
-    not used: such a stack is the test's to stop and restart.
+    `environment` is explicit, so DATABASE_URL / S3_ENDPOINT / PACS_DICOMWEB_URL from the
+    caller's shell are not used: such a stack is the test's to stop and restart. With
+    `pacs`, the stack starts an Orthanc of its own (stack.orthanc, stack.pacs_url) and
+    links its server to it with PACS_VALIDATE=enforce; without, the server has no PACS.
     """
     stack = LocalStack(
-        StackConfig(data_dir=data_dir, durable=durable, environment=dict(environment or {}))
+        StackConfig(
+            data_dir=data_dir, durable=durable, environment=dict(environment or {}), pacs=pacs
+        )
     )
     try:
         stack.start_dependencies()
@@ -35,6 +40,11 @@ def own_stack(
         yield stack
     finally:
         stack.stop()
+
+
+def pacs_overrides(pacs_url: str, validate: str = "enforce") -> dict[str, str]:
+    """Server settings linking it to the PACS at `pacs_url` (a DICOMweb root)."""
+    return {"PACS_DICOMWEB_URL": pacs_url, "PACS_VALIDATE": validate}
 
 
 class ServerStarter:
@@ -53,6 +63,13 @@ class ServerStarter:
         server.start()
         self._started.append(server)
         return server
+
+    def start_linked(
+        self, pacs_url: str, overrides: Mapping[str, str] | None = None
+    ) -> ServerProcess:
+        """A server checking writes against the PACS at `pacs_url` (e.g. the `pacs_url`
+        fixture's), on this stack's database and storage."""
+        return self.start({**pacs_overrides(pacs_url), **(overrides or {})})
 
     def stop_all(self) -> None:
         for server in self._started:
