@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct, Value
@@ -14,6 +15,7 @@ from pacs_grpc.domain.annotation import Annotation, AnnotationEvent, EventType
 from pacs_grpc.domain.errors import InvalidArgument
 from pacs_grpc.domain.identity import Project, ProjectMember, User
 from pacs_grpc.domain.masks import Mask, MaskGroup
+from pacs_grpc.domain.segments import AlgorithmType, CodedConcept, Segment, SegmentInput
 
 
 def timestamp(value: datetime) -> Timestamp:
@@ -142,7 +144,78 @@ def mask_group(value: MaskGroup) -> mask_pb2.MaskGroup:
         completed_slices=value.completed_slices,
         created_at=timestamp(value.created_at),
         updated_at=timestamp(value.updated_at),
+        segments=[segment(s) for s in value.segments],
     )
+
+
+_ALGORITHM_TYPES = {
+    mask_pb2.SEGMENT_ALGORITHM_TYPE_AUTOMATIC: AlgorithmType.AUTOMATIC,
+    mask_pb2.SEGMENT_ALGORITHM_TYPE_SEMIAUTOMATIC: AlgorithmType.SEMIAUTOMATIC,
+    mask_pb2.SEGMENT_ALGORITHM_TYPE_MANUAL: AlgorithmType.MANUAL,
+}
+_ALGORITHM_TYPE_VALUES = {domain: wire for wire, domain in _ALGORITHM_TYPES.items()}
+
+
+def segment(value: Segment) -> mask_pb2.Segment:
+    return mask_pb2.Segment(
+        pixel_value=value.pixel_value,
+        label=value.label,
+        segmented_property_category=_concept(value.segmented_property_category),
+        segmented_property_type=_concept(value.segmented_property_type),
+        display_color=mask_pb2.RgbColor(
+            red=value.display_color[0], green=value.display_color[1], blue=value.display_color[2]
+        )
+        if value.display_color
+        else None,
+        algorithm_type=_ALGORITHM_TYPE_VALUES[value.algorithm_type],
+        description=value.description or "",
+    )
+
+
+def segment_inputs(field: str, values: Sequence[mask_pb2.Segment]) -> list[SegmentInput]:
+    """Segments as declared; the domain validates them (pacs_grpc.domain.segments)."""
+    result = []
+    for position, given in enumerate(values):
+        algorithm: AlgorithmType | None = None
+        if given.algorithm_type != mask_pb2.SEGMENT_ALGORITHM_TYPE_UNSPECIFIED:
+            algorithm = _ALGORITHM_TYPES.get(given.algorithm_type)
+            if algorithm is None:
+                raise InvalidArgument(
+                    f"{field}[{position}].algorithm_type", "is not a known algorithm type"
+                )
+        color = given.display_color
+        result.append(
+            SegmentInput(
+                pixel_value=given.pixel_value,
+                label=given.label,
+                segmented_property_category=_concept_input(given, "segmented_property_category"),
+                segmented_property_type=_concept_input(given, "segmented_property_type"),
+                algorithm_type=algorithm,
+                display_color=(color.red, color.green, color.blue)
+                if given.HasField("display_color")
+                else None,
+                description=given.description,
+            )
+        )
+    return result
+
+
+def _concept(value: CodedConcept) -> mask_pb2.CodedConcept:
+    return mask_pb2.CodedConcept(
+        code_value=value.code_value,
+        coding_scheme_designator=value.coding_scheme_designator,
+        code_meaning=value.code_meaning,
+    )
+
+
+def _concept_input(
+    given: mask_pb2.Segment,
+    name: Literal["segmented_property_category", "segmented_property_type"],
+) -> CodedConcept | None:
+    if not given.HasField(name):
+        return None
+    code: mask_pb2.CodedConcept = getattr(given, name)
+    return CodedConcept(code.code_value, code.coding_scheme_designator, code.code_meaning)
 
 
 def mask(value: Mask) -> mask_pb2.Mask:

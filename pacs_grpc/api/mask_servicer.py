@@ -63,6 +63,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
             slice_count=given.slice_count,
             mask_type=given.mask_type,
             description=given.description,
+            segments=convert.segment_inputs("mask_group.segments", given.segments),
         )
         group = await self._use_cases.create_group(
             current_call(), request.annotation_id, values, request.request_id

@@ -42,6 +42,36 @@ MASK_GROUP_STATUS_COMPLETE: MaskGroupStatus.ValueType  # 2
 """All slice_count slices are complete."""
 Global___MaskGroupStatus: _TypeAlias = MaskGroupStatus  # noqa: Y015
 
+class _SegmentAlgorithmType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SegmentAlgorithmTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SegmentAlgorithmType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEGMENT_ALGORITHM_TYPE_UNSPECIFIED: _SegmentAlgorithmType.ValueType  # 0
+    """AUTOMATIC when the group has a model_name, otherwise MANUAL."""
+    SEGMENT_ALGORITHM_TYPE_AUTOMATIC: _SegmentAlgorithmType.ValueType  # 1
+    """Made by a program alone."""
+    SEGMENT_ALGORITHM_TYPE_SEMIAUTOMATIC: _SegmentAlgorithmType.ValueType  # 2
+    """Made by a program with a person's guidance or corrections."""
+    SEGMENT_ALGORITHM_TYPE_MANUAL: _SegmentAlgorithmType.ValueType  # 3
+    """Drawn by a person."""
+
+class SegmentAlgorithmType(_SegmentAlgorithmType, metaclass=_SegmentAlgorithmTypeEnumTypeWrapper):
+    """SegmentAlgorithmType is how a segment was made (DICOM Segment Algorithm
+    Type).
+    """
+
+SEGMENT_ALGORITHM_TYPE_UNSPECIFIED: SegmentAlgorithmType.ValueType  # 0
+"""AUTOMATIC when the group has a model_name, otherwise MANUAL."""
+SEGMENT_ALGORITHM_TYPE_AUTOMATIC: SegmentAlgorithmType.ValueType  # 1
+"""Made by a program alone."""
+SEGMENT_ALGORITHM_TYPE_SEMIAUTOMATIC: SegmentAlgorithmType.ValueType  # 2
+"""Made by a program with a person's guidance or corrections."""
+SEGMENT_ALGORITHM_TYPE_MANUAL: SegmentAlgorithmType.ValueType  # 3
+"""Drawn by a person."""
+Global___SegmentAlgorithmType: _TypeAlias = SegmentAlgorithmType  # noqa: Y015
+
 class _UploadMethod:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -86,6 +116,7 @@ class MaskGroup(_message.Message):
     COMPLETED_SLICES_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only."""
     annotation_id: _builtins.int
@@ -114,6 +145,16 @@ class MaskGroup(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
 
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]:
+        """The labels this group's slices hold, at most 255, each with its own pixel
+        value. Set at creation only. With segments, every slice is an 8-bit
+        greyscale label map PNG: a pixel's value is the pixel_value of its
+        segment, 0 is background, and the slice's label_name is not used. Without
+        segments a group keeps the original meaning: nonzero pixels belong to the
+        slice's label_name.
+        """
+
     def __init__(
         self,
         *,
@@ -131,14 +172,136 @@ class MaskGroup(_message.Message):
         completed_slices: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        segments: _abc.Iterable[Global___Segment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "completed_slices", b"completed_slices", "created_at", b"created_at", "created_by", b"created_by", "description", b"description", "group_name", b"group_name", "id", b"id", "mask_type", b"mask_type", "modality", b"modality", "model_name", b"model_name", "slice_count", b"slice_count", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "completed_slices", b"completed_slices", "created_at", b"created_at", "created_by", b"created_by", "description", b"description", "group_name", b"group_name", "id", b"id", "mask_type", b"mask_type", "modality", b"modality", "model_name", b"model_name", "segments", b"segments", "slice_count", b"slice_count", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MaskGroup: _TypeAlias = MaskGroup  # noqa: Y015
+
+@_typing.final
+class CodedConcept(_message.Message):
+    """CodedConcept is a coded term, as in DICOM's Code Sequence (PS3.3 8.8)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_VALUE_FIELD_NUMBER: _builtins.int
+    CODING_SCHEME_DESIGNATOR_FIELD_NUMBER: _builtins.int
+    CODE_MEANING_FIELD_NUMBER: _builtins.int
+    code_value: _builtins.str
+    """The code in its scheme, e.g. "10200004"; at most 64 characters."""
+    coding_scheme_designator: _builtins.str
+    """The scheme, spelt exactly: SCT (SNOMED CT), DCM (DICOM), LN (LOINC),
+    UCUM, FMA, RADLEX or NCIt. The retired SRT is refused: use SCT.
+    """
+    code_meaning: _builtins.str
+    """The human-readable meaning, e.g. "Liver"; at most 64 characters."""
+    def __init__(
+        self,
+        *,
+        code_value: _builtins.str = ...,
+        coding_scheme_designator: _builtins.str = ...,
+        code_meaning: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_meaning", b"code_meaning", "code_value", b"code_value", "coding_scheme_designator", b"coding_scheme_designator"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CodedConcept: _TypeAlias = CodedConcept  # noqa: Y015
+
+@_typing.final
+class RgbColor(_message.Message):
+    """RgbColor is a display colour, each component 0 to 255 (sRGB). A DICOM
+    Segmentation stores it converted to CIELab (Recommended Display CIELab
+    Value).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RED_FIELD_NUMBER: _builtins.int
+    GREEN_FIELD_NUMBER: _builtins.int
+    BLUE_FIELD_NUMBER: _builtins.int
+    red: _builtins.int
+    green: _builtins.int
+    blue: _builtins.int
+    def __init__(
+        self,
+        *,
+        red: _builtins.int = ...,
+        green: _builtins.int = ...,
+        blue: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blue", b"blue", "green", b"green", "red", b"red"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RgbColor: _TypeAlias = RgbColor  # noqa: Y015
+
+@_typing.final
+class Segment(_message.Message):
+    """Segment is one label of a mask group."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PIXEL_VALUE_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    SEGMENTED_PROPERTY_CATEGORY_FIELD_NUMBER: _builtins.int
+    SEGMENTED_PROPERTY_TYPE_FIELD_NUMBER: _builtins.int
+    DISPLAY_COLOR_FIELD_NUMBER: _builtins.int
+    ALGORITHM_TYPE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    pixel_value: _builtins.int
+    """The value this segment's pixels have in the slice PNGs: 1 to 255,
+    distinct within the group. It is also the segment's number in a DICOM
+    Segmentation.
+    """
+    label: _builtins.str
+    """Required; at most 64 characters."""
+    algorithm_type: Global___SegmentAlgorithmType.ValueType
+    """Default: AUTOMATIC when the group has a model_name, otherwise MANUAL."""
+    description: _builtins.str
+    """Optional; at most 1,024 characters."""
+    @_builtins.property
+    def segmented_property_category(self) -> Global___CodedConcept:
+        """What kind of thing is segmented (SNOMED CT, e.g. SCT 123037004
+        "Anatomical Structure"). Default SCT 85756007 "Tissue".
+        """
+
+    @_builtins.property
+    def segmented_property_type(self) -> Global___CodedConcept:
+        """What exactly is segmented (SNOMED CT, e.g. SCT 10200004 "Liver").
+        Default SCT 85756007 "Tissue".
+        """
+
+    @_builtins.property
+    def display_color(self) -> Global___RgbColor:
+        """Optional recommended display colour."""
+
+    def __init__(
+        self,
+        *,
+        pixel_value: _builtins.int = ...,
+        label: _builtins.str = ...,
+        segmented_property_category: Global___CodedConcept | None = ...,
+        segmented_property_type: Global___CodedConcept | None = ...,
+        display_color: Global___RgbColor | None = ...,
+        algorithm_type: Global___SegmentAlgorithmType.ValueType = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["display_color", b"display_color", "segmented_property_category", b"segmented_property_category", "segmented_property_type", b"segmented_property_type"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm_type", b"algorithm_type", "description", b"description", "display_color", b"display_color", "label", b"label", "pixel_value", b"pixel_value", "segmented_property_category", b"segmented_property_category", "segmented_property_type", b"segmented_property_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Segment: _TypeAlias = Segment  # noqa: Y015
 
 @_typing.final
 class Mask(_message.Message):

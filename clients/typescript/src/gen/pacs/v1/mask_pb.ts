@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pacs/v1/mask.proto.
  */
 export const file_pacs_v1_mask: GenFile = /*@__PURE__*/
-  fileDesc("ChJwYWNzL3YxL21hc2sucHJvdG8SB3BhY3MudjEi7gIKCU1hc2tHcm91cBIKCgJpZBgBIAEoAxIVCg1hbm5vdGF0aW9uX2lkGAIgASgDEhIKCmdyb3VwX25hbWUYAyABKAkSEgoKbW9kZWxfbmFtZRgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEhAKCG1vZGFsaXR5GAYgASgJEhMKC3NsaWNlX2NvdW50GAcgASgFEhEKCW1hc2tfdHlwZRgIIAEoCRITCgtkZXNjcmlwdGlvbhgJIAEoCRISCgpjcmVhdGVkX2J5GAogASgDEigKBnN0YXR1cxgLIAEoDjIYLnBhY3MudjEuTWFza0dyb3VwU3RhdHVzEhgKEGNvbXBsZXRlZF9zbGljZXMYDCABKAUSLgoKY3JlYXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihgIKBE1hc2sSCgoCaWQYASABKAMSFQoNbWFza19ncm91cF9pZBgCIAEoAxITCgtzbGljZV9pbmRleBgDIAEoBRIYChBzb3BfaW5zdGFuY2VfdWlkGAQgASgJEhIKCmxhYmVsX25hbWUYBSABKAkSEQoJZmlsZV9wYXRoGAYgASgJEhEKCW1pbWVfdHlwZRgHIAEoCRIRCglmaWxlX3NpemUYCCABKAMSEAoIY2hlY2tzdW0YCSABKAkSDQoFd2lkdGgYCiABKAUSDgoGaGVpZ2h0GAsgASgFEi4KCmNyZWF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvUCCgxVcGxvYWRUaWNrZXQSEQoJdXBsb2FkX2lkGAEgASgJEhMKC3NsaWNlX2luZGV4GAIgASgFEiUKBm1ldGhvZBgDIAEoDjIVLnBhY3MudjEuVXBsb2FkTWV0aG9kEgsKA3VybBgEIAEoCRIxCgZmaWVsZHMYBSADKAsyIS5wYWNzLnYxLlVwbG9hZFRpY2tldC5GaWVsZHNFbnRyeRIzCgdoZWFkZXJzGAYgAygLMiIucGFjcy52MS5VcGxvYWRUaWNrZXQuSGVhZGVyc0VudHJ5EhIKCm9iamVjdF9rZXkYByABKAkSLgoKZXhwaXJlc19hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLRmllbGRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKHAQoLU2xpY2VVcGxvYWQSEwoLc2xpY2VfaW5kZXgYASABKAUSGAoQc29wX2luc3RhbmNlX3VpZBgCIAEoCRISCgpsYWJlbF9uYW1lGAMgASgJEhQKDGNvbnRlbnRfdHlwZRgEIAEoCRISCgpzaXplX2J5dGVzGAUgASgDEgsKA21kNRgGIAEoCSJQCg9Db21wbGV0ZWRVcGxvYWQSEQoJdXBsb2FkX2lkGAEgASgJEg0KBXdpZHRoGAIgASgFEg4KBmhlaWdodBgDIAEoBRILCgNtZDUYBCABKAkigwEKC0Rvd25sb2FkVXJsEg8KB21hc2tfaWQYASABKAMSEwoLc2xpY2VfaW5kZXgYAiABKAUSCwoDdXJsGAMgASgJEhEKCW1pbWVfdHlwZRgEIAEoCRIuCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJrChZDcmVhdGVNYXNrR3JvdXBSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSJgoKbWFza19ncm91cBgCIAEoCzISLnBhY3MudjEuTWFza0dyb3VwEhIKCnJlcXVlc3RfaWQYAyABKAkiQQoXQ3JlYXRlTWFza0dyb3VwUmVzcG9uc2USJgoKbWFza19ncm91cBgBIAEoCzISLnBhY3MudjEuTWFza0dyb3VwIlUKFUxpc3RNYXNrR3JvdXBzUmVxdWVzdBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIloKFkxpc3RNYXNrR3JvdXBzUmVzcG9uc2USJwoLbWFza19ncm91cHMYASADKAsyEi5wYWNzLnYxLk1hc2tHcm91cBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPgoTR2V0TWFza0dyb3VwUmVxdWVzdBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEhAKCGdyb3VwX2lkGAIgASgDIj4KFEdldE1hc2tHcm91cFJlc3BvbnNlEiYKCm1hc2tfZ3JvdXAYASABKAsyEi5wYWNzLnYxLk1hc2tHcm91cCJBChZEZWxldGVNYXNrR3JvdXBSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMiGQoXRGVsZXRlTWFza0dyb3VwUmVzcG9uc2UipAEKF0NyZWF0ZVVwbG9hZFVybHNSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMSJAoGc2xpY2VzGAMgAygLMhQucGFjcy52MS5TbGljZVVwbG9hZBITCgt0dGxfc2Vjb25kcxgEIAEoBRIlCgZtZXRob2QYBSABKA4yFS5wYWNzLnYxLlVwbG9hZE1ldGhvZCJCChhDcmVhdGVVcGxvYWRVcmxzUmVzcG9uc2USJgoHdGlja2V0cxgBIAMoCzIVLnBhY3MudjEuVXBsb2FkVGlja2V0ImsKFUNvbXBsZXRlVXBsb2FkUmVxdWVzdBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEhAKCGdyb3VwX2lkGAIgASgDEikKB3VwbG9hZHMYAyADKAsyGC5wYWNzLnYxLkNvbXBsZXRlZFVwbG9hZCJeChZDb21wbGV0ZVVwbG9hZFJlc3BvbnNlEiYKCm1hc2tfZ3JvdXAYASABKAsyEi5wYWNzLnYxLk1hc2tHcm91cBIcCgVtYXNrcxgCIAMoCzINLnBhY3MudjEuTWFzayJiChBMaXN0TWFza3NSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiSgoRTGlzdE1hc2tzUmVzcG9uc2USHAoFbWFza3MYASADKAsyDS5wYWNzLnYxLk1hc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkoKDkdldE1hc2tSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMSDwoHbWFza19pZBgDIAEoAyIuCg9HZXRNYXNrUmVzcG9uc2USGwoEbWFzaxgBIAEoCzINLnBhY3MudjEuTWFzayKSAQoZQ3JlYXRlRG93bmxvYWRVcmxzUmVxdWVzdBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEhAKCGdyb3VwX2lkGAIgASgDEhAKCG1hc2tfaWRzGAMgAygDEhMKC3R0bF9zZWNvbmRzGAQgASgFEhEKCXBhZ2Vfc2l6ZRgFIAEoBRISCgpwYWdlX3Rva2VuGAYgASgJIlkKGkNyZWF0ZURvd25sb2FkVXJsc1Jlc3BvbnNlEiIKBHVybHMYASADKAsyFC5wYWNzLnYxLkRvd25sb2FkVXJsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKAAQoQUHVzaE1hc2tzUmVxdWVzdBIlCgZ0YXJnZXQYASABKAsyEy5wYWNzLnYxLlB1c2hUYXJnZXRIABIpCgVzbGljZRgCIAEoCzIYLnBhY3MudjEuUHVzaFNsaWNlSGVhZGVySAASDwoFY2h1bmsYAyABKAxIAEIJCgdtZXNzYWdlIjUKClB1c2hUYXJnZXQSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAyKqAQoPUHVzaFNsaWNlSGVhZGVyEhMKC3NsaWNlX2luZGV4GAEgASgFEhgKEHNvcF9pbnN0YW5jZV91aWQYAiABKAkSEgoKbGFiZWxfbmFtZRgDIAEoCRIUCgxjb250ZW50X3R5cGUYBCABKAkSEgoKc2l6ZV9ieXRlcxgFIAEoAxINCgV3aWR0aBgGIAEoBRIOCgZoZWlnaHQYByABKAUSCwoDbWQ1GAggASgJInEKEVB1c2hNYXNrc1Jlc3BvbnNlEiYKCm1hc2tfZ3JvdXAYASABKAsyEi5wYWNzLnYxLk1hc2tHcm91cBIcCgVtYXNrcxgCIAMoCzINLnBhY3MudjEuTWFzaxIWCg5ieXRlc19yZWNlaXZlZBgDIAEoAypzCg9NYXNrR3JvdXBTdGF0dXMSIQodTUFTS19HUk9VUF9TVEFUVVNfVU5TUEVDSUZJRUQQABIdChlNQVNLX0dST1VQX1NUQVRVU19QRU5ESU5HEAESHgoaTUFTS19HUk9VUF9TVEFUVVNfQ09NUExFVEUQAipcCgxVcGxvYWRNZXRob2QSHQoZVVBMT0FEX01FVEhPRF9VTlNQRUNJRklFRBAAEhYKElVQTE9BRF9NRVRIT0RfUE9TVBABEhUKEVVQTE9BRF9NRVRIT0RfUFVUEAIytQsKC01hc2tTZXJ2aWNlEpYBCg9DcmVhdGVNYXNrR3JvdXASHy5wYWNzLnYxLkNyZWF0ZU1hc2tHcm91cFJlcXVlc3QaIC5wYWNzLnYxLkNyZWF0ZU1hc2tHcm91cFJlc3BvbnNlIkCC0+STAjo6Cm1hc2tfZ3JvdXAiLC9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzEocBCg5MaXN0TWFza0dyb3VwcxIeLnBhY3MudjEuTGlzdE1hc2tHcm91cHNSZXF1ZXN0Gh8ucGFjcy52MS5MaXN0TWFza0dyb3Vwc1Jlc3BvbnNlIjSC0+STAi4SLC9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzEowBCgxHZXRNYXNrR3JvdXASHC5wYWNzLnYxLkdldE1hc2tHcm91cFJlcXVlc3QaHS5wYWNzLnYxLkdldE1hc2tHcm91cFJlc3BvbnNlIj+C0+STAjkSNy9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzL3tncm91cF9pZH0SlQEKD0RlbGV0ZU1hc2tHcm91cBIfLnBhY3MudjEuRGVsZXRlTWFza0dyb3VwUmVxdWVzdBogLnBhY3MudjEuRGVsZXRlTWFza0dyb3VwUmVzcG9uc2UiP4LT5JMCOSo3L2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMve2dyb3VwX2lkfRKmAQoQQ3JlYXRlVXBsb2FkVXJscxIgLnBhY3MudjEuQ3JlYXRlVXBsb2FkVXJsc1JlcXVlc3QaIS5wYWNzLnYxLkNyZWF0ZVVwbG9hZFVybHNSZXNwb25zZSJNgtPkkwJHOgEqIkIvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9tYXNrLWdyb3Vwcy97Z3JvdXBfaWR9L3NpZ25lZC11cmwSngEKDkNvbXBsZXRlVXBsb2FkEh4ucGFjcy52MS5Db21wbGV0ZVVwbG9hZFJlcXVlc3QaHy5wYWNzLnYxLkNvbXBsZXRlVXBsb2FkUmVzcG9uc2UiS4LT5JMCRToBKiJAL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMve2dyb3VwX2lkfS9jb21wbGV0ZRKJAQoJTGlzdE1hc2tzEhkucGFjcy52MS5MaXN0TWFza3NSZXF1ZXN0GhoucGFjcy52MS5MaXN0TWFza3NSZXNwb25zZSJFgtPkkwI/Ej0vYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9tYXNrLWdyb3Vwcy97Z3JvdXBfaWR9L21hc2tzEo0BCgdHZXRNYXNrEhcucGFjcy52MS5HZXRNYXNrUmVxdWVzdBoYLnBhY3MudjEuR2V0TWFza1Jlc3BvbnNlIk+C0+STAkkSRy9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzL3tncm91cF9pZH0vbWFza3Mve21hc2tfaWR9Eq8BChJDcmVhdGVEb3dubG9hZFVybHMSIi5wYWNzLnYxLkNyZWF0ZURvd25sb2FkVXJsc1JlcXVlc3QaIy5wYWNzLnYxLkNyZWF0ZURvd25sb2FkVXJsc1Jlc3BvbnNlIlCC0+STAko6ASoiRS9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzL3tncm91cF9pZH0vZG93bmxvYWQtdXJscxJECglQdXNoTWFza3MSGS5wYWNzLnYxLlB1c2hNYXNrc1JlcXVlc3QaGi5wYWNzLnYxLlB1c2hNYXNrc1Jlc3BvbnNlKAFiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("ChJwYWNzL3YxL21hc2sucHJvdG8SB3BhY3MudjEikgMKCU1hc2tHcm91cBIKCgJpZBgBIAEoAxIVCg1hbm5vdGF0aW9uX2lkGAIgASgDEhIKCmdyb3VwX25hbWUYAyABKAkSEgoKbW9kZWxfbmFtZRgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEhAKCG1vZGFsaXR5GAYgASgJEhMKC3NsaWNlX2NvdW50GAcgASgFEhEKCW1hc2tfdHlwZRgIIAEoCRITCgtkZXNjcmlwdGlvbhgJIAEoCRISCgpjcmVhdGVkX2J5GAogASgDEigKBnN0YXR1cxgLIAEoDjIYLnBhY3MudjEuTWFza0dyb3VwU3RhdHVzEhgKEGNvbXBsZXRlZF9zbGljZXMYDCABKAUSLgoKY3JlYXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoIc2VnbWVudHMYDyADKAsyEC5wYWNzLnYxLlNlZ21lbnQiWgoMQ29kZWRDb25jZXB0EhIKCmNvZGVfdmFsdWUYASABKAkSIAoYY29kaW5nX3NjaGVtZV9kZXNpZ25hdG9yGAIgASgJEhQKDGNvZGVfbWVhbmluZxgDIAEoCSI0CghSZ2JDb2xvchILCgNyZWQYASABKAUSDQoFZ3JlZW4YAiABKAUSDAoEYmx1ZRgDIAEoBSKXAgoHU2VnbWVudBITCgtwaXhlbF92YWx1ZRgBIAEoBRINCgVsYWJlbBgCIAEoCRI6ChtzZWdtZW50ZWRfcHJvcGVydHlfY2F0ZWdvcnkYAyABKAsyFS5wYWNzLnYxLkNvZGVkQ29uY2VwdBI2ChdzZWdtZW50ZWRfcHJvcGVydHlfdHlwZRgEIAEoCzIVLnBhY3MudjEuQ29kZWRDb25jZXB0EigKDWRpc3BsYXlfY29sb3IYBSABKAsyES5wYWNzLnYxLlJnYkNvbG9yEjUKDmFsZ29yaXRobV90eXBlGAYgASgOMh0ucGFjcy52MS5TZWdtZW50QWxnb3JpdGhtVHlwZRITCgtkZXNjcmlwdGlvbhgHIAEoCSKGAgoETWFzaxIKCgJpZBgBIAEoAxIVCg1tYXNrX2dyb3VwX2lkGAIgASgDEhMKC3NsaWNlX2luZGV4GAMgASgFEhgKEHNvcF9pbnN0YW5jZV91aWQYBCABKAkSEgoKbGFiZWxfbmFtZRgFIAEoCRIRCglmaWxlX3BhdGgYBiABKAkSEQoJbWltZV90eXBlGAcgASgJEhEKCWZpbGVfc2l6ZRgIIAEoAxIQCghjaGVja3N1bRgJIAEoCRINCgV3aWR0aBgKIAEoBRIOCgZoZWlnaHQYCyABKAUSLgoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi9QIKDFVwbG9hZFRpY2tldBIRCgl1cGxvYWRfaWQYASABKAkSEwoLc2xpY2VfaW5kZXgYAiABKAUSJQoGbWV0aG9kGAMgASgOMhUucGFjcy52MS5VcGxvYWRNZXRob2QSCwoDdXJsGAQgASgJEjEKBmZpZWxkcxgFIAMoCzIhLnBhY3MudjEuVXBsb2FkVGlja2V0LkZpZWxkc0VudHJ5EjMKB2hlYWRlcnMYBiADKAsyIi5wYWNzLnYxLlVwbG9hZFRpY2tldC5IZWFkZXJzRW50cnkSEgoKb2JqZWN0X2tleRgHIAEoCRIuCgpleHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtGaWVsZHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIocBCgtTbGljZVVwbG9hZBITCgtzbGljZV9pbmRleBgBIAEoBRIYChBzb3BfaW5zdGFuY2VfdWlkGAIgASgJEhIKCmxhYmVsX25hbWUYAyABKAkSFAoMY29udGVudF90eXBlGAQgASgJEhIKCnNpemVfYnl0ZXMYBSABKAMSCwoDbWQ1GAYgASgJIlAKD0NvbXBsZXRlZFVwbG9hZBIRCgl1cGxvYWRfaWQYASABKAkSDQoFd2lkdGgYAiABKAUSDgoGaGVpZ2h0GAMgASgFEgsKA21kNRgEIAEoCSKDAQoLRG93bmxvYWRVcmwSDwoHbWFza19pZBgBIAEoAxITCgtzbGljZV9pbmRleBgCIAEoBRILCgN1cmwYAyABKAkSEQoJbWltZV90eXBlGAQgASgJEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImsKFkNyZWF0ZU1hc2tHcm91cFJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxImCgptYXNrX2dyb3VwGAIgASgLMhIucGFjcy52MS5NYXNrR3JvdXASEgoKcmVxdWVzdF9pZBgDIAEoCSJBChdDcmVhdGVNYXNrR3JvdXBSZXNwb25zZRImCgptYXNrX2dyb3VwGAEgASgLMhIucGFjcy52MS5NYXNrR3JvdXAiVQoVTGlzdE1hc2tHcm91cHNSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiWgoWTGlzdE1hc2tHcm91cHNSZXNwb25zZRInCgttYXNrX2dyb3VwcxgBIAMoCzISLnBhY3MudjEuTWFza0dyb3VwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI+ChNHZXRNYXNrR3JvdXBSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMiPgoUR2V0TWFza0dyb3VwUmVzcG9uc2USJgoKbWFza19ncm91cBgBIAEoCzISLnBhY3MudjEuTWFza0dyb3VwIkEKFkRlbGV0ZU1hc2tHcm91cFJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAyIZChdEZWxldGVNYXNrR3JvdXBSZXNwb25zZSKkAQoXQ3JlYXRlVXBsb2FkVXJsc1JlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAxIkCgZzbGljZXMYAyADKAsyFC5wYWNzLnYxLlNsaWNlVXBsb2FkEhMKC3R0bF9zZWNvbmRzGAQgASgFEiUKBm1ldGhvZBgFIAEoDjIVLnBhY3MudjEuVXBsb2FkTWV0aG9kIkIKGENyZWF0ZVVwbG9hZFVybHNSZXNwb25zZRImCgd0aWNrZXRzGAEgAygLMhUucGFjcy52MS5VcGxvYWRUaWNrZXQiawoVQ29tcGxldGVVcGxvYWRSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMSKQoHdXBsb2FkcxgDIAMoCzIYLnBhY3MudjEuQ29tcGxldGVkVXBsb2FkIl4KFkNvbXBsZXRlVXBsb2FkUmVzcG9uc2USJgoKbWFza19ncm91cBgBIAEoCzISLnBhY3MudjEuTWFza0dyb3VwEhwKBW1hc2tzGAIgAygLMg0ucGFjcy52MS5NYXNrImIKEExpc3RNYXNrc1JlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAxIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJKChFMaXN0TWFza3NSZXNwb25zZRIcCgVtYXNrcxgBIAMoCzINLnBhY3MudjEuTWFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSgoOR2V0TWFza1JlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAxIPCgdtYXNrX2lkGAMgASgDIi4KD0dldE1hc2tSZXNwb25zZRIbCgRtYXNrGAEgASgLMg0ucGFjcy52MS5NYXNrIpIBChlDcmVhdGVEb3dubG9hZFVybHNSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMSEAoIbWFza19pZHMYAyADKAMSEwoLdHRsX3NlY29uZHMYBCABKAUSEQoJcGFnZV9zaXplGAUgASgFEhIKCnBhZ2VfdG9rZW4YBiABKAkiWQoaQ3JlYXRlRG93bmxvYWRVcmxzUmVzcG9uc2USIgoEdXJscxgBIAMoCzIULnBhY3MudjEuRG93bmxvYWRVcmwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoABChBQdXNoTWFza3NSZXF1ZXN0EiUKBnRhcmdldBgBIAEoCzITLnBhY3MudjEuUHVzaFRhcmdldEgAEikKBXNsaWNlGAIgASgLMhgucGFjcy52MS5QdXNoU2xpY2VIZWFkZXJIABIPCgVjaHVuaxgDIAEoDEgAQgkKB21lc3NhZ2UiNQoKUHVzaFRhcmdldBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEhAKCGdyb3VwX2lkGAIgASgDIqoBCg9QdXNoU2xpY2VIZWFkZXISEwoLc2xpY2VfaW5kZXgYASABKAUSGAoQc29wX2luc3RhbmNlX3VpZBgCIAEoCRISCgpsYWJlbF9uYW1lGAMgASgJEhQKDGNvbnRlbnRfdHlwZRgEIAEoCRISCgpzaXplX2J5dGVzGAUgASgDEg0KBXdpZHRoGAYgASgFEg4KBmhlaWdodBgHIAEoBRILCgNtZDUYCCABKAkicQoRUHVzaE1hc2tzUmVzcG9uc2USJgoKbWFza19ncm91cBgBIAEoCzISLnBhY3MudjEuTWFza0dyb3VwEhwKBW1hc2tzGAIgAygLMg0ucGFjcy52MS5NYXNrEhYKDmJ5dGVzX3JlY2VpdmVkGAMgASgDKnMKD01hc2tHcm91cFN0YXR1cxIhCh1NQVNLX0dST1VQX1NUQVRVU19VTlNQRUNJRklFRBAAEh0KGU1BU0tfR1JPVVBfU1RBVFVTX1BFTkRJTkcQARIeChpNQVNLX0dST1VQX1NUQVRVU19DT01QTEVURRACKrEBChRTZWdtZW50QWxnb3JpdGhtVHlwZRImCiJTRUdNRU5UX0FMR09SSVRITV9UWVBFX1VOU1BFQ0lGSUVEEAASJAogU0VHTUVOVF9BTEdPUklUSE1fVFlQRV9BVVRPTUFUSUMQARIoCiRTRUdNRU5UX0FMR09SSVRITV9UWVBFX1NFTUlBVVRPTUFUSUMQAhIhCh1TRUdNRU5UX0FMR09SSVRITV9UWVBFX01BTlVBTBADKlwKDFVwbG9hZE1ldGhvZBIdChlVUExPQURfTUVUSE9EX1VOU1BFQ0lGSUVEEAASFgoSVVBMT0FEX01FVEhPRF9QT1NUEAESFQoRVVBMT0FEX01FVEhPRF9QVVQQAjK1CwoLTWFza1NlcnZpY2USlgEKD0NyZWF0ZU1hc2tHcm91cBIfLnBhY3MudjEuQ3JlYXRlTWFza0dyb3VwUmVxdWVzdBogLnBhY3MudjEuQ3JlYXRlTWFza0dyb3VwUmVzcG9uc2UiQILT5JMCOjoKbWFza19ncm91cCIsL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMShwEKDkxpc3RNYXNrR3JvdXBzEh4ucGFjcy52MS5MaXN0TWFza0dyb3Vwc1JlcXVlc3QaHy5wYWNzLnYxLkxpc3RNYXNrR3JvdXBzUmVzcG9uc2UiNILT5JMCLhIsL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMSjAEKDEdldE1hc2tHcm91cBIcLnBhY3MudjEuR2V0TWFza0dyb3VwUmVxdWVzdBodLnBhY3MudjEuR2V0TWFza0dyb3VwUmVzcG9uc2UiP4LT5JMCORI3L2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMve2dyb3VwX2lkfRKVAQoPRGVsZXRlTWFza0dyb3VwEh8ucGFjcy52MS5EZWxldGVNYXNrR3JvdXBSZXF1ZXN0GiAucGFjcy52MS5EZWxldGVNYXNrR3JvdXBSZXNwb25zZSI/gtPkkwI5KjcvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9tYXNrLWdyb3Vwcy97Z3JvdXBfaWR9EqYBChBDcmVhdGVVcGxvYWRVcmxzEiAucGFjcy52MS5DcmVhdGVVcGxvYWRVcmxzUmVxdWVzdBohLnBhY3MudjEuQ3JlYXRlVXBsb2FkVXJsc1Jlc3BvbnNlIk2C0+STAkc6ASoiQi9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzL3tncm91cF9pZH0vc2lnbmVkLXVybBKeAQoOQ29tcGxldGVVcGxvYWQSHi5wYWNzLnYxLkNvbXBsZXRlVXBsb2FkUmVxdWVzdBofLnBhY3MudjEuQ29tcGxldGVVcGxvYWRSZXNwb25zZSJLgtPkkwJFOgEqIkAvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9tYXNrLWdyb3Vwcy97Z3JvdXBfaWR9L2NvbXBsZXRlEokBCglMaXN0TWFza3MSGS5wYWNzLnYxLkxpc3RNYXNrc1JlcXVlc3QaGi5wYWNzLnYxLkxpc3RNYXNrc1Jlc3BvbnNlIkWC0+STAj8SPS9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzL3tncm91cF9pZH0vbWFza3MSjQEKB0dldE1hc2sSFy5wYWNzLnYxLkdldE1hc2tSZXF1ZXN0GhgucGFjcy52MS5HZXRNYXNrUmVzcG9uc2UiT4LT5JMCSRJHL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMve2dyb3VwX2lkfS9tYXNrcy97bWFza19pZH0SrwEKEkNyZWF0ZURvd25sb2FkVXJscxIiLnBhY3MudjEuQ3JlYXRlRG93bmxvYWRVcmxzUmVxdWVzdBojLnBhY3MudjEuQ3JlYXRlRG93bmxvYWRVcmxzUmVzcG9uc2UiUILT5JMCSjoBKiJFL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMve2dyb3VwX2lkfS9kb3dubG9hZC11cmxzEkQKCVB1c2hNYXNrcxIZLnBhY3MudjEuUHVzaE1hc2tzUmVxdWVzdBoaLnBhY3MudjEuUHVzaE1hc2tzUmVzcG9uc2UoAWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * MaskGroup is one model run's or one person's masks for an annotation.
@@ -110,6 +110,18 @@ export type MaskGroup = Message<"pacs.v1.MaskGroup"> & {
    * @generated from field: google.protobuf.Timestamp updated_at = 14;
    */
   updatedAt?: Timestamp | undefined;
+
+  /**
+   * The labels this group's slices hold, at most 255, each with its own pixel
+   * value. Set at creation only. With segments, every slice is an 8-bit
+   * greyscale label map PNG: a pixel's value is the pixel_value of its
+   * segment, 0 is background, and the slice's label_name is not used. Without
+   * segments a group keeps the original meaning: nonzero pixels belong to the
+   * slice's label_name.
+   *
+   * @generated from field: repeated pacs.v1.Segment segments = 15;
+   */
+  segments: Segment[];
 };
 
 /**
@@ -118,6 +130,140 @@ export type MaskGroup = Message<"pacs.v1.MaskGroup"> & {
  */
 export const MaskGroupSchema: GenMessage<MaskGroup> = /*@__PURE__*/
   messageDesc(file_pacs_v1_mask, 0);
+
+/**
+ * CodedConcept is a coded term, as in DICOM's Code Sequence (PS3.3 8.8).
+ *
+ * @generated from message pacs.v1.CodedConcept
+ */
+export type CodedConcept = Message<"pacs.v1.CodedConcept"> & {
+  /**
+   * The code in its scheme, e.g. "10200004"; at most 64 characters.
+   *
+   * @generated from field: string code_value = 1;
+   */
+  codeValue: string;
+
+  /**
+   * The scheme, spelt exactly: SCT (SNOMED CT), DCM (DICOM), LN (LOINC),
+   * UCUM, FMA, RADLEX or NCIt. The retired SRT is refused: use SCT.
+   *
+   * @generated from field: string coding_scheme_designator = 2;
+   */
+  codingSchemeDesignator: string;
+
+  /**
+   * The human-readable meaning, e.g. "Liver"; at most 64 characters.
+   *
+   * @generated from field: string code_meaning = 3;
+   */
+  codeMeaning: string;
+};
+
+/**
+ * Describes the message pacs.v1.CodedConcept.
+ * Use `create(CodedConceptSchema)` to create a new message.
+ */
+export const CodedConceptSchema: GenMessage<CodedConcept> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 1);
+
+/**
+ * RgbColor is a display colour, each component 0 to 255 (sRGB). A DICOM
+ * Segmentation stores it converted to CIELab (Recommended Display CIELab
+ * Value).
+ *
+ * @generated from message pacs.v1.RgbColor
+ */
+export type RgbColor = Message<"pacs.v1.RgbColor"> & {
+  /**
+   * @generated from field: int32 red = 1;
+   */
+  red: number;
+
+  /**
+   * @generated from field: int32 green = 2;
+   */
+  green: number;
+
+  /**
+   * @generated from field: int32 blue = 3;
+   */
+  blue: number;
+};
+
+/**
+ * Describes the message pacs.v1.RgbColor.
+ * Use `create(RgbColorSchema)` to create a new message.
+ */
+export const RgbColorSchema: GenMessage<RgbColor> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 2);
+
+/**
+ * Segment is one label of a mask group.
+ *
+ * @generated from message pacs.v1.Segment
+ */
+export type Segment = Message<"pacs.v1.Segment"> & {
+  /**
+   * The value this segment's pixels have in the slice PNGs: 1 to 255,
+   * distinct within the group. It is also the segment's number in a DICOM
+   * Segmentation.
+   *
+   * @generated from field: int32 pixel_value = 1;
+   */
+  pixelValue: number;
+
+  /**
+   * Required; at most 64 characters.
+   *
+   * @generated from field: string label = 2;
+   */
+  label: string;
+
+  /**
+   * What kind of thing is segmented (SNOMED CT, e.g. SCT 123037004
+   * "Anatomical Structure"). Default SCT 85756007 "Tissue".
+   *
+   * @generated from field: pacs.v1.CodedConcept segmented_property_category = 3;
+   */
+  segmentedPropertyCategory?: CodedConcept | undefined;
+
+  /**
+   * What exactly is segmented (SNOMED CT, e.g. SCT 10200004 "Liver").
+   * Default SCT 85756007 "Tissue".
+   *
+   * @generated from field: pacs.v1.CodedConcept segmented_property_type = 4;
+   */
+  segmentedPropertyType?: CodedConcept | undefined;
+
+  /**
+   * Optional recommended display colour.
+   *
+   * @generated from field: pacs.v1.RgbColor display_color = 5;
+   */
+  displayColor?: RgbColor | undefined;
+
+  /**
+   * Default: AUTOMATIC when the group has a model_name, otherwise MANUAL.
+   *
+   * @generated from field: pacs.v1.SegmentAlgorithmType algorithm_type = 6;
+   */
+  algorithmType: SegmentAlgorithmType;
+
+  /**
+   * Optional; at most 1,024 characters.
+   *
+   * @generated from field: string description = 7;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message pacs.v1.Segment.
+ * Use `create(SegmentSchema)` to create a new message.
+ */
+export const SegmentSchema: GenMessage<Segment> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 3);
 
 /**
  * Mask is one recorded slice image.
@@ -197,7 +343,7 @@ export type Mask = Message<"pacs.v1.Mask"> & {
  * Use `create(MaskSchema)` to create a new message.
  */
 export const MaskSchema: GenMessage<Mask> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 1);
+  messageDesc(file_pacs_v1_mask, 4);
 
 /**
  * UploadTicket is one slice's signed upload.
@@ -257,7 +403,7 @@ export type UploadTicket = Message<"pacs.v1.UploadTicket"> & {
  * Use `create(UploadTicketSchema)` to create a new message.
  */
 export const UploadTicketSchema: GenMessage<UploadTicket> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 2);
+  messageDesc(file_pacs_v1_mask, 5);
 
 /**
  * SliceUpload declares one slice about to be uploaded.
@@ -309,7 +455,7 @@ export type SliceUpload = Message<"pacs.v1.SliceUpload"> & {
  * Use `create(SliceUploadSchema)` to create a new message.
  */
 export const SliceUploadSchema: GenMessage<SliceUpload> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 3);
+  messageDesc(file_pacs_v1_mask, 6);
 
 /**
  * CompletedUpload reports one finished upload.
@@ -345,7 +491,7 @@ export type CompletedUpload = Message<"pacs.v1.CompletedUpload"> & {
  * Use `create(CompletedUploadSchema)` to create a new message.
  */
 export const CompletedUploadSchema: GenMessage<CompletedUpload> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 4);
+  messageDesc(file_pacs_v1_mask, 7);
 
 /**
  * DownloadUrl is one mask's signed download.
@@ -386,7 +532,7 @@ export type DownloadUrl = Message<"pacs.v1.DownloadUrl"> & {
  * Use `create(DownloadUrlSchema)` to create a new message.
  */
 export const DownloadUrlSchema: GenMessage<DownloadUrl> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 5);
+  messageDesc(file_pacs_v1_mask, 8);
 
 /**
  * CreateMaskGroupRequest opens a group.
@@ -417,7 +563,7 @@ export type CreateMaskGroupRequest = Message<"pacs.v1.CreateMaskGroupRequest"> &
  * Use `create(CreateMaskGroupRequestSchema)` to create a new message.
  */
 export const CreateMaskGroupRequestSchema: GenMessage<CreateMaskGroupRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 6);
+  messageDesc(file_pacs_v1_mask, 9);
 
 /**
  * CreateMaskGroupResponse is the new group.
@@ -436,7 +582,7 @@ export type CreateMaskGroupResponse = Message<"pacs.v1.CreateMaskGroupResponse">
  * Use `create(CreateMaskGroupResponseSchema)` to create a new message.
  */
 export const CreateMaskGroupResponseSchema: GenMessage<CreateMaskGroupResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 7);
+  messageDesc(file_pacs_v1_mask, 10);
 
 /**
  * ListMaskGroupsRequest pages an annotation's groups.
@@ -467,7 +613,7 @@ export type ListMaskGroupsRequest = Message<"pacs.v1.ListMaskGroupsRequest"> & {
  * Use `create(ListMaskGroupsRequestSchema)` to create a new message.
  */
 export const ListMaskGroupsRequestSchema: GenMessage<ListMaskGroupsRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 8);
+  messageDesc(file_pacs_v1_mask, 11);
 
 /**
  * ListMaskGroupsResponse is one page of groups.
@@ -491,7 +637,7 @@ export type ListMaskGroupsResponse = Message<"pacs.v1.ListMaskGroupsResponse"> &
  * Use `create(ListMaskGroupsResponseSchema)` to create a new message.
  */
 export const ListMaskGroupsResponseSchema: GenMessage<ListMaskGroupsResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 9);
+  messageDesc(file_pacs_v1_mask, 12);
 
 /**
  * GetMaskGroupRequest names a group.
@@ -515,7 +661,7 @@ export type GetMaskGroupRequest = Message<"pacs.v1.GetMaskGroupRequest"> & {
  * Use `create(GetMaskGroupRequestSchema)` to create a new message.
  */
 export const GetMaskGroupRequestSchema: GenMessage<GetMaskGroupRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 10);
+  messageDesc(file_pacs_v1_mask, 13);
 
 /**
  * GetMaskGroupResponse is the group.
@@ -534,7 +680,7 @@ export type GetMaskGroupResponse = Message<"pacs.v1.GetMaskGroupResponse"> & {
  * Use `create(GetMaskGroupResponseSchema)` to create a new message.
  */
 export const GetMaskGroupResponseSchema: GenMessage<GetMaskGroupResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 11);
+  messageDesc(file_pacs_v1_mask, 14);
 
 /**
  * DeleteMaskGroupRequest names a group.
@@ -558,7 +704,7 @@ export type DeleteMaskGroupRequest = Message<"pacs.v1.DeleteMaskGroupRequest"> &
  * Use `create(DeleteMaskGroupRequestSchema)` to create a new message.
  */
 export const DeleteMaskGroupRequestSchema: GenMessage<DeleteMaskGroupRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 12);
+  messageDesc(file_pacs_v1_mask, 15);
 
 /**
  * DeleteMaskGroupResponse is empty on success.
@@ -573,7 +719,7 @@ export type DeleteMaskGroupResponse = Message<"pacs.v1.DeleteMaskGroupResponse">
  * Use `create(DeleteMaskGroupResponseSchema)` to create a new message.
  */
 export const DeleteMaskGroupResponseSchema: GenMessage<DeleteMaskGroupResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 13);
+  messageDesc(file_pacs_v1_mask, 16);
 
 /**
  * CreateUploadUrlsRequest asks for tickets for up to 1,000 slices.
@@ -614,7 +760,7 @@ export type CreateUploadUrlsRequest = Message<"pacs.v1.CreateUploadUrlsRequest">
  * Use `create(CreateUploadUrlsRequestSchema)` to create a new message.
  */
 export const CreateUploadUrlsRequestSchema: GenMessage<CreateUploadUrlsRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 14);
+  messageDesc(file_pacs_v1_mask, 17);
 
 /**
  * CreateUploadUrlsResponse has one ticket per requested slice, in order.
@@ -633,7 +779,7 @@ export type CreateUploadUrlsResponse = Message<"pacs.v1.CreateUploadUrlsResponse
  * Use `create(CreateUploadUrlsResponseSchema)` to create a new message.
  */
 export const CreateUploadUrlsResponseSchema: GenMessage<CreateUploadUrlsResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 15);
+  messageDesc(file_pacs_v1_mask, 18);
 
 /**
  * CompleteUploadRequest records finished uploads.
@@ -662,7 +808,7 @@ export type CompleteUploadRequest = Message<"pacs.v1.CompleteUploadRequest"> & {
  * Use `create(CompleteUploadRequestSchema)` to create a new message.
  */
 export const CompleteUploadRequestSchema: GenMessage<CompleteUploadRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 16);
+  messageDesc(file_pacs_v1_mask, 19);
 
 /**
  * CompleteUploadResponse is the recorded masks and the group's progress.
@@ -686,7 +832,7 @@ export type CompleteUploadResponse = Message<"pacs.v1.CompleteUploadResponse"> &
  * Use `create(CompleteUploadResponseSchema)` to create a new message.
  */
 export const CompleteUploadResponseSchema: GenMessage<CompleteUploadResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 17);
+  messageDesc(file_pacs_v1_mask, 20);
 
 /**
  * ListMasksRequest pages a group's masks.
@@ -722,7 +868,7 @@ export type ListMasksRequest = Message<"pacs.v1.ListMasksRequest"> & {
  * Use `create(ListMasksRequestSchema)` to create a new message.
  */
 export const ListMasksRequestSchema: GenMessage<ListMasksRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 18);
+  messageDesc(file_pacs_v1_mask, 21);
 
 /**
  * ListMasksResponse is one page, by slice_index.
@@ -746,7 +892,7 @@ export type ListMasksResponse = Message<"pacs.v1.ListMasksResponse"> & {
  * Use `create(ListMasksResponseSchema)` to create a new message.
  */
 export const ListMasksResponseSchema: GenMessage<ListMasksResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 19);
+  messageDesc(file_pacs_v1_mask, 22);
 
 /**
  * GetMaskRequest names a mask.
@@ -775,7 +921,7 @@ export type GetMaskRequest = Message<"pacs.v1.GetMaskRequest"> & {
  * Use `create(GetMaskRequestSchema)` to create a new message.
  */
 export const GetMaskRequestSchema: GenMessage<GetMaskRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 20);
+  messageDesc(file_pacs_v1_mask, 23);
 
 /**
  * GetMaskResponse is the mask.
@@ -794,7 +940,7 @@ export type GetMaskResponse = Message<"pacs.v1.GetMaskResponse"> & {
  * Use `create(GetMaskResponseSchema)` to create a new message.
  */
 export const GetMaskResponseSchema: GenMessage<GetMaskResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 21);
+  messageDesc(file_pacs_v1_mask, 24);
 
 /**
  * CreateDownloadUrlsRequest asks for download URLs.
@@ -849,7 +995,7 @@ export type CreateDownloadUrlsRequest = Message<"pacs.v1.CreateDownloadUrlsReque
  * Use `create(CreateDownloadUrlsRequestSchema)` to create a new message.
  */
 export const CreateDownloadUrlsRequestSchema: GenMessage<CreateDownloadUrlsRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 22);
+  messageDesc(file_pacs_v1_mask, 25);
 
 /**
  * CreateDownloadUrlsResponse has one URL per mask, by slice_index.
@@ -876,7 +1022,7 @@ export type CreateDownloadUrlsResponse = Message<"pacs.v1.CreateDownloadUrlsResp
  * Use `create(CreateDownloadUrlsResponseSchema)` to create a new message.
  */
 export const CreateDownloadUrlsResponseSchema: GenMessage<CreateDownloadUrlsResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 23);
+  messageDesc(file_pacs_v1_mask, 26);
 
 /**
  * PushMasksRequest is one message of a push stream.
@@ -919,7 +1065,7 @@ export type PushMasksRequest = Message<"pacs.v1.PushMasksRequest"> & {
  * Use `create(PushMasksRequestSchema)` to create a new message.
  */
 export const PushMasksRequestSchema: GenMessage<PushMasksRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 24);
+  messageDesc(file_pacs_v1_mask, 27);
 
 /**
  * PushTarget names the group a push stream writes to.
@@ -943,7 +1089,7 @@ export type PushTarget = Message<"pacs.v1.PushTarget"> & {
  * Use `create(PushTargetSchema)` to create a new message.
  */
 export const PushTargetSchema: GenMessage<PushTarget> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 25);
+  messageDesc(file_pacs_v1_mask, 28);
 
 /**
  * PushSliceHeader describes the slice whose chunks follow.
@@ -1001,7 +1147,7 @@ export type PushSliceHeader = Message<"pacs.v1.PushSliceHeader"> & {
  * Use `create(PushSliceHeaderSchema)` to create a new message.
  */
 export const PushSliceHeaderSchema: GenMessage<PushSliceHeader> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 26);
+  messageDesc(file_pacs_v1_mask, 29);
 
 /**
  * PushMasksResponse summarises a completed push.
@@ -1030,7 +1176,7 @@ export type PushMasksResponse = Message<"pacs.v1.PushMasksResponse"> & {
  * Use `create(PushMasksResponseSchema)` to create a new message.
  */
 export const PushMasksResponseSchema: GenMessage<PushMasksResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_mask, 27);
+  messageDesc(file_pacs_v1_mask, 30);
 
 /**
  * MaskGroupStatus is a group's upload progress.
@@ -1065,6 +1211,48 @@ export const MaskGroupStatusSchema: GenEnum<MaskGroupStatus> = /*@__PURE__*/
   enumDesc(file_pacs_v1_mask, 0);
 
 /**
+ * SegmentAlgorithmType is how a segment was made (DICOM Segment Algorithm
+ * Type).
+ *
+ * @generated from enum pacs.v1.SegmentAlgorithmType
+ */
+export enum SegmentAlgorithmType {
+  /**
+   * AUTOMATIC when the group has a model_name, otherwise MANUAL.
+   *
+   * @generated from enum value: SEGMENT_ALGORITHM_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Made by a program alone.
+   *
+   * @generated from enum value: SEGMENT_ALGORITHM_TYPE_AUTOMATIC = 1;
+   */
+  AUTOMATIC = 1,
+
+  /**
+   * Made by a program with a person's guidance or corrections.
+   *
+   * @generated from enum value: SEGMENT_ALGORITHM_TYPE_SEMIAUTOMATIC = 2;
+   */
+  SEMIAUTOMATIC = 2,
+
+  /**
+   * Drawn by a person.
+   *
+   * @generated from enum value: SEGMENT_ALGORITHM_TYPE_MANUAL = 3;
+   */
+  MANUAL = 3,
+}
+
+/**
+ * Describes the enum pacs.v1.SegmentAlgorithmType.
+ */
+export const SegmentAlgorithmTypeSchema: GenEnum<SegmentAlgorithmType> = /*@__PURE__*/
+  enumDesc(file_pacs_v1_mask, 1);
+
+/**
  * UploadMethod is how a ticket's object is uploaded.
  *
  * @generated from enum pacs.v1.UploadMethod
@@ -1096,7 +1284,7 @@ export enum UploadMethod {
  * Describes the enum pacs.v1.UploadMethod.
  */
 export const UploadMethodSchema: GenEnum<UploadMethod> = /*@__PURE__*/
-  enumDesc(file_pacs_v1_mask, 1);
+  enumDesc(file_pacs_v1_mask, 2);
 
 /**
  * MaskService stores segmentation masks: one image per slice, grouped per
