@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pacs_grpc.adapters.auth.jwks import JwksCache, JwksUnavailableError
 from pacs_grpc.adapters.auth.verifier import TokenVerifier, bearer_token
+from pacs_grpc.adapters.pacs.dicomweb import DicomWebPacs, PacsProbe
 from pacs_grpc.adapters.postgres import migrator
 from pacs_grpc.adapters.postgres.annotation_event_feed import AnnotationEventFeed, record_event
 from pacs_grpc.adapters.postgres.annotation_events import EventHub
@@ -52,12 +53,14 @@ from pacs_grpc.api.interceptors import EdgeInterceptor
 from pacs_grpc.api.mask_servicer import MaskServicer
 from pacs_grpc.api.metrics import Metrics, MetricsEndpoint
 from pacs_grpc.api.rate_limits import CallLimits
-from pacs_grpc.config import RateLimitSettings, Settings
+from pacs_grpc.config import PacsSettings, RateLimitSettings, Settings
 from pacs_grpc.domain.annotation_rules import JsonLimits
+from pacs_grpc.domain.pacs import PacsValidation
 from pacs_grpc.services.annotations import AnnotationUseCases
 from pacs_grpc.services.context import AuditedTransactions
 from pacs_grpc.services.identity import IdentityUseCases, UserDirectory
 from pacs_grpc.services.masks import MaskLimits, MaskUseCases
+from pacs_grpc.services.pacs_checks import PacsChecks
 from pacs_grpc.services.sweeper import Sweeper
 from pacs_grpc.services.watch import WatchAccess
 
@@ -95,6 +98,8 @@ class Application:
     metrics_endpoint: MetricsEndpoint | None = None
     # Its refusals' audit rows are written detached from their calls: drained before the pool.
     gate: AccessGate | None = None
+    # The PACS link, when PACS_DICOMWEB_URL is set.
+    pacs: DicomWebPacs | None = None
 
     async def start(self) -> None:
         await self.events.start()
@@ -128,6 +133,8 @@ class Application:
             await self.gate.drain()
         await self.pool.close()
         self.storage.close()
+        if self.pacs is not None:
+            self.pacs.close()
         # Last, so the drain itself can be watched.
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.stop()
@@ -162,20 +169,9 @@ async def create_application(settings: Settings) -> Application:
         raise
 
     health_servicer = HealthServicer()
-    storage_breaker = CircuitBreaker(
-        failure_threshold=settings.storage.breaker_failures,
-        open_seconds=settings.storage.breaker_open_seconds,
-    )
-    monitor = HealthMonitor(
-        health_servicer,
-        SERVICE_NAMES,
-        [
-            PostgresProbe(pool, settings.health_probe_timeout_seconds),
-            StorageProbe(settings.storage, settings.health_probe_timeout_seconds, storage_breaker),
-        ],
-        interval_seconds=settings.health_probe_interval_seconds,
-        timeout_seconds=settings.health_probe_timeout_seconds,
-    )
+    metrics = Metrics()
+    pacs, pacs_checks = _pacs(settings.pacs, metrics)
+    storage_breaker, monitor = _health(settings, health_servicer, pool, pacs)
     keys = JwksCache(
         settings.oidc.jwks_url,
         cooldown_seconds=settings.oidc.jwks_cooldown_seconds,
@@ -187,7 +183,6 @@ async def create_application(settings: Settings) -> Application:
         # Not fatal: Keycloak may start after us. Tokens fail as "unknown
         # signing key" until a fetch succeeds (at most one per cooldown).
         _log.warning("signing keys not fetched at start-up; will retry on first token")
-    metrics = Metrics()
     metrics.watch_pool(pool.get_stats)
     database = Database(pool)
     audit = AuditRepository()
@@ -234,6 +229,7 @@ async def create_application(settings: Settings) -> Application:
             max_elements=settings.max_annotation_json_values,
         ),
         list_budget_bytes=settings.list_page_budget_bytes,
+        pacs_checks=pacs_checks,
     )
     storage = ObjectStore(
         settings.storage,
@@ -261,6 +257,7 @@ async def create_application(settings: Settings) -> Application:
             push_memory_per_process=settings.push_memory_budget_bytes,
             push_memory_per_user=settings.push_memory_budget_per_user_bytes,
         ),
+        pacs_checks=pacs_checks,
     )
     sweeper = Sweeper(
         database,
@@ -297,8 +294,51 @@ async def create_application(settings: Settings) -> Application:
             ) from None
     return Application(
         settings, server, port, pool, health_servicer, monitor, events, sweeper, storage,
-        metrics=metrics, metrics_endpoint=endpoint, gate=gate,
+        metrics=metrics, metrics_endpoint=endpoint, gate=gate, pacs=pacs,
     )  # fmt: skip
+
+
+def _pacs(settings: PacsSettings, metrics: Metrics) -> tuple[DicomWebPacs | None, PacsChecks]:
+    """The PACS link and what writes check through it; building them does no I/O (the health
+    probe is the first to ask the PACS)."""
+    pacs = DicomWebPacs(settings, on_request=metrics.pacs_request) if settings.configured else None
+    checks = PacsChecks(pacs, PacsValidation(settings.validate), on_warning=metrics.pacs_warning)
+    return pacs, checks
+
+
+def _health(
+    settings: Settings,
+    servicer: HealthServicer,
+    pool: AsyncConnectionPool,
+    pacs: DicomWebPacs | None,
+) -> tuple[CircuitBreaker, HealthMonitor]:
+    """Storage's breaker (the storage probe reads it) and the monitor of every dependency."""
+    storage_breaker = CircuitBreaker(
+        failure_threshold=settings.storage.breaker_failures,
+        open_seconds=settings.storage.breaker_open_seconds,
+    )
+    optional = []
+    if pacs is not None:
+        # Reported as "pacs" only: a PACS away fails the calls that need it, not the replica.
+        optional.append(
+            PacsProbe(
+                pacs,
+                settings.health_probe_timeout_seconds,
+                interval_seconds=settings.pacs.probe_interval_seconds,
+            )
+        )
+    monitor = HealthMonitor(
+        servicer,
+        SERVICE_NAMES,
+        [
+            PostgresProbe(pool, settings.health_probe_timeout_seconds),
+            StorageProbe(settings.storage, settings.health_probe_timeout_seconds, storage_breaker),
+        ],
+        interval_seconds=settings.health_probe_interval_seconds,
+        timeout_seconds=settings.health_probe_timeout_seconds,
+        optional=optional,
+    )
+    return storage_breaker, monitor
 
 
 def _call_limits(limits: RateLimitSettings, metrics: Metrics) -> CallLimits:

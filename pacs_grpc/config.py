@@ -98,6 +98,42 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True)
+class PacsSettings:
+    """The hospital's PACS over DICOMweb; no URL, no PACS link."""
+
+    dicomweb_url: str = ""
+    # enforce | warn | off (pacs_grpc.domain.pacs.PacsValidation's values).
+    validate: str = "off"
+    timeout_seconds: float = 5.0
+    # Basic auth, or Keycloak client credentials; at most one of them.
+    username: str = ""
+    password: str = field(default="", repr=False)
+    token_url: str = ""
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    token_scope: str = ""
+    # Positive answers ("this study exists") are kept this long, for this many references.
+    cache_seconds: float = 300.0
+    cache_size: int = 10_000
+    breaker_failures: int = 5
+    breaker_open_seconds: float = 10.0
+    # Requests to the PACS in flight at once (worker threads).
+    max_concurrency: int = 8
+    # The health probe asks the PACS at most this often; the hospital's PACS is shared.
+    probe_interval_seconds: float = 10.0
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.dicomweb_url)
+
+    @property
+    def auth(self) -> str:
+        if self.token_url:
+            return "client_credentials"
+        return "basic" if self.username else "none"
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings
     storage: StorageSettings
@@ -140,6 +176,7 @@ class Settings:
     # the longest a caller who lost access keeps receiving events (one small query each).
     watch_recheck_seconds: float = 2.0
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    pacs: PacsSettings = field(default_factory=PacsSettings)
     # Prometheus metrics over HTTP; port 0 serves none. Opt-in, because it is one more port
     # open on every interface.
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
@@ -244,12 +281,63 @@ class Settings:
                     "MAX_STREAMS_PER_USER", 16, minimum=0, maximum=10_000
                 ),
             ),
+            pacs=_pacs_settings(read),
             metrics_host=read.text("METRICS_HOST", "0.0.0.0"),  # noqa: S104
             metrics_port=read.integer("METRICS_PORT", 0, minimum=0, maximum=65535),
             log_level=read.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
         _check_consistency(settings)
         return settings
+
+
+def _pacs_settings(read: _Reader) -> PacsSettings:
+    url = read.optional_service_url("PACS_DICOMWEB_URL")
+    validate = read.choice(
+        "PACS_VALIDATE", "ENFORCE" if url else "OFF", ("ENFORCE", "WARN", "OFF")
+    ).lower()
+    if validate != "off" and not url:
+        raise ConfigError("PACS_VALIDATE needs PACS_DICOMWEB_URL (or set PACS_VALIDATE=off)")
+    settings = PacsSettings(
+        dicomweb_url=url,
+        validate=validate,
+        timeout_seconds=read.number("PACS_TIMEOUT_SECONDS", 5.0),
+        username=read.text("PACS_USERNAME", ""),
+        password=read.text("PACS_PASSWORD", ""),
+        token_url=read.optional_service_url("PACS_TOKEN_URL"),
+        client_id=read.text("PACS_CLIENT_ID", ""),
+        client_secret=read.text("PACS_CLIENT_SECRET", ""),
+        token_scope=read.text("PACS_TOKEN_SCOPE", ""),
+        cache_seconds=read.number("PACS_CACHE_SECONDS", 300.0),
+        cache_size=read.integer("PACS_CACHE_SIZE", 10_000, minimum=0, maximum=10_000_000),
+        breaker_failures=read.integer("PACS_BREAKER_FAILURES", 5, minimum=1, maximum=1000),
+        breaker_open_seconds=read.number("PACS_BREAKER_OPEN_SECONDS", 10.0),
+        max_concurrency=read.integer("PACS_MAX_CONCURRENCY", 8, minimum=1, maximum=256),
+        probe_interval_seconds=read.number("PACS_PROBE_INTERVAL_SECONDS", 10.0),
+    )
+    _check_pacs(settings)
+    return settings
+
+
+def _check_pacs(pacs: PacsSettings) -> None:
+    if bool(pacs.username) != bool(pacs.password):
+        raise ConfigError("PACS_USERNAME and PACS_PASSWORD go together")
+    if pacs.token_url and pacs.username:
+        raise ConfigError("set PACS_USERNAME or PACS_TOKEN_URL, not both")
+    if pacs.token_url and not (pacs.client_id and pacs.client_secret):
+        raise ConfigError("PACS_TOKEN_URL needs PACS_CLIENT_ID and PACS_CLIENT_SECRET")
+    if (pacs.client_id or pacs.client_secret) and not pacs.token_url:
+        raise ConfigError("PACS_CLIENT_ID and PACS_CLIENT_SECRET need PACS_TOKEN_URL")
+    if pacs.auth != "none" and not pacs.configured:
+        raise ConfigError("PACS credentials are set but PACS_DICOMWEB_URL is not")
+    # Credentials (and the images' metadata) must not cross a network in clear text.
+    for name, url in (("PACS_DICOMWEB_URL", pacs.dicomweb_url), ("PACS_TOKEN_URL", pacs.token_url)):
+        parts = urlsplit(url)
+        if (
+            pacs.auth != "none"
+            and parts.scheme == "http"
+            and not is_loopback_host(parts.hostname or "")
+        ):
+            raise ConfigError(f"{name} must be https:// when PACS credentials are set")
 
 
 def migration_database_url_from_env(env: Mapping[str, str]) -> str:
@@ -361,6 +449,18 @@ class _Reader:
 
     def optional_endpoint_url(self, name: str) -> str:
         return self.endpoint_url(name) if self._env.get(name, "").strip() else ""
+
+    def optional_service_url(self, name: str) -> str:
+        """An http(s) URL that may have a path; "" when unset. Shown only by its shape."""
+        value = self._env.get(name, "").strip()
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{name} must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigError(f"{name} must not carry a query, fragment or credentials")
+        return value.rstrip("/")
 
     def jwks_url(self, name: str) -> str:
         value = self._get(name, None)

@@ -4,6 +4,10 @@ Kubernetes and Envoy route by these statuses, so they must follow the
 dependencies closely: a background loop probes both every interval and flips
 every service to NOT_SERVING as soon as either stops answering, and back to
 SERVING when both answer again.
+
+Optional dependencies (the PACS) are reported under their own service name only: a
+replica whose PACS is away still serves everything that does not need it, so it must
+stay ready, and its calls that do need the PACS answer UNAVAILABLE on their own.
 """
 
 from __future__ import annotations
@@ -43,8 +47,11 @@ class HealthMonitor:
         *,
         interval_seconds: float,
         timeout_seconds: float,
+        optional: Sequence[Probe] = (),
     ) -> None:
         self._servicer = servicer
+        self._optional = optional
+        self._optional_serving: dict[str, bool] = {}
         self._service_names = ("", *service_names)
         self._probes = probes
         self._interval = interval_seconds
@@ -71,7 +78,11 @@ class HealthMonitor:
             self._task = None
 
     async def probe_once(self) -> bool:
-        results = await asyncio.gather(*(self._check(probe) for probe in self._probes))
+        probes = (*self._probes, *self._optional)
+        outcomes = await asyncio.gather(*(self._check(probe) for probe in probes))
+        results = outcomes[: len(self._probes)]
+        for probe, ok in zip(self._optional, outcomes[len(self._probes) :], strict=True):
+            await self._publish_optional(probe.name, serving=ok)
         failing = {probe.name for probe, ok in zip(self._probes, results, strict=True) if not ok}
         for name in sorted(failing - self._failing):
             _log.warning("dependency stopped answering", extra={"dependency": name})
@@ -99,6 +110,19 @@ class HealthMonitor:
         for name in self._service_names:
             await self._servicer.set(name, status)
         _log.info("health", extra={"status": "SERVING" if serving else "NOT_SERVING"})
+
+    async def _publish_optional(self, name: str, *, serving: bool) -> None:
+        before = self._optional_serving.get(name)
+        if serving == before:
+            return
+        self._optional_serving[name] = serving
+        await self._servicer.set(name, SERVING if serving else NOT_SERVING)
+        if before is not None or not serving:
+            _log.log(
+                logging.INFO if serving else logging.WARNING,
+                "optional dependency answers" if serving else "optional dependency away",
+                extra={"dependency": name},
+            )
 
     async def _run(self) -> None:
         while True:

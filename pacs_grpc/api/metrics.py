@@ -104,6 +104,19 @@ class Metrics:
             "pacs_pushed_masks", "Slices recorded by PushMasks", registry=r
         )
         self._pushed_bytes = Counter("pacs_pushed_bytes", "Bytes received by PushMasks", registry=r)
+        self._pacs_requests = Counter(
+            "pacs_pacs_requests",
+            "Requests to the PACS, by operation (qido, metadata, stow) and outcome "
+            "(ok, not_found, error, refused: failed fast by the breaker)",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self._pacs_warnings = Counter(
+            "pacs_pacs_validation_warnings",
+            "Writes let through by PACS_VALIDATE=warn that enforce would have refused, by reason",
+            ["reason"],
+            registry=r,
+        )
         self._backlog = Gauge(
             "pacs_storage_deletion_backlog",
             "Objects queued for deletion from storage, as of the last sweeper round",
@@ -129,6 +142,12 @@ class Metrics:
     def masks_pushed(self, count: int, received_bytes: int) -> None:
         self._pushed_masks.inc(count)
         self._pushed_bytes.inc(received_bytes)
+
+    def pacs_request(self, operation: str, outcome: str) -> None:
+        self._pacs_requests.labels(operation=operation, outcome=outcome).inc()
+
+    def pacs_warning(self, reason: str) -> None:
+        self._pacs_warnings.labels(reason=reason).inc()
 
     def storage_backlog(self, rows: int) -> None:
         self._backlog.set(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,6 +13,8 @@ from pacs_grpc.domain import validation
 from pacs_grpc.domain.annotation_rules import dicom_uid
 from pacs_grpc.domain.errors import InvalidArgument
 from pacs_grpc.domain.identity import ProjectRole
+from pacs_grpc.domain.segments import Segment, SegmentInput
+from pacs_grpc.domain.segments import segments as validated_segments
 
 MAX_SLICE_COUNT = 100_000
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
@@ -32,6 +35,8 @@ class MaskGroup:
     created_at: datetime
     updated_at: datetime
     completed_slices: int
+    # Declared: slices are label maps (pixel value = segment). Empty: nonzero = label_name.
+    segments: tuple[Segment, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -96,6 +101,8 @@ class GroupAccess:
     study_uid: str
     caller_role: ProjectRole | None
     project_active: bool
+    # The annotation's series: the images its mask slices are drawn on.
+    series_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,7 @@ class GroupFields:
     slice_count: int
     mask_type: str
     description: str | None
+    segments: tuple[Segment, ...] = ()
 
 
 def group_fields(
@@ -137,19 +145,22 @@ def group_fields(
     slice_count: int,
     mask_type: str,
     description: str,
+    segments: Sequence[SegmentInput] = (),
 ) -> GroupFields:
     prefix = "mask_group"
     if not 1 <= slice_count <= MAX_SLICE_COUNT:
         raise InvalidArgument(f"{prefix}.slice_count", f"must be between 1 and {MAX_SLICE_COUNT}")
+    model = validation.text(f"{prefix}.model_name", model_name, max_length=200)
     return GroupFields(
         group_name=validation.text(f"{prefix}.group_name", group_name, max_length=200),
-        model_name=validation.text(f"{prefix}.model_name", model_name, max_length=200),
+        model_name=model,
         version=validation.text(f"{prefix}.version", version, max_length=100),
         modality=validation.text(f"{prefix}.modality", modality, max_length=16),
         slice_count=slice_count,
         mask_type=validation.text(f"{prefix}.mask_type", mask_type, max_length=64)
         or "segmentation",
         description=validation.text(f"{prefix}.description", description, max_length=2000),
+        segments=validated_segments(f"{prefix}.segments", segments, has_model=model is not None),
     )
 
 

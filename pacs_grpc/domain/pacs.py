@@ -40,3 +40,37 @@ class SourceSeries:
     frame_of_reference_uid: str | None
     modality: str | None
     instances: tuple[SourceInstance, ...]
+
+
+def along_normal(instances: tuple[SourceInstance, ...]) -> tuple[SourceInstance, ...] | None:
+    """The series' images in slice order: by ImagePositionPatient along the slice normal
+    (the cross product of ImageOrientationPatient's row and column directions), else by
+    InstanceNumber; None when the images carry neither, so no order can be trusted.
+
+    Ties (two images at one position) keep a stable order, by InstanceNumber then UID, so
+    that every replica binds a slice_index to the same image.
+    """
+    reference = next((i.orientation for i in instances if i.orientation is not None), None)
+    if reference is not None and all(i.position is not None for i in instances):
+        normal = _cross(reference[:3], reference[3:])
+
+        def distance(instance: SourceInstance) -> float:
+            assert instance.position is not None
+            return sum(p * n for p, n in zip(instance.position, normal, strict=True))
+
+        return tuple(
+            sorted(
+                instances,
+                key=lambda i: (distance(i), i.instance_number or 0, i.sop_instance_uid),
+            )
+        )
+    if all(i.instance_number is not None for i in instances):
+        return tuple(sorted(instances, key=lambda i: (i.instance_number or 0, i.sop_instance_uid)))
+    return None
+
+
+def _cross(
+    a: tuple[float, float, float] | tuple[float, ...],
+    b: tuple[float, float, float] | tuple[float, ...],
+) -> tuple[float, float, float]:
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])

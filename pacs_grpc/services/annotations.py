@@ -19,6 +19,7 @@ from pacs_grpc.domain.annotation import (
     ListFilter,
 )
 from pacs_grpc.domain.errors import Conflict, InvalidArgument, NotFound
+from pacs_grpc.domain.pacs import PacsValidation
 from pacs_grpc.domain.paging import BudgetedRows, Page
 from pacs_grpc.services.context import (
     AuditedTransactions,
@@ -27,6 +28,7 @@ from pacs_grpc.services.context import (
     check_access,
 )
 from pacs_grpc.services.idempotency import create_once
+from pacs_grpc.services.pacs_checks import PacsChecks
 from pacs_grpc.services.ports import IdempotencyStore, ProjectStore, Tx
 from pacs_grpc.services.watch import WatchAccess
 
@@ -100,8 +102,10 @@ class AnnotationUseCases:
         max_page_size: int,
         json_limits: rules.JsonLimits,
         list_budget_bytes: int = 2 * 1024 * 1024,
+        pacs_checks: PacsChecks | None = None,
     ) -> None:
         self._transaction = transaction
+        self._pacs_checks = pacs_checks or PacsChecks(None, PacsValidation.OFF)
         self._annotations = annotations
         self._projects = projects
         self._idempotency = idempotency
@@ -118,8 +122,25 @@ class AnnotationUseCases:
             new.project_id, new.where, new.content.annotation_type, new.content.annotation_data,
             new.content.measurement_values, new.content.viewer_software,
         )  # fmt: skip
+        # Asked before the transaction, so a slow PACS holds no connection.
+        lookup = await self._pacs_checks.look_up(
+            new.where.study_uid, new.where.series_uid, new.where.instance_uid
+        )
         async with self._transaction(call) as conn:
             await authorize_project(self._projects, conn, call, new.project_id)
+
+            async def insert() -> Annotation:
+                # Settled once the caller is authorised (a refusal then tells nobody else
+                # whether the study is in the PACS), and only for a new annotation: the
+                # retry of a create that went through gets its annotation back.
+                self._pacs_checks.settle(lookup, "annotation")
+                return await self._annotations.insert(
+                    conn,
+                    project_id=new.project_id,
+                    user_id=call.caller.user_id,
+                    where=new.where,
+                    content=new.content,
+                )
 
             async def find(annotation_id: int) -> Annotation | None:
                 found = await self._annotations.get_with_access(
@@ -134,13 +155,7 @@ class AnnotationUseCases:
                 operation=_OPERATION,
                 request_id=new.request_id,
                 fingerprint=fingerprint,
-                create=lambda: self._annotations.insert(
-                    conn,
-                    project_id=new.project_id,
-                    user_id=call.caller.user_id,
-                    where=new.where,
-                    content=new.content,
-                ),
+                create=insert,
                 find=find,
                 id_of=lambda a: a.id,
             )

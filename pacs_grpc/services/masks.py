@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from pacs_grpc.domain import masks as rules
 from pacs_grpc.domain import paging, validation
-from pacs_grpc.domain.annotation import AnnotationAccess
+from pacs_grpc.domain.annotation import Annotation, AnnotationAccess
 from pacs_grpc.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -32,9 +32,11 @@ from pacs_grpc.domain.masks import (
     SliceDeclaration,
     UploadMethod,
 )
+from pacs_grpc.domain.pacs import PacsValidation
 from pacs_grpc.domain.paging import Page
 from pacs_grpc.services.context import AuditedTransactions, CallContext, check_access
 from pacs_grpc.services.idempotency import create_once
+from pacs_grpc.services.pacs_checks import PacsChecks, SliceFacts, SliceSource
 from pacs_grpc.services.ports import IdempotencyStore, Transactions, Tx
 from pacs_grpc.services.push_memory import PushMemoryBudget
 from pacs_grpc.services.storage import ObjectInfo, ObjectStorage
@@ -141,8 +143,10 @@ class MaskUseCases:
         storage: ObjectStorage,
         database: Transactions,
         limits: MaskLimits,
+        pacs_checks: PacsChecks | None = None,
     ) -> None:
         self._transaction = transaction
+        self._pacs_checks = pacs_checks or PacsChecks(None, PacsValidation.OFF)
         self._masks = masks
         self._annotations = annotations
         self._idempotency = idempotency
@@ -164,6 +168,15 @@ class MaskUseCases:
         key = validation.request_id("request_id", request_id)
         call.audit.touch(resource_type="mask_group")
         fingerprint = paging.filters_fingerprint(annotation_id, values.__dict__)
+        if self._pacs_checks.active:
+            # The annotation's images must still be in the PACS. Read (and authorised) first,
+            # and the PACS asked outside any transaction, so a slow PACS holds no connection.
+            async with self._database.transaction() as conn:
+                annotation = await self._annotation(conn, call, annotation_id)
+            lookup = await self._pacs_checks.look_up(
+                annotation.study_uid, annotation.series_uid, annotation.instance_uid
+            )
+            self._pacs_checks.settle(lookup, "annotation", whose=" (the group's annotation)")
         async with self._transaction(call) as conn:
             await self._annotation(conn, call, annotation_id)
             group, _ = await create_once(
@@ -313,10 +326,13 @@ class MaskUseCases:
         ]
         if problems:
             raise FailedPrecondition("uploads not accepted: " + "; ".join(problems))
+        new = [m for m, _ in checked if m is not None]
+        if self._pacs_checks.active and new:
+            source = await self._pacs_checks.slice_source(access.study_uid, access.series_uid)
+            new = await self._bound(source, new)
         async with self._transaction(call) as conn:
             await self._group(conn, call, annotation_id, group_id)
             # Uploads a concurrent completion recorded meanwhile keep the masks it recorded.
-            new = [m for m, _ in checked if m is not None]
             masks = await self._masks.record_masks(conn, group_id, new) if new else []
             if len(masks) < len(wanted):
                 masks = await self._masks.masks_by_upload(conn, list(wanted))
@@ -384,11 +400,15 @@ class MaskUseCases:
             raise InvalidArgument("target", "the first message must name the group")
         async with self._database.transaction() as conn:
             access = await self._group(conn, call, first.annotation_id, first.group_id)
+        # Before any slice is stored: a PACS that is down, or a series it lacks, refuses the
+        # push at once rather than after the whole stream has been uploaded.
+        source = await self._pacs_checks.slice_source(access.study_uid, access.series_uid)
         written: list[str] = []
         try:
             new, received = await self._receive(
                 access, first, messages, written, user=call.caller.user_id
             )
+            new = await self._bound(source, new)
             async with self._transaction(call) as conn:
                 await self._group(conn, call, first.annotation_id, first.group_id)
                 masks = await self._masks.record_masks(
@@ -404,6 +424,28 @@ class MaskUseCases:
             raise
         assert group is not None
         return group, masks, received
+
+    async def _bound(self, source: SliceSource, new: list[NewMask]) -> list[NewMask]:
+        """The masks with each slice's image checked, and bound by position where the client
+        named none (see PacsChecks.bind); refused (FAILED_PRECONDITION) in enforce mode."""
+        if source.series is None:
+            return new
+        bound = await self._pacs_checks.bind(
+            source,
+            [
+                SliceFacts(m.upload.slice_index, m.upload.sop_instance_uid, m.width, m.height)
+                for m in new
+            ],
+        )
+        return [
+            dataclasses.replace(
+                m,
+                upload=dataclasses.replace(
+                    m.upload, sop_instance_uid=bound.get(m.upload.slice_index)
+                ),
+            )
+            for m in new
+        ]
 
     async def _discard(self, keys: list[str]) -> None:
         """Delete now, and queue for the sweeper too: a storage worker still finishing a
@@ -642,7 +684,7 @@ class MaskUseCases:
 
     # -- shared -----------------------------------------------------------------------------
 
-    async def _annotation(self, conn: Tx, call: CallContext, annotation_id: int) -> None:
+    async def _annotation(self, conn: Tx, call: CallContext, annotation_id: int) -> Annotation:
         found = await self._annotations.get_with_access(conn, annotation_id, call.caller.user_id)
         if found is None:
             raise NotFound("annotation not found")
@@ -652,6 +694,7 @@ class MaskUseCases:
         check_access(
             call, found.caller_role, project_active=found.project_active, what="annotation"
         )
+        return found.annotation
 
     async def _group(
         self, conn: Tx, call: CallContext, annotation_id: int, group_id: int, *,

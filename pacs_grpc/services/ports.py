@@ -88,8 +88,14 @@ class Pacs(Protocol):
     async def study_exists(self, study_uid: str) -> bool: ...
     async def series_exists(self, study_uid: str, series_uid: str) -> bool: ...
     async def instance_exists(self, study_uid: str, series_uid: str, sop_uid: str) -> bool: ...
-    async def source_series(self, study_uid: str, series_uid: str) -> SourceSeries | None:
-        """The series' instances (no pixel data), or None when the PACS has no such series."""
+    async def source_series(
+        self, study_uid: str, series_uid: str, *, fresh: bool = False
+    ) -> SourceSeries | None:
+        """The series' instances (no pixel data), or None when the PACS has no such series.
+
+        A series found is remembered for a while; `fresh` asks the PACS again, for when a
+        slice names an image the remembered answer lacks (the series may still be arriving).
+        """
         ...
 
     async def series_metadata(self, study_uid: str, series_uid: str) -> list[dict[str, Any]]:

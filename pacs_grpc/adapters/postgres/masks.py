@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime
+from typing import Any
 
 from psycopg import errors as pg_errors
-from psycopg.rows import class_row
+from psycopg.rows import class_row, kwargs_row
+from psycopg.types.json import Jsonb
 
 from pacs_grpc.adapters.postgres.database import Connection
 from pacs_grpc.domain.errors import FailedPrecondition
@@ -22,18 +24,20 @@ from pacs_grpc.domain.masks import (
     PendingUpload,
     SliceDeclaration,
 )
+from pacs_grpc.domain.segments import Segment
 
 _GROUP_COLUMNS = """g.id, g.annotation_id, g.group_name, g.model_name, g.version, g.modality,
     g.slice_count, g.mask_type, g.description, g.created_by, g.created_at, g.updated_at,
     (select count(*) from annotation_mask m where m.mask_group_id = g.id)::int
-        as completed_slices"""
+        as completed_slices,
+    g.segments"""
 _MASK_COLUMNS = ", ".join(f"m.{f.name}" for f in fields(Mask))
 _UPLOAD_COLUMNS = ", ".join(f"u.{f.name}" for f in fields(PendingUpload))
 
 # The group, where it sits, and the caller's access, in one round trip.
 GROUP_WITH_ACCESS = f"""
 select {_GROUP_COLUMNS}, a.project_id, a.study_uid, mem.role as caller_role,
-       p.is_active as project_active
+       p.is_active as project_active, a.series_uid
 from annotation_mask_group g
 join annotation_annotation a on a.id = g.annotation_id
 join security_project p on p.id = a.project_id
@@ -44,9 +48,9 @@ where g.id = %(group_id)s and g.annotation_id = %(annotation_id)s
 
 INSERT_GROUP = f"""
 insert into annotation_mask_group as g (annotation_id, group_name, model_name, version, modality,
-    slice_count, mask_type, description, created_by)
+    slice_count, mask_type, description, segments, created_by)
 values (%(annotation_id)s, %(group_name)s, %(model_name)s, %(version)s, %(modality)s,
-    %(slice_count)s, %(mask_type)s, %(description)s, %(created_by)s)
+    %(slice_count)s, %(mask_type)s, %(description)s, %(segments)s, %(created_by)s)
 returning {_GROUP_COLUMNS}
 """
 
@@ -150,6 +154,17 @@ order by m.slice_index limit %(limit)s
 """
 
 
+def _segments(stored: list[dict[str, Any]]) -> tuple[Segment, ...]:
+    return tuple(Segment.from_json(item) for item in stored)
+
+
+def _group(*, segments: list[dict[str, Any]], **columns: Any) -> MaskGroup:
+    return MaskGroup(**columns, segments=_segments(segments))
+
+
+_GROUP_ROW = kwargs_row(_group)
+
+
 class MaskRepository:
     async def group_with_access(
         self,
@@ -167,27 +182,33 @@ class MaskRepository:
             row = await cur.fetchone()
         if row is None:
             return None
-        *group_values, project_id, study_uid, role, active = row
+        *group_values, segments, project_id, study_uid, role, active, series_uid = row
         return GroupAccess(
-            MaskGroup(*group_values),
+            replace(MaskGroup(*group_values), segments=_segments(segments)),
             project_id,
             study_uid,
             ProjectRole.from_db(role) if role else None,
             active,
+            series_uid,
         )
 
     async def insert_group(
         self, conn: Connection, annotation_id: int, values: GroupFields, created_by: int
     ) -> MaskGroup:
-        params = {**values.__dict__, "annotation_id": annotation_id, "created_by": created_by}
-        async with conn.cursor(row_factory=class_row(MaskGroup)) as cur:
+        params = {
+            **values.__dict__,
+            "segments": Jsonb([segment.to_json() for segment in values.segments]),
+            "annotation_id": annotation_id,
+            "created_by": created_by,
+        }
+        async with conn.cursor(row_factory=_GROUP_ROW) as cur:
             await cur.execute(INSERT_GROUP, params)
             row = await cur.fetchone()
         assert row is not None
         return row
 
     async def get_group(self, conn: Connection, group_id: int) -> MaskGroup | None:
-        async with conn.cursor(row_factory=class_row(MaskGroup)) as cur:
+        async with conn.cursor(row_factory=_GROUP_ROW) as cur:
             await cur.execute(GET_GROUP, {"group_id": group_id})
             return await cur.fetchone()
 
@@ -195,7 +216,7 @@ class MaskRepository:
         self, conn: Connection, annotation_id: int, *, after_id: int, limit: int
     ) -> list[MaskGroup]:
         params = {"annotation_id": annotation_id, "after_id": after_id, "limit": limit}
-        async with conn.cursor(row_factory=class_row(MaskGroup)) as cur:
+        async with conn.cursor(row_factory=_GROUP_ROW) as cur:
             await cur.execute(LIST_GROUPS, params)
             return await cur.fetchall()
 

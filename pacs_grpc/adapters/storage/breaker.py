@@ -1,4 +1,4 @@
-"""A circuit breaker for calls to object storage.
+"""A circuit breaker for calls to a dependency: object storage, the PACS.
 
 When storage is down, every completion would otherwise wait out its connect timeout and
 retries in a worker thread, and the requests pile up behind each other. After
@@ -25,7 +25,10 @@ class BreakerState(enum.Enum):
 
 
 class CircuitBreaker:
-    """Thread-safe: storage calls finish in worker threads, the event loop starts them."""
+    """Thread-safe: storage calls finish in worker threads, the event loop starts them.
+
+    `dependency` names what is guarded in the refusal's message ("object storage", "the PACS").
+    """
 
     def __init__(
         self,
@@ -33,12 +36,14 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         open_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        dependency: str = "object storage",
     ) -> None:
         if failure_threshold < 1 or open_seconds <= 0:
             raise ValueError("failure_threshold must be >= 1 and open_seconds > 0")
         self._threshold = failure_threshold
         self._open_seconds = open_seconds
         self._clock = clock
+        self._dependency = dependency
         self._lock = threading.Lock()
         self._failures = 0
         self._opened_at: float | None = None
@@ -58,7 +63,9 @@ class CircuitBreaker:
             if state is BreakerState.HALF_OPEN and not self._trial_running:
                 self._trial_running = True
                 return
-            raise Unavailable(f"object storage is unavailable; retry in {self._retry_after()} s")
+            raise Unavailable(
+                f"{self._dependency} is unavailable; retry in {self._retry_after()} s"
+            )
 
     def record_success(self) -> None:
         with self._lock:

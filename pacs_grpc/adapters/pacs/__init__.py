@@ -1,0 +1,1 @@
+"""The hospital's PACS over DICOMweb."""
