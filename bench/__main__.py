@@ -16,7 +16,14 @@ import time
 import traceback
 
 # In the order of the issue that asked for them.
-BENCHMARKS = ("mask_upload", "unary_read", "list_scale", "rest_vs_grpc", "create_annotation")
+BENCHMARKS = (
+    "mask_upload",
+    "unary_read",
+    "list_scale",
+    "rest_vs_grpc",
+    "create_annotation",
+    "export_seg",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,6 +70,11 @@ class ObjectStorage(Protocol):
         """The first `length` bytes of the key's latest version, or of `version_id`."""
         ...
 
+    async def read(self, key: str, *, version_id: str | None, max_bytes: int) -> bytes:
+        """The whole object (of `version_id` when given). NotFound when it is missing;
+        ResourceExhausted when it holds more than `max_bytes`, read no further than that."""
+        ...
+
     async def put_stream(
         self,
         key: str,

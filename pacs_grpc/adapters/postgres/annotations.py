@@ -49,7 +49,8 @@ left join security_project_member m on m.project_id = a.project_id and m.user_id
 where a.id = %(annotation_id)s
 """
 
-# Pending uploads count too: their objects may exist although no mask row does.
+# Pending uploads count too: their objects may exist although no mask row does. So do the
+# groups' exported SEGs.
 ENQUEUE_ANNOTATION_OBJECTS = """
 insert into storage_deletion_outbox (object_key)
 select m.file_path from annotation_mask m
@@ -59,6 +60,10 @@ union all
 select u.object_key from mask_upload u
 join annotation_mask_group g on g.id = u.mask_group_id
 where g.annotation_id = %(annotation_id)s and u.completed_at is null
+union all
+select e.object_key from mask_group_export e
+join annotation_mask_group g on g.id = e.mask_group_id
+where g.annotation_id = %(annotation_id)s
 """
 
 DELETE_ANNOTATION = "delete from annotation_annotation where id = %(annotation_id)s"

@@ -26,10 +26,11 @@ from minio.helpers import DictType
 from pacs_grpc.adapters.storage.breaker import CircuitBreaker
 from pacs_grpc.adapters.storage.s3 import create_client
 from pacs_grpc.config import StorageSettings
-from pacs_grpc.domain.errors import InvalidArgument, NotFound, Unavailable
+from pacs_grpc.domain.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from pacs_grpc.services.storage import ObjectInfo, PostTicket, PutTicket
 
 _log = logging.getLogger(__name__)
+_READ_PIECE = 1024 * 1024
 _T = TypeVar("_T")
 
 _UNAVAILABLE = "object storage unavailable, retry shortly"
@@ -143,6 +144,10 @@ class ObjectStore:
     async def read_head(self, key: str, length: int, *, version_id: str | None = None) -> bytes:
         return await self._run(self._read_head, key, length, version_id)
 
+    async def read(self, key: str, *, version_id: str | None, max_bytes: int) -> bytes:
+        """The whole object; ResourceExhausted past `max_bytes`, which bounds what is held."""
+        return await self._run(self._read, key, version_id, max_bytes)
+
     async def latest_versions(self, prefix: str, *, page_size: int = 1000) -> dict[str, ObjectInfo]:
         """The latest live version of every key under `prefix`."""
         return await self._run(self._latest_versions, prefix, page_size)
@@ -239,6 +244,29 @@ class ObjectStore:
         finally:
             response.close()
             response.release_conn()
+
+    def _read(self, key: str, version_id: str | None, max_bytes: int) -> bytes:
+        try:
+            response = self._client.get_object(self._bucket, key, version_id=version_id)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchVersion"):
+                raise NotFound("a stored object is missing") from None
+            raise
+        try:
+            # One byte past the bound tells "exactly max_bytes" from "more", whatever the
+            # Content-Length said; reads may come back short, so read until the end.
+            data = bytearray()
+            while len(data) <= max_bytes:
+                piece = response.read(min(_READ_PIECE, max_bytes + 1 - len(data)))
+                if not piece:
+                    break
+                data += piece
+        finally:
+            response.close()
+            response.release_conn()
+        if len(data) > max_bytes:
+            raise ResourceExhausted(f"a stored object is larger than {max_bytes} bytes")
+        return bytes(data)
 
     def _delete(self, keys: list[str]) -> list[str]:
         # In a versioned bucket a plain delete only adds a delete marker: every version is
