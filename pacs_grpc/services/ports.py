@@ -102,6 +102,13 @@ class Pacs(Protocol):
         """WADO-RS metadata of every instance, as DICOM JSON, for building a Segmentation."""
         ...
 
+    async def retrieve_instance(
+        self, study_uid: str, series_uid: str, sop_uid: str, *, max_bytes: int
+    ) -> bytes | None:
+        """WADO-RS of one instance: its DICOM Part-10 file, or None when the PACS has no such
+        instance. More than `max_bytes` raises ResourceExhausted, read no further."""
+        ...
+
     async def store(self, parts: list[bytes]) -> list[str]:
         """STOW-RS of DICOM Part-10 files; the SOP Instance UIDs the PACS refused."""
         ...

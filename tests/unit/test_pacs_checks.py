@@ -85,6 +85,11 @@ class FakePacs:
     async def series_metadata(self, study_uid: str, series_uid: str) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    async def retrieve_instance(
+        self, study_uid: str, series_uid: str, sop_uid: str, *, max_bytes: int
+    ) -> bytes | None:
+        raise NotImplementedError
+
     async def store(self, parts: list[bytes]) -> list[str]:
         raise NotImplementedError
 

@@ -23,6 +23,8 @@ other.
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import io
 import logging
 import time
@@ -43,7 +45,7 @@ from pacs_grpc.adapters.pacs.tokens import (
 )
 from pacs_grpc.adapters.storage.breaker import BreakerState, CircuitBreaker
 from pacs_grpc.config import PacsSettings
-from pacs_grpc.domain.errors import Unavailable
+from pacs_grpc.domain.errors import ResourceExhausted, Unavailable
 from pacs_grpc.domain.pacs import SourceInstance, SourceSeries
 
 _log = logging.getLogger(__name__)
@@ -155,6 +157,7 @@ class DicomWebPacs:
         quiet_library_logs()
         self._session, self._tokens = create_session(settings)
         timeout = (min(settings.timeout_seconds, _CONNECT_TIMEOUT_MAX), settings.timeout_seconds)
+        self._timeout = timeout
         self._client = DICOMwebClient(settings.dicomweb_url, session=self._session, timeout=timeout)
         # The breaker decides when to try again; the library's own retries (up to five, with
         # exponential back-off) would outlast every caller's deadline.
@@ -244,6 +247,29 @@ class DicomWebPacs:
             "metadata", lambda: self._client.retrieve_series_metadata(study_uid, series_uid)
         )
         return [] if isinstance(answer, _NotFound) else list(answer)
+
+    async def retrieve_instance(
+        self, study_uid: str, series_uid: str, sop_uid: str, *, max_bytes: int
+    ) -> bytes | None:
+        """WADO-RS of one instance as its Part-10 file; None when the PACS has no such instance.
+
+        The body is read in chunks and abandoned past `max_bytes` (ResourceExhausted): a
+        client names the instance, so its size must not decide how much memory a call takes.
+        """
+        url = (
+            f"{self.settings.dicomweb_url.rstrip('/')}/studies/{study_uid}"
+            f"/series/{series_uid}/instances/{sop_uid}"
+        )
+        answer = await self._call(
+            "wado", lambda: _retrieve(self._session, url, self._timeout, max_bytes)
+        )
+        if isinstance(answer, _NotFound):
+            return None
+        if isinstance(answer, _TooLarge):
+            raise ResourceExhausted(
+                f"the PACS's instance is larger than the import limit of {max_bytes} bytes"
+            )
+        return answer
 
     async def store(self, parts: list[bytes]) -> list[str]:
         """STOW-RS; the SOP Instance UIDs the PACS refused (FailedSOPSequence)."""
@@ -349,6 +375,63 @@ def _raising_safely(work: Callable[[], object]) -> None:
 
 class PacsUnreachableError(RuntimeError):
     """The PACS did not answer the probe; the text names a status or an error class only."""
+
+
+class _TooLarge:
+    """What a worker returns for a body past its byte limit."""
+
+
+# A multipart envelope's boundaries and part headers, on top of the file itself.
+_ENVELOPE_BYTES = 64 * 1024
+_CHUNK_BYTES = 256 * 1024
+
+
+def _retrieve(
+    session: requests.Session, url: str, timeout: tuple[float, float], max_bytes: int
+) -> bytes | _TooLarge:
+    """One instance's Part-10 bytes from a WADO-RS instance URL, at most `max_bytes`.
+
+    The standard answer is multipart/related with one application/dicom part; some servers
+    send the bare file, which is taken as it is. The stdlib's MIME parser splits the parts.
+    """
+    headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        response.raise_for_status()
+        limit = max_bytes + _ENVELOPE_BYTES
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return _TooLarge()
+        body = bytearray()
+        for chunk in response.iter_content(_CHUNK_BYTES):
+            body += chunk
+            if len(body) > limit:
+                return _TooLarge()
+        content_type = response.headers.get("Content-Type", "")
+    data = first_part(content_type, bytes(body))
+    return _TooLarge() if len(data) > max_bytes else _with_preamble(data)
+
+
+def first_part(content_type: str, body: bytes) -> bytes:
+    """The first part of a multipart/related body (the stdlib's MIME parser splits it), or the
+    body itself when it is not multipart. ValueError when a multipart body has no part."""
+    if not content_type.lower().startswith("multipart/"):
+        return body
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    parts = [p.get_payload(decode=True) for p in message.iter_parts()]
+    if not parts or not isinstance(parts[0], bytes):
+        raise ValueError("no part in the WADO-RS answer")
+    return parts[0]
+
+
+def _with_preamble(data: bytes) -> bytes:
+    """The file with Part-10's 128-byte preamble and DICM prefix. Some PACSs (Orthanc among
+    them) send what they were sent, and a STOW-RS client may have left the preamble out; the
+    file meta group that follows is what matters, and readers require the prefix."""
+    if data[128:132] == b"DICM" or not data.startswith(b"\x02\x00"):
+        return data
+    return bytes(128) + b"DICM" + data
 
 
 def _store(client: DICOMwebClient, parts: list[bytes]) -> list[str]:
