@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pacs_grpc.adapters.auth.jwks import JwksCache, JwksUnavailableError
 from pacs_grpc.adapters.auth.verifier import TokenVerifier, bearer_token
+from pacs_grpc.adapters.dicom.export import write_segmentation
 from pacs_grpc.adapters.pacs.dicomweb import DicomWebPacs, PacsProbe
 from pacs_grpc.adapters.postgres import migrator
 from pacs_grpc.adapters.postgres.annotation_event_feed import AnnotationEventFeed, record_event
@@ -36,7 +37,9 @@ from pacs_grpc.adapters.postgres.annotation_events import EventHub
 from pacs_grpc.adapters.postgres.annotations import AnnotationRepository
 from pacs_grpc.adapters.postgres.audit import AuditRepository
 from pacs_grpc.adapters.postgres.database import Database
+from pacs_grpc.adapters.postgres.exports import ExportRepository
 from pacs_grpc.adapters.postgres.idempotency import IdempotencyRepository
+from pacs_grpc.adapters.postgres.imports import ScheduledDeletionRepository
 from pacs_grpc.adapters.postgres.masks import MaskRepository
 from pacs_grpc.adapters.postgres.pool import PostgresProbe, create_pool
 from pacs_grpc.adapters.postgres.projects import ProjectRepository
@@ -58,7 +61,9 @@ from pacs_grpc.domain.annotation_rules import JsonLimits
 from pacs_grpc.domain.pacs import PacsValidation
 from pacs_grpc.services.annotations import AnnotationUseCases
 from pacs_grpc.services.context import AuditedTransactions
+from pacs_grpc.services.exports import ExportLimits, ExportUseCases
 from pacs_grpc.services.identity import IdentityUseCases, UserDirectory
+from pacs_grpc.services.imports import ImportLimits, ImportUseCases
 from pacs_grpc.services.masks import MaskLimits, MaskUseCases
 from pacs_grpc.services.pacs_checks import PacsChecks
 from pacs_grpc.services.sweeper import Sweeper
@@ -272,7 +277,28 @@ async def create_application(settings: Settings) -> Application:
         gate,
         identity=IdentityServicer(identity),
         annotations=AnnotationServicer(annotations),
-        masks=MaskServicer(masks, metrics),
+        masks=MaskServicer(
+            masks,
+            metrics,
+            imports=_imports(
+                settings,
+                transactions=transactions,
+                database=database,
+                storage=storage,
+                annotations=annotation_repository,
+                idempotency=idempotency,
+                pacs=pacs,
+                pacs_checks=pacs_checks,
+            ),
+            exports=_exports(
+                settings,
+                transactions=transactions,
+                idempotency=idempotency,
+                storage=storage,
+                database=database,
+                pacs=pacs,
+            ),
+        ),
         metrics=metrics,
     )
     try:
@@ -296,6 +322,67 @@ async def create_application(settings: Settings) -> Application:
         settings, server, port, pool, health_servicer, monitor, events, sweeper, storage,
         metrics=metrics, metrics_endpoint=endpoint, gate=gate, pacs=pacs,
     )  # fmt: skip
+
+
+def _exports(
+    settings: Settings,
+    *,
+    transactions: AuditedTransactions,
+    idempotency: IdempotencyRepository,
+    storage: ObjectStore,
+    database: Database,
+    pacs: DicomWebPacs | None,
+) -> ExportUseCases:
+    return ExportUseCases(
+        transactions,
+        masks=MaskRepository(),
+        exports=ExportRepository(),
+        idempotency=idempotency,
+        storage=storage,
+        database=database,
+        pacs=pacs,
+        write=write_segmentation,
+        limits=ExportLimits(
+            max_voxels=settings.export_max_voxels,
+            max_concurrency=settings.export_max_concurrency,
+            max_slice_bytes=settings.max_mask_bytes,
+            download_ttl=timedelta(seconds=settings.download_url_ttl_seconds),
+            max_ttl=timedelta(seconds=settings.max_url_ttl_seconds),
+            max_page_size=settings.max_page_size,
+            uid_root=settings.dicom_uid_root,
+        ),
+    )
+
+
+def _imports(
+    settings: Settings,
+    *,
+    transactions: AuditedTransactions,
+    database: Database,
+    storage: ObjectStore,
+    annotations: AnnotationRepository,
+    idempotency: IdempotencyRepository,
+    pacs: DicomWebPacs | None,
+    pacs_checks: PacsChecks,
+) -> ImportUseCases:
+    return ImportUseCases(
+        transactions,
+        masks=MaskRepository(),
+        annotations=annotations,
+        idempotency=idempotency,
+        storage=storage,
+        database=database,
+        deletions=ScheduledDeletionRepository(),
+        limits=ImportLimits(
+            max_bytes=settings.import_max_bytes,
+            max_voxels=settings.import_max_voxels,
+            upload_ttl=timedelta(seconds=settings.upload_url_ttl_seconds),
+            max_ttl=timedelta(seconds=settings.max_url_ttl_seconds),
+            max_concurrency=settings.import_max_concurrency,
+        ),
+        pacs=pacs,
+        pacs_checks=pacs_checks,
+    )
 
 
 def _pacs(settings: PacsSettings, metrics: Metrics) -> tuple[DicomWebPacs | None, PacsChecks]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from pacs_grpc.domain.segments import new_uid
+
 _T = TypeVar("_T")
 MIB = 1024 * 1024
 # The `iss` of the local stack's token issuer (pacs_grpc/devstack/issuer.py). Its signing key
@@ -175,6 +177,17 @@ class Settings:
     # How often an open WatchAnnotations stream re-reads its caller's role in the project:
     # the longest a caller who lost access keeps receiving events (one small query each).
     watch_recheck_seconds: float = 2.0
+    # New DICOM UIDs (exported SEGs) are <root>.<random digits>; empty: 2.25.<UUID>.
+    dicom_uid_root: str = ""
+    # ExportMaskGroup builds running at once (each a worker thread and its memory), and the
+    # most voxels (slices x rows x columns x segments) one export may hold.
+    export_max_concurrency: int = 2
+    export_max_voxels: int = 512 * 512 * 1000 * 8
+    # ImportSegmentation: the largest SEG file read (from the PACS or an upload), the most
+    # voxels (frames x rows x columns) one may hold, and imports decoded at once.
+    import_max_bytes: int = 512 * MIB
+    import_max_voxels: int = 512 * 512 * 1000 * 8
+    import_max_concurrency: int = 2
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     pacs: PacsSettings = field(default_factory=PacsSettings)
     # Prometheus metrics over HTTP; port 0 serves none. Opt-in, because it is one more port
@@ -281,6 +294,18 @@ class Settings:
                     "MAX_STREAMS_PER_USER", 16, minimum=0, maximum=10_000
                 ),
             ),
+            dicom_uid_root=_uid_root(read.text("DICOM_UID_ROOT", "")),
+            export_max_concurrency=read.integer("EXPORT_MAX_CONCURRENCY", 2, minimum=1, maximum=64),
+            export_max_voxels=read.integer(
+                "EXPORT_MAX_VOXELS", 512 * 512 * 1000 * 8, minimum=1, maximum=2**40
+            ),
+            import_max_bytes=read.integer(
+                "IMPORT_MAX_BYTES", 512 * MIB, minimum=1024, maximum=5 * 1024 * MIB
+            ),
+            import_max_voxels=read.integer(
+                "IMPORT_MAX_VOXELS", 512 * 512 * 1000 * 8, minimum=1, maximum=2**40
+            ),
+            import_max_concurrency=read.integer("IMPORT_MAX_CONCURRENCY", 2, minimum=1, maximum=64),
             pacs=_pacs_settings(read),
             metrics_host=read.text("METRICS_HOST", "0.0.0.0"),  # noqa: S104
             metrics_port=read.integer("METRICS_PORT", 0, minimum=0, maximum=65535),
@@ -288,6 +313,14 @@ class Settings:
         )
         _check_consistency(settings)
         return settings
+
+
+def _uid_root(root: str) -> str:
+    try:
+        new_uid(root)
+    except ValueError as error:
+        raise ConfigError(f"DICOM_UID_ROOT: {error}") from None
+    return root
 
 
 def _pacs_settings(read: _Reader) -> PacsSettings:

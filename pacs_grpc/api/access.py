@@ -43,6 +43,10 @@ ACCESS_BY_METHOD: dict[str, Access] = {
     _MASK + "GetMask": Access.PROJECT_VIEWER,
     _MASK + "CreateDownloadUrls": Access.PROJECT_VIEWER,
     _MASK + "PushMasks": Access.PROJECT_ANNOTATOR,
+    _MASK + "ExportMaskGroup": Access.PROJECT_ANNOTATOR,
+    _MASK + "ListMaskGroupExports": Access.PROJECT_VIEWER,
+    _MASK + "ImportSegmentation": Access.PROJECT_ANNOTATOR,
+    _MASK + "CreateSegmentationUpload": Access.PROJECT_ANNOTATOR,
 }
 
 # Probes and service discovery carry no data and must work without a token.

@@ -13,6 +13,7 @@ from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
 
 from pacs_grpc.domain.annotation import Annotation, AnnotationEvent, EventType
 from pacs_grpc.domain.errors import InvalidArgument
+from pacs_grpc.domain.exports import MaskGroupExport, PacsStatus
 from pacs_grpc.domain.identity import Project, ProjectMember, User
 from pacs_grpc.domain.masks import Mask, MaskGroup
 from pacs_grpc.domain.segments import AlgorithmType, CodedConcept, Segment, SegmentInput
@@ -231,5 +232,29 @@ def mask(value: Mask) -> mask_pb2.Mask:
         checksum=value.checksum or "",
         width=value.width or 0,
         height=value.height or 0,
+        created_at=timestamp(value.created_at),
+    )
+
+
+_PACS_STATUSES = {
+    PacsStatus.NOT_REQUESTED: mask_pb2.PACS_STORE_STATUS_NOT_REQUESTED,
+    PacsStatus.STORED: mask_pb2.PACS_STORE_STATUS_STORED,
+    PacsStatus.FAILED: mask_pb2.PACS_STORE_STATUS_FAILED,
+}
+
+
+def mask_group_export(value: MaskGroupExport) -> mask_pb2.MaskGroupExport:
+    return mask_pb2.MaskGroupExport(
+        id=value.id,
+        mask_group_id=value.mask_group_id,
+        seg_series_uid=value.seg_series_uid,
+        seg_sop_instance_uid=value.seg_sop_instance_uid,
+        object_key=value.object_key,
+        size_bytes=value.size_bytes,
+        pacs_status=_PACS_STATUSES[value.pacs_status],
+        pacs_failure_reason=value.pacs_failure_reason or "",
+        series_number=value.series_number,
+        segment_count=value.segment_count,
+        created_by=value.created_by or 0,
         created_at=timestamp(value.created_at),
     )

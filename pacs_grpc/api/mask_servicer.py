@@ -12,6 +12,8 @@ from pacs_grpc.api.gate import current_call
 from pacs_grpc.domain import masks as rules
 from pacs_grpc.domain.errors import InvalidArgument
 from pacs_grpc.domain.masks import SliceDeclaration, UploadMethod
+from pacs_grpc.services.exports import ExportUseCases
+from pacs_grpc.services.imports import ImportUseCases, source_from_request
 from pacs_grpc.services.masks import MaskUseCases, PushedSlice, PushMessage, PushTarget
 
 Context = Any
@@ -47,8 +49,17 @@ class _NotCounted:
 
 
 class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
-    def __init__(self, use_cases: MaskUseCases, activity: MaskActivity | None = None) -> None:
+    def __init__(
+        self,
+        use_cases: MaskUseCases,
+        activity: MaskActivity | None = None,
+        *,
+        imports: ImportUseCases | None = None,
+        exports: ExportUseCases | None = None,
+    ) -> None:
+        self._exports = exports
         self._use_cases = use_cases
+        self._imports = imports
         self._activity: MaskActivity = activity or _NotCounted()
 
     async def CreateMaskGroup(
@@ -196,6 +207,95 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
             ],
             next_page_token=page.next_page_token,
         )
+
+    async def ImportSegmentation(
+        self, request: mask_pb2.ImportSegmentationRequest, context: Context
+    ) -> mask_pb2.ImportSegmentationResponse:
+        source = source_from_request(
+            request.WhichOneof("source"),
+            request.pacs.seg_study_uid,
+            request.pacs.seg_series_uid,
+            request.pacs.seg_instance_uid,
+            request.upload_id,
+        )
+        group = await self._import_cases().import_segmentation(
+            current_call(),
+            request.annotation_id,
+            source,
+            group_name=request.group_name,
+            description=request.description,
+            request_id=request.request_id,
+        )
+        return mask_pb2.ImportSegmentationResponse(mask_group=convert.mask_group(group))
+
+    async def CreateSegmentationUpload(
+        self, request: mask_pb2.CreateSegmentationUploadRequest, context: Context
+    ) -> mask_pb2.CreateSegmentationUploadResponse:
+        ticket = await self._import_cases().create_upload(
+            current_call(), request.annotation_id, request.size_bytes, request.ttl_seconds
+        )
+        self._activity.tickets_issued(1)
+        return mask_pb2.CreateSegmentationUploadResponse(
+            ticket=mask_pb2.UploadTicket(
+                upload_id=str(ticket.upload_id),
+                method=mask_pb2.UPLOAD_METHOD_POST,
+                url=ticket.url,
+                fields=ticket.fields,
+                object_key=ticket.object_key,
+                expires_at=convert.timestamp(ticket.expires_at),
+            )
+        )
+
+    def _import_cases(self) -> ImportUseCases:
+        if self._imports is None:
+            raise RuntimeError("MaskServicer was built without its import use cases")
+        return self._imports
+
+    async def ExportMaskGroup(
+        self, request: mask_pb2.ExportMaskGroupRequest, context: Context
+    ) -> mask_pb2.ExportMaskGroupResponse:
+        link = await self._export_cases().export(
+            current_call(),
+            request.annotation_id,
+            request.group_id,
+            store_in_pacs=request.store_in_pacs,
+            request_id=request.request_id,
+            ttl_seconds=request.ttl_seconds,
+        )
+        return mask_pb2.ExportMaskGroupResponse(
+            mask_group_export=convert.mask_group_export(link.export),
+            download_url=link.url,
+            download_expires_at=convert.timestamp(link.expires_at),
+        )
+
+    async def ListMaskGroupExports(
+        self, request: mask_pb2.ListMaskGroupExportsRequest, context: Context
+    ) -> mask_pb2.ListMaskGroupExportsResponse:
+        page, links = await self._export_cases().list_exports(
+            current_call(),
+            request.annotation_id,
+            request.group_id,
+            request.page_size,
+            request.page_token,
+        )
+        return mask_pb2.ListMaskGroupExportsResponse(
+            mask_group_exports=[convert.mask_group_export(e) for e in page.items],
+            next_page_token=page.next_page_token,
+            download_urls=[
+                mask_pb2.ExportDownloadUrl(
+                    export_id=link.export.id,
+                    url=link.url,
+                    expires_at=convert.timestamp(link.expires_at),
+                )
+                for link in links
+            ],
+        )
+
+    def _export_cases(self) -> ExportUseCases:
+        if self._exports is None:
+            # Only servers built without exports (some tests) lack them.
+            raise RuntimeError("ExportMaskGroup is not wired on this server")
+        return self._exports
 
     async def PushMasks(
         self, request_iterator: AsyncIterator[mask_pb2.PushMasksRequest], context: Context

@@ -149,11 +149,22 @@ class CallLimits:
             _MASK + "CreateUploadUrls": Limit("tickets", "ticket requests", tickets_per_minute),
             _MASK + "CompleteUpload": Limit("completions", "completions", completions_per_minute),
             _MASK + "PushMasks": Limit("pushes", "PushMasks streams", pushes_per_minute, streams),
+            # An import stores a whole series, like a completion; its upload ticket is a ticket.
+            _MASK + "ImportSegmentation": Limit("completions", "imports", completions_per_minute),
+            _MASK + "CreateSegmentationUpload": Limit(
+                "tickets", "ticket requests", tickets_per_minute
+            ),
             _ANNOTATION + "WatchAnnotations": Limit(
                 "watches", "WatchAnnotations streams", watches_per_minute, streams
             ),
             # Each call signs up to a page of URLs (a thousand) for a group.
             _MASK + "CreateDownloadUrls": Limit(
+                "downloads", "download URL requests", downloads_per_minute
+            ),
+            # An export reads a whole group and builds a SEG from it, like a completion; its
+            # list signs a download per export listed.
+            _MASK + "ExportMaskGroup": Limit("completions", "exports", completions_per_minute),
+            _MASK + "ListMaskGroupExports": Limit(
                 "downloads", "download URL requests", downloads_per_minute
             ),
         }
@@ -163,7 +174,8 @@ class CallLimits:
 
     @property
     def limit_names(self) -> tuple[str, ...]:
-        return tuple(limit.name for limit in self._limits.values())
+        # Several methods may share a limit's bucket (an import counts as a completion).
+        return tuple(dict.fromkeys(limit.name for limit in self._limits.values()))
 
     def admit(self, method: str, subject: str) -> Permit:
         """A permit to run the call (release it when the call ends), or ResourceExhausted."""

@@ -258,3 +258,18 @@ def upload_key(project_id: int, annotation_id: int, group_id: int, upload_id: uu
 def pushed_key(project_id: int, annotation_id: int, group_id: int, upload_id: uuid.UUID) -> str:
     """Where a slice pushed through the service is stored."""
     return f"masks/p{project_id}/a{annotation_id}/g{group_id}/pushed/{upload_id}"
+
+
+def imported_key(
+    project_id: int, annotation_id: int, import_id: uuid.UUID, upload_id: uuid.UUID
+) -> str:
+    """Where a slice of an imported segmentation is stored. Written before its group's row
+    exists (all or nothing, with no transaction held across storage), so it is named by the
+    import, not by the group."""
+    return f"masks/p{project_id}/a{annotation_id}/imports/{import_id}/{upload_id}"
+
+
+def segmentation_upload_key(project_id: int, annotation_id: int, upload_id: uuid.UUID) -> str:
+    """Where a CreateSegmentationUpload ticket lets a client write one DICOM SEG file: only a
+    ticket for this annotation can name it, which is what lets the import trust its origin."""
+    return f"imports/p{project_id}/a{annotation_id}/{upload_id}"

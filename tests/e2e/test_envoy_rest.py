@@ -189,6 +189,43 @@ def _masks_through_every_route(
     (download,) = downloads["urls"]
     assert downloads["next_page_token"] == ""  # the group's one mask fits the page
     assert http.request("GET", download["url"]).data == image
+    # A SEG import through an upload ticket: the ticket pins application/dicom and the size;
+    # what is uploaded here is no DICOM file, so the import says so, naming the source field
+    # (tests/integration/test_seg_import.py imports real SEGs).
+    not_dicom = b"not a DICOM file" * 64
+    seg_ticket = rest.ok(
+        "POST",
+        GROUPS + "/import-uploads",
+        annotation_id=annotation_id,
+        token=token,
+        body={"size_bytes": str(len(not_dicom))},
+    )["ticket"]
+    assert seg_ticket["method"] == "UPLOAD_METHOD_POST"
+    form = {**seg_ticket["fields"], "file": ("seg.dcm", not_dicom, "application/dicom")}
+    assert http.request("POST", seg_ticket["url"], fields=form).status == 204
+    not_imported = rest.call(
+        "POST",
+        GROUPS + "/import",
+        annotation_id=annotation_id,
+        token=token,
+        body={"upload_id": seg_ticket["upload_id"], "group_name": "from a SEG"},
+    )
+    assert not_imported.status == 400
+    assert not_imported.json()["message"].startswith("upload_id: ")
+    # This stack has no PACS link: the export route reaches the service, which says why it
+    # cannot export (tests/integration/test_seg_export.py exports through a linked server).
+    refused = rest.call(
+        "POST",
+        GROUP + "/export",
+        token=token,
+        body={"store_in_pacs": True},
+        annotation_id=annotation_id,
+        group_id=group_id,
+    )
+    assert refused.status == 400
+    assert "PACS_DICOMWEB_URL" in refused.json()["message"]
+    exports = rest.ok("GET", GROUP + "/exports", token=token, query={"page_size": "5"}, **ids)
+    assert exports.get("mask_group_exports", []) == []
     rest.ok("DELETE", GROUP, token=token, **ids)
 
 

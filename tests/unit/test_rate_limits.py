@@ -178,3 +178,24 @@ def test_zero_switches_a_limit_off_and_other_methods_are_never_limited() -> None
     held = [limits.admit(PUSH, SUBJECT) for _ in range(10)]
     assert len(held) == 10
     assert limits.limit_names == ("tickets", "completions", "pushes", "watches", "downloads")
+
+
+def test_an_import_and_its_upload_ticket_share_the_completion_and_ticket_buckets() -> None:
+    limits, _ = _limits(Clock(), tickets_per_minute=2, completions_per_minute=1)
+    limits.admit("/pacs.v1.MaskService/CreateSegmentationUpload", SUBJECT).release()
+    limits.admit(TICKETS, SUBJECT).release()
+    with pytest.raises(ResourceExhausted, match="a minute"):
+        limits.admit("/pacs.v1.MaskService/CreateSegmentationUpload", SUBJECT)
+    limits.admit("/pacs.v1.MaskService/ImportSegmentation", SUBJECT).release()
+    with pytest.raises(ResourceExhausted, match="a minute"):
+        limits.admit("/pacs.v1.MaskService/CompleteUpload", SUBJECT)
+
+
+def test_an_export_shares_the_completion_bucket_and_its_list_the_download_bucket() -> None:
+    limits, _ = _limits(Clock(), completions_per_minute=1, downloads_per_minute=1)
+    limits.admit("/pacs.v1.MaskService/ExportMaskGroup", SUBJECT).release()
+    with pytest.raises(ResourceExhausted, match="completions"):
+        limits.admit("/pacs.v1.MaskService/CompleteUpload", SUBJECT)
+    limits.admit("/pacs.v1.MaskService/ListMaskGroupExports", SUBJECT).release()
+    with pytest.raises(ResourceExhausted, match="download URL requests"):
+        limits.admit("/pacs.v1.MaskService/CreateDownloadUrls", SUBJECT)

@@ -62,13 +62,15 @@ order by g.id limit %(limit)s
 
 GET_GROUP = f"select {_GROUP_COLUMNS} from annotation_mask_group g where g.id = %(group_id)s"
 
-# Recorded masks and every upload not completed (its object may exist) go to the outbox; a
-# completed upload's object is its mask's.
+# Recorded masks, every upload not completed (its object may exist) and the group's exported
+# SEGs go to the outbox; a completed upload's object is its mask's.
 ENQUEUE_GROUP_OBJECTS = """
 insert into storage_deletion_outbox (object_key)
 select file_path from annotation_mask where mask_group_id = %(group_id)s
 union all
 select object_key from mask_upload where mask_group_id = %(group_id)s and completed_at is null
+union all
+select object_key from mask_group_export where mask_group_id = %(group_id)s
 """
 
 DELETE_GROUP = "delete from annotation_mask_group where id = %(group_id)s"

@@ -96,6 +96,36 @@ UPLOAD_METHOD_PUT: UploadMethod.ValueType  # 2
 """A presigned PUT URL; size and type are checked at completion."""
 Global___UploadMethod: _TypeAlias = UploadMethod  # noqa: Y015
 
+class _PacsStoreStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PacsStoreStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PacsStoreStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PACS_STORE_STATUS_UNSPECIFIED: _PacsStoreStatus.ValueType  # 0
+    PACS_STORE_STATUS_NOT_REQUESTED: _PacsStoreStatus.ValueType  # 1
+    """store_in_pacs was not set."""
+    PACS_STORE_STATUS_STORED: _PacsStoreStatus.ValueType  # 2
+    """The PACS stored the SEG."""
+    PACS_STORE_STATUS_FAILED: _PacsStoreStatus.ValueType  # 3
+    """The PACS refused the SEG or could not be reached; pacs_failure_reason says
+    which. The SEG is still in object storage: export again to retry.
+    """
+
+class PacsStoreStatus(_PacsStoreStatus, metaclass=_PacsStoreStatusEnumTypeWrapper):
+    """PacsStoreStatus is what became of an export's STOW-RS to the PACS."""
+
+PACS_STORE_STATUS_UNSPECIFIED: PacsStoreStatus.ValueType  # 0
+PACS_STORE_STATUS_NOT_REQUESTED: PacsStoreStatus.ValueType  # 1
+"""store_in_pacs was not set."""
+PACS_STORE_STATUS_STORED: PacsStoreStatus.ValueType  # 2
+"""The PACS stored the SEG."""
+PACS_STORE_STATUS_FAILED: PacsStoreStatus.ValueType  # 3
+"""The PACS refused the SEG or could not be reached; pacs_failure_reason says
+which. The SEG is still in object storage: export again to retry.
+"""
+Global___PacsStoreStatus: _TypeAlias = PacsStoreStatus  # noqa: Y015
+
 @_typing.final
 class MaskGroup(_message.Message):
     """MaskGroup is one model run's or one person's masks for an annotation."""
@@ -1171,3 +1201,381 @@ class PushMasksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PushMasksResponse: _TypeAlias = PushMasksResponse  # noqa: Y015
+
+@_typing.final
+class MaskGroupExport(_message.Message):
+    """MaskGroupExport is one DICOM Segmentation written from a mask group."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MASK_GROUP_ID_FIELD_NUMBER: _builtins.int
+    SEG_SERIES_UID_FIELD_NUMBER: _builtins.int
+    SEG_SOP_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    PACS_STATUS_FIELD_NUMBER: _builtins.int
+    PACS_FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    SERIES_NUMBER_FIELD_NUMBER: _builtins.int
+    SEGMENT_COUNT_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    mask_group_id: _builtins.int
+    seg_series_uid: _builtins.str
+    """The SEG's new Series Instance UID (one per export) under DICOM_UID_ROOT."""
+    seg_sop_instance_uid: _builtins.str
+    """The SEG's SOP Instance UID."""
+    object_key: _builtins.str
+    """Where the .dcm is stored; made by the server from ids only, never UIDs."""
+    size_bytes: _builtins.int
+    """Bytes of the .dcm file."""
+    pacs_status: Global___PacsStoreStatus.ValueType
+    pacs_failure_reason: _builtins.str
+    """Why the PACS did not store it (FAILED only); carries no UIDs."""
+    series_number: _builtins.int
+    """The SEG's SeriesNumber."""
+    segment_count: _builtins.int
+    """Number of segments in the SEG."""
+    created_by: _builtins.int
+    """The exporting user's id."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        mask_group_id: _builtins.int = ...,
+        seg_series_uid: _builtins.str = ...,
+        seg_sop_instance_uid: _builtins.str = ...,
+        object_key: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        pacs_status: Global___PacsStoreStatus.ValueType = ...,
+        pacs_failure_reason: _builtins.str = ...,
+        series_number: _builtins.int = ...,
+        segment_count: _builtins.int = ...,
+        created_by: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "id", b"id", "mask_group_id", b"mask_group_id", "object_key", b"object_key", "pacs_failure_reason", b"pacs_failure_reason", "pacs_status", b"pacs_status", "seg_series_uid", b"seg_series_uid", "seg_sop_instance_uid", b"seg_sop_instance_uid", "segment_count", b"segment_count", "series_number", b"series_number", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MaskGroupExport: _TypeAlias = MaskGroupExport  # noqa: Y015
+
+@_typing.final
+class ExportMaskGroupRequest(_message.Message):
+    """ExportMaskGroupRequest names the group to export."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    STORE_IN_PACS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    group_id: _builtins.int
+    store_in_pacs: _builtins.bool
+    """Also send the SEG to the PACS (STOW-RS) and record its answer."""
+    request_id: _builtins.str
+    """Optional idempotency key: a retry with it returns the same export."""
+    ttl_seconds: _builtins.int
+    """Lifetime of download_url; default 300, at most 3600."""
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        group_id: _builtins.int = ...,
+        store_in_pacs: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "group_id", b"group_id", "request_id", b"request_id", "store_in_pacs", b"store_in_pacs", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMaskGroupRequest: _TypeAlias = ExportMaskGroupRequest  # noqa: Y015
+
+@_typing.final
+class ExportMaskGroupResponse(_message.Message):
+    """ExportMaskGroupResponse is the export record and where to download the SEG."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASK_GROUP_EXPORT_FIELD_NUMBER: _builtins.int
+    DOWNLOAD_URL_FIELD_NUMBER: _builtins.int
+    DOWNLOAD_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    download_url: _builtins.str
+    """A signed GET of the .dcm (application/dicom)."""
+    @_builtins.property
+    def mask_group_export(self) -> Global___MaskGroupExport: ...
+    @_builtins.property
+    def download_expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        mask_group_export: Global___MaskGroupExport | None = ...,
+        download_url: _builtins.str = ...,
+        download_expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["download_expires_at", b"download_expires_at", "mask_group_export", b"mask_group_export"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["download_expires_at", b"download_expires_at", "download_url", b"download_url", "mask_group_export", b"mask_group_export"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMaskGroupResponse: _TypeAlias = ExportMaskGroupResponse  # noqa: Y015
+
+@_typing.final
+class ListMaskGroupExportsRequest(_message.Message):
+    """ListMaskGroupExportsRequest pages a group's exports."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    group_id: _builtins.int
+    page_size: _builtins.int
+    """Default 50, at most 500."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        group_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "group_id", b"group_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMaskGroupExportsRequest: _TypeAlias = ListMaskGroupExportsRequest  # noqa: Y015
+
+@_typing.final
+class ExportDownloadUrl(_message.Message):
+    """ExportDownloadUrl is one export's signed download."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPORT_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    export_id: _builtins.int
+    url: _builtins.str
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        export_id: _builtins.int = ...,
+        url: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "export_id", b"export_id", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportDownloadUrl: _TypeAlias = ExportDownloadUrl  # noqa: Y015
+
+@_typing.final
+class ListMaskGroupExportsResponse(_message.Message):
+    """ListMaskGroupExportsResponse is one page of exports, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASK_GROUP_EXPORTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DOWNLOAD_URLS_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def mask_group_exports(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaskGroupExport]: ...
+    @_builtins.property
+    def download_urls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportDownloadUrl]:
+        """One signed download per listed export, in the same order (default lifetime)."""
+
+    def __init__(
+        self,
+        *,
+        mask_group_exports: _abc.Iterable[Global___MaskGroupExport] | None = ...,
+        next_page_token: _builtins.str = ...,
+        download_urls: _abc.Iterable[Global___ExportDownloadUrl] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["download_urls", b"download_urls", "mask_group_exports", b"mask_group_exports", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMaskGroupExportsResponse: _TypeAlias = ListMaskGroupExportsResponse  # noqa: Y015
+
+@_typing.final
+class SegmentationInPacs(_message.Message):
+    """SegmentationInPacs names a DICOM Segmentation instance in the PACS. Its
+    study must be the annotation's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEG_STUDY_UID_FIELD_NUMBER: _builtins.int
+    SEG_SERIES_UID_FIELD_NUMBER: _builtins.int
+    SEG_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    seg_study_uid: _builtins.str
+    seg_series_uid: _builtins.str
+    seg_instance_uid: _builtins.str
+    def __init__(
+        self,
+        *,
+        seg_study_uid: _builtins.str = ...,
+        seg_series_uid: _builtins.str = ...,
+        seg_instance_uid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seg_instance_uid", b"seg_instance_uid", "seg_series_uid", b"seg_series_uid", "seg_study_uid", b"seg_study_uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentationInPacs: _TypeAlias = SegmentationInPacs  # noqa: Y015
+
+@_typing.final
+class ImportSegmentationRequest(_message.Message):
+    """ImportSegmentationRequest names the SEG to import and the group to create."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    GROUP_NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PACS_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key, as for CreateMaskGroup: a retry returns the
+    group the first call created.
+    """
+    group_name: _builtins.str
+    """Optional; default the SEG's ContentLabel."""
+    description: _builtins.str
+    """Optional."""
+    upload_id: _builtins.str
+    """The upload_id of a CreateSegmentationUpload ticket of this annotation
+    whose object has been uploaded.
+    """
+    @_builtins.property
+    def pacs(self) -> Global___SegmentationInPacs:
+        """A SEG instance in the PACS (WADO-RS)."""
+
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+        group_name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        pacs: Global___SegmentationInPacs | None = ...,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pacs", b"pacs", "source", b"source", "upload_id", b"upload_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "description", b"description", "group_name", b"group_name", "pacs", b"pacs", "request_id", b"request_id", "source", b"source", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["pacs", "upload_id"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___ImportSegmentationRequest: _TypeAlias = ImportSegmentationRequest  # noqa: Y015
+
+@_typing.final
+class ImportSegmentationResponse(_message.Message):
+    """ImportSegmentationResponse is the created group, COMPLETE, with its
+    segments.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASK_GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mask_group(self) -> Global___MaskGroup: ...
+    def __init__(
+        self,
+        *,
+        mask_group: Global___MaskGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mask_group", b"mask_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mask_group", b"mask_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSegmentationResponse: _TypeAlias = ImportSegmentationResponse  # noqa: Y015
+
+@_typing.final
+class CreateSegmentationUploadRequest(_message.Message):
+    """CreateSegmentationUploadRequest asks for a ticket to upload one SEG file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    size_bytes: _builtins.int
+    """The file's exact size: 1 byte to the server's IMPORT_MAX_BYTES
+    (RESOURCE_EXHAUSTED above it).
+    """
+    ttl_seconds: _builtins.int
+    """Default 600, at most 3600."""
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+        ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "size_bytes", b"size_bytes", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSegmentationUploadRequest: _TypeAlias = CreateSegmentationUploadRequest  # noqa: Y015
+
+@_typing.final
+class CreateSegmentationUploadResponse(_message.Message):
+    """CreateSegmentationUploadResponse is the ticket: a presigned POST whose
+    policy pins the object key, Content-Type application/dicom, the exact size
+    and the upload id. slice_index is unused (0). The uploaded file is deleted
+    once imported, or some time after the ticket expires.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ticket(self) -> Global___UploadTicket: ...
+    def __init__(
+        self,
+        *,
+        ticket: Global___UploadTicket | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ticket", b"ticket"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSegmentationUploadResponse: _TypeAlias = CreateSegmentationUploadResponse  # noqa: Y015

@@ -84,10 +84,30 @@ class MaskServiceStub:
                 request_serializer=pacs_dot_v1_dot_mask__pb2.CreateDownloadUrlsRequest.SerializeToString,
                 response_deserializer=pacs_dot_v1_dot_mask__pb2.CreateDownloadUrlsResponse.FromString,
                 _registered_method=True)
+        self.ExportMaskGroup = channel.unary_unary(
+                '/pacs.v1.MaskService/ExportMaskGroup',
+                request_serializer=pacs_dot_v1_dot_mask__pb2.ExportMaskGroupRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_mask__pb2.ExportMaskGroupResponse.FromString,
+                _registered_method=True)
+        self.ListMaskGroupExports = channel.unary_unary(
+                '/pacs.v1.MaskService/ListMaskGroupExports',
+                request_serializer=pacs_dot_v1_dot_mask__pb2.ListMaskGroupExportsRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_mask__pb2.ListMaskGroupExportsResponse.FromString,
+                _registered_method=True)
         self.PushMasks = channel.stream_unary(
                 '/pacs.v1.MaskService/PushMasks',
                 request_serializer=pacs_dot_v1_dot_mask__pb2.PushMasksRequest.SerializeToString,
                 response_deserializer=pacs_dot_v1_dot_mask__pb2.PushMasksResponse.FromString,
+                _registered_method=True)
+        self.ImportSegmentation = channel.unary_unary(
+                '/pacs.v1.MaskService/ImportSegmentation',
+                request_serializer=pacs_dot_v1_dot_mask__pb2.ImportSegmentationRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_mask__pb2.ImportSegmentationResponse.FromString,
+                _registered_method=True)
+        self.CreateSegmentationUpload = channel.unary_unary(
+                '/pacs.v1.MaskService/CreateSegmentationUpload',
+                request_serializer=pacs_dot_v1_dot_mask__pb2.CreateSegmentationUploadRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_mask__pb2.CreateSegmentationUploadResponse.FromString,
                 _registered_method=True)
 
 
@@ -164,10 +184,47 @@ class MaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportMaskGroup(self, request, context):
+        """ExportMaskGroup writes a COMPLETE group as one DICOM Segmentation (SEG) in
+        the source series' study: stored under a server-made object key and, with
+        store_in_pacs, sent to the PACS with STOW-RS. Needs a PACS link.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMaskGroupExports(self, request, context):
+        """ListMaskGroupExports lists a group's exports, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PushMasks(self, request_iterator, context):
         """PushMasks streams slices through the service to object storage: one
         header message, then per slice a slice header and its chunks. Nothing is
         recorded unless the whole stream arrives intact. gRPC only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSegmentation(self, request, context):
+        """ImportSegmentation creates a COMPLETE mask group from an existing DICOM
+        Segmentation (SEG), read from the PACS or from an object uploaded with a
+        CreateSegmentationUpload ticket: one 8-bit label map PNG per source image
+        the SEG references, its segments with their codes, model and version from
+        its Algorithm Identification, each slice bound to its source image. All
+        or nothing: a refused import leaves no group and no stored object.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSegmentationUpload(self, request, context):
+        """CreateSegmentationUpload issues a signed POST ticket for one DICOM SEG
+        file (application/dicom, exactly size_bytes) to pass to
+        ImportSegmentation as upload_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,10 +278,30 @@ def add_MaskServiceServicer_to_server(servicer, server):
                     request_deserializer=pacs_dot_v1_dot_mask__pb2.CreateDownloadUrlsRequest.FromString,
                     response_serializer=pacs_dot_v1_dot_mask__pb2.CreateDownloadUrlsResponse.SerializeToString,
             ),
+            'ExportMaskGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportMaskGroup,
+                    request_deserializer=pacs_dot_v1_dot_mask__pb2.ExportMaskGroupRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_mask__pb2.ExportMaskGroupResponse.SerializeToString,
+            ),
+            'ListMaskGroupExports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMaskGroupExports,
+                    request_deserializer=pacs_dot_v1_dot_mask__pb2.ListMaskGroupExportsRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_mask__pb2.ListMaskGroupExportsResponse.SerializeToString,
+            ),
             'PushMasks': grpc.stream_unary_rpc_method_handler(
                     servicer.PushMasks,
                     request_deserializer=pacs_dot_v1_dot_mask__pb2.PushMasksRequest.FromString,
                     response_serializer=pacs_dot_v1_dot_mask__pb2.PushMasksResponse.SerializeToString,
+            ),
+            'ImportSegmentation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportSegmentation,
+                    request_deserializer=pacs_dot_v1_dot_mask__pb2.ImportSegmentationRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_mask__pb2.ImportSegmentationResponse.SerializeToString,
+            ),
+            'CreateSegmentationUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSegmentationUpload,
+                    request_deserializer=pacs_dot_v1_dot_mask__pb2.CreateSegmentationUploadRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_mask__pb2.CreateSegmentationUploadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +563,60 @@ class MaskService:
             _registered_method=True)
 
     @staticmethod
+    def ExportMaskGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.MaskService/ExportMaskGroup',
+            pacs_dot_v1_dot_mask__pb2.ExportMaskGroupRequest.SerializeToString,
+            pacs_dot_v1_dot_mask__pb2.ExportMaskGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMaskGroupExports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.MaskService/ListMaskGroupExports',
+            pacs_dot_v1_dot_mask__pb2.ListMaskGroupExportsRequest.SerializeToString,
+            pacs_dot_v1_dot_mask__pb2.ListMaskGroupExportsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def PushMasks(request_iterator,
             target,
             options=(),
@@ -502,6 +633,60 @@ class MaskService:
             '/pacs.v1.MaskService/PushMasks',
             pacs_dot_v1_dot_mask__pb2.PushMasksRequest.SerializeToString,
             pacs_dot_v1_dot_mask__pb2.PushMasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSegmentation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.MaskService/ImportSegmentation',
+            pacs_dot_v1_dot_mask__pb2.ImportSegmentationRequest.SerializeToString,
+            pacs_dot_v1_dot_mask__pb2.ImportSegmentationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSegmentationUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.MaskService/CreateSegmentationUpload',
+            pacs_dot_v1_dot_mask__pb2.CreateSegmentationUploadRequest.SerializeToString,
+            pacs_dot_v1_dot_mask__pb2.CreateSegmentationUploadResponse.FromString,
             options,
             channel_credentials,
             insecure,

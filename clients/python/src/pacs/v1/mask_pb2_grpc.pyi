@@ -60,10 +60,30 @@ class MaskServiceStub:
     """CreateDownloadUrls issues signed download URLs for some or all masks of a
     group.
     """
+    ExportMaskGroup: _grpc.UnaryUnaryMultiCallable[_mask_pb2.ExportMaskGroupRequest, _mask_pb2.ExportMaskGroupResponse]
+    """ExportMaskGroup writes a COMPLETE group as one DICOM Segmentation (SEG) in
+    the source series' study: stored under a server-made object key and, with
+    store_in_pacs, sent to the PACS with STOW-RS. Needs a PACS link.
+    """
+    ListMaskGroupExports: _grpc.UnaryUnaryMultiCallable[_mask_pb2.ListMaskGroupExportsRequest, _mask_pb2.ListMaskGroupExportsResponse]
+    """ListMaskGroupExports lists a group's exports, newest first."""
     PushMasks: _grpc.StreamUnaryMultiCallable[_mask_pb2.PushMasksRequest, _mask_pb2.PushMasksResponse]
     """PushMasks streams slices through the service to object storage: one
     header message, then per slice a slice header and its chunks. Nothing is
     recorded unless the whole stream arrives intact. gRPC only.
+    """
+    ImportSegmentation: _grpc.UnaryUnaryMultiCallable[_mask_pb2.ImportSegmentationRequest, _mask_pb2.ImportSegmentationResponse]
+    """ImportSegmentation creates a COMPLETE mask group from an existing DICOM
+    Segmentation (SEG), read from the PACS or from an object uploaded with a
+    CreateSegmentationUpload ticket: one 8-bit label map PNG per source image
+    the SEG references, its segments with their codes, model and version from
+    its Algorithm Identification, each slice bound to its source image. All
+    or nothing: a refused import leaves no group and no stored object.
+    """
+    CreateSegmentationUpload: _grpc.UnaryUnaryMultiCallable[_mask_pb2.CreateSegmentationUploadRequest, _mask_pb2.CreateSegmentationUploadResponse]
+    """CreateSegmentationUpload issues a signed POST ticket for one DICOM SEG
+    file (application/dicom, exactly size_bytes) to pass to
+    ImportSegmentation as upload_id.
     """
 
 @_typing.type_check_only
@@ -98,10 +118,30 @@ class MaskServiceAsyncStub(MaskServiceStub):
     """CreateDownloadUrls issues signed download URLs for some or all masks of a
     group.
     """
+    ExportMaskGroup: _aio.UnaryUnaryMultiCallable[_mask_pb2.ExportMaskGroupRequest, _mask_pb2.ExportMaskGroupResponse]  # type: ignore[assignment]
+    """ExportMaskGroup writes a COMPLETE group as one DICOM Segmentation (SEG) in
+    the source series' study: stored under a server-made object key and, with
+    store_in_pacs, sent to the PACS with STOW-RS. Needs a PACS link.
+    """
+    ListMaskGroupExports: _aio.UnaryUnaryMultiCallable[_mask_pb2.ListMaskGroupExportsRequest, _mask_pb2.ListMaskGroupExportsResponse]  # type: ignore[assignment]
+    """ListMaskGroupExports lists a group's exports, newest first."""
     PushMasks: _aio.StreamUnaryMultiCallable[_mask_pb2.PushMasksRequest, _mask_pb2.PushMasksResponse]  # type: ignore[assignment]
     """PushMasks streams slices through the service to object storage: one
     header message, then per slice a slice header and its chunks. Nothing is
     recorded unless the whole stream arrives intact. gRPC only.
+    """
+    ImportSegmentation: _aio.UnaryUnaryMultiCallable[_mask_pb2.ImportSegmentationRequest, _mask_pb2.ImportSegmentationResponse]  # type: ignore[assignment]
+    """ImportSegmentation creates a COMPLETE mask group from an existing DICOM
+    Segmentation (SEG), read from the PACS or from an object uploaded with a
+    CreateSegmentationUpload ticket: one 8-bit label map PNG per source image
+    the SEG references, its segments with their codes, model and version from
+    its Algorithm Identification, each slice bound to its source image. All
+    or nothing: a refused import leaves no group and no stored object.
+    """
+    CreateSegmentationUpload: _aio.UnaryUnaryMultiCallable[_mask_pb2.CreateSegmentationUploadRequest, _mask_pb2.CreateSegmentationUploadResponse]  # type: ignore[assignment]
+    """CreateSegmentationUpload issues a signed POST ticket for one DICOM SEG
+    file (application/dicom, exactly size_bytes) to pass to
+    ImportSegmentation as upload_id.
     """
 
 class MaskServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -189,6 +229,25 @@ class MaskServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def ExportMaskGroup(
+        self,
+        request: _mask_pb2.ExportMaskGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mask_pb2.ExportMaskGroupResponse, _abc.Awaitable[_mask_pb2.ExportMaskGroupResponse]]:
+        """ExportMaskGroup writes a COMPLETE group as one DICOM Segmentation (SEG) in
+        the source series' study: stored under a server-made object key and, with
+        store_in_pacs, sent to the PACS with STOW-RS. Needs a PACS link.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMaskGroupExports(
+        self,
+        request: _mask_pb2.ListMaskGroupExportsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mask_pb2.ListMaskGroupExportsResponse, _abc.Awaitable[_mask_pb2.ListMaskGroupExportsResponse]]:
+        """ListMaskGroupExports lists a group's exports, newest first."""
+
+    @_abc_1.abstractmethod
     def PushMasks(
         self,
         request_iterator: _MaybeAsyncIterator[_mask_pb2.PushMasksRequest],
@@ -197,6 +256,31 @@ class MaskServiceServicer(metaclass=_abc_1.ABCMeta):
         """PushMasks streams slices through the service to object storage: one
         header message, then per slice a slice header and its chunks. Nothing is
         recorded unless the whole stream arrives intact. gRPC only.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportSegmentation(
+        self,
+        request: _mask_pb2.ImportSegmentationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mask_pb2.ImportSegmentationResponse, _abc.Awaitable[_mask_pb2.ImportSegmentationResponse]]:
+        """ImportSegmentation creates a COMPLETE mask group from an existing DICOM
+        Segmentation (SEG), read from the PACS or from an object uploaded with a
+        CreateSegmentationUpload ticket: one 8-bit label map PNG per source image
+        the SEG references, its segments with their codes, model and version from
+        its Algorithm Identification, each slice bound to its source image. All
+        or nothing: a refused import leaves no group and no stored object.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateSegmentationUpload(
+        self,
+        request: _mask_pb2.CreateSegmentationUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mask_pb2.CreateSegmentationUploadResponse, _abc.Awaitable[_mask_pb2.CreateSegmentationUploadResponse]]:
+        """CreateSegmentationUpload issues a signed POST ticket for one DICOM SEG
+        file (application/dicom, exactly size_bytes) to pass to
+        ImportSegmentation as upload_id.
         """
 
 def add_MaskServiceServicer_to_server(servicer: MaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pacs/v1/mask.proto.
  */
 export const file_pacs_v1_mask: GenFile = /*@__PURE__*/
-  fileDesc("ChJwYWNzL3YxL21hc2sucHJvdG8SB3BhY3MudjEikgMKCU1hc2tHcm91cBIKCgJpZBgBIAEoAxIVCg1hbm5vdGF0aW9uX2lkGAIgASgDEhIKCmdyb3VwX25hbWUYAyABKAkSEgoKbW9kZWxfbmFtZRgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEhAKCG1vZGFsaXR5GAYgASgJEhMKC3NsaWNlX2NvdW50GAcgASgFEhEKCW1hc2tfdHlwZRgIIAEoCRITCgtkZXNjcmlwdGlvbhgJIAEoCRISCgpjcmVhdGVkX2J5GAogASgDEigKBnN0YXR1cxgLIAEoDjIYLnBhY3MudjEuTWFza0dyb3VwU3RhdHVzEhgKEGNvbXBsZXRlZF9zbGljZXMYDCABKAUSLgoKY3JlYXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoIc2VnbWVudHMYDyADKAsyEC5wYWNzLnYxLlNlZ21lbnQiWgoMQ29kZWRDb25jZXB0EhIKCmNvZGVfdmFsdWUYASABKAkSIAoYY29kaW5nX3NjaGVtZV9kZXNpZ25hdG9yGAIgASgJEhQKDGNvZGVfbWVhbmluZxgDIAEoCSI0CghSZ2JDb2xvchILCgNyZWQYASABKAUSDQoFZ3JlZW4YAiABKAUSDAoEYmx1ZRgDIAEoBSKXAgoHU2VnbWVudBITCgtwaXhlbF92YWx1ZRgBIAEoBRINCgVsYWJlbBgCIAEoCRI6ChtzZWdtZW50ZWRfcHJvcGVydHlfY2F0ZWdvcnkYAyABKAsyFS5wYWNzLnYxLkNvZGVkQ29uY2VwdBI2ChdzZWdtZW50ZWRfcHJvcGVydHlfdHlwZRgEIAEoCzIVLnBhY3MudjEuQ29kZWRDb25jZXB0EigKDWRpc3BsYXlfY29sb3IYBSABKAsyES5wYWNzLnYxLlJnYkNvbG9yEjUKDmFsZ29yaXRobV90eXBlGAYgASgOMh0ucGFjcy52MS5TZWdtZW50QWxnb3JpdGhtVHlwZRITCgtkZXNjcmlwdGlvbhgHIAEoCSKGAgoETWFzaxIKCgJpZBgBIAEoAxIVCg1tYXNrX2dyb3VwX2lkGAIgASgDEhMKC3NsaWNlX2luZGV4GAMgASgFEhgKEHNvcF9pbnN0YW5jZV91aWQYBCABKAkSEgoKbGFiZWxfbmFtZRgFIAEoCRIRCglmaWxlX3BhdGgYBiABKAkSEQoJbWltZV90eXBlGAcgASgJEhEKCWZpbGVfc2l6ZRgIIAEoAxIQCghjaGVja3N1bRgJIAEoCRINCgV3aWR0aBgKIAEoBRIOCgZoZWlnaHQYCyABKAUSLgoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi9QIKDFVwbG9hZFRpY2tldBIRCgl1cGxvYWRfaWQYASABKAkSEwoLc2xpY2VfaW5kZXgYAiABKAUSJQoGbWV0aG9kGAMgASgOMhUucGFjcy52MS5VcGxvYWRNZXRob2QSCwoDdXJsGAQgASgJEjEKBmZpZWxkcxgFIAMoCzIhLnBhY3MudjEuVXBsb2FkVGlja2V0LkZpZWxkc0VudHJ5EjMKB2hlYWRlcnMYBiADKAsyIi5wYWNzLnYxLlVwbG9hZFRpY2tldC5IZWFkZXJzRW50cnkSEgoKb2JqZWN0X2tleRgHIAEoCRIuCgpleHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtGaWVsZHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIocBCgtTbGljZVVwbG9hZBITCgtzbGljZV9pbmRleBgBIAEoBRIYChBzb3BfaW5zdGFuY2VfdWlkGAIgASgJEhIKCmxhYmVsX25hbWUYAyABKAkSFAoMY29udGVudF90eXBlGAQgASgJEhIKCnNpemVfYnl0ZXMYBSABKAMSCwoDbWQ1GAYgASgJIlAKD0NvbXBsZXRlZFVwbG9hZBIRCgl1cGxvYWRfaWQYASABKAkSDQoFd2lkdGgYAiABKAUSDgoGaGVpZ2h0GAMgASgFEgsKA21kNRgEIAEoCSKDAQoLRG93bmxvYWRVcmwSDwoHbWFza19pZBgBIAEoAxITCgtzbGljZV9pbmRleBgCIAEoBRILCgN1cmwYAyABKAkSEQoJbWltZV90eXBlGAQgASgJEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImsKFkNyZWF0ZU1hc2tHcm91cFJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxImCgptYXNrX2dyb3VwGAIgASgLMhIucGFjcy52MS5NYXNrR3JvdXASEgoKcmVxdWVzdF9pZBgDIAEoCSJBChdDcmVhdGVNYXNrR3JvdXBSZXNwb25zZRImCgptYXNrX2dyb3VwGAEgASgLMhIucGFjcy52MS5NYXNrR3JvdXAiVQoVTGlzdE1hc2tHcm91cHNSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiWgoWTGlzdE1hc2tHcm91cHNSZXNwb25zZRInCgttYXNrX2dyb3VwcxgBIAMoCzISLnBhY3MudjEuTWFza0dyb3VwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI+ChNHZXRNYXNrR3JvdXBSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMiPgoUR2V0TWFza0dyb3VwUmVzcG9uc2USJgoKbWFza19ncm91cBgBIAEoCzISLnBhY3MudjEuTWFza0dyb3VwIkEKFkRlbGV0ZU1hc2tHcm91cFJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAyIZChdEZWxldGVNYXNrR3JvdXBSZXNwb25zZSKkAQoXQ3JlYXRlVXBsb2FkVXJsc1JlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAxIkCgZzbGljZXMYAyADKAsyFC5wYWNzLnYxLlNsaWNlVXBsb2FkEhMKC3R0bF9zZWNvbmRzGAQgASgFEiUKBm1ldGhvZBgFIAEoDjIVLnBhY3MudjEuVXBsb2FkTWV0aG9kIkIKGENyZWF0ZVVwbG9hZFVybHNSZXNwb25zZRImCgd0aWNrZXRzGAEgAygLMhUucGFjcy52MS5VcGxvYWRUaWNrZXQiawoVQ29tcGxldGVVcGxvYWRSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMSKQoHdXBsb2FkcxgDIAMoCzIYLnBhY3MudjEuQ29tcGxldGVkVXBsb2FkIl4KFkNvbXBsZXRlVXBsb2FkUmVzcG9uc2USJgoKbWFza19ncm91cBgBIAEoCzISLnBhY3MudjEuTWFza0dyb3VwEhwKBW1hc2tzGAIgAygLMg0ucGFjcy52MS5NYXNrImIKEExpc3RNYXNrc1JlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAxIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJKChFMaXN0TWFza3NSZXNwb25zZRIcCgVtYXNrcxgBIAMoCzINLnBhY3MudjEuTWFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSgoOR2V0TWFza1JlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAxIPCgdtYXNrX2lkGAMgASgDIi4KD0dldE1hc2tSZXNwb25zZRIbCgRtYXNrGAEgASgLMg0ucGFjcy52MS5NYXNrIpIBChlDcmVhdGVEb3dubG9hZFVybHNSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMSEAoIbWFza19pZHMYAyADKAMSEwoLdHRsX3NlY29uZHMYBCABKAUSEQoJcGFnZV9zaXplGAUgASgFEhIKCnBhZ2VfdG9rZW4YBiABKAkiWQoaQ3JlYXRlRG93bmxvYWRVcmxzUmVzcG9uc2USIgoEdXJscxgBIAMoCzIULnBhY3MudjEuRG93bmxvYWRVcmwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoABChBQdXNoTWFza3NSZXF1ZXN0EiUKBnRhcmdldBgBIAEoCzITLnBhY3MudjEuUHVzaFRhcmdldEgAEikKBXNsaWNlGAIgASgLMhgucGFjcy52MS5QdXNoU2xpY2VIZWFkZXJIABIPCgVjaHVuaxgDIAEoDEgAQgkKB21lc3NhZ2UiNQoKUHVzaFRhcmdldBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEhAKCGdyb3VwX2lkGAIgASgDIqoBCg9QdXNoU2xpY2VIZWFkZXISEwoLc2xpY2VfaW5kZXgYASABKAUSGAoQc29wX2luc3RhbmNlX3VpZBgCIAEoCRISCgpsYWJlbF9uYW1lGAMgASgJEhQKDGNvbnRlbnRfdHlwZRgEIAEoCRISCgpzaXplX2J5dGVzGAUgASgDEg0KBXdpZHRoGAYgASgFEg4KBmhlaWdodBgHIAEoBRILCgNtZDUYCCABKAkicQoRUHVzaE1hc2tzUmVzcG9uc2USJgoKbWFza19ncm91cBgBIAEoCzISLnBhY3MudjEuTWFza0dyb3VwEhwKBW1hc2tzGAIgAygLMg0ucGFjcy52MS5NYXNrEhYKDmJ5dGVzX3JlY2VpdmVkGAMgASgDKnMKD01hc2tHcm91cFN0YXR1cxIhCh1NQVNLX0dST1VQX1NUQVRVU19VTlNQRUNJRklFRBAAEh0KGU1BU0tfR1JPVVBfU1RBVFVTX1BFTkRJTkcQARIeChpNQVNLX0dST1VQX1NUQVRVU19DT01QTEVURRACKrEBChRTZWdtZW50QWxnb3JpdGhtVHlwZRImCiJTRUdNRU5UX0FMR09SSVRITV9UWVBFX1VOU1BFQ0lGSUVEEAASJAogU0VHTUVOVF9BTEdPUklUSE1fVFlQRV9BVVRPTUFUSUMQARIoCiRTRUdNRU5UX0FMR09SSVRITV9UWVBFX1NFTUlBVVRPTUFUSUMQAhIhCh1TRUdNRU5UX0FMR09SSVRITV9UWVBFX01BTlVBTBADKlwKDFVwbG9hZE1ldGhvZBIdChlVUExPQURfTUVUSE9EX1VOU1BFQ0lGSUVEEAASFgoSVVBMT0FEX01FVEhPRF9QT1NUEAESFQoRVVBMT0FEX01FVEhPRF9QVVQQAjK1CwoLTWFza1NlcnZpY2USlgEKD0NyZWF0ZU1hc2tHcm91cBIfLnBhY3MudjEuQ3JlYXRlTWFza0dyb3VwUmVxdWVzdBogLnBhY3MudjEuQ3JlYXRlTWFza0dyb3VwUmVzcG9uc2UiQILT5JMCOjoKbWFza19ncm91cCIsL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMShwEKDkxpc3RNYXNrR3JvdXBzEh4ucGFjcy52MS5MaXN0TWFza0dyb3Vwc1JlcXVlc3QaHy5wYWNzLnYxLkxpc3RNYXNrR3JvdXBzUmVzcG9uc2UiNILT5JMCLhIsL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMSjAEKDEdldE1hc2tHcm91cBIcLnBhY3MudjEuR2V0TWFza0dyb3VwUmVxdWVzdBodLnBhY3MudjEuR2V0TWFza0dyb3VwUmVzcG9uc2UiP4LT5JMCORI3L2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMve2dyb3VwX2lkfRKVAQoPRGVsZXRlTWFza0dyb3VwEh8ucGFjcy52MS5EZWxldGVNYXNrR3JvdXBSZXF1ZXN0GiAucGFjcy52MS5EZWxldGVNYXNrR3JvdXBSZXNwb25zZSI/gtPkkwI5KjcvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9tYXNrLWdyb3Vwcy97Z3JvdXBfaWR9EqYBChBDcmVhdGVVcGxvYWRVcmxzEiAucGFjcy52MS5DcmVhdGVVcGxvYWRVcmxzUmVxdWVzdBohLnBhY3MudjEuQ3JlYXRlVXBsb2FkVXJsc1Jlc3BvbnNlIk2C0+STAkc6ASoiQi9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzL3tncm91cF9pZH0vc2lnbmVkLXVybBKeAQoOQ29tcGxldGVVcGxvYWQSHi5wYWNzLnYxLkNvbXBsZXRlVXBsb2FkUmVxdWVzdBofLnBhY3MudjEuQ29tcGxldGVVcGxvYWRSZXNwb25zZSJLgtPkkwJFOgEqIkAvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9tYXNrLWdyb3Vwcy97Z3JvdXBfaWR9L2NvbXBsZXRlEokBCglMaXN0TWFza3MSGS5wYWNzLnYxLkxpc3RNYXNrc1JlcXVlc3QaGi5wYWNzLnYxLkxpc3RNYXNrc1Jlc3BvbnNlIkWC0+STAj8SPS9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzL3tncm91cF9pZH0vbWFza3MSjQEKB0dldE1hc2sSFy5wYWNzLnYxLkdldE1hc2tSZXF1ZXN0GhgucGFjcy52MS5HZXRNYXNrUmVzcG9uc2UiT4LT5JMCSRJHL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMve2dyb3VwX2lkfS9tYXNrcy97bWFza19pZH0SrwEKEkNyZWF0ZURvd25sb2FkVXJscxIiLnBhY3MudjEuQ3JlYXRlRG93bmxvYWRVcmxzUmVxdWVzdBojLnBhY3MudjEuQ3JlYXRlRG93bmxvYWRVcmxzUmVzcG9uc2UiUILT5JMCSjoBKiJFL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMve2dyb3VwX2lkfS9kb3dubG9hZC11cmxzEkQKCVB1c2hNYXNrcxIZLnBhY3MudjEuUHVzaE1hc2tzUmVxdWVzdBoaLnBhY3MudjEuUHVzaE1hc2tzUmVzcG9uc2UoAWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("ChJwYWNzL3YxL21hc2sucHJvdG8SB3BhY3MudjEikgMKCU1hc2tHcm91cBIKCgJpZBgBIAEoAxIVCg1hbm5vdGF0aW9uX2lkGAIgASgDEhIKCmdyb3VwX25hbWUYAyABKAkSEgoKbW9kZWxfbmFtZRgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEhAKCG1vZGFsaXR5GAYgASgJEhMKC3NsaWNlX2NvdW50GAcgASgFEhEKCW1hc2tfdHlwZRgIIAEoCRITCgtkZXNjcmlwdGlvbhgJIAEoCRISCgpjcmVhdGVkX2J5GAogASgDEigKBnN0YXR1cxgLIAEoDjIYLnBhY3MudjEuTWFza0dyb3VwU3RhdHVzEhgKEGNvbXBsZXRlZF9zbGljZXMYDCABKAUSLgoKY3JlYXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoIc2VnbWVudHMYDyADKAsyEC5wYWNzLnYxLlNlZ21lbnQiWgoMQ29kZWRDb25jZXB0EhIKCmNvZGVfdmFsdWUYASABKAkSIAoYY29kaW5nX3NjaGVtZV9kZXNpZ25hdG9yGAIgASgJEhQKDGNvZGVfbWVhbmluZxgDIAEoCSI0CghSZ2JDb2xvchILCgNyZWQYASABKAUSDQoFZ3JlZW4YAiABKAUSDAoEYmx1ZRgDIAEoBSKXAgoHU2VnbWVudBITCgtwaXhlbF92YWx1ZRgBIAEoBRINCgVsYWJlbBgCIAEoCRI6ChtzZWdtZW50ZWRfcHJvcGVydHlfY2F0ZWdvcnkYAyABKAsyFS5wYWNzLnYxLkNvZGVkQ29uY2VwdBI2ChdzZWdtZW50ZWRfcHJvcGVydHlfdHlwZRgEIAEoCzIVLnBhY3MudjEuQ29kZWRDb25jZXB0EigKDWRpc3BsYXlfY29sb3IYBSABKAsyES5wYWNzLnYxLlJnYkNvbG9yEjUKDmFsZ29yaXRobV90eXBlGAYgASgOMh0ucGFjcy52MS5TZWdtZW50QWxnb3JpdGhtVHlwZRITCgtkZXNjcmlwdGlvbhgHIAEoCSKGAgoETWFzaxIKCgJpZBgBIAEoAxIVCg1tYXNrX2dyb3VwX2lkGAIgASgDEhMKC3NsaWNlX2luZGV4GAMgASgFEhgKEHNvcF9pbnN0YW5jZV91aWQYBCABKAkSEgoKbGFiZWxfbmFtZRgFIAEoCRIRCglmaWxlX3BhdGgYBiABKAkSEQoJbWltZV90eXBlGAcgASgJEhEKCWZpbGVfc2l6ZRgIIAEoAxIQCghjaGVja3N1bRgJIAEoCRINCgV3aWR0aBgKIAEoBRIOCgZoZWlnaHQYCyABKAUSLgoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi9QIKDFVwbG9hZFRpY2tldBIRCgl1cGxvYWRfaWQYASABKAkSEwoLc2xpY2VfaW5kZXgYAiABKAUSJQoGbWV0aG9kGAMgASgOMhUucGFjcy52MS5VcGxvYWRNZXRob2QSCwoDdXJsGAQgASgJEjEKBmZpZWxkcxgFIAMoCzIhLnBhY3MudjEuVXBsb2FkVGlja2V0LkZpZWxkc0VudHJ5EjMKB2hlYWRlcnMYBiADKAsyIi5wYWNzLnYxLlVwbG9hZFRpY2tldC5IZWFkZXJzRW50cnkSEgoKb2JqZWN0X2tleRgHIAEoCRIuCgpleHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtGaWVsZHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIocBCgtTbGljZVVwbG9hZBITCgtzbGljZV9pbmRleBgBIAEoBRIYChBzb3BfaW5zdGFuY2VfdWlkGAIgASgJEhIKCmxhYmVsX25hbWUYAyABKAkSFAoMY29udGVudF90eXBlGAQgASgJEhIKCnNpemVfYnl0ZXMYBSABKAMSCwoDbWQ1GAYgASgJIlAKD0NvbXBsZXRlZFVwbG9hZBIRCgl1cGxvYWRfaWQYASABKAkSDQoFd2lkdGgYAiABKAUSDgoGaGVpZ2h0GAMgASgFEgsKA21kNRgEIAEoCSKDAQoLRG93bmxvYWRVcmwSDwoHbWFza19pZBgBIAEoAxITCgtzbGljZV9pbmRleBgCIAEoBRILCgN1cmwYAyABKAkSEQoJbWltZV90eXBlGAQgASgJEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImsKFkNyZWF0ZU1hc2tHcm91cFJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxImCgptYXNrX2dyb3VwGAIgASgLMhIucGFjcy52MS5NYXNrR3JvdXASEgoKcmVxdWVzdF9pZBgDIAEoCSJBChdDcmVhdGVNYXNrR3JvdXBSZXNwb25zZRImCgptYXNrX2dyb3VwGAEgASgLMhIucGFjcy52MS5NYXNrR3JvdXAiVQoVTGlzdE1hc2tHcm91cHNSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiWgoWTGlzdE1hc2tHcm91cHNSZXNwb25zZRInCgttYXNrX2dyb3VwcxgBIAMoCzISLnBhY3MudjEuTWFza0dyb3VwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI+ChNHZXRNYXNrR3JvdXBSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMiPgoUR2V0TWFza0dyb3VwUmVzcG9uc2USJgoKbWFza19ncm91cBgBIAEoCzISLnBhY3MudjEuTWFza0dyb3VwIkEKFkRlbGV0ZU1hc2tHcm91cFJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAyIZChdEZWxldGVNYXNrR3JvdXBSZXNwb25zZSKkAQoXQ3JlYXRlVXBsb2FkVXJsc1JlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAxIkCgZzbGljZXMYAyADKAsyFC5wYWNzLnYxLlNsaWNlVXBsb2FkEhMKC3R0bF9zZWNvbmRzGAQgASgFEiUKBm1ldGhvZBgFIAEoDjIVLnBhY3MudjEuVXBsb2FkTWV0aG9kIkIKGENyZWF0ZVVwbG9hZFVybHNSZXNwb25zZRImCgd0aWNrZXRzGAEgAygLMhUucGFjcy52MS5VcGxvYWRUaWNrZXQiawoVQ29tcGxldGVVcGxvYWRSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMSKQoHdXBsb2FkcxgDIAMoCzIYLnBhY3MudjEuQ29tcGxldGVkVXBsb2FkIl4KFkNvbXBsZXRlVXBsb2FkUmVzcG9uc2USJgoKbWFza19ncm91cBgBIAEoCzISLnBhY3MudjEuTWFza0dyb3VwEhwKBW1hc2tzGAIgAygLMg0ucGFjcy52MS5NYXNrImIKEExpc3RNYXNrc1JlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAxIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJKChFMaXN0TWFza3NSZXNwb25zZRIcCgVtYXNrcxgBIAMoCzINLnBhY3MudjEuTWFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSgoOR2V0TWFza1JlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAxIPCgdtYXNrX2lkGAMgASgDIi4KD0dldE1hc2tSZXNwb25zZRIbCgRtYXNrGAEgASgLMg0ucGFjcy52MS5NYXNrIpIBChlDcmVhdGVEb3dubG9hZFVybHNSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMSEAoIbWFza19pZHMYAyADKAMSEwoLdHRsX3NlY29uZHMYBCABKAUSEQoJcGFnZV9zaXplGAUgASgFEhIKCnBhZ2VfdG9rZW4YBiABKAkiWQoaQ3JlYXRlRG93bmxvYWRVcmxzUmVzcG9uc2USIgoEdXJscxgBIAMoCzIULnBhY3MudjEuRG93bmxvYWRVcmwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoABChBQdXNoTWFza3NSZXF1ZXN0EiUKBnRhcmdldBgBIAEoCzITLnBhY3MudjEuUHVzaFRhcmdldEgAEikKBXNsaWNlGAIgASgLMhgucGFjcy52MS5QdXNoU2xpY2VIZWFkZXJIABIPCgVjaHVuaxgDIAEoDEgAQgkKB21lc3NhZ2UiNQoKUHVzaFRhcmdldBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEhAKCGdyb3VwX2lkGAIgASgDIqoBCg9QdXNoU2xpY2VIZWFkZXISEwoLc2xpY2VfaW5kZXgYASABKAUSGAoQc29wX2luc3RhbmNlX3VpZBgCIAEoCRISCgpsYWJlbF9uYW1lGAMgASgJEhQKDGNvbnRlbnRfdHlwZRgEIAEoCRISCgpzaXplX2J5dGVzGAUgASgDEg0KBXdpZHRoGAYgASgFEg4KBmhlaWdodBgHIAEoBRILCgNtZDUYCCABKAkicQoRUHVzaE1hc2tzUmVzcG9uc2USJgoKbWFza19ncm91cBgBIAEoCzISLnBhY3MudjEuTWFza0dyb3VwEhwKBW1hc2tzGAIgAygLMg0ucGFjcy52MS5NYXNrEhYKDmJ5dGVzX3JlY2VpdmVkGAMgASgDItACCg9NYXNrR3JvdXBFeHBvcnQSCgoCaWQYASABKAMSFQoNbWFza19ncm91cF9pZBgCIAEoAxIWCg5zZWdfc2VyaWVzX3VpZBgDIAEoCRIcChRzZWdfc29wX2luc3RhbmNlX3VpZBgEIAEoCRISCgpvYmplY3Rfa2V5GAUgASgJEhIKCnNpemVfYnl0ZXMYBiABKAMSLQoLcGFjc19zdGF0dXMYByABKA4yGC5wYWNzLnYxLlBhY3NTdG9yZVN0YXR1cxIbChNwYWNzX2ZhaWx1cmVfcmVhc29uGAggASgJEhUKDXNlcmllc19udW1iZXIYCSABKAUSFQoNc2VnbWVudF9jb3VudBgKIAEoBRISCgpjcmVhdGVkX2J5GAsgASgDEi4KCmNyZWF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoEBChZFeHBvcnRNYXNrR3JvdXBSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIZ3JvdXBfaWQYAiABKAMSFQoNc3RvcmVfaW5fcGFjcxgDIAEoCBISCgpyZXF1ZXN0X2lkGAQgASgJEhMKC3R0bF9zZWNvbmRzGAUgASgFIp0BChdFeHBvcnRNYXNrR3JvdXBSZXNwb25zZRIzChFtYXNrX2dyb3VwX2V4cG9ydBgBIAEoCzIYLnBhY3MudjEuTWFza0dyb3VwRXhwb3J0EhQKDGRvd25sb2FkX3VybBgCIAEoCRI3ChNkb3dubG9hZF9leHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJtChtMaXN0TWFza0dyb3VwRXhwb3J0c1JlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghncm91cF9pZBgCIAEoAxIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJjChFFeHBvcnREb3dubG9hZFVybBIRCglleHBvcnRfaWQYASABKAMSCwoDdXJsGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqABChxMaXN0TWFza0dyb3VwRXhwb3J0c1Jlc3BvbnNlEjQKEm1hc2tfZ3JvdXBfZXhwb3J0cxgBIAMoCzIYLnBhY3MudjEuTWFza0dyb3VwRXhwb3J0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIxCg1kb3dubG9hZF91cmxzGAMgAygLMhoucGFjcy52MS5FeHBvcnREb3dubG9hZFVybCJdChJTZWdtZW50YXRpb25JblBhY3MSFQoNc2VnX3N0dWR5X3VpZBgBIAEoCRIWCg5zZWdfc2VyaWVzX3VpZBgCIAEoCRIYChBzZWdfaW5zdGFuY2VfdWlkGAMgASgJIrsBChlJbXBvcnRTZWdtZW50YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEgoKcmVxdWVzdF9pZBgCIAEoCRISCgpncm91cF9uYW1lGAMgASgJEhMKC2Rlc2NyaXB0aW9uGAQgASgJEisKBHBhY3MYBSABKAsyGy5wYWNzLnYxLlNlZ21lbnRhdGlvbkluUGFjc0gAEhMKCXVwbG9hZF9pZBgGIAEoCUgAQggKBnNvdXJjZSJEChpJbXBvcnRTZWdtZW50YXRpb25SZXNwb25zZRImCgptYXNrX2dyb3VwGAEgASgLMhIucGFjcy52MS5NYXNrR3JvdXAiYQofQ3JlYXRlU2VnbWVudGF0aW9uVXBsb2FkUmVxdWVzdBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEhIKCnNpemVfYnl0ZXMYAiABKAMSEwoLdHRsX3NlY29uZHMYAyABKAUiSQogQ3JlYXRlU2VnbWVudGF0aW9uVXBsb2FkUmVzcG9uc2USJQoGdGlja2V0GAEgASgLMhUucGFjcy52MS5VcGxvYWRUaWNrZXQqcwoPTWFza0dyb3VwU3RhdHVzEiEKHU1BU0tfR1JPVVBfU1RBVFVTX1VOU1BFQ0lGSUVEEAASHQoZTUFTS19HUk9VUF9TVEFUVVNfUEVORElORxABEh4KGk1BU0tfR1JPVVBfU1RBVFVTX0NPTVBMRVRFEAIqsQEKFFNlZ21lbnRBbGdvcml0aG1UeXBlEiYKIlNFR01FTlRfQUxHT1JJVEhNX1RZUEVfVU5TUEVDSUZJRUQQABIkCiBTRUdNRU5UX0FMR09SSVRITV9UWVBFX0FVVE9NQVRJQxABEigKJFNFR01FTlRfQUxHT1JJVEhNX1RZUEVfU0VNSUFVVE9NQVRJQxACEiEKHVNFR01FTlRfQUxHT1JJVEhNX1RZUEVfTUFOVUFMEAMqXAoMVXBsb2FkTWV0aG9kEh0KGVVQTE9BRF9NRVRIT0RfVU5TUEVDSUZJRUQQABIWChJVUExPQURfTUVUSE9EX1BPU1QQARIVChFVUExPQURfTUVUSE9EX1BVVBACKpUBCg9QYWNzU3RvcmVTdGF0dXMSIQodUEFDU19TVE9SRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIjCh9QQUNTX1NUT1JFX1NUQVRVU19OT1RfUkVRVUVTVEVEEAESHAoYUEFDU19TVE9SRV9TVEFUVVNfU1RPUkVEEAISHAoYUEFDU19TVE9SRV9TVEFUVVNfRkFJTEVEEAMy4BAKC01hc2tTZXJ2aWNlEpYBCg9DcmVhdGVNYXNrR3JvdXASHy5wYWNzLnYxLkNyZWF0ZU1hc2tHcm91cFJlcXVlc3QaIC5wYWNzLnYxLkNyZWF0ZU1hc2tHcm91cFJlc3BvbnNlIkCC0+STAjo6Cm1hc2tfZ3JvdXAiLC9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzEocBCg5MaXN0TWFza0dyb3VwcxIeLnBhY3MudjEuTGlzdE1hc2tHcm91cHNSZXF1ZXN0Gh8ucGFjcy52MS5MaXN0TWFza0dyb3Vwc1Jlc3BvbnNlIjSC0+STAi4SLC9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzEowBCgxHZXRNYXNrR3JvdXASHC5wYWNzLnYxLkdldE1hc2tHcm91cFJlcXVlc3QaHS5wYWNzLnYxLkdldE1hc2tHcm91cFJlc3BvbnNlIj+C0+STAjkSNy9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzL3tncm91cF9pZH0SlQEKD0RlbGV0ZU1hc2tHcm91cBIfLnBhY3MudjEuRGVsZXRlTWFza0dyb3VwUmVxdWVzdBogLnBhY3MudjEuRGVsZXRlTWFza0dyb3VwUmVzcG9uc2UiP4LT5JMCOSo3L2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMve2dyb3VwX2lkfRKmAQoQQ3JlYXRlVXBsb2FkVXJscxIgLnBhY3MudjEuQ3JlYXRlVXBsb2FkVXJsc1JlcXVlc3QaIS5wYWNzLnYxLkNyZWF0ZVVwbG9hZFVybHNSZXNwb25zZSJNgtPkkwJHOgEqIkIvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9tYXNrLWdyb3Vwcy97Z3JvdXBfaWR9L3NpZ25lZC11cmwSngEKDkNvbXBsZXRlVXBsb2FkEh4ucGFjcy52MS5Db21wbGV0ZVVwbG9hZFJlcXVlc3QaHy5wYWNzLnYxLkNvbXBsZXRlVXBsb2FkUmVzcG9uc2UiS4LT5JMCRToBKiJAL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vbWFzay1ncm91cHMve2dyb3VwX2lkfS9jb21wbGV0ZRKJAQoJTGlzdE1hc2tzEhkucGFjcy52MS5MaXN0TWFza3NSZXF1ZXN0GhoucGFjcy52MS5MaXN0TWFza3NSZXNwb25zZSJFgtPkkwI/Ej0vYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9tYXNrLWdyb3Vwcy97Z3JvdXBfaWR9L21hc2tzEo0BCgdHZXRNYXNrEhcucGFjcy52MS5HZXRNYXNrUmVxdWVzdBoYLnBhY3MudjEuR2V0TWFza1Jlc3BvbnNlIk+C0+STAkkSRy9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzL3tncm91cF9pZH0vbWFza3Mve21hc2tfaWR9Eq8BChJDcmVhdGVEb3dubG9hZFVybHMSIi5wYWNzLnYxLkNyZWF0ZURvd25sb2FkVXJsc1JlcXVlc3QaIy5wYWNzLnYxLkNyZWF0ZURvd25sb2FkVXJsc1Jlc3BvbnNlIlCC0+STAko6ASoiRS9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzL3tncm91cF9pZH0vZG93bmxvYWQtdXJscxKfAQoPRXhwb3J0TWFza0dyb3VwEh8ucGFjcy52MS5FeHBvcnRNYXNrR3JvdXBSZXF1ZXN0GiAucGFjcy52MS5FeHBvcnRNYXNrR3JvdXBSZXNwb25zZSJJgtPkkwJDOgEqIj4vYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9tYXNrLWdyb3Vwcy97Z3JvdXBfaWR9L2V4cG9ydBKsAQoUTGlzdE1hc2tHcm91cEV4cG9ydHMSJC5wYWNzLnYxLkxpc3RNYXNrR3JvdXBFeHBvcnRzUmVxdWVzdBolLnBhY3MudjEuTGlzdE1hc2tHcm91cEV4cG9ydHNSZXNwb25zZSJHgtPkkwJBEj8vYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9tYXNrLWdyb3Vwcy97Z3JvdXBfaWR9L2V4cG9ydHMSRAoJUHVzaE1hc2tzEhkucGFjcy52MS5QdXNoTWFza3NSZXF1ZXN0GhoucGFjcy52MS5QdXNoTWFza3NSZXNwb25zZSgBEp0BChJJbXBvcnRTZWdtZW50YXRpb24SIi5wYWNzLnYxLkltcG9ydFNlZ21lbnRhdGlvblJlcXVlc3QaIy5wYWNzLnYxLkltcG9ydFNlZ21lbnRhdGlvblJlc3BvbnNlIj6C0+STAjg6ASoiMy9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L21hc2stZ3JvdXBzL2ltcG9ydBK3AQoYQ3JlYXRlU2VnbWVudGF0aW9uVXBsb2FkEigucGFjcy52MS5DcmVhdGVTZWdtZW50YXRpb25VcGxvYWRSZXF1ZXN0GikucGFjcy52MS5DcmVhdGVTZWdtZW50YXRpb25VcGxvYWRSZXNwb25zZSJGgtPkkwJAOgEqIjsvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9tYXNrLWdyb3Vwcy9pbXBvcnQtdXBsb2Fkc2IGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * MaskGroup is one model run's or one person's masks for an annotation.
@@ -1179,6 +1179,439 @@ export const PushMasksResponseSchema: GenMessage<PushMasksResponse> = /*@__PURE_
   messageDesc(file_pacs_v1_mask, 30);
 
 /**
+ * MaskGroupExport is one DICOM Segmentation written from a mask group.
+ *
+ * @generated from message pacs.v1.MaskGroupExport
+ */
+export type MaskGroupExport = Message<"pacs.v1.MaskGroupExport"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * @generated from field: int64 mask_group_id = 2;
+   */
+  maskGroupId: bigint;
+
+  /**
+   * The SEG's new Series Instance UID (one per export) under DICOM_UID_ROOT.
+   *
+   * @generated from field: string seg_series_uid = 3;
+   */
+  segSeriesUid: string;
+
+  /**
+   * The SEG's SOP Instance UID.
+   *
+   * @generated from field: string seg_sop_instance_uid = 4;
+   */
+  segSopInstanceUid: string;
+
+  /**
+   * Where the .dcm is stored; made by the server from ids only, never UIDs.
+   *
+   * @generated from field: string object_key = 5;
+   */
+  objectKey: string;
+
+  /**
+   * Bytes of the .dcm file.
+   *
+   * @generated from field: int64 size_bytes = 6;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * @generated from field: pacs.v1.PacsStoreStatus pacs_status = 7;
+   */
+  pacsStatus: PacsStoreStatus;
+
+  /**
+   * Why the PACS did not store it (FAILED only); carries no UIDs.
+   *
+   * @generated from field: string pacs_failure_reason = 8;
+   */
+  pacsFailureReason: string;
+
+  /**
+   * The SEG's SeriesNumber.
+   *
+   * @generated from field: int32 series_number = 9;
+   */
+  seriesNumber: number;
+
+  /**
+   * Number of segments in the SEG.
+   *
+   * @generated from field: int32 segment_count = 10;
+   */
+  segmentCount: number;
+
+  /**
+   * The exporting user's id.
+   *
+   * @generated from field: int64 created_by = 11;
+   */
+  createdBy: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 12;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message pacs.v1.MaskGroupExport.
+ * Use `create(MaskGroupExportSchema)` to create a new message.
+ */
+export const MaskGroupExportSchema: GenMessage<MaskGroupExport> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 31);
+
+/**
+ * ExportMaskGroupRequest names the group to export.
+ *
+ * @generated from message pacs.v1.ExportMaskGroupRequest
+ */
+export type ExportMaskGroupRequest = Message<"pacs.v1.ExportMaskGroupRequest"> & {
+  /**
+   * @generated from field: int64 annotation_id = 1;
+   */
+  annotationId: bigint;
+
+  /**
+   * @generated from field: int64 group_id = 2;
+   */
+  groupId: bigint;
+
+  /**
+   * Also send the SEG to the PACS (STOW-RS) and record its answer.
+   *
+   * @generated from field: bool store_in_pacs = 3;
+   */
+  storeInPacs: boolean;
+
+  /**
+   * Optional idempotency key: a retry with it returns the same export.
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
+
+  /**
+   * Lifetime of download_url; default 300, at most 3600.
+   *
+   * @generated from field: int32 ttl_seconds = 5;
+   */
+  ttlSeconds: number;
+};
+
+/**
+ * Describes the message pacs.v1.ExportMaskGroupRequest.
+ * Use `create(ExportMaskGroupRequestSchema)` to create a new message.
+ */
+export const ExportMaskGroupRequestSchema: GenMessage<ExportMaskGroupRequest> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 32);
+
+/**
+ * ExportMaskGroupResponse is the export record and where to download the SEG.
+ *
+ * @generated from message pacs.v1.ExportMaskGroupResponse
+ */
+export type ExportMaskGroupResponse = Message<"pacs.v1.ExportMaskGroupResponse"> & {
+  /**
+   * @generated from field: pacs.v1.MaskGroupExport mask_group_export = 1;
+   */
+  maskGroupExport?: MaskGroupExport | undefined;
+
+  /**
+   * A signed GET of the .dcm (application/dicom).
+   *
+   * @generated from field: string download_url = 2;
+   */
+  downloadUrl: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp download_expires_at = 3;
+   */
+  downloadExpiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message pacs.v1.ExportMaskGroupResponse.
+ * Use `create(ExportMaskGroupResponseSchema)` to create a new message.
+ */
+export const ExportMaskGroupResponseSchema: GenMessage<ExportMaskGroupResponse> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 33);
+
+/**
+ * ListMaskGroupExportsRequest pages a group's exports.
+ *
+ * @generated from message pacs.v1.ListMaskGroupExportsRequest
+ */
+export type ListMaskGroupExportsRequest = Message<"pacs.v1.ListMaskGroupExportsRequest"> & {
+  /**
+   * @generated from field: int64 annotation_id = 1;
+   */
+  annotationId: bigint;
+
+  /**
+   * @generated from field: int64 group_id = 2;
+   */
+  groupId: bigint;
+
+  /**
+   * Default 50, at most 500.
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message pacs.v1.ListMaskGroupExportsRequest.
+ * Use `create(ListMaskGroupExportsRequestSchema)` to create a new message.
+ */
+export const ListMaskGroupExportsRequestSchema: GenMessage<ListMaskGroupExportsRequest> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 34);
+
+/**
+ * ExportDownloadUrl is one export's signed download.
+ *
+ * @generated from message pacs.v1.ExportDownloadUrl
+ */
+export type ExportDownloadUrl = Message<"pacs.v1.ExportDownloadUrl"> & {
+  /**
+   * @generated from field: int64 export_id = 1;
+   */
+  exportId: bigint;
+
+  /**
+   * @generated from field: string url = 2;
+   */
+  url: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 3;
+   */
+  expiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message pacs.v1.ExportDownloadUrl.
+ * Use `create(ExportDownloadUrlSchema)` to create a new message.
+ */
+export const ExportDownloadUrlSchema: GenMessage<ExportDownloadUrl> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 35);
+
+/**
+ * ListMaskGroupExportsResponse is one page of exports, newest first.
+ *
+ * @generated from message pacs.v1.ListMaskGroupExportsResponse
+ */
+export type ListMaskGroupExportsResponse = Message<"pacs.v1.ListMaskGroupExportsResponse"> & {
+  /**
+   * @generated from field: repeated pacs.v1.MaskGroupExport mask_group_exports = 1;
+   */
+  maskGroupExports: MaskGroupExport[];
+
+  /**
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * One signed download per listed export, in the same order (default lifetime).
+   *
+   * @generated from field: repeated pacs.v1.ExportDownloadUrl download_urls = 3;
+   */
+  downloadUrls: ExportDownloadUrl[];
+};
+
+/**
+ * Describes the message pacs.v1.ListMaskGroupExportsResponse.
+ * Use `create(ListMaskGroupExportsResponseSchema)` to create a new message.
+ */
+export const ListMaskGroupExportsResponseSchema: GenMessage<ListMaskGroupExportsResponse> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 36);
+
+/**
+ * SegmentationInPacs names a DICOM Segmentation instance in the PACS. Its
+ * study must be the annotation's.
+ *
+ * @generated from message pacs.v1.SegmentationInPacs
+ */
+export type SegmentationInPacs = Message<"pacs.v1.SegmentationInPacs"> & {
+  /**
+   * @generated from field: string seg_study_uid = 1;
+   */
+  segStudyUid: string;
+
+  /**
+   * @generated from field: string seg_series_uid = 2;
+   */
+  segSeriesUid: string;
+
+  /**
+   * @generated from field: string seg_instance_uid = 3;
+   */
+  segInstanceUid: string;
+};
+
+/**
+ * Describes the message pacs.v1.SegmentationInPacs.
+ * Use `create(SegmentationInPacsSchema)` to create a new message.
+ */
+export const SegmentationInPacsSchema: GenMessage<SegmentationInPacs> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 37);
+
+/**
+ * ImportSegmentationRequest names the SEG to import and the group to create.
+ *
+ * @generated from message pacs.v1.ImportSegmentationRequest
+ */
+export type ImportSegmentationRequest = Message<"pacs.v1.ImportSegmentationRequest"> & {
+  /**
+   * @generated from field: int64 annotation_id = 1;
+   */
+  annotationId: bigint;
+
+  /**
+   * Optional idempotency key, as for CreateMaskGroup: a retry returns the
+   * group the first call created.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+
+  /**
+   * Optional; default the SEG's ContentLabel.
+   *
+   * @generated from field: string group_name = 3;
+   */
+  groupName: string;
+
+  /**
+   * Optional.
+   *
+   * @generated from field: string description = 4;
+   */
+  description: string;
+
+  /**
+   * Where the SEG is; exactly one.
+   *
+   * @generated from oneof pacs.v1.ImportSegmentationRequest.source
+   */
+  source: {
+    /**
+     * A SEG instance in the PACS (WADO-RS).
+     *
+     * @generated from field: pacs.v1.SegmentationInPacs pacs = 5;
+     */
+    value: SegmentationInPacs;
+    case: "pacs";
+  } | {
+    /**
+     * The upload_id of a CreateSegmentationUpload ticket of this annotation
+     * whose object has been uploaded.
+     *
+     * @generated from field: string upload_id = 6;
+     */
+    value: string;
+    case: "uploadId";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message pacs.v1.ImportSegmentationRequest.
+ * Use `create(ImportSegmentationRequestSchema)` to create a new message.
+ */
+export const ImportSegmentationRequestSchema: GenMessage<ImportSegmentationRequest> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 38);
+
+/**
+ * ImportSegmentationResponse is the created group, COMPLETE, with its
+ * segments.
+ *
+ * @generated from message pacs.v1.ImportSegmentationResponse
+ */
+export type ImportSegmentationResponse = Message<"pacs.v1.ImportSegmentationResponse"> & {
+  /**
+   * @generated from field: pacs.v1.MaskGroup mask_group = 1;
+   */
+  maskGroup?: MaskGroup | undefined;
+};
+
+/**
+ * Describes the message pacs.v1.ImportSegmentationResponse.
+ * Use `create(ImportSegmentationResponseSchema)` to create a new message.
+ */
+export const ImportSegmentationResponseSchema: GenMessage<ImportSegmentationResponse> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 39);
+
+/**
+ * CreateSegmentationUploadRequest asks for a ticket to upload one SEG file.
+ *
+ * @generated from message pacs.v1.CreateSegmentationUploadRequest
+ */
+export type CreateSegmentationUploadRequest = Message<"pacs.v1.CreateSegmentationUploadRequest"> & {
+  /**
+   * @generated from field: int64 annotation_id = 1;
+   */
+  annotationId: bigint;
+
+  /**
+   * The file's exact size: 1 byte to the server's IMPORT_MAX_BYTES
+   * (RESOURCE_EXHAUSTED above it).
+   *
+   * @generated from field: int64 size_bytes = 2;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * Default 600, at most 3600.
+   *
+   * @generated from field: int32 ttl_seconds = 3;
+   */
+  ttlSeconds: number;
+};
+
+/**
+ * Describes the message pacs.v1.CreateSegmentationUploadRequest.
+ * Use `create(CreateSegmentationUploadRequestSchema)` to create a new message.
+ */
+export const CreateSegmentationUploadRequestSchema: GenMessage<CreateSegmentationUploadRequest> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 40);
+
+/**
+ * CreateSegmentationUploadResponse is the ticket: a presigned POST whose
+ * policy pins the object key, Content-Type application/dicom, the exact size
+ * and the upload id. slice_index is unused (0). The uploaded file is deleted
+ * once imported, or some time after the ticket expires.
+ *
+ * @generated from message pacs.v1.CreateSegmentationUploadResponse
+ */
+export type CreateSegmentationUploadResponse = Message<"pacs.v1.CreateSegmentationUploadResponse"> & {
+  /**
+   * @generated from field: pacs.v1.UploadTicket ticket = 1;
+   */
+  ticket?: UploadTicket | undefined;
+};
+
+/**
+ * Describes the message pacs.v1.CreateSegmentationUploadResponse.
+ * Use `create(CreateSegmentationUploadResponseSchema)` to create a new message.
+ */
+export const CreateSegmentationUploadResponseSchema: GenMessage<CreateSegmentationUploadResponse> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_mask, 41);
+
+/**
  * MaskGroupStatus is a group's upload progress.
  *
  * @generated from enum pacs.v1.MaskGroupStatus
@@ -1287,6 +1720,46 @@ export const UploadMethodSchema: GenEnum<UploadMethod> = /*@__PURE__*/
   enumDesc(file_pacs_v1_mask, 2);
 
 /**
+ * PacsStoreStatus is what became of an export's STOW-RS to the PACS.
+ *
+ * @generated from enum pacs.v1.PacsStoreStatus
+ */
+export enum PacsStoreStatus {
+  /**
+   * @generated from enum value: PACS_STORE_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * store_in_pacs was not set.
+   *
+   * @generated from enum value: PACS_STORE_STATUS_NOT_REQUESTED = 1;
+   */
+  NOT_REQUESTED = 1,
+
+  /**
+   * The PACS stored the SEG.
+   *
+   * @generated from enum value: PACS_STORE_STATUS_STORED = 2;
+   */
+  STORED = 2,
+
+  /**
+   * The PACS refused the SEG or could not be reached; pacs_failure_reason says
+   * which. The SEG is still in object storage: export again to retry.
+   *
+   * @generated from enum value: PACS_STORE_STATUS_FAILED = 3;
+   */
+  FAILED = 3,
+}
+
+/**
+ * Describes the enum pacs.v1.PacsStoreStatus.
+ */
+export const PacsStoreStatusSchema: GenEnum<PacsStoreStatus> = /*@__PURE__*/
+  enumDesc(file_pacs_v1_mask, 3);
+
+/**
  * MaskService stores segmentation masks: one image per slice, grouped per
  * annotation. Images travel straight between clients and object storage
  * through signed URLs; the service issues the URLs, verifies what arrived and
@@ -1389,6 +1862,28 @@ export const MaskService: GenService<{
     output: typeof CreateDownloadUrlsResponseSchema;
   },
   /**
+   * ExportMaskGroup writes a COMPLETE group as one DICOM Segmentation (SEG) in
+   * the source series' study: stored under a server-made object key and, with
+   * store_in_pacs, sent to the PACS with STOW-RS. Needs a PACS link.
+   *
+   * @generated from rpc pacs.v1.MaskService.ExportMaskGroup
+   */
+  exportMaskGroup: {
+    methodKind: "unary";
+    input: typeof ExportMaskGroupRequestSchema;
+    output: typeof ExportMaskGroupResponseSchema;
+  },
+  /**
+   * ListMaskGroupExports lists a group's exports, newest first.
+   *
+   * @generated from rpc pacs.v1.MaskService.ListMaskGroupExports
+   */
+  listMaskGroupExports: {
+    methodKind: "unary";
+    input: typeof ListMaskGroupExportsRequestSchema;
+    output: typeof ListMaskGroupExportsResponseSchema;
+  },
+  /**
    * PushMasks streams slices through the service to object storage: one
    * header message, then per slice a slice header and its chunks. Nothing is
    * recorded unless the whole stream arrives intact. gRPC only.
@@ -1399,6 +1894,33 @@ export const MaskService: GenService<{
     methodKind: "client_streaming";
     input: typeof PushMasksRequestSchema;
     output: typeof PushMasksResponseSchema;
+  },
+  /**
+   * ImportSegmentation creates a COMPLETE mask group from an existing DICOM
+   * Segmentation (SEG), read from the PACS or from an object uploaded with a
+   * CreateSegmentationUpload ticket: one 8-bit label map PNG per source image
+   * the SEG references, its segments with their codes, model and version from
+   * its Algorithm Identification, each slice bound to its source image. All
+   * or nothing: a refused import leaves no group and no stored object.
+   *
+   * @generated from rpc pacs.v1.MaskService.ImportSegmentation
+   */
+  importSegmentation: {
+    methodKind: "unary";
+    input: typeof ImportSegmentationRequestSchema;
+    output: typeof ImportSegmentationResponseSchema;
+  },
+  /**
+   * CreateSegmentationUpload issues a signed POST ticket for one DICOM SEG
+   * file (application/dicom, exactly size_bytes) to pass to
+   * ImportSegmentation as upload_id.
+   *
+   * @generated from rpc pacs.v1.MaskService.CreateSegmentationUpload
+   */
+  createSegmentationUpload: {
+    methodKind: "unary";
+    input: typeof CreateSegmentationUploadRequestSchema;
+    output: typeof CreateSegmentationUploadResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_pacs_v1_mask, 0);
