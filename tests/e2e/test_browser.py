@@ -14,14 +14,16 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import urllib3
 from google.protobuf import json_format, struct_pb2
 from grpc import aio
+from pacs.client import PacsClient, segment
 from pacs.v1 import (
     annotation_pb2,
     annotation_pb2_grpc,
@@ -34,9 +36,11 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from pacs_grpc.devstack.envoy import EnvoyProcess
+from pacs_grpc.devstack.server import ServerProcess
 from pacs_grpc.devstack.stack import LocalStack
 from pacs_grpc.devstack.viewer import ViewerServer, ViewerSettings
 from pacs_grpc.edge.envoy_config import EnvoyAssets
+from tests.support.pacs import store_synthetic_series
 from tests.support.png import png
 from tests.support.users import ApiUser, login
 
@@ -408,6 +412,69 @@ async def test_the_viewer_lists_watches_shows_a_mask_and_creates(
         "h": 7,
     }
     assert stored.annotation.viewer_software.startswith("pacs-viewer-demo/")
+
+
+def _exported_group(pacs_server: ServerProcess, pacs_url: str, seeded: Seeded) -> Exported:
+    """A two-segment group on a synthetic CT in the PACS, exported once through the linked
+    server, which shares the page's database and storage."""
+    series = store_synthetic_series(pacs_url, slices=2, rows=SLICE_SIZE, columns=SLICE_SIZE)
+    volume = np.zeros((2, SLICE_SIZE, SLICE_SIZE), dtype=np.uint8)
+    volume[:, 2:10, 2:10] = 1
+    volume[:, 11:14, 11:14] = 2
+    with PacsClient(pacs_server.address, seeded.writer.token, insecure=True, timeout=60) as client:
+        annotation = client.create_annotation(
+            project_id=seeded.project_id, study_uid=series.study_uid,
+            series_uid=series.series_uid, annotation_type="segmentation", data={},
+        )  # fmt: skip
+        group = client.upload_mask_group(
+            annotation.id, segments=[segment(1, "Liver"), segment(2, "Lesion")],
+            label_maps=volume, group_name="exported", model_name="seg-test",
+        ).group  # fmt: skip
+        export = client.export_mask_group(annotation.id, group.id).export
+    return Exported(series.study_uid, annotation.id, group.id, export.id, export.size_bytes)
+
+
+@dataclass(frozen=True)
+class Exported:
+    study: str
+    annotation_id: int
+    group_id: int
+    export_id: int
+    size: int
+
+
+async def test_the_viewer_lists_a_groups_seg_exports_with_download_links(
+    page: Page,
+    viewer: ViewerServer,
+    page_edge: EnvoyProcess,
+    seeded: Seeded,
+    pacs_server: ServerProcess,
+    pacs_url: str,
+) -> None:
+    exported = await asyncio.to_thread(_exported_group, pacs_server, pacs_url, seeded)
+    await _open_study(page, viewer, seeded.page_user.token, replace(seeded, study=exported.study))
+    await page.click(f"{_item(exported.annotation_id)} button.open-masks")
+    await page.click(f'button.mask-group[data-group-id="{exported.group_id}"]')
+    row = f'#export-list li.mask-export[data-export-id="{exported.export_id}"]'
+    await page.wait_for_selector(row)
+    assert "2 segment(s)" in await page.inner_text(row)
+    assert "not sent to the PACS" in await page.inner_text(row)
+    # The link is a presigned GET of the .dcm: following it downloads the SEG file.
+    link = page.locator(f"{row} a.export-download")
+    assert await link.get_attribute("download") == (
+        f"seg-group{exported.group_id}-export{exported.export_id}.dcm"
+    )
+    async with page.expect_download() as started:
+        await link.click()
+    download = await started.value
+    data = await asyncio.to_thread(Path(await download.path()).read_bytes)
+    assert len(data) == exported.size
+    assert data[128:132] == b"DICM"
+    # The masked group of the other study has no exports, and says so.
+    await _open_study(page, viewer, seeded.page_user.token, seeded)
+    await page.click(f"{_item(seeded.masked_annotation_id)} button.open-masks")
+    await page.click(f'button.mask-group[data-group-id="{seeded.group_id}"]')
+    await page.wait_for_selector("#export-list li.no-exports")
 
 
 async def test_a_dev_token_from_the_local_stack_signs_in(

@@ -316,8 +316,13 @@ def test_creates_are_retryable_only_with_a_request_id() -> None:
         "/pacs.v1.AnnotationService/CreateAnnotation",
         "/pacs.v1.IdentityService/CreateProject",
         "/pacs.v1.MaskService/CreateMaskGroup",
+        "/pacs.v1.MaskService/ExportMaskGroup",
+        "/pacs.v1.MaskService/ImportSegmentation",
     ]
     project = "/pacs.v1.IdentityService/CreateProject"
     assert not retryable(project, identity_pb2.CreateProjectRequest())
     assert retryable(project, identity_pb2.CreateProjectRequest(request_id="k"))
     assert not retryable("/pacs.v1.Unknown/Method", identity_pb2.CreateProjectRequest())
+    export = "/pacs.v1.MaskService/ExportMaskGroup"
+    assert not retryable(export, mask_pb2.ExportMaskGroupRequest(group_id=1))
+    assert retryable(export, mask_pb2.ExportMaskGroupRequest(group_id=1, request_id="k"))

@@ -43,6 +43,9 @@ const ui = {
   maskAnnotation: byId("mask-annotation", HTMLElement),
   maskGroups: byId("mask-groups", HTMLUListElement),
   slices: byId("slices", HTMLElement),
+  exports: byId("mask-exports", HTMLElement),
+  exportsGroup: byId("exports-group", HTMLElement),
+  exportList: byId("export-list", HTMLUListElement),
 };
 
 let client: PacsClient | undefined;
@@ -86,6 +89,7 @@ async function connect(): Promise<void> {
     title: ui.maskAnnotation,
     groups: ui.maskGroups,
     slices: ui.slices,
+    exports: { section: ui.exports, title: ui.exportsGroup, list: ui.exportList },
     report,
   });
   const who = login.user;

@@ -2,13 +2,15 @@
 // storage (presigned GET URLs; storage answers CORS for this page's origin).
 import {
   MaskGroupStatus,
+  PacsStoreStatus,
   type Annotation,
   type DownloadUrl,
   type Mask,
   type MaskGroup,
+  type MaskGroupExport,
   type PacsClient,
 } from "../src/index.js";
-import { describeError, element, isAbort } from "./dom.js";
+import { describeError, element, formatTime, isAbort } from "./dom.js";
 
 const PAGE_SIZE = 100;
 
@@ -17,6 +19,8 @@ export interface MaskViewHooks {
   readonly title: HTMLElement;
   readonly groups: HTMLUListElement;
   readonly slices: HTMLElement;
+  /** Where a group's DICOM SEG exports are listed, each with its download link. */
+  readonly exports: { readonly section: HTMLElement; readonly title: HTMLElement; readonly list: HTMLUListElement };
   readonly report: (message: string, isError?: boolean) => void;
 }
 
@@ -33,6 +37,8 @@ export class MaskView {
     this.hooks.section.hidden = true;
     this.hooks.groups.replaceChildren();
     this.hooks.slices.replaceChildren();
+    this.hooks.exports.section.hidden = true;
+    this.hooks.exports.list.replaceChildren();
   }
 
   async open(annotation: Annotation): Promise<void> {
@@ -76,13 +82,46 @@ export class MaskView {
       data: { groupId: String(group.id) },
     });
     button.type = "button";
-    button.addEventListener("click", () => void this.showSlices(group));
+    button.addEventListener("click", () => {
+      const signal = this.restart();
+      void this.showExports(group, signal);
+      void this.showSlices(group, signal);
+    });
     return button;
   }
 
+  /** The group's SEG exports, newest first, each linked to a fresh signed URL of its .dcm. */
+  private async showExports(group: MaskGroup, signal: AbortSignal): Promise<void> {
+    const { section, title, list } = this.hooks.exports;
+    section.hidden = false;
+    title.textContent = group.groupName || `group ${group.id}`;
+    list.replaceChildren(element("li", { className: "exports-loading", text: "loading…" }));
+    try {
+      const rows: HTMLLIElement[] = [];
+      let pageToken = "";
+      do {
+        const page = await this.client.masks.listMaskGroupExports(
+          { annotationId: group.annotationId, groupId: group.id, pageSize: PAGE_SIZE, pageToken },
+          { signal, timeoutMs: 15_000 },
+        );
+        const urls = new Map(page.downloadUrls.map((link) => [link.exportId, link.url]));
+        rows.push(...page.maskGroupExports.map((record) => exportRow(record, urls.get(record.id))));
+        pageToken = page.nextPageToken;
+      } while (pageToken && !signal.aborted);
+      if (signal.aborted) return;
+      list.replaceChildren(
+        ...(rows.length > 0 ? rows : [element("li", { className: "no-exports", text: "not exported yet" })]),
+      );
+    } catch (error) {
+      // Shown beside the list: the slices below may still load.
+      if (!isAbort(error)) {
+        list.replaceChildren(element("li", { className: "exports-error", text: `exports: ${describeError(error)}` }));
+      }
+    }
+  }
+
   /** Lists the recorded masks page by page and shows each page as it is signed. */
-  private async showSlices(group: MaskGroup): Promise<void> {
-    const signal = this.restart();
+  private async showSlices(group: MaskGroup, signal: AbortSignal): Promise<void> {
     this.hooks.slices.replaceChildren();
     try {
       let pageToken = "";
@@ -104,6 +143,37 @@ export class MaskView {
       if (!isAbort(error)) this.hooks.report(`slices: ${describeError(error)}`, true);
     }
   }
+}
+
+const PACS_STATUS: Record<PacsStoreStatus, string> = {
+  [PacsStoreStatus.UNSPECIFIED]: "",
+  [PacsStoreStatus.NOT_REQUESTED]: "not sent to the PACS",
+  [PacsStoreStatus.STORED]: "stored in the PACS",
+  [PacsStoreStatus.FAILED]: "PACS refused",
+};
+
+function exportRow(record: MaskGroupExport, url: string | undefined): HTMLLIElement {
+  const size = `${(Number(record.sizeBytes) / 1024).toFixed(1)} KiB`;
+  const failure = record.pacsStatus === PacsStoreStatus.FAILED && record.pacsFailureReason ? `: ${record.pacsFailureReason}` : "";
+  const details = [
+    formatTime(record.createdAt?.seconds),
+    `${record.segmentCount} segment(s)`,
+    size,
+    PACS_STATUS[record.pacsStatus] + failure,
+  ].filter(Boolean);
+  const name = `SEG export #${record.id}`;
+  const label: HTMLElement = url ? element("a", { className: "export-download", text: name }) : element("span", { text: name });
+  if (label instanceof HTMLAnchorElement && url) {
+    label.href = url;
+    // The file name the browser saves it under: ids only, like the server's object keys.
+    label.download = `seg-group${record.maskGroupId}-export${record.id}.dcm`;
+  }
+  return element(
+    "li",
+    { className: "mask-export", data: { exportId: String(record.id) } },
+    label,
+    element("span", { className: "export-details", text: ` · ${details.join(" · ")}` }),
+  );
 }
 
 function slice(link: DownloadUrl, mask: Mask | undefined): HTMLElement {

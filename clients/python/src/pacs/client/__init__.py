@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pacs.client.client import PacsClient, UploadResult
     from pacs.client.downloads import DownloadError, DownloadResult
+    from pacs.client.exports import ExportDownloadError, ExportResult, SegmentationUploadError
     from pacs.client.png import encode_png, png_dimensions
     from pacs.client.retry import METHOD_RETRY, Retry, RetryPolicy
+    from pacs.client.segments import segment, segments_from_spec
     from pacs.client.slices import Slice, from_arrays, from_bytes, from_directory
     from pacs.client.tokens import ClientCredentials, StaticToken, TokenError, TokenProvider
     from pacs.client.uploads import ProgressCallback, UploadError
@@ -26,11 +28,16 @@ _EXPORTS = {
     "UploadResult": "client",
     "DownloadError": "downloads",
     "DownloadResult": "downloads",
+    "ExportDownloadError": "exports",
+    "ExportResult": "exports",
+    "SegmentationUploadError": "exports",
     "encode_png": "png",
     "png_dimensions": "png",
     "METHOD_RETRY": "retry",
     "Retry": "retry",
     "RetryPolicy": "retry",
+    "segment": "segments",
+    "segments_from_spec": "segments",
     "Slice": "slices",
     "from_arrays": "slices",
     "from_bytes": "slices",
@@ -48,10 +55,13 @@ __all__ = [
     "ClientCredentials",
     "DownloadError",
     "DownloadResult",
+    "ExportDownloadError",
+    "ExportResult",
     "PacsClient",
     "ProgressCallback",
     "Retry",
     "RetryPolicy",
+    "SegmentationUploadError",
     "Slice",
     "StaticToken",
     "TokenError",
@@ -63,6 +73,8 @@ __all__ = [
     "from_bytes",
     "from_directory",
     "png_dimensions",
+    "segment",
+    "segments_from_spec",
 ]
 
 

@@ -208,6 +208,12 @@ def _masks(
     push.add_argument("--model-version", default="", help="the model's version")
     push.add_argument("--modality", default="", help="CT, MR, ...")
     push.add_argument("--label", default="", help="label name of every slice")
+    push.add_argument("--segments", metavar="FILE",
+                      help="the new group's segments from a JSON or TOML (.toml) spec: a "
+                           "list (or [[segments]]) of pixel_value, label and optionally "
+                           "category and type ([code, scheme, meaning]), color, algorithm; "
+                           "every slice is then an 8-bit label map, pixel value = "
+                           "segment")  # fmt: skip
     push.add_argument("--method", choices=["post", "put"], default="post",
                       help="signed POST policies (default) or PUT URLs (only where the "
                            "server allows them)")  # fmt: skip
@@ -222,6 +228,48 @@ def _masks(
     pull.add_argument("--annotation", type=int, required=True, metavar="ID",
                       help="the annotation the group belongs to")  # fmt: skip
     pull.set_defaults(run="masks_pull")
+    progress = argparse.ArgumentParser(add_help=False)
+    progress.add_argument("--no-progress", action="store_true", help="no progress line")
+    export = masks.add_parser(
+        "export", parents=[connection, output, progress],
+        help="write a mask group as a DICOM SEG, optionally to the PACS",
+        description="Write a COMPLETE mask group as one DICOM Segmentation (SEG). With "
+        "--to-pacs the server also stores it in the PACS; with --output the .dcm is "
+        "downloaded too. Exits 1 when the PACS did not store it (the export is still kept).",
+    )  # fmt: skip
+    export.add_argument("group_id", type=int, metavar="GROUP_ID")
+    export.add_argument("--annotation", type=int, required=True, metavar="ID",
+                        help="the annotation the group belongs to")  # fmt: skip
+    export.add_argument("--to-pacs", action="store_true", help="store the SEG in the PACS")
+    export.add_argument("--output", metavar="PATH", help="save the .dcm here (a file or folder)")
+    export.add_argument("--request-id", help="idempotency key (default: a new one)")
+    export.set_defaults(run="masks_export")
+    exports = masks.add_parser(
+        "exports", parents=[connection, output], help="a mask group's DICOM SEG exports",
+        description="List a mask group's exports, newest first.",
+    )  # fmt: skip
+    exports.add_argument("group_id", type=int, metavar="GROUP_ID")
+    exports.add_argument("--annotation", type=int, required=True, metavar="ID",
+                         help="the annotation the group belongs to")  # fmt: skip
+    exports.add_argument("--urls", action="store_true",
+                         help="also print each export's signed download URL (a secret while "
+                              "it lasts)")  # fmt: skip
+    exports.set_defaults(run="masks_exports")
+    imports = masks.add_parser(
+        "import", parents=[connection, output, progress],
+        help="make a mask group from a DICOM SEG in the PACS or a file",
+        description="Create a COMPLETE mask group under an annotation from a DICOM "
+        "Segmentation: a local .dcm FILE, or one in the PACS (--from-pacs). Its segments, "
+        "codes, model and version come from the SEG.",
+    )  # fmt: skip
+    imports.add_argument("file", nargs="?", metavar="FILE", help="a DICOM SEG file (.dcm)")
+    imports.add_argument("--annotation", type=int, required=True, metavar="ID")
+    imports.add_argument("--from-pacs", nargs=3, metavar=("STUDY", "SERIES", "INSTANCE"),
+                         help="the SEG's study, series and instance UIDs in the PACS")  # fmt: skip
+    imports.add_argument("--name", default="", help="the group's name (default: the SEG's label)")
+    imports.add_argument("--description", default="")
+    imports.add_argument("--request-id", help="idempotency key (default: a new one)")
+    imports.set_defaults(run="masks_import")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import json_format
 
+from pacs.client import segments as segment_rules
 from pacs.client import slices as slice_sources
 from pacs.client.downloads import DownloadResult, MaskDownloader, masks_of_group
+from pacs.client.exports import ExportResult, SegmentationUploadError, save_export
 from pacs.client.paging import PAGE_SIZE, all_items
 from pacs.client.retry import CallPolicy, RetryPolicy
 from pacs.client.tokens import StaticToken, TokenProvider
-from pacs.client.transfer import SignedUrlTransport
+from pacs.client.transfer import SignedUrlTransport, TransferFailed
 from pacs.client.uploads import MaskUploader, ProgressCallback, UploadOptions
 from pacs.v1 import (
     annotation_pb2,
@@ -38,6 +40,8 @@ from pacs.v1 import (
 
 if TYPE_CHECKING:
     import numpy.typing as npt
+
+DICOM_CONTENT_TYPE = "application/dicom"
 
 
 @dataclass(frozen=True)
@@ -200,12 +204,15 @@ class PacsClient:
         modality: str = "",
         mask_type: str = "",
         description: str = "",
+        segments: Iterable[mask_pb2.Segment] = (),
         request_id: str | None = None,
     ) -> mask_pb2.MaskGroup:
-        """Retried safely: a request id is generated if not given."""
+        """Retried safely: a request id is generated if not given. `segments` (see
+        pacs.client.segments) makes the group's slices label maps."""
         group = mask_pb2.MaskGroup(
             slice_count=slice_count, group_name=group_name, model_name=model_name,
             version=version, modality=modality, mask_type=mask_type, description=description,
+            segments=list(segments),
         )  # fmt: skip
         return self.masks.CreateMaskGroup(
             mask_pb2.CreateMaskGroupRequest(
@@ -240,6 +247,8 @@ class PacsClient:
         directory: Path | str | None = None,
         arrays: Iterable[npt.ArrayLike] | Mapping[int, npt.ArrayLike] | None = None,
         slices: Iterable[slice_sources.Slice] | None = None,
+        label_maps: npt.ArrayLike | Mapping[int, npt.ArrayLike] | None = None,
+        segments: Sequence[mask_pb2.Segment] = (),
         group_id: int | None = None,
         slice_count: int | None = None,
         group_name: str = "",
@@ -252,19 +261,36 @@ class PacsClient:
         progress: ProgressCallback | None = None,
     ) -> UploadResult:
         """Upload a group's slices from exactly one of: a folder of PNGs named by slice index,
-        2-D numpy arrays (uint8, uint16 or bool; encoded as PNG), or prepared Slices.
+        2-D numpy arrays (uint8, uint16 or bool; encoded as PNG), label maps, or prepared Slices.
+
+        `segments` (see pacs.client.segments.segment) declares the labels of a new group; its
+        slices are then label maps, 8-bit greyscale, pixel value = segment, 0 = background.
+        `label_maps` is a (slices, rows, cols) uint8 array, or a mapping of slice index to 2-D
+        uint8 array; every pixel value is checked against the segments before anything is sent
+        (`arrays=` given with segments is checked the same way).
 
         Without `group_id` a group is created under the annotation with `slice_count` (default:
-        the number of slices) and the naming fields. With it, slices the group has already
-        recorded are skipped, so repeating an upload that partly failed sends only the rest.
-        Raises UploadError when some slices could not be uploaded (the others are recorded).
+        the number of slices), the naming fields and the segments. With it, slices the group has
+        already recorded are skipped, so repeating an upload that partly failed sends only the
+        rest (the group's own segments then apply). Raises UploadError when some slices could
+        not be uploaded (the others are recorded).
         """
         started = time.perf_counter()
-        items = _slices(directory, arrays, slices, label_name)
+        if segments and group_id is not None:
+            raise ValueError("segments are declared when a group is created: leave out group_id")
+        if label_maps is not None and not segments and group_id is None:
+            raise ValueError("label_maps need segments= to say what their pixel values mean")
+        if segments:
+            segment_rules.check_distinct(segments)
+        if label_maps is not None and group_id is not None:
+            segments = self.get_mask_group(annotation_id, group_id).segments
+        items = _slices(
+            directory, arrays, slices, label_maps, label_name=label_name, segments=segments
+        )
         if group_id is None:
             group = self.create_mask_group(
                 annotation_id, slice_count=slice_count or len(items), group_name=group_name,
-                model_name=model_name, version=version, modality=modality,
+                model_name=model_name, version=version, modality=modality, segments=segments,
             )  # fmt: skip
             group_id = group.id
             skipped = 0
@@ -286,6 +312,103 @@ class PacsClient:
             group=final, uploaded=stats.uploaded, skipped=skipped, bytes_sent=stats.bytes_sent,
             retries=stats.retries, seconds=time.perf_counter() - started,
         )  # fmt: skip
+
+    def export_mask_group(
+        self,
+        annotation_id: int,
+        group_id: int,
+        *,
+        store_in_pacs: bool = False,
+        request_id: str | None = None,
+        save_to: Path | str | None = None,
+        ttl_seconds: int = 0,
+    ) -> ExportResult:
+        """Write a COMPLETE group as one DICOM Segmentation; with `store_in_pacs` the server
+        also sends it to the PACS and records the PACS's answer (`result.export.pacs_status`;
+        a refusal is recorded there, not raised). With `save_to` (a file, or a folder) the
+        .dcm is downloaded too. Retried safely: a request id is generated if not given, and a
+        retry with it returns the same export."""
+        reply = self.masks.ExportMaskGroup(
+            mask_pb2.ExportMaskGroupRequest(
+                annotation_id=annotation_id, group_id=group_id, store_in_pacs=store_in_pacs,
+                request_id=request_id or str(uuid.uuid4()), ttl_seconds=ttl_seconds,
+            )
+        )  # fmt: skip
+        result = ExportResult(reply.mask_group_export, reply.download_url)
+        if save_to is not None:
+            result = replace(result, saved=save_export(result, save_to))
+        return result
+
+    def list_exports(self, annotation_id: int, group_id: int) -> Iterator[ExportResult]:
+        """A group's exports, newest first, each with a fresh signed URL of its .dcm."""
+
+        def page(reply: mask_pb2.ListMaskGroupExportsResponse) -> list[ExportResult]:
+            urls = {u.export_id: u.url for u in reply.download_urls}
+            return [ExportResult(e, urls.get(e.id, "")) for e in reply.mask_group_exports]
+
+        return all_items(
+            lambda token: self.masks.ListMaskGroupExports(
+                mask_pb2.ListMaskGroupExportsRequest(
+                    annotation_id=annotation_id, group_id=group_id, page_size=PAGE_SIZE,
+                    page_token=token,
+                )
+            ),
+            page,
+        )  # fmt: skip
+
+    def import_segmentation(
+        self,
+        annotation_id: int,
+        *,
+        from_pacs: tuple[str, str, str] | None = None,
+        path: Path | str | None = None,
+        group_name: str = "",
+        description: str = "",
+        request_id: str | None = None,
+    ) -> mask_pb2.MaskGroup:
+        """A COMPLETE mask group made from a DICOM Segmentation: either one in the PACS,
+        `from_pacs=(study_uid, series_uid, instance_uid)`, or a local Part-10 file `path`,
+        uploaded first through a signed ticket. Segments, codes, model and version come from
+        the SEG. Retried safely: a request id is generated if not given."""
+        if (from_pacs is None) == (path is None):
+            raise ValueError("give exactly one of from_pacs= or path=")
+        request = mask_pb2.ImportSegmentationRequest(
+            annotation_id=annotation_id, group_name=group_name, description=description,
+            request_id=request_id or str(uuid.uuid4()),
+        )  # fmt: skip
+        if from_pacs is not None:
+            if len(from_pacs) != 3 or not all(from_pacs):
+                raise ValueError("from_pacs is (study_uid, series_uid, instance_uid)")
+            study, series, instance = from_pacs
+            request.pacs.CopyFrom(
+                mask_pb2.SegmentationInPacs(
+                    seg_study_uid=study, seg_series_uid=series, seg_instance_uid=instance
+                )
+            )
+        else:
+            assert path is not None
+            request.upload_id = self._upload_segmentation(annotation_id, Path(path))
+        return self.masks.ImportSegmentation(request).mask_group
+
+    def _upload_segmentation(self, annotation_id: int, path: Path) -> str:
+        data = path.read_bytes()
+        if not data:
+            raise ValueError(f"{path} is empty")
+        ticket = self.masks.CreateSegmentationUpload(
+            mask_pb2.CreateSegmentationUploadRequest(
+                annotation_id=annotation_id, size_bytes=len(data)
+            )
+        ).ticket
+        transport = SignedUrlTransport(concurrency=1)
+        try:
+            transport.upload(ticket, data, DICOM_CONTENT_TYPE)
+        except TransferFailed as failure:
+            raise SegmentationUploadError(
+                f"{path.name}: upload to storage failed ({failure.reason})"
+            ) from None
+        finally:
+            transport.close()
+        return ticket.upload_id
 
     def download_mask_group(
         self,
@@ -309,20 +432,39 @@ def _slices(
     directory: Path | str | None,
     arrays: Iterable[npt.ArrayLike] | Mapping[int, npt.ArrayLike] | None,
     slices: Iterable[slice_sources.Slice] | None,
+    label_maps: npt.ArrayLike | Mapping[int, npt.ArrayLike] | None,
+    *,
     label_name: str,
+    segments: Sequence[mask_pb2.Segment],
 ) -> list[slice_sources.Slice]:
-    given = [x is not None for x in (directory, arrays, slices)]
+    given = [x is not None for x in (directory, arrays, slices, label_maps)]
     if sum(given) != 1:
-        raise ValueError("give exactly one of directory=, arrays= or slices=")
+        raise ValueError("give exactly one of directory=, arrays=, label_maps= or slices=")
+    if label_maps is not None or (arrays is not None and segments):
+        source = label_maps if label_maps is not None else arrays
+        checked = segment_rules.label_map_slices(source, segments)  # type: ignore[arg-type]
+        return slice_sources.from_arrays(dict(checked))
     if directory is not None:
         items = slice_sources.from_directory(directory)
-        if label_name:
+        if segments:
+            _check_label_map_files(items)
+        elif label_name:
             items = [_labelled(s, label_name) for s in items]
         return items
     if arrays is not None:
         return slice_sources.from_arrays(arrays, label_name=label_name)
     assert slices is not None
     return list(slices)
+
+
+def _check_label_map_files(items: Sequence[slice_sources.Slice]) -> None:
+    # Refused before the group is created, from the headers read while measuring the files.
+    wrong = [s.index for s in items if not segment_rules.png_is_label_map(s.head)]
+    if wrong:
+        shown = ", ".join(str(i) for i in wrong[:5])
+        raise ValueError(
+            f"with segments, every slice must be an 8-bit greyscale PNG; slice(s) {shown} are not"
+        )
 
 
 def _labelled(item: slice_sources.Slice, label_name: str) -> slice_sources.Slice:

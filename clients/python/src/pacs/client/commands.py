@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+import tomllib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,9 @@ from google.protobuf.message import Message
 from pacs.client import config
 from pacs.client.client import PacsClient
 from pacs.client.downloads import DownloadError
+from pacs.client.exports import ExportDownloadError, SegmentationUploadError
 from pacs.client.progress import ProgressLine
+from pacs.client.segments import segments_from_spec
 from pacs.client.tokens import StaticToken, TokenError, keycloak_token_url
 from pacs.client.uploads import UploadError
 from pacs.v1 import identity_pb2, mask_pb2
@@ -45,7 +49,15 @@ def describe(error: BaseException) -> str:
     if isinstance(error, grpc.RpcError) and isinstance(error, grpc.Call):
         details = " ".join((error.details() or "").split())
         return f"{error.code().name}: {details}" if details else error.code().name
-    if isinstance(error, TokenError | config.ConfigError | UploadError | DownloadError):
+    if isinstance(
+        error,
+        TokenError
+        | config.ConfigError
+        | UploadError
+        | DownloadError
+        | ExportDownloadError
+        | SegmentationUploadError,
+    ):
         return str(error)
     if isinstance(error, OSError):
         where = f": {error.filename}" if error.filename else ""
@@ -243,6 +255,11 @@ def _masks_push(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     method = mask_pb2.UPLOAD_METHOD_PUT if args.method == "put" else mask_pb2.UPLOAD_METHOD_POST
+    segments = _segment_spec(args.segments) if args.segments else []
+    if segments and args.group is not None:
+        raise UsageError("--segments are declared with a new group: leave out --group")
+    if segments and args.label:
+        raise UsageError("with --segments, labels come from the segments: leave out --label")
     progress = _progress(args, "push")
     try:
         with _client(args) as client:
@@ -250,7 +267,8 @@ def _masks_push(args: argparse.Namespace) -> int:
                 args.annotation, directory=args.directory, group_id=args.group,
                 slice_count=args.slice_count, group_name=args.name, model_name=args.model,
                 version=args.model_version, modality=args.modality, label_name=args.label,
-                concurrency=args.concurrency, method=method, progress=progress,
+                segments=segments, concurrency=args.concurrency, method=method,
+                progress=progress,
             )  # fmt: skip
     finally:
         if progress is not None:
@@ -285,6 +303,118 @@ def _masks_pull(args: argparse.Namespace) -> int:
         f"{args.group_id} into {args.directory} in {time.perf_counter() - started:.2f} s"
     )
     return 0
+
+
+def _segment_spec(path_text: str) -> list[mask_pb2.Segment]:
+    path = Path(path_text)
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".toml":
+            parsed: Any = tomllib.loads(text)
+        else:
+            parsed = json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        raise UsageError(f"--segments: {path.name} does not parse ({error})") from None
+    try:
+        return segments_from_spec(parsed)
+    except ValueError as error:
+        raise UsageError(f"--segments: {error}") from None
+
+
+def _masks_export(args: argparse.Namespace) -> int:
+    if args.output is not None and not Path(args.output).parent.is_dir():
+        raise UsageError(f"--output: no folder {Path(args.output).parent}")
+    where = " and storing it in the PACS" if args.to_pacs else ""
+    status = f"export: building the SEG of group {args.group_id}{where}"
+    with _status(args, status), _client(args) as client:
+        result = client.export_mask_group(
+            args.annotation, args.group_id, store_in_pacs=args.to_pacs,
+            request_id=args.request_id, save_to=args.output,
+        )  # fmt: skip
+    export = result.export
+    if args.json:
+        _print_json(export)
+    else:
+        saved = f"; saved {result.saved}" if result.saved else ""
+        print(
+            f"exported group {args.group_id} as export {export.id}: SEG series "
+            f"{export.seg_series_uid}, {export.segment_count} segment(s), "
+            f"{_size(export.size_bytes)}; PACS {_pacs_status(export)}{saved}"
+        )
+    if export.pacs_status == mask_pb2.PACS_STORE_STATUS_FAILED:
+        reason = export.pacs_failure_reason or "no reason given"
+        print(f"error: the PACS did not store the SEG: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _masks_exports(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        results = list(client.list_exports(args.annotation, args.group_id))
+    if args.json:
+        rows = []
+        for result in results:
+            row = _as_dict(result.export)
+            if args.urls:
+                row["download_url"] = result.download_url
+            rows.append(row)
+        print(json.dumps(rows, indent=2))
+        return 0
+    for result in results:
+        export = result.export
+        created = export.created_at.ToJsonString() if export.HasField("created_at") else ""
+        print(
+            f"{export.id:>8}  {created}  {export.seg_series_uid}  {_size(export.size_bytes)}  "
+            f"PACS {_pacs_status(export)}"
+        )
+        if args.urls and result.download_url:
+            print(f"          {result.download_url}")
+    return 0
+
+
+def _masks_import(args: argparse.Namespace) -> int:
+    if (args.file is None) == (args.from_pacs is None):
+        raise UsageError("give exactly one of FILE or --from-pacs STUDY SERIES INSTANCE")
+    if args.file is not None and not Path(args.file).is_file():
+        raise UsageError(f"no file {args.file}")
+    source = "the PACS" if args.from_pacs else Path(args.file).name
+    with _status(args, f"import: reading the SEG from {source}"), _client(args) as client:
+        group = client.import_segmentation(
+            args.annotation,
+            from_pacs=tuple(args.from_pacs) if args.from_pacs else None,
+            path=args.file, group_name=args.name, description=args.description,
+            request_id=args.request_id,
+        )  # fmt: skip
+    if args.json:
+        return _print_json(group)
+    labels = ", ".join(s.label for s in group.segments)
+    print(
+        f"imported group {group.id} under annotation {args.annotation}: "
+        f"{group.completed_slices}/{group.slice_count} slices, "
+        f"{len(group.segments)} segment(s) ({labels})"
+    )
+    return 0
+
+
+def _pacs_status(export: mask_pb2.MaskGroupExport) -> str:
+    name = mask_pb2.PacsStoreStatus.Name(export.pacs_status)
+    return name.removeprefix("PACS_STORE_STATUS_").lower().replace("_", " ")
+
+
+@contextlib.contextmanager
+def _status(args: argparse.Namespace, text: str) -> Iterator[None]:
+    """One line on a terminal's stderr while a single long call runs, then its time."""
+    if args.no_progress or not sys.stderr.isatty():
+        yield
+        return
+    started = time.perf_counter()
+    sys.stderr.write(f"{text} ...")
+    sys.stderr.flush()
+    try:
+        yield
+    finally:
+        sys.stderr.write(f" {time.perf_counter() - started:.1f} s\n")
+        sys.stderr.flush()
 
 
 def _progress(args: argparse.Namespace, label: str) -> ProgressLine | None:
@@ -349,4 +479,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "masks_groups": _masks_groups,
     "masks_push": _masks_push,
     "masks_pull": _masks_pull,
+    "masks_export": _masks_export,
+    "masks_exports": _masks_exports,
+    "masks_import": _masks_import,
 }

@@ -73,12 +73,24 @@ METHOD_RETRY: Mapping[str, Retry] = {
     # Completing the same uploads again returns the masks the first completion recorded.
     _MASK + "CompleteUpload": Retry.SAFE,
     _MASK + "CreateMaskGroup": Retry.WITH_REQUEST_ID,
+    # Each export writes a new SEG with new UIDs; with a request_id the server returns the
+    # first export instead.
+    _MASK + "ExportMaskGroup": Retry.WITH_REQUEST_ID,
+    _MASK + "ListMaskGroupExports": Retry.SAFE,
+    # A repeated ticket only leaves an unused one behind, as for CreateUploadUrls.
+    _MASK + "CreateSegmentationUpload": Retry.SAFE,
+    _MASK + "ImportSegmentation": Retry.WITH_REQUEST_ID,
     _MASK + "DeleteMaskGroup": Retry.NEVER,
     _MASK + "PushMasks": Retry.NEVER,
 }
 
-# Checking up to 1,000 uploaded objects in storage takes longer than an ordinary call.
-DEFAULT_TIMEOUTS: Mapping[str, float] = {_MASK + "CompleteUpload": 120.0}
+# Checking up to 1,000 uploaded objects in storage, or building a whole group's SEG and
+# sending it to the PACS, takes longer than an ordinary call.
+DEFAULT_TIMEOUTS: Mapping[str, float] = {
+    _MASK + "CompleteUpload": 120.0,
+    _MASK + "ExportMaskGroup": 300.0,
+    _MASK + "ImportSegmentation": 300.0,
+}
 
 _RETRY_AFTER_MS = "retry-after-ms"
 _RETRY_AFTER = "retry-after"

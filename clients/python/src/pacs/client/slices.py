@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 PNG = "image/png"
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 _READ_CHUNK = 1 << 20
+_HEAD = 64
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Slice:
     content_type: str = PNG
     label_name: str = ""
     sop_instance_uid: str = ""
+    # The first bytes, enough for a PNG's header (IHDR), to check a slice without reading it.
+    head: bytes = field(default=b"", repr=False)
 
 
 def from_bytes(index: int, data: bytes, *, content_type: str = PNG, label_name: str = "") -> Slice:
@@ -44,7 +47,7 @@ def from_bytes(index: int, data: bytes, *, content_type: str = PNG, label_name: 
     return Slice(
         index=index, size=len(data), md5=hashlib.md5(data).hexdigest(),  # noqa: S324 - storage's ETag
         width=width, height=height, read=lambda: data, content_type=content_type,
-        label_name=label_name,
+        label_name=label_name, head=data[:_HEAD],
     )  # fmt: skip
 
 
@@ -92,12 +95,12 @@ def _file_slice(path: Path, index: int) -> Slice:
     with path.open("rb") as file:
         while chunk := file.read(_READ_CHUNK):
             if not head:
-                head = chunk[:64]
+                head = chunk[:_HEAD]
             digest.update(chunk)
             size += len(chunk)
     width, height = png_dimensions(head) or (0, 0)
     content_type = PNG if path.suffix.lower() == ".png" else "application/octet-stream"
     return Slice(
         index=index, size=size, md5=digest.hexdigest(), width=width, height=height,
-        read=path.read_bytes, content_type=content_type,
+        read=path.read_bytes, content_type=content_type, head=head[:_HEAD],
     )  # fmt: skip
