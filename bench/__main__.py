@@ -23,6 +23,7 @@ BENCHMARKS = (
     "rest_vs_grpc",
     "create_annotation",
     "export_seg",
+    "pacs_check",
 )
 
 

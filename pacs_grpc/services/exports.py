@@ -419,7 +419,9 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 
 
 def _person_name(username: str) -> str:
-    return _PN_UNSAFE.sub("_", username)[:64] or "pacs-grpc"
+    # A PN with no component separator is the retired single-name form (dciodvfy warns):
+    # the user name becomes the family name.
+    return (_PN_UNSAFE.sub("_", username)[:63] or "pacs-grpc") + "^"
 
 
 def _list(indexes: list[int]) -> str:

@@ -465,3 +465,46 @@ async def test_an_import_is_audited_with_the_new_group(
             world.ct.study_uid,
         )
     ]  # fmt: skip
+
+
+async def test_patient_data_of_an_imported_seg_stays_out_of_logs_keys_and_errors(
+    world: World, pacs_url: str, pacs_server: ServerProcess, artifacts_dir: Path
+) -> None:
+    """A SEG carries its study's patient module (DICOM requires it); what the server keeps
+    and says about it must not: the log, the object keys and a refusal's text."""
+    sentinel = f"PHISENTINEL{secrets.token_hex(3).upper()}^IMPORTED"
+    ct = store_synthetic_series(
+        pacs_url, slices=SLICES, rows=ROWS, columns=COLUMNS, patient_name=sentinel
+    )
+    seg = _make_seg(ct)
+    _stow(pacs_url, seg.data)
+    data = struct_pb2.Struct()
+    data.update({"source": "phi"})
+    annotation = await annotation_pb2_grpc.AnnotationServiceStub(world.channel).CreateAnnotation(
+        annotation_pb2.CreateAnnotationRequest(
+            annotation=annotation_pb2.Annotation(
+                project_id=world.project_id, study_uid=ct.study_uid, series_uid=ct.series_uid,
+                annotation_type="segmentation", annotation_data=data,
+            )
+        ),
+        metadata=world.writer.metadata(),
+    )  # fmt: skip
+    imported = await world.masks.ImportSegmentation(
+        _from_pacs(annotation.annotation.id, seg), metadata=world.writer.metadata()
+    )
+    assert imported.mask_group.completed_slices > 0
+    keys = world.objects(annotation.annotation.id)
+    assert keys
+    assert not [key for key in keys if "PHISENTINEL" in key or ct.study_uid in key]
+    # Refused (another study's annotation): the text names the field, not the patient.
+    other = await world.annotation()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await world.masks.ImportSegmentation(
+            _from_pacs(other, seg), metadata=world.writer.metadata()
+        )
+    assert raised.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "PHISENTINEL" not in (raised.value.details() or "")
+    port = pacs_server.address.rsplit(":", 1)[1]
+    log = (artifacts_dir / f"pacs-linked-server-{port}.log").read_text()
+    assert "rpc" in log
+    assert "PHISENTINEL" not in log

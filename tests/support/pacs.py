@@ -50,9 +50,12 @@ def store_synthetic_series(
     rows: int = 64,
     columns: int = 64,
     study_uid: str | None = None,
+    patient_name: str = "SYNTHETIC^PHANTOM",
 ) -> StoredSeries:
     """A new synthetic CT series (small by default, for speed) stored with STOW-RS."""
-    datasets = synthetic_ct(slices=slices, rows=rows, columns=columns, study_uid=study_uid)
+    datasets = synthetic_ct(
+        slices=slices, rows=rows, columns=columns, study_uid=study_uid, patient_name=patient_name
+    )
     store_series(dicomweb_url, datasets)
     first = datasets[0]
     return StoredSeries(str(first.StudyInstanceUID), str(first.SeriesInstanceUID), datasets)
