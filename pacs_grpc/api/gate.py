@@ -11,6 +11,7 @@ refused by a limit, or failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from collections.abc import Iterable
@@ -79,7 +80,7 @@ class AccessGate:
         self._admin_role = admin_role
         self._limits = limits
         self._audit_timeout = audit_timeout_seconds
-        self._writes: set[asyncio.Future[bool]] = set()
+        self._writes: set[asyncio.Future[None]] = set()
 
     async def open(
         self,
@@ -146,6 +147,9 @@ class AccessGate:
             "ok" if code is grpc.StatusCode.OK else "denied" if code in _DENIED else "error"
         )
         entry = call.audit.entry(outcome, None if outcome == "ok" else code.name)
+        # Settled from here on: the detached write either commits or logs the gap, and a
+        # second close (the call cancelled while this one waits) must not add another row.
+        call.audit.recorded = True
         write = asyncio.ensure_future(self._write_detached(entry))
         # The loop keeps only weak references to tasks: hold it until it is done.
         self._writes.add(write)
@@ -155,37 +159,40 @@ class AccessGate:
         wait = deadlines.bounded(self._audit_timeout)
         if wait <= 0:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
-                written = await asyncio.shield(write)
-        except TimeoutError:
-            return
-        if written:
-            call.audit.recorded = True
+                await asyncio.shield(write)
 
-    async def _write_detached(self, entry: AuditEntry) -> bool:
+    async def _write_detached(self, entry: AuditEntry) -> None:
         deadline = deadlines.start(None)
         try:
             async with asyncio.timeout(self._audit_timeout):
                 async with self._db.transaction() as conn:
                     await self._audit.insert(conn, entry)
-            return True
         except Exception:  # noqa: BLE001 - the RPC's outcome stands; the gap is logged
-            _log.exception(
-                "audit row not written",
-                extra={
-                    "subject": entry.subject,
-                    "action": entry.action,
-                    "outcome": entry.outcome,
-                    "error_code": entry.error_code,
-                    "request_id": entry.request_id,
-                },
-            )
-            return False
+            _log_gap(entry)
+        except BaseException:
+            # Cancelled at loop shutdown: the row is lost, and that must not go unsaid.
+            _log_gap(entry)
+            raise
         finally:
             deadlines.reset(deadline)
 
     async def drain(self) -> None:
-        """Wait for audit rows still being written (at shutdown)."""
-        if self._writes:
+        """Wait for audit rows still being written (at shutdown), including those that
+        calls still finishing start meanwhile."""
+        while self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+
+
+def _log_gap(entry: AuditEntry) -> None:
+    _log.exception(
+        "audit row not written",
+        extra={
+            "subject": entry.subject,
+            "action": entry.action,
+            "outcome": entry.outcome,
+            "error_code": entry.error_code,
+            "request_id": entry.request_id,
+        },
+    )

@@ -154,9 +154,12 @@ async def _served(
         raise
     except Exception as error:  # noqa: BLE001 - the edge maps every exception
         if gate is not None and call is not None:
-            # The refusal's audit row is committed before the client hears the refusal.
-            await gate.close(call, _status_of(error))
+            # Marked first: if the call is cancelled while the row is written, the finally
+            # below must not write a second one.
             audited = True
+            log.code = _status_of(error)
+            # The refusal's audit row is committed before the client hears the refusal.
+            await gate.close(call, log.code)
         await _fail(log, context, error)
     finally:
         deadlines.reset(deadline)
