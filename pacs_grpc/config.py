@@ -157,7 +157,7 @@ class Settings:
     max_annotation_json_depth: int = 32
     max_annotation_json_values: int = 100_000
     # A list page (and a Watch catch-up batch) ends early past this much annotation JSON.
-    list_page_budget_bytes: int = 2 * MIB
+    list_page_budget_bytes: int = 512 * 1024
     max_slices_per_request: int = 1000
     max_mask_bytes: int = 64 * MIB
     allowed_mask_content_types: tuple[str, ...] = ("image/png",)
@@ -263,7 +263,7 @@ class Settings:
                 "MAX_ANNOTATION_JSON_VALUES", 100_000, minimum=100, maximum=10_000_000
             ),
             list_page_budget_bytes=read.integer(
-                "LIST_PAGE_BUDGET_BYTES", 2 * MIB, minimum=64 * 1024, maximum=256 * MIB
+                "LIST_PAGE_BUDGET_BYTES", 512 * 1024, minimum=64 * 1024, maximum=256 * MIB
             ),
             max_slices_per_request=read.integer(
                 "MAX_SLICES_PER_REQUEST", 1000, minimum=1, maximum=10_000

@@ -101,7 +101,7 @@ class AnnotationUseCases:
         watch_access: WatchAccess,
         max_page_size: int,
         json_limits: rules.JsonLimits,
-        list_budget_bytes: int = 2 * 1024 * 1024,
+        list_budget_bytes: int = 512 * 1024,
         pacs_checks: PacsChecks | None = None,
     ) -> None:
         self._transaction = transaction

@@ -257,8 +257,9 @@ async def test_a_page_of_large_annotations_ends_at_the_byte_budget(
     live_stack: LocalStack, channel: aio.Channel, setup: Setup
 ) -> None:
     """Six annotations of 900 kB: a page of 50 would hold 5.4 MB of JSON, more than a
-    client's default 4 MiB receive limit. The 2 MiB default budget ends each page after
-    three, so every page reaches a client with default settings."""
+    client's default 4 MiB receive limit. The 512 KiB default budget ends each page after
+    its first annotation (a page always holds one), so every page reaches a client with
+    default settings, and paging still returns every annotation once."""
     stub = annotation_pb2_grpc.AnnotationServiceStub(channel)
     study = STUDY + ".9"
     created = []
@@ -285,5 +286,5 @@ async def test_a_page_of_large_annotations_ends_at_the_byte_budget(
         token = reply.next_page_token
         if not token:
             break
-    assert [len(page) for page in pages] == [3, 3]
+    assert [len(page) for page in pages] == [1] * 6
     assert sorted(i for page in pages for i in page) == sorted(created)

@@ -165,7 +165,7 @@ class EventHub:
         *,
         queue_size: int = 1000,
         batch_size: int = 500,
-        batch_budget_bytes: int = 2 * 1024 * 1024,
+        batch_budget_bytes: int = 512 * 1024,
         reconnect_delay_seconds: float = 1.0,
     ) -> None:
         self._conninfo = conninfo
