@@ -19,6 +19,7 @@ _CHECK = """
 select
     r.rolname,
     r.rolsuper,
+    r.rolcreaterole,
     pg_has_role(r.oid, c.relowner, 'MEMBER'),
     has_table_privilege(r.oid, c.oid, 'UPDATE, DELETE, TRUNCATE'),
     has_schema_privilege(r.oid, 'public', 'CREATE'),
@@ -43,11 +44,13 @@ async def verify_server_role(conninfo: str) -> None:
         row = await cur.fetchone()
     if row is None:
         raise ServerRoleError("table audit_log not found; run `pacs-grpc migrate` first")
-    name, superuser, owner, may_change_audit, may_create, in_app_role = row
+    name, superuser, create_role, owner, may_change_audit, may_create, in_app_role = row
     reasons = [
         reason
         for flag, reason in (
             (superuser, "is a superuser"),
+            # Before PostgreSQL 16 such a role can grant itself the owner's role.
+            (create_role and not superuser, "may create roles (CREATEROLE)"),
             (owner and not superuser, "owns the schema (can disable the audit triggers)"),
             (may_change_audit and not (superuser or owner), "may change audit_log"),
             (may_create and not (superuser or owner), "may create objects in schema public"),
