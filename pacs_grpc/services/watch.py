@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from pacs_grpc.domain.errors import NotFound, Unauthenticated, Unavailable
 from pacs_grpc.services.context import CallContext, check_access
@@ -174,13 +174,21 @@ class _GuardedStream(Generic[T], AsyncIterator[T]):
     async def close(self) -> None:
         self._closed = True
         tasks = [task for task in (self._pending, *self._guards) if task is not None]
-        for task in tasks:
-            # Cancelled again until done: on Python 3.11, asyncio.wait_for inside the pool's
-            # getconn can drop a cancellation that races a connection being handed over.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait([task], timeout=0.1)
-            if not task.cancelled():
-                # Retrieved, so that asyncio does not log it as never retrieved.
-                task.exception()
         self._pending = None
+        # All cancelled before any wait, so a close that is itself cancelled leaves no
+        # guard running until the token expires.
+        for task in tasks:
+            task.cancel()
+        await asyncio.shield(_finish(tasks))
+
+
+async def _finish(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        # Cancelled again until done: on Python 3.11, asyncio.wait_for inside the pool's
+        # getconn can drop a cancellation that races a connection being handed over.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=0.1)
+        if not task.cancelled():
+            # Retrieved, so that asyncio does not log it as never retrieved.
+            task.exception()
