@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import traceback
+import warnings
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,9 +48,25 @@ def redacted_traceback(error: BaseException) -> str:
     return "".join(lines)
 
 
+# DICOM libraries log and warn with the values they handle: highdicom names SOP Instance UIDs
+# at WARNING, pydicom quotes invalid element values (which may be patient data), and both
+# also raise Python warnings that go to stderr around our handler.
+_QUIET_LIBRARIES = ("highdicom", "pydicom")
+
+
+def quiet_dicom_libraries() -> None:
+    """Keep the DICOM libraries' logs and warnings out of ours, whatever LOG_LEVEL says; our
+    adapters log what went wrong without the values. Idempotent."""
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        # filterwarnings drops an identical earlier filter before adding this one.
+        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
+
+
 def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    quiet_dicom_libraries()

@@ -19,9 +19,17 @@ from pacs_grpc.domain.errors import FailedPrecondition
 _LABEL_MODES = frozenset({"L", "1"})
 
 
-def decode_png_label_map(data: bytes, *, slice_index: int, max_pixels: int) -> np.ndarray:
+def decode_png_label_map(
+    data: bytes,
+    *,
+    slice_index: int,
+    max_pixels: int,
+    expected_size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """A stored slice as a (rows, columns) uint8 array; FailedPrecondition for anything that
-    is not a greyscale PNG of at most `max_pixels` pixels (checked before decoding)."""
+    is not a greyscale PNG of at most `max_pixels` pixels, or (given `expected_size`, as
+    (rows, columns)) not of exactly that size. Both are checked on the PNG header, before any
+    pixel is decompressed: a small PNG may inflate to gigabytes."""
     where = f"slice {slice_index}"
     try:
         with warnings.catch_warnings():
@@ -33,6 +41,11 @@ def decode_png_label_map(data: bytes, *, slice_index: int, max_pixels: int) -> n
     width, height = image.size
     if width * height > max_pixels:
         raise FailedPrecondition(f"{where} has more than {max_pixels} pixels")
+    if expected_size is not None and (height, width) != expected_size:
+        rows, columns = expected_size
+        raise FailedPrecondition(
+            f"{where} is {width}x{height} pixels; its source image is {columns}x{rows}"
+        )
     if image.mode not in _LABEL_MODES:
         raise FailedPrecondition(
             f"{where} is not an 8-bit greyscale PNG (its mode is {image.mode})"

@@ -21,10 +21,10 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pacs_grpc.domain import paging, validation
 from pacs_grpc.domain.errors import (
@@ -54,6 +54,8 @@ from pacs_grpc.services.ports import IdempotencyStore, Pacs, Transactions, Tx
 from pacs_grpc.services.storage import ObjectStorage
 
 _log = logging.getLogger(__name__)
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 _OPERATION = "ExportMaskGroup"
 RESOURCE_TYPE = "mask_group_export"
 DICOM_CONTENT_TYPE = "application/dicom"
@@ -65,6 +67,7 @@ _LISTED_SLICES = 20
 _PN_UNSAFE = re.compile(r"[^A-Za-z0-9 ._@-]")
 _REFUSED = "the PACS refused the SEG (STOW-RS FailedSOPSequence)"
 _UNREACHABLE = "the PACS could not be reached for STOW-RS; export again to retry"
+_UNEXPECTED = "the PACS's STOW-RS reply could not be understood; export again to retry"
 
 
 @dataclass(frozen=True)
@@ -186,12 +189,14 @@ class ExportUseCases:
             )
         series_uid, sop_uid = new_uid(self.limits.uid_root), new_uid(self.limits.uid_root)
         series_number = SERIES_NUMBER_BASE + plan.export_count + 1
-        async with self._builds:
-            metadata = await pacs.series_metadata(access.study_uid, access.series_uid)
+        source_series = access.series_uid
+
+        async def prepare() -> SegmentationBuild:
+            metadata = await pacs.series_metadata(access.study_uid, source_series)
             if not metadata:
                 raise FailedPrecondition("the annotation's series is not in the PACS")
             stored = await self._read_slices(plan.masks)
-            build = SegmentationBuild(
+            return SegmentationBuild(
                 source_metadata=metadata,
                 slices=[
                     SliceImage(
@@ -211,32 +216,29 @@ class ExportUseCases:
                 model_version=group.version,
                 max_voxels=self.limits.max_voxels,
             )
-            data = await asyncio.to_thread(self._write, build)
+
+        data = await build_holding(self._builds, prepare, self._write)
         object_key = export_key(access.project_id, annotation_id, group_id, uuid.uuid4())
-        info = await self._storage.put_stream(
-            object_key, _chunks(data), size=len(data), content_type=DICOM_CONTENT_TYPE
-        )
-        status, reason = PacsStatus.NOT_REQUESTED, None
-        if store_in_pacs:
-            status, reason = await _stow(pacs, data)
-        new = NewExport(
-            object_key=object_key,
-            object_version=info.version_id,
-            size_bytes=len(data),
-            seg_series_uid=series_uid,
-            seg_sop_instance_uid=sop_uid,
-            series_number=series_number,
-            segment_count=len(segments),
-            pacs_status=status,
-            pacs_failure_reason=reason,
-        )
-        try:
-            export = await self._record(
+
+        async def record(
+            version: str | None, status: PacsStatus, reason: str | None
+        ) -> MaskGroupExport:
+            new = NewExport(
+                object_key=object_key,
+                object_version=version,
+                size_bytes=len(data),
+                seg_series_uid=series_uid,
+                seg_sop_instance_uid=sop_uid,
+                series_number=series_number,
+                segment_count=len(segments),
+                pacs_status=status,
+                pacs_failure_reason=reason,
+            )
+            return await self._record(
                 call, annotation_id, group_id, new, key=key, fingerprint=fingerprint
             )
-        except BaseException:
-            await self._forget(object_key)
-            raise
+
+        export = await self._keep(object_key, data, pacs if store_in_pacs else None, record)
         return self._link(export, ttl)
 
     async def list_exports(
@@ -325,6 +327,29 @@ class ExportUseCases:
             call.audit.returned(RESOURCE_TYPE, [export.id])
         return export
 
+    async def _keep(
+        self,
+        object_key: str,
+        data: bytes,
+        pacs: Pacs | None,
+        record: Callable[[str | None, PacsStatus, str | None], Awaitable[MaskGroupExport]],
+    ) -> MaskGroupExport:
+        """Store the SEG, send it to ``pacs`` (None: not asked to) and record it. Whatever ends
+        the call from the first byte stored to the record (cancellation, storage or database
+        failure) queues the object, else it would be stored with no row that names it."""
+        try:
+            info = await self._storage.put_stream(
+                object_key, _chunks(data), size=len(data), content_type=DICOM_CONTENT_TYPE
+            )
+            status, reason = PacsStatus.NOT_REQUESTED, None
+            if pacs is not None:
+                status, reason = await _stow(pacs, data)
+            return await record(info.version_id, status, reason)
+        except BaseException:
+            # Shielded: a second cancellation must not stop the queueing half-way.
+            await asyncio.shield(self._forget(object_key))
+            raise
+
     async def _answer(
         self, call: CallContext, annotation_id: int, group_id: int, export: MaskGroupExport,
         ttl: timedelta,
@@ -406,11 +431,45 @@ def _segments(
 async def _stow(pacs: Pacs, data: bytes) -> tuple[PacsStatus, str | None]:
     try:
         refused = await pacs.store([data])
-    except Unavailable:
+    except Unavailable as error:
+        # The adapter's texts carry no UIDs; a 4xx says the PACS refused, not that it was away.
+        if error.message.startswith("refused by the PACS"):
+            return PacsStatus.FAILED, f"{error.message}; export again to retry"
         return PacsStatus.FAILED, _UNREACHABLE
+    except Exception as error:  # noqa: BLE001 - the SEG is stored: record the PACS's failure
+        # A reply we cannot read (or any other PACS-side surprise) is the PACS's answer, not
+        # a fault of this server; its text may quote UIDs, so only its type is logged.
+        _log.warning("STOW-RS failed unexpectedly: %s", type(error).__name__)
+        return PacsStatus.FAILED, _UNEXPECTED
     if refused:
         return PacsStatus.FAILED, _REFUSED[:MAX_REASON_LENGTH]
     return PacsStatus.STORED, None
+
+
+async def build_holding(
+    permits: asyncio.Semaphore,
+    prepare: Callable[[], Awaitable[_In]],
+    work: Callable[[_In], _Out],
+) -> _Out:
+    """``work(await prepare())`` in a worker thread, holding one of ``permits`` until the thread
+    is done. A thread cannot be stopped: were the permit released when the caller is cancelled,
+    cancelled calls would start builds beyond the bound while earlier ones still run."""
+    await permits.acquire()
+    try:
+        argument = await prepare()
+        running = asyncio.ensure_future(asyncio.to_thread(work, argument))
+    except BaseException:
+        permits.release()
+        raise
+
+    def done(future: asyncio.Future[_Out]) -> None:
+        permits.release()
+        if not future.cancelled():
+            # Retrieved, so a build nobody awaits any more is not logged as "never retrieved".
+            future.exception()
+
+    running.add_done_callback(done)
+    return await asyncio.shield(running)
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:

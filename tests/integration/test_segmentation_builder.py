@@ -339,3 +339,49 @@ def test_overlapping_segments_are_refused(ct: list[Dataset]) -> None:
     seg.save_as(buffer, enforce_file_format=True)
     with pytest.raises(InvalidArgument, match="overlapping"):
         read_segmentation(buffer.getvalue(), max_voxels=LIMIT)
+
+
+def test_non_ascii_labels_and_names_are_written_as_utf8(ct: list[Dataset], tmp_path: Path) -> None:
+    named = [copy.deepcopy(ds) for ds in ct]
+    for ds in named:
+        ds.PatientName = "Müller^Jürgen"
+    labels = segments(
+        "segments",
+        [SegmentInput(1, "Läsion", ANATOMY, CodedConcept("10200004", "SCT", "Liver")),
+         SegmentInput(5, "肝臓", ANATOMY, CodedConcept("78961009", "SCT", "Spleen"))],
+        has_model=True,
+    )  # fmt: skip
+    maps = {
+        uid: np.where(image == 200, 0, image).astype(np.uint8)
+        for uid, image in _label_maps(named).items()
+    }
+    data = _build(named, maps, labels)
+
+    assert [line for line in _dciodvfy(data, tmp_path) if "Error" in line] == []
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert str(ds.PatientName) == "Müller^Jürgen"
+    assert [str(item.SegmentLabel) for item in ds.SegmentSequence] == ["Läsion", "肝臓"]
+    assert "肝臓".encode() in data
+    read = read_segmentation(data, max_voxels=LIMIT)
+    assert [s.label for s in read.segments] == ["Läsion", "肝臓"]
+
+
+def test_a_small_segmentation_referencing_many_sources_is_refused_before_reading(
+    ct: list[Dataset],
+) -> None:
+    # One stored frame, but one label map per referenced source when read.
+    maps = {str(ds.SOPInstanceUID): np.zeros((ROWS, COLUMNS), dtype=np.uint8) for ds in ct}
+    maps[str(ct[5].SOPInstanceUID)][10:20, 10:20] = 1
+    one = segments("segments", [SegmentInput(1, "Liver")], has_model=False)
+    data = _build(ct, maps, one)
+    assert int(pydicom.dcmread(io.BytesIO(data)).NumberOfFrames) == 1
+
+    limit = 2 * ROWS * COLUMNS
+    with pytest.raises(ResourceExhausted, match=f"{SLICES * ROWS * COLUMNS} voxels") as raised:
+        read_segmentation(data, max_voxels=limit)
+    assert str(ct[0].SOPInstanceUID) not in raised.value.message
+    with pytest.raises(ResourceExhausted, match=f"references {SLICES} source images"):
+        read_segmentation(data, max_voxels=LIMIT, max_slices=SLICES - 1)
+    read = read_segmentation(data, max_voxels=LIMIT, max_slices=SLICES)
+    assert len(read.label_maps) == SLICES

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 
 from pacs_grpc.adapters.dicom.segmentation import build_segmentation
 from pacs_grpc.adapters.images import decode_png_label_map
-from pacs_grpc.domain.errors import FailedPrecondition
+from pacs_grpc.domain.errors import FailedPrecondition, ResourceExhausted
 from pacs_grpc.domain.exports import SegmentationBuild
 
 CONTENT_LABEL = "SEGMENTATION"
@@ -15,12 +18,33 @@ CONTENT_LABEL = "SEGMENTATION"
 def write_segmentation(build: SegmentationBuild) -> bytes:
     """Decode every slice into its label map and build the SEG; CPU-bound, for a worker thread.
 
-    A slice may hold no more pixels than the voxel limit, checked before it is decoded.
+    Each slice must be exactly its source image's size (Rows x Columns from the PACS, not the
+    width and height the client recorded), and all of them together within the voxel limit,
+    both checked on the PNG headers before any slice is decoded.
     """
-    label_maps: dict[str, np.ndarray] = {}
+    sizes = _sizes(build.source_metadata)
+    expected: list[tuple[int, int]] = []
     for item in build.slices:
+        size = sizes.get(item.sop_instance_uid)
+        if size is None:
+            raise FailedPrecondition(
+                f"slice {item.slice_index} is bound to an image not in the series, "
+                "or one whose metadata lacks its size (Rows, Columns)"
+            )
+        expected.append(size)
+    voxels = max(len(build.segments), 1) * sum(r * c for r, c in expected)
+    if voxels > build.max_voxels:
+        raise ResourceExhausted(
+            f"the segmentation would hold {voxels} voxels (slices x rows x columns x "
+            f"segments); the limit is {build.max_voxels}"
+        )
+    label_maps: dict[str, np.ndarray] = {}
+    for item, size in zip(build.slices, expected, strict=True):
         pixels = decode_png_label_map(
-            item.png, slice_index=item.slice_index, max_pixels=build.max_voxels
+            item.png,
+            slice_index=item.slice_index,
+            max_pixels=build.max_voxels,
+            expected_size=size,
         )
         if item.label_value is not None:
             pixels = (pixels != 0).astype(np.uint8) * np.uint8(item.label_value)
@@ -42,3 +66,26 @@ def write_segmentation(build: SegmentationBuild) -> bytes:
         model_version=build.model_version,
         max_voxels=build.max_voxels,
     )
+
+
+def _sizes(metadata: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+    """SOP Instance UID -> (Rows, Columns) of each instance in the series' DICOM JSON."""
+    sizes: dict[str, tuple[int, int]] = {}
+    for item in metadata:
+        uid, rows, columns = (_first(item, tag) for tag in ("00080018", "00280010", "00280011"))
+        try:
+            size = (int(str(rows)), int(str(columns)))
+        except (TypeError, ValueError):
+            continue
+        if uid is not None and size[0] > 0 and size[1] > 0:
+            sizes[str(uid)] = size
+    return sizes
+
+
+def _first(item: Mapping[str, Any], tag: str) -> object:
+    element = item.get(tag)
+    if isinstance(element, Mapping):
+        values = element.get("Value")
+        if isinstance(values, list) and values:
+            return values[0]
+    return None

@@ -27,6 +27,7 @@ import pydicom
 from pydicom import Dataset
 
 from pacs_grpc.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from pacs_grpc.domain.masks import MAX_SLICE_COUNT
 from pacs_grpc.domain.segments import (
     ARTIFICIAL_INTELLIGENCE,
     AlgorithmType,
@@ -50,6 +51,9 @@ _BULK_TAGS = frozenset(
         "00880200",  # IconImageSequence
     }
 )
+# UTF-8 (PS3.3 C.12.1.1.2): segment labels, descriptions and the copied patient name may hold
+# any script. Without it a reader assumes ASCII and non-ASCII text is written as "?".
+UTF8 = "ISO_IR 192"
 # AlgorithmVersion is required (type 1) in an Algorithm Identification; a group may not have one.
 _UNSPECIFIED_VERSION = "unspecified"
 
@@ -161,6 +165,7 @@ def build_segmentation(
             content_description=content_description,
             content_creator_name=content_creator,
             omit_empty_frames=True,
+            specific_character_set=UTF8,
         )
     except (ValueError, TypeError, AttributeError, KeyError) as error:
         # The sources lack what a SEG needs (no frame of reference, mixed series or sizes):
@@ -176,14 +181,20 @@ def build_segmentation(
 
 
 def read_segmentation(
-    data: bytes, *, max_voxels: int, field: str = "segmentation"
+    data: bytes,
+    *,
+    max_voxels: int,
+    field: str = "segmentation",
+    max_slices: int = MAX_SLICE_COUNT,
 ) -> SegmentationRead:
     """The segments, provenance, source references and label maps of a Part-10 SEG file.
 
     Malformed or non-SEG input, overlapping segments (a label map cannot hold them), FRACTIONAL
     segmentations, more than 255 segments, and sources that are multi-frame images raise
     InvalidArgument on ``field``; more than ``max_voxels`` stored pixels (frames x rows x
-    columns) raise ResourceExhausted before any pixel is decoded.
+    columns) or pixels read back (referenced sources x rows x columns: one label map per
+    source, even for sources without frames), or more than ``max_slices`` referenced sources,
+    raise ResourceExhausted before any pixel is decoded.
     """
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -219,6 +230,10 @@ def read_segmentation(
     if len(series) != 1:
         raise InvalidArgument(field, "must reference the images of exactly one series")
     source_uids = list(dict.fromkeys(str(sop) for _, _, sop in sources))
+    _check_read_size(
+        len(source_uids), int(ds.Rows) * int(ds.Columns), max_voxels=max_voxels,
+        max_slices=max_slices,
+    )  # fmt: skip
     try:
         pixels = seg.get_pixels_by_source_instance(
             source_sop_instance_uids=source_uids,
@@ -375,6 +390,20 @@ def _description(
 
 
 # -- reading ----------------------------------------------------------------------------------
+
+
+def _check_read_size(sources: int, pixels: int, *, max_voxels: int, max_slices: int) -> None:
+    """A one-frame SEG may reference any number of sources, and each becomes a label map of
+    rows x columns: bound what reading it makes, not only what it stores."""
+    if sources > max_slices:
+        raise ResourceExhausted(
+            f"the segmentation references {sources} source images; the limit is {max_slices}"
+        )
+    if sources * pixels > max_voxels:
+        raise ResourceExhausted(
+            f"the segmentation would be read as {sources * pixels} voxels (source images x "
+            f"rows x columns); the limit is {max_voxels}"
+        )
 
 
 def _segments_read(
