@@ -218,8 +218,9 @@ class ImportUseCases:
             return await self._earlier(call, annotation_id, key, fingerprint)
 
         field = "pacs" if isinstance(source, FromPacs) else "upload_id"
-        data = await self._read_source(annotation, source)
         async with self._building:
+            # Read inside the bound: a SEG's bytes are as large as its decoded arrays.
+            data = await self._read_source(annotation, source)
             seg = await asyncio.to_thread(
                 read_segmentation, data, max_voxels=self.limits.max_voxels, field=field
             )
@@ -363,7 +364,8 @@ class ImportUseCases:
         ordered = along_normal(source.series.instances) or source.series.instances
         wanted = {uid for uid in bound.values() if uid is not None}
         order = [i.sop_instance_uid for i in ordered if i.sop_instance_uid in wanted]
-        order += [uid for uid in in_seg if uid not in set(order)]
+        placed = set(order)
+        order += [uid for uid in in_seg if uid not in placed]
         return order, source.series.modality
 
     async def _store(

@@ -28,6 +28,8 @@ from pacs_grpc.services.ports import Pacs
 _log = logging.getLogger(__name__)
 # Slices named in one refusal; the rest are counted.
 _LISTED_SLICES = 20
+# Other slices named for a slice that shares its image.
+_LISTED_SHARING = 5
 
 # What a warning is counted under (pacs_grpc.api.metrics): a fixed set, never a UID.
 STUDY_NOT_FOUND = "study_not_found"
@@ -273,4 +275,18 @@ def _bind(
             )
             continue
         bound[item.slice_index] = image.sop_instance_uid
+    # Two slices on one image (one naming it, one bound to it by position) would make a group
+    # that completes but never exports: a SEG holds one frame per source image and segment.
+    sharing: dict[str | None, list[int]] = {}
+    for slice_index, uid in bound.items():
+        sharing.setdefault(uid, []).append(slice_index)
+    for indexes in sharing.values():
+        if len(indexes) < 2:
+            continue
+        for slice_index in indexes:
+            others = [str(i) for i in sorted(indexes) if i != slice_index]
+            shown = ", ".join(others[:_LISTED_SHARING])
+            more = " ..." if len(others) > _LISTED_SHARING else ""
+            problems.append(_Problem(slice_index, f"is on the same image as slice {shown}{more}"))
+            del bound[slice_index]
     return bound, problems

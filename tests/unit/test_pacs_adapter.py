@@ -8,6 +8,7 @@ tests/integration/test_pacs_link.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -28,7 +29,7 @@ from pacs_grpc.adapters.pacs.dicomweb import (
     source_series_from,
 )
 from pacs_grpc.adapters.pacs.tokens import ClientCredentialsTokens, TokenUnavailableError
-from pacs_grpc.adapters.storage.breaker import BreakerState
+from pacs_grpc.adapters.storage.breaker import BreakerState, CircuitBreaker
 from pacs_grpc.config import ConfigError, PacsSettings, Settings
 from pacs_grpc.devstack.ports import free_port
 from pacs_grpc.domain.errors import Unavailable
@@ -212,6 +213,51 @@ async def test_server_errors_are_unavailable_without_uids_and_open_the_breaker(
         assert STUDY not in logged
         assert "PACS request failed" in logged
     finally:
+        pacs.close()
+
+
+async def test_a_4xx_answer_is_a_refusal_without_uids_that_leaves_the_breaker_closed(
+    fake: tuple[FakeDicomWeb, str],
+) -> None:
+    state, url = fake
+    state.status = 400
+    pacs = _pacs(url, breaker_failures=1)
+    try:
+        with pytest.raises(Unavailable) as failed:
+            await pacs.study_exists(STUDY)
+        assert failed.value.message == "refused by the PACS (HTTP 400)"
+        assert pacs.breaker.state is BreakerState.CLOSED
+    finally:
+        pacs.close()
+
+
+async def test_a_half_open_trial_cancelled_while_queued_does_not_refuse_every_later_call() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=1, open_seconds=5, clock=lambda: now[0])
+    # No server needed: the trial's request never starts.
+    pacs = DicomWebPacs(
+        PacsSettings(
+            dicomweb_url=f"http://127.0.0.1:{free_port()}/dicom-web",
+            validate="enforce",
+            max_concurrency=1,
+        ),
+        breaker=breaker,
+    )
+    gate = threading.Event()
+    try:
+        busy = pacs._executor.submit(gate.wait)  # the only worker is taken
+        breaker.record_failure()
+        now[0] += 5
+        trial = asyncio.create_task(pacs.study_exists(STUDY))
+        await asyncio.sleep(0.01)
+        trial.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await trial
+        gate.set()
+        busy.result()
+        assert breaker.before_call()  # the next call is the trial, not refused
+    finally:
+        gate.set()
         pacs.close()
 
 

@@ -249,6 +249,29 @@ async def test_enforce_refuses_listing_every_bad_slice_and_its_reason() -> None:
     assert foreign.calls == ["source_series", "source_series(fresh)"]
 
 
+async def test_two_slices_on_one_image_are_refused_naming_both_slices() -> None:
+    series = _series()
+    pacs = FakePacs([series])
+    checks, _ = _checks(pacs, PacsValidation.ENFORCE)
+    source = await checks.slice_source(STUDY, SERIES)
+    ordered = along_normal(series.instances)
+    assert ordered is not None
+    with pytest.raises(FailedPrecondition) as refused:
+        await checks.bind(
+            source,
+            [
+                SliceFacts(0, ordered[3].sop_instance_uid, 48, 64),  # names the 4th image
+                SliceFacts(3, None, 48, 64),  # bound to the 4th image by position
+                SliceFacts(1, None, 48, 64),  # fine
+            ],
+        )
+    text = refused.value.message
+    assert "slice 0: is on the same image as slice 3" in text
+    assert "slice 3: is on the same image as slice 0" in text
+    assert "slice 1" not in text
+    assert "1.2.826" not in text
+
+
 async def test_a_series_that_grew_since_it_was_remembered_binds_after_one_fresh_look() -> None:
     small = SourceSeries(STUDY, SERIES, None, "CT", (_instance(0, 0.0),))
     pacs = FakePacs([small])

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
-from pacs_grpc.adapters.storage.breaker import BreakerState, CircuitBreaker
+from pacs_grpc.adapters.storage.breaker import BreakerState, CircuitBreaker, run_admitted
 from pacs_grpc.domain.errors import Unavailable
 
 
@@ -74,6 +78,44 @@ def test_a_trial_that_ends_without_a_verdict_lets_the_next_one_in() -> None:
     breaker.release()
     breaker.before_call()
     assert _state(breaker) is BreakerState.HALF_OPEN
+
+
+async def test_a_trial_cancelled_before_its_work_starts_lets_the_next_one_in() -> None:
+    clock = Clock()
+    breaker = _breaker(clock)
+    for _ in range(3):
+        breaker.record_failure()
+    clock.now += 10
+    ran: list[str] = []
+    gate = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        busy = executor.submit(gate.wait)  # the only worker: the trial's work must wait
+        trial = breaker.before_call()
+        assert trial
+        call = asyncio.create_task(
+            run_admitted(breaker, trial, executor, lambda: ran.append("trial"))
+        )
+        await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        gate.set()
+        busy.result()
+    assert ran == []  # the guarded work never ran, so nothing recorded a verdict
+    assert breaker.before_call()  # yet a new trial is admitted, not refused for good
+
+
+async def test_a_trial_refused_by_a_shut_down_executor_is_released() -> None:
+    clock = Clock()
+    breaker = _breaker(clock)
+    for _ in range(3):
+        breaker.record_failure()
+    clock.now += 10
+    executor = ThreadPoolExecutor(max_workers=1)
+    executor.shutdown()
+    with pytest.raises(RuntimeError):
+        await run_admitted(breaker, breaker.before_call(), executor, lambda: None)
+    assert breaker.before_call()
 
 
 @pytest.mark.parametrize(("threshold", "seconds"), [(0, 1.0), (1, 0.0)])

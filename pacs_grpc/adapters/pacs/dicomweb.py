@@ -23,8 +23,7 @@ other.
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
+import email.message
 import io
 import logging
 import time
@@ -43,7 +42,7 @@ from pacs_grpc.adapters.pacs.tokens import (
     ClientCredentialsTokens,
     TokenUnavailableError,
 )
-from pacs_grpc.adapters.storage.breaker import BreakerState, CircuitBreaker
+from pacs_grpc.adapters.storage.breaker import BreakerState, CircuitBreaker, run_admitted
 from pacs_grpc.config import PacsSettings
 from pacs_grpc.domain.errors import ResourceExhausted, Unavailable
 from pacs_grpc.domain.pacs import SourceInstance, SourceSeries
@@ -308,15 +307,16 @@ class DicomWebPacs:
         return not isinstance(answer, _NotFound) and len(answer) > 0
 
     async def _call(self, operation: str, work: Callable[[], _T]) -> _T | _NotFound:
+        if self._closed:
+            raise Unavailable(_UNAVAILABLE)
         try:
-            self.breaker.before_call()
+            trial = self.breaker.before_call()
         except Unavailable:
             self._on_request(operation, REFUSED)
             raise
-        if self._closed:
-            raise Unavailable(_UNAVAILABLE)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._guarded, operation, work)
+        return await run_admitted(
+            self.breaker, trial, self._executor, lambda: self._guarded(operation, work)
+        )
 
     def _guarded(self, operation: str, work: Callable[[], _T]) -> _T | _NotFound:
         """In the worker thread: run, tell the breaker how the PACS did, map the outcome.
@@ -351,7 +351,9 @@ class DicomWebPacs:
             self._on_request(operation, FAILED)
             # A status code, an exception's class name or our own token error text: no URL.
             _log.warning("PACS request failed", extra={"operation": operation, "reason": reason})
-            raise Unavailable(_UNAVAILABLE)
+            # The PACS answered and said no (a 4xx that says nothing of its health): retrying
+            # as if it were away would not help, so the text says so (a status code, no UID).
+            raise Unavailable(_UNAVAILABLE if breaks else f"refused by the PACS ({reason})")
         self.breaker.record_success()
         self._on_request(operation, OK)
         return answer
@@ -392,7 +394,8 @@ def _retrieve(
     """One instance's Part-10 bytes from a WADO-RS instance URL, at most `max_bytes`.
 
     The standard answer is multipart/related with one application/dicom part; some servers
-    send the bare file, which is taken as it is. The stdlib's MIME parser splits the parts.
+    send the bare file, which is taken as it is. At most the body and one copy of its first
+    part are held at once.
     """
     headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
     with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
@@ -407,22 +410,47 @@ def _retrieve(
             if len(body) > limit:
                 return _TooLarge()
         content_type = response.headers.get("Content-Type", "")
-    data = first_part(content_type, bytes(body))
+    data = first_part(content_type, body)
+    del body
     return _TooLarge() if len(data) > max_bytes else _with_preamble(data)
 
 
-def first_part(content_type: str, body: bytes) -> bytes:
-    """The first part of a multipart/related body (the stdlib's MIME parser splits it), or the
-    body itself when it is not multipart. ValueError when a multipart body has no part."""
+def first_part(content_type: str, body: bytes | bytearray) -> bytes:
+    """The first part of a multipart body, or the body itself when it is not multipart.
+    ValueError when a multipart body has no complete part.
+
+    Split on bytes (RFC 2046 delimiters) rather than with the stdlib's MIME parser, which
+    held several copies of a body that may be hundreds of megabytes.
+    """
     if not content_type.lower().startswith("multipart/"):
-        return body
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-    )
-    parts = [p.get_payload(decode=True) for p in message.iter_parts()]
-    if not parts or not isinstance(parts[0], bytes):
+        return bytes(body)
+    header = email.message.Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_boundary()
+    if not boundary:
+        raise ValueError("no boundary in the WADO-RS answer's Content-Type")
+    delimiter = b"--" + boundary.encode("latin-1")
+    if body.startswith(delimiter):
+        start = 0
+    else:
+        start = body.find(b"\r\n" + delimiter)
+        if start < 0:
+            raise ValueError("no part in the WADO-RS answer")
+        start += 2
+    after = start + len(delimiter)
+    if body[after : after + 2] == b"--":
         raise ValueError("no part in the WADO-RS answer")
-    return parts[0]
+    # The delimiter line (perhaps with transport padding), the part's headers, a blank line.
+    line_end = body.find(b"\r\n", after)
+    headers_end = body.find(b"\r\n\r\n", line_end) if line_end >= 0 else -1
+    if headers_end < 0:
+        raise ValueError("no part in the WADO-RS answer")
+    content_start = headers_end + 4
+    content_end = body.find(b"\r\n" + delimiter, content_start)
+    if content_end < 0:
+        raise ValueError("no complete part in the WADO-RS answer")
+    with memoryview(body) as view:
+        return bytes(view[content_start:content_end])
 
 
 def _with_preamble(data: bytes) -> bytes:

@@ -9,13 +9,18 @@ success closes the breaker, its failure opens it again for another period.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import TypeVar
 
 from pacs_grpc.domain.errors import Unavailable
+
+_T = TypeVar("_T")
 
 
 class BreakerState(enum.Enum):
@@ -54,15 +59,16 @@ class CircuitBreaker:
         with self._lock:
             return self._state()
 
-    def before_call(self) -> None:
-        """Admit a call, or raise Unavailable while the breaker is open."""
+    def before_call(self) -> bool:
+        """Admit a call, or raise Unavailable while the breaker is open. True when the call is
+        the half-open trial, which must end in record_success, record_failure or release."""
         with self._lock:
             state = self._state()
             if state is BreakerState.CLOSED:
-                return
+                return False
             if state is BreakerState.HALF_OPEN and not self._trial_running:
                 self._trial_running = True
-                return
+                return True
             raise Unavailable(
                 f"{self._dependency} is unavailable; retry in {self._retry_after()} s"
             )
@@ -98,3 +104,30 @@ class CircuitBreaker:
             return 1
         left = self._open_seconds - (self._clock() - self._opened_at)
         return max(1, math.ceil(left))
+
+
+async def run_admitted(
+    breaker: CircuitBreaker, trial: bool, executor: Executor, work: Callable[[], _T]
+) -> _T:
+    """Await `work` in `executor` for a call `breaker.before_call` admitted (`trial` is what it
+    returned); `work` itself tells the breaker how the dependency did.
+
+    A trial whose `work` never starts (its caller cancelled while it waited for a worker, or
+    the executor shut down) is released here: nothing else would, and the breaker would stay
+    half-open with no trial running, refusing every call for good.
+    """
+    try:
+        future = executor.submit(work)
+    except BaseException:
+        if trial:
+            breaker.release()
+        raise
+    if trial:
+        future.add_done_callback(lambda done: _release_unstarted(breaker, done))
+    return await asyncio.wrap_future(future)
+
+
+def _release_unstarted(breaker: CircuitBreaker, future: Future[_T]) -> None:
+    # Only a future that never ran is cancelled; one that ran has recorded its verdict.
+    if future.cancelled():
+        breaker.release()

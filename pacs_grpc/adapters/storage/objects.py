@@ -23,7 +23,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import DictType
 
-from pacs_grpc.adapters.storage.breaker import CircuitBreaker
+from pacs_grpc.adapters.storage.breaker import CircuitBreaker, run_admitted
 from pacs_grpc.adapters.storage.s3 import create_client
 from pacs_grpc.config import StorageSettings
 from pacs_grpc.domain.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -307,11 +307,10 @@ class ObjectStore:
         return bool(self._client.get_bucket_versioning(self._bucket).status == "Enabled")
 
     async def _run(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        self.breaker.before_call()
-        loop = asyncio.get_running_loop()
+        trial = self.breaker.before_call()
         try:
-            return await loop.run_in_executor(
-                self._executor, partial(self._observed, call, *args, **kwargs)
+            return await run_admitted(
+                self.breaker, trial, self._executor, partial(self._observed, call, *args, **kwargs)
             )
         except S3Error as exc:
             status = exc.response.status
