@@ -257,7 +257,12 @@ class Settings:
                 "MAX_ANNOTATION_DATA_BYTES", MIB, minimum=1024, maximum=64 * MIB
             ),
             max_annotation_json_depth=read.integer(
-                "MAX_ANNOTATION_JSON_DEPTH", 32, minimum=2, maximum=40
+                # Protobuf itself refuses a Struct of objects nested past about 33 (three
+                # message levels each), so a larger limit would never be the one that speaks.
+                "MAX_ANNOTATION_JSON_DEPTH",
+                32,
+                minimum=2,
+                maximum=32,
             ),
             max_annotation_json_values=read.integer(
                 "MAX_ANNOTATION_JSON_VALUES", 100_000, minimum=100, maximum=10_000_000

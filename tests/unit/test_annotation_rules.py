@@ -158,3 +158,21 @@ def test_etags_parse(etag: str, version: int | None) -> None:
 def test_foreign_etags_are_rejected(etag: str) -> None:
     with pytest.raises(InvalidArgument):
         rules.etag("etag", etag)
+
+
+def test_the_deepest_allowed_json_still_parses_as_protobuf() -> None:
+    """MAX_ANNOTATION_JSON_DEPTH's ceiling (32) is below what protobuf refuses to parse, so a
+    too-deep annotation hears the depth rule, not a bare parse error."""
+    from google.protobuf import json_format, struct_pb2
+
+    value: Any = 1
+    for _ in range(31):
+        value = {"k": value}
+    message = struct_pb2.Struct()
+    message.update({"k": value})
+    parsed = struct_pb2.Struct.FromString(message.SerializeToString())
+    limits = rules.JsonLimits(max_bytes=1 << 20, max_depth=32)
+    data = json_format.MessageToDict(parsed)
+    rules.json_shape("annotation.annotation_data", data, limits)
+    with pytest.raises(InvalidArgument):
+        rules.json_shape("annotation.annotation_data", {"k": data}, limits)
