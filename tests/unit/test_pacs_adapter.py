@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from pacs.client.tokens import ClientCredentials, TokenError
 
 from pacs_grpc.adapters.pacs.dicomweb import (
     DicomWebPacs,
@@ -28,7 +29,6 @@ from pacs_grpc.adapters.pacs.dicomweb import (
     TtlCache,
     source_series_from,
 )
-from pacs_grpc.adapters.pacs.tokens import ClientCredentialsTokens, TokenUnavailableError
 from pacs_grpc.adapters.storage.breaker import BreakerState, CircuitBreaker
 from pacs_grpc.config import ConfigError, PacsSettings, Settings
 from pacs_grpc.devstack.ports import free_port
@@ -171,7 +171,7 @@ def test_tokens_are_refreshed_ahead_of_expiry_and_kept_while_refresh_fails(
     state, url = fake
     state.token_lifetime = 100
     now = [1000.0]
-    tokens = ClientCredentialsTokens(
+    tokens = ClientCredentials(
         f"{url}/token", "pacs-server", SECRET, refresh_margin=30, clock=lambda: now[0]
     )
     assert tokens.token() == "token-1"
@@ -183,7 +183,7 @@ def test_tokens_are_refreshed_ahead_of_expiry_and_kept_while_refresh_fails(
     now[0] += 71
     assert tokens.token() == "token-2"  # still valid: kept
     now[0] += 30  # expired
-    with pytest.raises(TokenUnavailableError) as failed:
+    with pytest.raises(TokenError) as failed:
         tokens.token()
     assert SECRET not in str(failed.value)
     assert "wrong" not in str(failed.value)

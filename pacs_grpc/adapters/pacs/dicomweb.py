@@ -35,12 +35,11 @@ from typing import Any, Generic, TypeVar
 import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
+from pacs.client.tokens import ClientCredentials, TokenError
 from requests.adapters import HTTPAdapter
 
 from pacs_grpc.adapters.pacs.tokens import (
     BearerAuth,
-    ClientCredentialsTokens,
-    TokenUnavailableError,
 )
 from pacs_grpc.adapters.storage.breaker import BreakerState, CircuitBreaker, run_admitted
 from pacs_grpc.config import PacsSettings
@@ -110,7 +109,7 @@ _NOT_FOUND = _NotFound()
 
 def create_session(
     settings: PacsSettings,
-) -> tuple[requests.Session, ClientCredentialsTokens | None]:
+) -> tuple[requests.Session, ClientCredentials | None]:
     """A session with the PACS's credentials and a connection pool as large as the worker pool."""
     session = requests.Session()
     adapter = HTTPAdapter(
@@ -124,12 +123,12 @@ def create_session(
     if settings.auth == "basic":
         session.auth = (settings.username, settings.password)
     elif settings.auth == "client_credentials":
-        tokens = ClientCredentialsTokens(
+        tokens = ClientCredentials(
             settings.token_url,
             settings.client_id,
             settings.client_secret,
-            scope=settings.token_scope,
-            timeout_seconds=settings.timeout_seconds,
+            scope=settings.token_scope or None,
+            timeout=settings.timeout_seconds,
         )
         session.auth = BearerAuth(tokens)
     return session, tokens
@@ -297,8 +296,6 @@ class DicomWebPacs:
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._session.close()
-        if self._tokens is not None:
-            self._tokens.close()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -334,7 +331,7 @@ class DicomWebPacs:
                 self._on_request(operation, NOT_FOUND)
                 return _NOT_FOUND
             failure = (f"HTTP {status}", _breaks(status))
-        except TokenUnavailableError as error:
+        except TokenError as error:
             failure = (str(error), True)
         except (requests.RequestException, ValueError) as error:
             # Connection refused or reset, timeouts, and answers that are not JSON or DICOM.
