@@ -273,3 +273,13 @@ def segmentation_upload_key(project_id: int, annotation_id: int, upload_id: uuid
     """Where a CreateSegmentationUpload ticket lets a client write one DICOM SEG file: only a
     ticket for this annotation can name it, which is what lets the import trust its origin."""
     return f"imports/p{project_id}/a{annotation_id}/{upload_id}"
+
+
+# Slices a refusal names; the rest are counted.
+LISTED_SLICES = 20
+
+
+def slice_list(indexes: Sequence[int]) -> str:
+    """Slice indexes for an error text: the first LISTED_SLICES, in order."""
+    shown = ", ".join(str(i) for i in sorted(indexes)[:LISTED_SLICES])
+    return shown + (" ..." if len(indexes) > LISTED_SLICES else "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import timedelta
 
 from pacs_grpc.domain.errors import InvalidArgument
 
@@ -83,3 +84,13 @@ def field_mask(field: str, paths: Iterable[str], allowed: frozenset[str]) -> fro
             field, f"unknown path(s) {', '.join(shown)}; allowed: {', '.join(sorted(allowed))}"
         )
     return chosen
+
+
+def url_ttl(field: str, seconds: int, *, default: timedelta, longest: timedelta) -> timedelta:
+    """A signed URL's lifetime: 0 for `default`, else 1 second up to `longest`."""
+    if seconds == 0:
+        return default
+    most = int(longest.total_seconds())
+    if not 0 < seconds <= most:
+        raise InvalidArgument(field, f"must be between 1 and {most}")
+    return timedelta(seconds=seconds)

@@ -44,11 +44,12 @@ from pacs_grpc.domain.exports import (
     SliceImage,
     export_key,
 )
-from pacs_grpc.domain.masks import MAX_SLICE_COUNT, GroupAccess, Mask
+from pacs_grpc.domain.masks import MAX_SLICE_COUNT, GroupAccess, Mask, slice_list
 from pacs_grpc.domain.paging import Page
 from pacs_grpc.domain.segments import TISSUE, AlgorithmType, Segment, new_uid
-from pacs_grpc.services.context import AuditedTransactions, CallContext, check_access
+from pacs_grpc.services.context import AuditedTransactions, CallContext
 from pacs_grpc.services.idempotency import create_once
+from pacs_grpc.services.mask_access import authorized_group
 from pacs_grpc.services.masks import MaskStore
 from pacs_grpc.services.ports import IdempotencyStore, Pacs, Transactions, Tx
 from pacs_grpc.services.storage import ObjectStorage
@@ -62,7 +63,6 @@ DICOM_CONTENT_TYPE = "application/dicom"
 # Slices read from storage at once by one export.
 _PARALLEL_READS = 16
 _UPLOAD_CHUNK = 1024 * 1024
-_LISTED_SLICES = 20
 # ContentCreatorName (PN): the exporting user's username, reduced to characters a PN holds.
 _PN_UNSAFE = re.compile(r"[^A-Za-z0-9 ._@-]")
 _REFUSED = "the PACS refused the SEG (STOW-RS FailedSOPSequence)"
@@ -177,7 +177,7 @@ class ExportUseCases:
         unbound = [m.slice_index for m in plan.masks if not m.sop_instance_uid]
         if unbound:
             raise FailedPrecondition(
-                f"slices {_list(unbound)} are not bound to source images; groups completed "
+                f"slices {slice_list(unbound)} are not bound to source images; groups completed "
                 "with a PACS link are bound at completion"
             )
         segments, label_of = _segments(group.segments, plan.masks, model=group.model_name)
@@ -379,26 +379,12 @@ class ExportUseCases:
     async def _group(
         self, conn: Tx, call: CallContext, annotation_id: int, group_id: int
     ) -> GroupAccess:
-        validation.positive_id("annotation_id", annotation_id)
-        validation.positive_id("group_id", group_id)
-        call.audit.touch(resource_type="mask_group", resource_ids=[group_id])
-        access = await self._masks.group_with_access(
-            conn, annotation_id, group_id, call.caller.user_id
-        )
-        if access is None:
-            raise NotFound("mask group not found")
-        call.audit.touch(project_id=access.project_id, study_uid=access.study_uid)
-        check_access(call, access.caller_role, project_active=access.project_active,
-                     what="mask group")  # fmt: skip
-        return access
+        return await authorized_group(self._masks, conn, call, annotation_id, group_id)
 
     def _ttl(self, seconds: int) -> timedelta:
-        if seconds == 0:
-            return self.limits.download_ttl
-        most = int(self.limits.max_ttl.total_seconds())
-        if not 0 < seconds <= most:
-            raise InvalidArgument("ttl_seconds", f"must be between 1 and {most}")
-        return timedelta(seconds=seconds)
+        return validation.url_ttl(
+            "ttl_seconds", seconds, default=self.limits.download_ttl, longest=self.limits.max_ttl
+        )
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -481,8 +467,3 @@ def _person_name(username: str) -> str:
     # A PN with no component separator is the retired single-name form (dciodvfy warns):
     # the user name becomes the family name.
     return (_PN_UNSAFE.sub("_", username)[:63] or "pacs-grpc") + "^"
-
-
-def _list(indexes: list[int]) -> str:
-    shown = ", ".join(str(i) for i in sorted(indexes)[:_LISTED_SLICES])
-    return shown + (" ..." if len(indexes) > _LISTED_SLICES else "")

@@ -30,7 +30,6 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -58,9 +57,14 @@ from pacs_grpc.domain.errors import (
 from pacs_grpc.domain.masks import MaskGroup, NewMask, PendingUpload
 from pacs_grpc.domain.pacs import PacsValidation, along_normal
 from pacs_grpc.domain.segments import segments as validated_segments
-from pacs_grpc.services.context import AuditedTransactions, CallContext, check_access
+from pacs_grpc.services.context import AuditedTransactions, CallContext
 from pacs_grpc.services.idempotency import create_once
-from pacs_grpc.services.masks import AnnotationAccessLookup, MaskStore
+from pacs_grpc.services.mask_access import (
+    AnnotationAccessLookup,
+    authorized_annotation,
+    discard_objects,
+)
+from pacs_grpc.services.masks import MaskStore
 from pacs_grpc.services.pacs_checks import PacsChecks, SliceFacts
 from pacs_grpc.services.ports import IdempotencyStore, Pacs, Transactions, Tx
 from pacs_grpc.services.storage import ObjectStorage
@@ -417,35 +421,17 @@ class ImportUseCases:
             raise
 
     async def _discard(self, keys: list[str]) -> None:
-        """Delete now, and queue for the sweeper too, in case storage is away right now."""
-        with contextlib.suppress(Exception):
-            await self._storage.delete(keys)
-        try:
-            async with self._database.transaction() as conn:
-                await self._masks.enqueue_deletions(conn, keys)
-        except Exception:  # noqa: BLE001 - the delete above did what it could
-            _log.warning("could not queue objects of a failed import", extra={"count": len(keys)})
+        await discard_objects(
+            self._storage, self._database, self._masks, keys, what="a failed import"
+        )
 
     async def _annotation(self, conn: Tx, call: CallContext, annotation_id: int) -> Annotation:
-        found = await self._annotations.get_with_access(conn, annotation_id, call.caller.user_id)
-        if found is None:
-            raise NotFound("annotation not found")
-        call.audit.touch(
-            project_id=found.annotation.project_id, study_uid=found.annotation.study_uid
-        )
-        check_access(
-            call, found.caller_role, project_active=found.project_active, what="annotation"
-        )
-        return found.annotation
+        return await authorized_annotation(self._annotations, conn, call, annotation_id)
 
     def _ttl(self, seconds: int) -> timedelta:
-        if seconds == 0:
-            return self.limits.upload_ttl
-        if seconds < 0 or seconds > self.limits.max_ttl.total_seconds():
-            raise InvalidArgument(
-                "ttl_seconds", f"must be between 1 and {int(self.limits.max_ttl.total_seconds())}"
-            )
-        return timedelta(seconds=seconds)
+        return validation.url_ttl(
+            "ttl_seconds", seconds, default=self.limits.upload_ttl, longest=self.limits.max_ttl
+        )
 
 
 async def _refuse_create() -> MaskGroup:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import uuid
@@ -14,7 +13,7 @@ from typing import Any, Protocol
 
 from pacs_grpc.domain import masks as rules
 from pacs_grpc.domain import paging, validation
-from pacs_grpc.domain.annotation import Annotation, AnnotationAccess
+from pacs_grpc.domain.annotation import Annotation
 from pacs_grpc.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -31,11 +30,18 @@ from pacs_grpc.domain.masks import (
     PendingUpload,
     SliceDeclaration,
     UploadMethod,
+    slice_list,
 )
 from pacs_grpc.domain.pacs import PacsValidation
 from pacs_grpc.domain.paging import Page
-from pacs_grpc.services.context import AuditedTransactions, CallContext, check_access
+from pacs_grpc.services.context import AuditedTransactions, CallContext
 from pacs_grpc.services.idempotency import create_once
+from pacs_grpc.services.mask_access import (
+    AnnotationAccessLookup,
+    authorized_annotation,
+    authorized_group,
+    discard_objects,
+)
 from pacs_grpc.services.pacs_checks import PacsChecks, SliceFacts, SliceSource
 from pacs_grpc.services.ports import IdempotencyStore, Transactions, Tx
 from pacs_grpc.services.push_memory import PushMemoryBudget
@@ -124,12 +130,6 @@ class MaskStore(Protocol):
         self, conn: Tx, group_id: int, mask_ids: Sequence[int] | None, *, limit: int
     ) -> list[Mask]: ...
     async def enqueue_deletions(self, conn: Tx, keys: Sequence[str]) -> None: ...
-
-
-class AnnotationAccessLookup(Protocol):
-    async def get_with_access(
-        self, conn: Tx, annotation_id: int, user_id: int, *, for_update: bool = False
-    ) -> AnnotationAccess | None: ...
 
 
 class MaskUseCases:
@@ -309,7 +309,7 @@ class MaskUseCases:
         expired = [u.slice_index for u in pending if u.expires_at <= now]
         if expired:
             raise FailedPrecondition(
-                f"tickets expired for slices {_list(expired)}; ask for new ones"
+                f"tickets expired for slices {slice_list(expired)}; ask for new ones"
             )
         listed: dict[str, ObjectInfo] = {}
         if any(u.method == UploadMethod.POST.value for u in pending):
@@ -448,15 +448,9 @@ class MaskUseCases:
         ]
 
     async def _discard(self, keys: list[str]) -> None:
-        """Delete now, and queue for the sweeper too: a storage worker still finishing a
-        slice when the stream broke can create its object after this delete."""
-        with contextlib.suppress(Exception):
-            await self._storage.delete(keys)
-        try:
-            async with self._database.transaction() as conn:
-                await self._masks.enqueue_deletions(conn, keys)
-        except Exception:  # noqa: BLE001 - the delete above did what it could
-            _log.warning("could not queue objects of a broken push", extra={"count": len(keys)})
+        await discard_objects(
+            self._storage, self._database, self._masks, keys, what="a broken push"
+        )
 
     async def _receive(
         self,
@@ -685,42 +679,18 @@ class MaskUseCases:
     # -- shared -----------------------------------------------------------------------------
 
     async def _annotation(self, conn: Tx, call: CallContext, annotation_id: int) -> Annotation:
-        found = await self._annotations.get_with_access(conn, annotation_id, call.caller.user_id)
-        if found is None:
-            raise NotFound("annotation not found")
-        call.audit.touch(
-            project_id=found.annotation.project_id, study_uid=found.annotation.study_uid
-        )
-        check_access(
-            call, found.caller_role, project_active=found.project_active, what="annotation"
-        )
-        return found.annotation
+        return await authorized_annotation(self._annotations, conn, call, annotation_id)
 
     async def _group(
         self, conn: Tx, call: CallContext, annotation_id: int, group_id: int, *,
         for_update: bool = False,
     ) -> GroupAccess:  # fmt: skip
-        validation.positive_id("annotation_id", annotation_id)
-        validation.positive_id("group_id", group_id)
-        call.audit.touch(resource_type="mask_group", resource_ids=[group_id])
-        access = await self._masks.group_with_access(
-            conn, annotation_id, group_id, call.caller.user_id, for_update=for_update
+        return await authorized_group(
+            self._masks, conn, call, annotation_id, group_id, for_update=for_update
         )
-        if access is None:
-            raise NotFound("mask group not found")
-        call.audit.touch(project_id=access.project_id, study_uid=access.study_uid)
-        check_access(call, access.caller_role, project_active=access.project_active,
-                     what="mask group")  # fmt: skip
-        return access
 
     def _ttl(self, field: str, seconds: int, default: timedelta) -> timedelta:
-        if seconds == 0:
-            return default
-        if seconds < 0 or seconds > self.limits.max_ttl.total_seconds():
-            raise InvalidArgument(
-                field, f"must be between 1 and {int(self.limits.max_ttl.total_seconds())}"
-            )
-        return timedelta(seconds=seconds)
+        return validation.url_ttl(field, seconds, default=default, longest=self.limits.max_ttl)
 
 
 MAX_CHUNK_BYTES = 1024 * 1024
@@ -862,8 +832,3 @@ def _slice_position(position: list[Any] | None) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
         raise InvalidArgument("page_token", "is not a token this service issued")
     return value
-
-
-def _list(indexes: list[int]) -> str:
-    shown = ", ".join(str(i) for i in sorted(indexes)[:20])
-    return shown + (" ..." if len(indexes) > 20 else "")

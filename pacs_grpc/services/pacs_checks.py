@@ -22,12 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pacs_grpc.domain.errors import FailedPrecondition, Unavailable
+from pacs_grpc.domain.masks import LISTED_SLICES
 from pacs_grpc.domain.pacs import PacsValidation, SourceSeries, along_normal
 from pacs_grpc.services.ports import Pacs
 
 _log = logging.getLogger(__name__)
-# Slices named in one refusal; the rest are counted.
-_LISTED_SLICES = 20
 # Other slices named for a slice that shares its image.
 _LISTED_SHARING = 5
 
@@ -201,9 +200,9 @@ class PacsChecks:
             return bound
         listed = "; ".join(
             f"slice {p.slice_index}: {p.reason}"
-            for p in sorted(problems, key=lambda p: p.slice_index)[:_LISTED_SLICES]
+            for p in sorted(problems, key=lambda p: p.slice_index)[:LISTED_SLICES]
         )
-        more = len(problems) - _LISTED_SLICES
+        more = len(problems) - LISTED_SLICES
         text = listed + (f"; and {more} more" if more > 0 else "")
         if self.mode is PacsValidation.ENFORCE:
             raise FailedPrecondition(f"slices do not match the annotation's series: {text}")

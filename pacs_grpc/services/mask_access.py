@@ -1,0 +1,86 @@
+"""What every MaskService use case does first or last: find the annotation or group the
+caller names and check their role on it, and clear away objects a failed call stored.
+
+Masks, exports and imports share these, so the NOT_FOUND / PERMISSION_DENIED rules and the
+audit facts they record are the same for every RPC that reaches a group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from pacs_grpc.domain import validation
+from pacs_grpc.domain.annotation import Annotation, AnnotationAccess
+from pacs_grpc.domain.errors import NotFound
+from pacs_grpc.domain.masks import GroupAccess
+from pacs_grpc.services.context import CallContext, check_access
+from pacs_grpc.services.ports import Transactions, Tx
+from pacs_grpc.services.storage import ObjectStorage
+
+_log = logging.getLogger(__name__)
+
+
+class AnnotationAccessLookup(Protocol):
+    async def get_with_access(
+        self, conn: Tx, annotation_id: int, user_id: int, *, for_update: bool = False
+    ) -> AnnotationAccess | None: ...
+
+
+class GroupAccessLookup(Protocol):
+    async def group_with_access(
+        self, conn: Tx, annotation_id: int, group_id: int, user_id: int, *,
+        for_update: bool = False,
+    ) -> GroupAccess | None: ...  # fmt: skip
+
+
+class DeletionQueue(Protocol):
+    async def enqueue_deletions(self, conn: Tx, keys: Sequence[str]) -> None: ...
+
+
+async def authorized_annotation(
+    annotations: AnnotationAccessLookup, conn: Tx, call: CallContext, annotation_id: int
+) -> Annotation:
+    """The annotation, if the caller holds the role the RPC table asks for on its project."""
+    found = await annotations.get_with_access(conn, annotation_id, call.caller.user_id)
+    if found is None:
+        raise NotFound("annotation not found")
+    call.audit.touch(project_id=found.annotation.project_id, study_uid=found.annotation.study_uid)
+    check_access(call, found.caller_role, project_active=found.project_active, what="annotation")
+    return found.annotation
+
+
+async def authorized_group(
+    groups: GroupAccessLookup, conn: Tx, call: CallContext, annotation_id: int, group_id: int,
+    *, for_update: bool = False,
+) -> GroupAccess:  # fmt: skip
+    """The group of that annotation, if the caller holds the role the RPC table asks for."""
+    validation.positive_id("annotation_id", annotation_id)
+    validation.positive_id("group_id", group_id)
+    call.audit.touch(resource_type="mask_group", resource_ids=[group_id])
+    access = await groups.group_with_access(
+        conn, annotation_id, group_id, call.caller.user_id, for_update=for_update
+    )
+    if access is None:
+        raise NotFound("mask group not found")
+    call.audit.touch(project_id=access.project_id, study_uid=access.study_uid)
+    check_access(call, access.caller_role, project_active=access.project_active,
+                 what="mask group")  # fmt: skip
+    return access
+
+
+async def discard_objects(
+    storage: ObjectStorage, database: Transactions, queue: DeletionQueue, keys: list[str],
+    *, what: str,
+) -> None:  # fmt: skip
+    """Delete objects a failed call stored, and queue them for the sweeper too: storage may be
+    away right now, or a worker still finishing a slice may create its object after this."""
+    with contextlib.suppress(Exception):
+        await storage.delete(keys)
+    try:
+        async with database.transaction() as conn:
+            await queue.enqueue_deletions(conn, keys)
+    except Exception:  # noqa: BLE001 - the delete above did what it could
+        _log.warning(f"could not queue objects of {what}", extra={"count": len(keys)})
