@@ -5,23 +5,27 @@
 # installs, since no Docker engine runs in CI.
 ARG PYTHON_IMAGE=python:3.11-slim-trixie
 
-# Build both wheels (the generated pacs.v1 client and the server, which carries the
-# migrations and the Envoy descriptor set) and install them into a virtual environment
-# without pip. Their runtime dependencies come from requirements/runtime.lock only: exact
-# versions, each file checked against its hash (`make lock` writes it), built wheels only.
-# The two wheels are built here, so they are installed without dependencies, and
-# `pip check` fails the build if the lock lacks anything they need.
+# Build the three wheels (the generated pacs.v1 stubs, the Python client whose token
+# providers the PACS link uses, and the server, which carries the migrations and the Envoy
+# descriptor set) and install them into a virtual environment without pip. The local
+# development stack (devstack/) is never copied in. Runtime dependencies come from
+# requirements/runtime.lock only: exact versions, each file checked against its hash
+# (`make lock` writes it), built wheels only. The wheels are built here, so they are
+# installed without dependencies, and `pip check` fails the build if the lock lacks
+# anything they need.
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY requirements/runtime.lock requirements/runtime.lock
+COPY clients/protos/ clients/protos/
 COPY clients/python/ clients/python/
 COPY pyproject.toml README.md ./
 COPY migrations/ migrations/
 COPY deploy/envoy/ deploy/envoy/
 COPY pacs_grpc/ pacs_grpc/
-RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ./clients/python . \
+RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels \
+       ./clients/protos ./clients/python . \
     && python -m venv --without-pip /opt/pacs \
     && python -m pip --python /opt/pacs/bin/python install --no-cache-dir \
        --require-hashes --only-binary=:all: -r requirements/runtime.lock \

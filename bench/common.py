@@ -30,7 +30,7 @@ from google.protobuf import struct_pb2
 from grpc import aio
 from pacs.v1 import annotation_pb2, annotation_pb2_grpc, identity_pb2, identity_pb2_grpc
 
-from pacs_grpc.devstack.stack import LocalStack, StackConfig
+from pacs_devstack.stack import LocalStack, StackConfig
 from tests.support.users import ApiUser, login
 
 RESULTS = Path(__file__).parent / "results"

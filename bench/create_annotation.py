@@ -44,8 +44,8 @@ from bench.common import (
     write_chart,
     write_results,
 )
+from pacs_devstack.stack import LocalStack
 from pacs_grpc.adapters.postgres.annotations import INSERT_ANNOTATION
-from pacs_grpc.devstack.stack import LocalStack
 
 NAME = "create_annotation"
 

@@ -48,8 +48,8 @@ from bench.common import (
     write_chart,
     write_results,
 )
-from pacs_grpc.devstack.sample_ct import store_series, synthetic_ct
-from pacs_grpc.devstack.stack import LocalStack, StackConfig
+from pacs_devstack.sample_ct import store_series, synthetic_ct
+from pacs_devstack.stack import LocalStack, StackConfig
 
 NAME = "export_seg"
 SEGMENTS = (1, 2, 3)

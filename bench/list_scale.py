@@ -39,7 +39,7 @@ from bench.common import (
     write_chart,
     write_results,
 )
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.stack import LocalStack
 
 NAME = "list_scale"
 PER_STUDY = 50

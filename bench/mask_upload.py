@@ -40,9 +40,9 @@ from pacs.v1 import (
 )
 
 from bench.common import Panel, write_chart, write_results
+from pacs_devstack.stack import LocalStack, StackConfig
 from pacs_grpc.adapters.storage.objects import ObjectStore
 from pacs_grpc.config import StorageSettings
-from pacs_grpc.devstack.stack import LocalStack, StackConfig
 from tests.support.png import png
 from tests.support.users import login
 

@@ -35,11 +35,11 @@ from bench.common import (
     write_chart,
     write_results,
 )
-from pacs_grpc.devstack.issuer import DevIssuer
-from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.sample_ct import store_series, synthetic_ct
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack, StackConfig
+from pacs_devstack.issuer import DevIssuer
+from pacs_devstack.ports import free_port
+from pacs_devstack.sample_ct import store_series, synthetic_ct
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack, StackConfig
 from tests.support.users import login
 
 NAME = "pacs_check"

@@ -37,7 +37,7 @@ from bench.common import (
     write_chart,
     write_results,
 )
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.stack import LocalStack
 
 NAME = "rest_vs_grpc"
 PATHS = ("grpc", "envoy grpc", "rest")

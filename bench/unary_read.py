@@ -46,9 +46,9 @@ from bench.common import (
     write_results,
 )
 from bench.echo_server import METHOD
-from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.process import dying_with_parent, stop_child
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.ports import free_port
+from pacs_devstack.process import dying_with_parent, stop_child
+from pacs_devstack.stack import LocalStack
 
 NAME = "unary_read"
 PROFILE_CONCURRENCY = 32

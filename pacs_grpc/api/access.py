@@ -1,53 +1,78 @@
-"""The one table from RPC to what its caller needs. Deny by default.
+"""What each RPC needs of its caller, read from the contract. Deny by default.
 
-A method that is neither here nor public is refused before any handler
-runs; a unit test fails when a method of the pacs.v1 services is missing.
-Project-scoped requirements are checked inside the use case, against the
-project of the resource, in the same query that reads it.
+Every pacs.v1 RPC declares its policy once, as its (pacs.v1.rpc) option
+(protos/pacs/v1/options.proto): the access it needs, its rate-limit budget and
+its audit resource type here on the server, its retry rule and default
+deadline in the clients. A method that declares no access and is not public
+is refused before any handler runs. Project-scoped requirements are checked
+inside the use case, against the project of the resource, in the same query
+that reads it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from google.protobuf.descriptor import FileDescriptor
+from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2, options_pb2
+
 from pacs_grpc.domain.access import Access
 
-_IDENTITY = "/pacs.v1.IdentityService/"
-_ANNOTATION = "/pacs.v1.AnnotationService/"
-_MASK = "/pacs.v1.MaskService/"
+RpcPolicy = options_pb2.RpcPolicy
 
-ACCESS_BY_METHOD: dict[str, Access] = {
-    _IDENTITY + "Login": Access.AUTHENTICATED,
-    _IDENTITY + "GetCurrentUser": Access.AUTHENTICATED,
-    # Self or platform administrator, checked in the use case.
-    _IDENTITY + "UpdateUser": Access.AUTHENTICATED,
-    _IDENTITY + "CreateProject": Access.PLATFORM_ADMIN,
-    _IDENTITY + "GetProject": Access.PROJECT_VIEWER,
-    # Lists only the caller's projects (all of them for administrators).
-    _IDENTITY + "ListProjects": Access.AUTHENTICATED,
-    _IDENTITY + "DeactivateProject": Access.PLATFORM_ADMIN,
-    _IDENTITY + "AddProjectMember": Access.PROJECT_OWNER,
-    _IDENTITY + "ListProjectMembers": Access.PROJECT_VIEWER,
-    _IDENTITY + "RemoveProjectMember": Access.PROJECT_OWNER,
-    _ANNOTATION + "CreateAnnotation": Access.PROJECT_ANNOTATOR,
-    _ANNOTATION + "GetAnnotation": Access.PROJECT_VIEWER,
-    _ANNOTATION + "ListAnnotations": Access.PROJECT_VIEWER,
-    _ANNOTATION + "UpdateAnnotation": Access.PROJECT_ANNOTATOR,
-    _ANNOTATION + "DeleteAnnotation": Access.PROJECT_ANNOTATOR,
-    _ANNOTATION + "WatchAnnotations": Access.PROJECT_VIEWER,
-    _MASK + "CreateMaskGroup": Access.PROJECT_ANNOTATOR,
-    _MASK + "ListMaskGroups": Access.PROJECT_VIEWER,
-    _MASK + "GetMaskGroup": Access.PROJECT_VIEWER,
-    _MASK + "DeleteMaskGroup": Access.PROJECT_ANNOTATOR,
-    _MASK + "CreateUploadUrls": Access.PROJECT_ANNOTATOR,
-    _MASK + "CompleteUpload": Access.PROJECT_ANNOTATOR,
-    _MASK + "ListMasks": Access.PROJECT_VIEWER,
-    _MASK + "GetMask": Access.PROJECT_VIEWER,
-    _MASK + "CreateDownloadUrls": Access.PROJECT_VIEWER,
-    _MASK + "PushMasks": Access.PROJECT_ANNOTATOR,
-    _MASK + "ExportMaskGroup": Access.PROJECT_ANNOTATOR,
-    _MASK + "ListMaskGroupExports": Access.PROJECT_VIEWER,
-    _MASK + "ImportSegmentation": Access.PROJECT_ANNOTATOR,
-    _MASK + "CreateSegmentationUpload": Access.PROJECT_ANNOTATOR,
+# The files whose services the server serves.
+CONTRACT_FILES: tuple[FileDescriptor, ...] = (
+    identity_pb2.DESCRIPTOR,
+    annotation_pb2.DESCRIPTOR,
+    mask_pb2.DESCRIPTOR,
+)
+
+_ACCESS: Mapping[RpcPolicy.Access.ValueType, Access] = {
+    RpcPolicy.ACCESS_AUTHENTICATED: Access.AUTHENTICATED,
+    RpcPolicy.ACCESS_PLATFORM_ADMIN: Access.PLATFORM_ADMIN,
+    RpcPolicy.ACCESS_PROJECT_VIEWER: Access.PROJECT_VIEWER,
+    RpcPolicy.ACCESS_PROJECT_ANNOTATOR: Access.PROJECT_ANNOTATOR,
+    RpcPolicy.ACCESS_PROJECT_OWNER: Access.PROJECT_OWNER,
 }
+
+
+def declared_policies(files: Iterable[FileDescriptor]) -> dict[str, RpcPolicy]:
+    """Method path ("/pacs.v1.MaskService/PushMasks") to the policy it declares; a method
+    without the option is left out."""
+    found: dict[str, RpcPolicy] = {}
+    for file in files:
+        for service in file.services_by_name.values():
+            for method in service.methods:
+                options = method.GetOptions()
+                if options.HasExtension(options_pb2.rpc):
+                    policy = RpcPolicy()
+                    policy.CopyFrom(options.Extensions[options_pb2.rpc])
+                    found[f"/{service.full_name}/{method.name}"] = policy
+    return found
+
+
+def access_by_method(policies: Mapping[str, RpcPolicy]) -> dict[str, Access]:
+    """The methods a caller may reach at all, with what they need; an undeclared or
+    unspecified access leaves the method out, so the gate refuses it."""
+    return {
+        method: _ACCESS[policy.access]
+        for method, policy in policies.items()
+        if policy.access in _ACCESS
+    }
+
+
+POLICY_BY_METHOD: Mapping[str, RpcPolicy] = MappingProxyType(declared_policies(CONTRACT_FILES))
+ACCESS_BY_METHOD: dict[str, Access] = access_by_method(POLICY_BY_METHOD)
+
+
+def audit_resource_type(method: str) -> str | None:
+    """The resource type the method's audit row names unless its use case says otherwise."""
+    policy = POLICY_BY_METHOD.get(method)
+    if policy is None or not policy.audit_resource:
+        return None
+    return policy.audit_resource
+
 
 # Probes and service discovery carry no data and must work without a token.
 PUBLIC_PREFIXES = (

@@ -1,10 +1,11 @@
 """Per-user limits on the expensive RPCs, so one caller's flood cannot starve the others.
 
-Each user (the token's `sub`) has a token bucket per kind of call (ticket issuing, completion,
+Each user (the token's `sub`) has a token bucket per budget (ticket issuing, completion,
 download URLs, push, watch): N a minute, of which a full minute's worth may come at once.
-PushMasks and WatchAnnotations also hold a slot for as long as the stream is open, at most M per
-user. Over a limit the call is refused with ResourceExhausted carrying a retry hint, before its
-use case runs.
+Streams that hold a slot do so for as long as they are open, at most M per user. Over a limit
+the call is refused with ResourceExhausted carrying a retry hint, before its use case runs.
+Which budget an RPC draws from, and whether it holds a slot, is declared in the contract (its
+(pacs.v1.rpc) option); the numbers come from the server's settings.
 
 State lives in this process only: behind a load balancer each replica limits on its own, so a
 user gets at most N times the number of replicas. Memory is bounded: a bucket that has refilled
@@ -21,10 +22,18 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import NoReturn
 
+from pacs_grpc.api.access import POLICY_BY_METHOD, RpcPolicy
 from pacs_grpc.domain.errors import ResourceExhausted
 
-_MASK = "/pacs.v1.MaskService/"
-_ANNOTATION = "/pacs.v1.AnnotationService/"
+# Budget -> (name, what it counts). The name is a metric label and part of the bucket's key;
+# budgets keep this order in `limit_names`.
+_BUDGETS: dict[RpcPolicy.RateLimit.ValueType, tuple[str, str]] = {
+    RpcPolicy.RATE_LIMIT_TICKETS: ("tickets", "ticket requests"),
+    RpcPolicy.RATE_LIMIT_COMPLETIONS: ("completions", "completions, imports and exports"),
+    RpcPolicy.RATE_LIMIT_PUSHES: ("pushes", "PushMasks streams"),
+    RpcPolicy.RATE_LIMIT_WATCHES: ("watches", "WatchAnnotations streams"),
+    RpcPolicy.RATE_LIMIT_DOWNLOADS: ("downloads", "download URL requests"),
+}
 
 # A stream slot frees up only when one of the user's streams ends; there is no time to compute.
 STREAM_RETRY_SECONDS = 5.0
@@ -144,29 +153,21 @@ class CallLimits:
     ) -> None:
         """Every number is per user; 0 switches that limit off. `on_refused` gets the limit's
         name (for a metric)."""
-        streams = max_streams_per_user
+        per_minute = {
+            RpcPolicy.RATE_LIMIT_TICKETS: tickets_per_minute,
+            RpcPolicy.RATE_LIMIT_COMPLETIONS: completions_per_minute,
+            RpcPolicy.RATE_LIMIT_PUSHES: pushes_per_minute,
+            RpcPolicy.RATE_LIMIT_WATCHES: watches_per_minute,
+            RpcPolicy.RATE_LIMIT_DOWNLOADS: downloads_per_minute,
+        }
         self._limits: dict[str, Limit] = {
-            _MASK + "CreateUploadUrls": Limit("tickets", "ticket requests", tickets_per_minute),
-            _MASK + "CompleteUpload": Limit("completions", "completions", completions_per_minute),
-            _MASK + "PushMasks": Limit("pushes", "PushMasks streams", pushes_per_minute, streams),
-            # An import stores a whole series, like a completion; its upload ticket is a ticket.
-            _MASK + "ImportSegmentation": Limit("completions", "imports", completions_per_minute),
-            _MASK + "CreateSegmentationUpload": Limit(
-                "tickets", "ticket requests", tickets_per_minute
-            ),
-            _ANNOTATION + "WatchAnnotations": Limit(
-                "watches", "WatchAnnotations streams", watches_per_minute, streams
-            ),
-            # Each call signs up to a page of URLs (a thousand) for a group.
-            _MASK + "CreateDownloadUrls": Limit(
-                "downloads", "download URL requests", downloads_per_minute
-            ),
-            # An export reads a whole group and builds a SEG from it, like a completion; its
-            # list signs a download per export listed.
-            _MASK + "ExportMaskGroup": Limit("completions", "exports", completions_per_minute),
-            _MASK + "ListMaskGroupExports": Limit(
-                "downloads", "download URL requests", downloads_per_minute
-            ),
+            method: Limit(
+                *_BUDGETS[policy.rate_limit],
+                per_minute[policy.rate_limit],
+                max_streams_per_user if policy.holds_stream_slot else 0,
+            )
+            for method, policy in POLICY_BY_METHOD.items()
+            if policy.rate_limit in _BUDGETS
         }
         self._buckets = TokenBuckets(clock=clock, max_keys=max_keys)
         self._slots = StreamSlots()
@@ -174,8 +175,9 @@ class CallLimits:
 
     @property
     def limit_names(self) -> tuple[str, ...]:
-        # Several methods may share a limit's bucket (an import counts as a completion).
-        return tuple(dict.fromkeys(limit.name for limit in self._limits.values()))
+        # Several methods may share a budget's bucket (an import counts as a completion).
+        used = {limit.name for limit in self._limits.values()}
+        return tuple(name for name, _ in _BUDGETS.values() if name in used)
 
     def admit(self, method: str, subject: str) -> Permit:
         """A permit to run the call (release it when the call ends), or ResourceExhausted."""

@@ -1,4 +1,4 @@
-"""`pacs-grpc dev` — what `make run` runs — on a fresh data directory."""
+"""`pacs-dev run` — what `make run` runs — on a fresh data directory."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import urllib3
 from grpc_health.v1 import health_pb2
 from pacs.v1 import identity_pb2, identity_pb2_grpc
 
-from pacs_grpc.devstack.ports import free_ports
-from pacs_grpc.devstack.server import ServerProcess
+from pacs_devstack.ports import free_ports
+from pacs_devstack.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def _start_dev(data_dir: Path, ports: list[int], log_path: Path) -> subprocess.P
     )
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "pacs_grpc", "dev", "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "pacs_devstack", "run", "--data-dir", str(data_dir)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -65,7 +65,7 @@ def _wait_for_banner(process: subprocess.Popen[bytes], log_path: Path, timeout: 
         text = log_path.read_text(errors="replace")
         if "Press Ctrl-C to stop everything." in text:
             return text
-        assert process.poll() is None, f"pacs-grpc dev exited early:\n{text}"
+        assert process.poll() is None, f"pacs-dev run exited early:\n{text}"
         time.sleep(0.2)
     raise AssertionError(f"no banner within {timeout}s:\n{log_path.read_text()}")
 
@@ -93,7 +93,7 @@ def test_dev_starts_everything_and_ctrl_c_stops_every_child(
         assert re.search(r"migrations: \d+ applied", banner)
         server = ServerProcess({}, ports[0])
         assert server.health() == health_pb2.HealthCheckResponse.SERVING
-        assert "pacs-grpc token" in banner
+        assert "pacs-dev token" in banner
         token = _login_with_a_dev_token(data_dir, server.address)
         rest = f"http://127.0.0.1:{ports[3]}"
         assert f"{rest}/api/" in banner
@@ -158,7 +158,7 @@ def _login_with_a_dev_token(data_dir: Path, address: str) -> str:
     """What the banner tells a developer to do: mint a token, call the server."""
     token = subprocess.run(
         [
-            sys.executable, "-m", "pacs_grpc", "token", "--data-dir", str(data_dir),
+            sys.executable, "-m", "pacs_devstack", "token", "--data-dir", str(data_dir),
             "--user", "alice", "--realm-role", "pacs-admin",
         ],
         capture_output=True,

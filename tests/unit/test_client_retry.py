@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.descriptor import MethodDescriptor
 from pacs.client.retry import (
     DEFAULT_TIMEOUTS,
     METHOD_RETRY,
@@ -16,7 +17,7 @@ from pacs.client.retry import (
     RetryPolicy,
     retryable,
 )
-from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
+from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2, options_pb2
 
 OK = grpc.StatusCode.OK
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -300,25 +301,45 @@ def test_streams_get_a_token_and_no_default_deadline() -> None:
     assert dict(seen[0].metadata)["authorization"] == "Bearer t1"
 
 
-def test_the_retry_table_covers_exactly_the_contract() -> None:
-    contract = {
-        f"/{service.full_name}/{method.name}"
+def _contract() -> dict[str, MethodDescriptor]:
+    return {
+        f"/{service.full_name}/{method.name}": method
         for module in (identity_pb2, annotation_pb2, mask_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
-    assert set(METHOD_RETRY) == contract
+
+
+def test_the_retry_table_covers_exactly_the_contract() -> None:
+    assert set(METHOD_RETRY) == set(_contract())
+    for path, method in _contract().items():
+        declared = method.GetOptions().Extensions[options_pb2.rpc].retry
+        assert METHOD_RETRY[path].name == options_pb2.RpcPolicy.Retry.Name(declared).removeprefix(
+            "RETRY_"
+        )
+
+
+def test_a_retry_with_request_id_is_declared_exactly_where_the_request_has_one() -> None:
+    for path, method in _contract().items():
+        has_key = "request_id" in method.input_type.fields_by_name
+        assert (METHOD_RETRY[path] is Retry.WITH_REQUEST_ID) == has_key, path
+
+
+def test_streams_are_never_retried_and_get_no_default_deadline() -> None:
+    streams = [p for p, m in _contract().items() if m.client_streaming or m.server_streaming]
+    assert streams
+    for path in streams:
+        assert METHOD_RETRY[path] is Retry.NEVER
+        assert path not in DEFAULT_TIMEOUTS
+
+
+def test_reads_are_always_retried() -> None:
+    reads = [p for p, m in _contract().items() if m.name.startswith(("Get", "List"))]
+    assert reads
+    assert all(METHOD_RETRY[path] is Retry.SAFE for path in reads)
 
 
 def test_creates_are_retryable_only_with_a_request_id() -> None:
-    creates = [m for m, rule in METHOD_RETRY.items() if rule is Retry.WITH_REQUEST_ID]
-    assert sorted(creates) == [
-        "/pacs.v1.AnnotationService/CreateAnnotation",
-        "/pacs.v1.IdentityService/CreateProject",
-        "/pacs.v1.MaskService/CreateMaskGroup",
-        "/pacs.v1.MaskService/ExportMaskGroup",
-        "/pacs.v1.MaskService/ImportSegmentation",
-    ]
     project = "/pacs.v1.IdentityService/CreateProject"
     assert not retryable(project, identity_pb2.CreateProjectRequest())
     assert retryable(project, identity_pb2.CreateProjectRequest(request_id="k"))

@@ -1,8 +1,10 @@
-"""Per-user limits as pure logic, on a clock the test moves."""
+"""Per-user limits as pure logic, on a clock the test moves, with budgets from the contract."""
 
 from __future__ import annotations
 
 import pytest
+from google.protobuf.descriptor import MethodDescriptor
+from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2, options_pb2
 
 from pacs_grpc.api.rate_limits import (
     STREAM_RETRY_SECONDS,
@@ -17,6 +19,7 @@ COMPLETE = "/pacs.v1.MaskService/CompleteUpload"
 PUSH = "/pacs.v1.MaskService/PushMasks"
 WATCH = "/pacs.v1.AnnotationService/WatchAnnotations"
 SUBJECT = "5f0c2a1e-7b7d-4a58-9d0e-000000000001"
+RpcPolicy = options_pb2.RpcPolicy
 
 
 class Clock:
@@ -199,3 +202,70 @@ def test_an_export_shares_the_completion_bucket_and_its_list_the_download_bucket
     limits.admit("/pacs.v1.MaskService/ListMaskGroupExports", SUBJECT).release()
     with pytest.raises(ResourceExhausted, match="download URL requests"):
         limits.admit("/pacs.v1.MaskService/CreateDownloadUrls", SUBJECT)
+
+
+def _contract() -> dict[str, tuple[MethodDescriptor, RpcPolicy]]:
+    return {
+        f"/{service.full_name}/{method.name}": (
+            method,
+            method.GetOptions().Extensions[options_pb2.rpc],
+        )
+        for module in (identity_pb2, annotation_pb2, mask_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+
+
+def test_each_rpc_draws_from_the_budget_its_contract_declares() -> None:
+    for method, (_, policy) in _contract().items():
+        limits, refused = _limits(
+            Clock(),
+            tickets_per_minute=1,
+            completions_per_minute=1,
+            pushes_per_minute=1,
+            watches_per_minute=1,
+            downloads_per_minute=1,
+            max_streams_per_user=0,
+        )
+        limits.admit(method, SUBJECT).release()
+        budget = RpcPolicy.RateLimit.Name(policy.rate_limit)
+        if budget == "RATE_LIMIT_NONE":
+            for _ in range(100):
+                limits.admit(method, SUBJECT).release()
+            continue
+        with pytest.raises(ResourceExhausted, match="a minute"):
+            limits.admit(method, SUBJECT)
+        # The metric label is the budget's own name.
+        assert refused == [budget.removeprefix("RATE_LIMIT_").lower()], method
+
+
+def test_streams_and_only_streams_hold_a_slot_and_draw_from_a_budget() -> None:
+    for method, (descriptor, policy) in _contract().items():
+        streaming = descriptor.client_streaming or descriptor.server_streaming
+        assert policy.holds_stream_slot == streaming, method
+        if streaming:
+            assert policy.rate_limit != RpcPolicy.RATE_LIMIT_NONE, method
+            limits, _ = _limits(Clock(), max_streams_per_user=1)
+            limits.admit(method, SUBJECT)
+            with pytest.raises(ResourceExhausted, match="open"):
+                limits.admit(method, SUBJECT)
+
+
+def test_every_budget_of_the_contract_is_one_the_server_counts() -> None:
+    budgets = {
+        name.removeprefix("RATE_LIMIT_").lower()
+        for name in RpcPolicy.RateLimit.DESCRIPTOR.values_by_name
+        if name not in ("RATE_LIMIT_UNSPECIFIED", "RATE_LIMIT_NONE")
+    }
+    limits, _ = _limits(Clock())
+    assert set(limits.limit_names) == budgets
+
+
+def test_a_shared_budget_says_which_calls_share_it() -> None:
+    limits, _ = _limits(Clock(), completions_per_minute=1)
+    limits.admit("/pacs.v1.MaskService/ImportSegmentation", SUBJECT).release()
+    with pytest.raises(ResourceExhausted) as raised:
+        limits.admit("/pacs.v1.MaskService/ExportMaskGroup", SUBJECT)
+    assert raised.value.message.startswith(
+        "too many completions, imports and exports: at most 1 a minute per user"
+    )

@@ -2,7 +2,7 @@
 
 `make check-lock` compiles the lock again (it needs PyPI); this checks offline what must hold
 whatever PyPI says: every declared runtime dependency is pinned within its range, every pin
-carries hashes, the client built from this repository is not fetched, and the floors past
+carries hashes, the stubs and client built from this repository are not fetched, and the floors past
 the published advisories hold.
 """
 
@@ -19,7 +19,8 @@ from packaging.version import Version
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 LOCK = REPOSITORY / "requirements" / "runtime.lock"
-LOCAL_CLIENT = "pacs-extension-client"
+# Built from this repository (clients/protos, clients/python), never fetched.
+BUILT_HERE = {"pacs-extension-protos", "pacs-extension-client"}
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^ \\]+)")
 
@@ -48,11 +49,12 @@ def _declared(pyproject: Path) -> list[Requirement]:
 PINS = _pins()
 SERVER = _declared(REPOSITORY / "pyproject.toml")
 CLIENT = _declared(REPOSITORY / "clients" / "python" / "pyproject.toml")
+PROTOS = _declared(REPOSITORY / "clients" / "protos" / "pyproject.toml")
 
 
 @pytest.mark.parametrize(
     "requirement",
-    [r for r in [*SERVER, *CLIENT] if canonicalize_name(r.name) != LOCAL_CLIENT],
+    [r for r in [*SERVER, *CLIENT, *PROTOS] if canonicalize_name(r.name) not in BUILT_HERE],
     ids=str,
 )
 def test_every_runtime_dependency_is_pinned_within_its_range(requirement: Requirement) -> None:
@@ -75,11 +77,11 @@ def test_every_pin_carries_sha256_hashes() -> None:
         assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
 
 
-def test_the_client_built_here_is_never_fetched() -> None:
-    # A package of that name on an index would be somebody else's.
-    assert LOCAL_CLIENT not in PINS
+def test_the_packages_built_here_are_never_fetched() -> None:
+    # A package of such a name on an index would be somebody else's.
+    assert not BUILT_HERE & set(PINS)
     server = {canonicalize_name(r.name): r for r in SERVER}
-    assert LOCAL_CLIENT in server
+    assert set(server) >= BUILT_HERE
 
 
 def test_the_floors_past_published_advisories_hold() -> None:

@@ -9,10 +9,10 @@ as much as the client's own helpers do:
   the attempts of a call, so the server's logs show them together;
 - UNAVAILABLE is retried with full-jitter exponential backoff, but only where repeating the call
   cannot do something twice: reads always; creates only when their request carries a
-  `request_id` (the server then returns the first result); everything else never (see
-  METHOD_RETRY). UNAUTHENTICATED gets one more attempt after the provider drops its token, and
-  RESOURCE_EXHAUSTED with the server's retry hint (a rate limit that refused the call before it
-  ran) is retried after the hinted wait.
+  `request_id` (the server then returns the first result); everything else never, as each RPC
+  declares in the contract (METHOD_RETRY). UNAUTHENTICATED gets one more attempt after the
+  provider drops its token, and RESOURCE_EXHAUSTED with the server's retry hint (a rate limit
+  that refused the call before it ran) is retried after the hinted wait.
 """
 
 from __future__ import annotations
@@ -23,11 +23,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 import grpc
 
 from pacs.client.tokens import TokenProvider
+from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2, options_pb2
+
+RpcPolicy = options_pb2.RpcPolicy
 
 
 class Retry(enum.Enum):
@@ -39,58 +43,44 @@ class Retry(enum.Enum):
     NEVER = "never"
 
 
-_IDENTITY = "/pacs.v1.IdentityService/"
-_ANNOTATION = "/pacs.v1.AnnotationService/"
-_MASK = "/pacs.v1.MaskService/"
-
-METHOD_RETRY: Mapping[str, Retry] = {
-    # Login creates or refreshes the caller's own profile from the token's claims: once or
-    # twice, the result is the same profile.
-    _IDENTITY + "Login": Retry.SAFE,
-    _IDENTITY + "GetCurrentUser": Retry.SAFE,
-    _IDENTITY + "GetProject": Retry.SAFE,
-    _IDENTITY + "ListProjects": Retry.SAFE,
-    _IDENTITY + "ListProjectMembers": Retry.SAFE,
-    _IDENTITY + "CreateProject": Retry.WITH_REQUEST_ID,
-    _IDENTITY + "UpdateUser": Retry.NEVER,
-    _IDENTITY + "DeactivateProject": Retry.NEVER,
-    _IDENTITY + "AddProjectMember": Retry.NEVER,
-    _IDENTITY + "RemoveProjectMember": Retry.NEVER,
-    _ANNOTATION + "GetAnnotation": Retry.SAFE,
-    _ANNOTATION + "ListAnnotations": Retry.SAFE,
-    _ANNOTATION + "CreateAnnotation": Retry.WITH_REQUEST_ID,
-    _ANNOTATION + "UpdateAnnotation": Retry.NEVER,
-    _ANNOTATION + "DeleteAnnotation": Retry.NEVER,
-    _ANNOTATION + "WatchAnnotations": Retry.NEVER,
-    _MASK + "ListMaskGroups": Retry.SAFE,
-    _MASK + "GetMaskGroup": Retry.SAFE,
-    _MASK + "ListMasks": Retry.SAFE,
-    _MASK + "GetMask": Retry.SAFE,
-    _MASK + "CreateDownloadUrls": Retry.SAFE,
-    # A repeated ticket call only leaves unused tickets behind, which the server's sweeper
-    # removes after they expire; nothing is recorded until CompleteUpload.
-    _MASK + "CreateUploadUrls": Retry.SAFE,
-    # Completing the same uploads again returns the masks the first completion recorded.
-    _MASK + "CompleteUpload": Retry.SAFE,
-    _MASK + "CreateMaskGroup": Retry.WITH_REQUEST_ID,
-    # Each export writes a new SEG with new UIDs; with a request_id the server returns the
-    # first export instead.
-    _MASK + "ExportMaskGroup": Retry.WITH_REQUEST_ID,
-    _MASK + "ListMaskGroupExports": Retry.SAFE,
-    # A repeated ticket only leaves an unused one behind, as for CreateUploadUrls.
-    _MASK + "CreateSegmentationUpload": Retry.SAFE,
-    _MASK + "ImportSegmentation": Retry.WITH_REQUEST_ID,
-    _MASK + "DeleteMaskGroup": Retry.NEVER,
-    _MASK + "PushMasks": Retry.NEVER,
+_RETRY: Mapping[RpcPolicy.Retry.ValueType, Retry] = {
+    RpcPolicy.RETRY_SAFE: Retry.SAFE,
+    RpcPolicy.RETRY_WITH_REQUEST_ID: Retry.WITH_REQUEST_ID,
+    RpcPolicy.RETRY_NEVER: Retry.NEVER,
 }
 
-# Checking up to 1,000 uploaded objects in storage, or building a whole group's SEG and
-# sending it to the PACS, takes longer than an ordinary call.
-DEFAULT_TIMEOUTS: Mapping[str, float] = {
-    _MASK + "CompleteUpload": 120.0,
-    _MASK + "ExportMaskGroup": 300.0,
-    _MASK + "ImportSegmentation": 300.0,
-}
+
+def _declared_policies() -> dict[str, RpcPolicy]:
+    """Each RPC's (pacs.v1.rpc) option, by method path ("/pacs.v1.MaskService/PushMasks")."""
+    found: dict[str, RpcPolicy] = {}
+    for file in (identity_pb2.DESCRIPTOR, annotation_pb2.DESCRIPTOR, mask_pb2.DESCRIPTOR):
+        for service in file.services_by_name.values():
+            for method in service.methods:
+                options = method.GetOptions()
+                if options.HasExtension(options_pb2.rpc):
+                    found[f"/{service.full_name}/{method.name}"] = options.Extensions[
+                        options_pb2.rpc
+                    ]
+    return found
+
+
+_POLICIES = _declared_policies()
+
+# Declared by each RPC in the contract (protos/pacs/v1/options.proto, where the proto comments
+# say why each call may or may not be repeated). A method not listed is never retried.
+METHOD_RETRY: Mapping[str, Retry] = MappingProxyType(
+    {method: _RETRY.get(policy.retry, Retry.NEVER) for method, policy in _POLICIES.items()}
+)
+
+# Calls the contract expects to take longer than an ordinary one (CompleteUpload checks up to
+# 1,000 stored objects; an export or import builds or reads a whole SEG), in seconds.
+DEFAULT_TIMEOUTS: Mapping[str, float] = MappingProxyType(
+    {
+        method: float(policy.default_timeout_seconds)
+        for method, policy in _POLICIES.items()
+        if policy.default_timeout_seconds
+    }
+)
 
 _RETRY_AFTER_MS = "retry-after-ms"
 _RETRY_AFTER = "retry-after"

@@ -35,7 +35,7 @@ class TokenProvider(Protocol):
 
 
 class StaticToken:
-    """A token obtained elsewhere (`pacs-grpc token`, a CI secret, a browser session)."""
+    """A token obtained elsewhere (`pacs-dev token`, a CI secret, a browser session)."""
 
     def __init__(self, token: str) -> None:
         token = token.strip()

@@ -50,8 +50,8 @@ from minio.commonconfig import ENABLED
 from minio.error import MinioException, S3Error
 from minio.versioningconfig import VersioningConfig
 
-from pacs_grpc.devstack.ports import free_ports
-from pacs_grpc.devstack.process import dying_with_parent, log_tail, stop_child
+from pacs_devstack.ports import free_ports
+from pacs_devstack.process import dying_with_parent, log_tail, stop_child
 
 _log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The local stack: PostgreSQL, S3, a PACS, migrations, the server and Envoy, in that order.
 
-`pacs-grpc dev` (and so `make run`) and the test suite start it through this
+`pacs-dev run` (and so `make run`) and the test suite start it through this
 same code. DATABASE_URL and S3_ENDPOINT, when set, replace the embedded
 PostgreSQL and SeaweedFS; MIGRATION_DATABASE_URL then names the schema's owner.
 PACS_DICOMWEB_URL, when set, is the PACS; otherwise the stack starts Debian's
@@ -22,16 +22,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pacs_devstack.envoy import EnvoyProcess
+from pacs_devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
+from pacs_devstack.orthanc import INSTALL_HINT, Orthanc, orthanc_available, port_in_use
+from pacs_devstack.ports import free_port, free_ports
+from pacs_devstack.postgres import EmbeddedPostgres, PostgresConfig
+from pacs_devstack.seaweed import SeaweedConfig, SeaweedS3
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.viewer import ViewerServer, ViewerSettings, default_site_dir
 from pacs_grpc.adapters.postgres import migrator
 from pacs_grpc.adapters.postgres.roles import APPLICATION_ROLE
-from pacs_grpc.devstack.envoy import EnvoyProcess
-from pacs_grpc.devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
-from pacs_grpc.devstack.orthanc import INSTALL_HINT, Orthanc, orthanc_available, port_in_use
-from pacs_grpc.devstack.ports import free_port, free_ports
-from pacs_grpc.devstack.postgres import EmbeddedPostgres, PostgresConfig
-from pacs_grpc.devstack.seaweed import SeaweedConfig, SeaweedS3
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.viewer import ViewerServer, ViewerSettings, default_site_dir
 from pacs_grpc.edge.envoy_config import EnvoyAssets, EnvoySettings
 
 # Local-only credentials for the embedded SeaweedFS, which listens on loopback.
@@ -309,7 +309,7 @@ def ensure_sample_series(orthanc: Orthanc, uid_root: str | None = None) -> Sampl
 
     The marker lives with Orthanc's data, so removing that removes both together.
     """
-    from pacs_grpc.devstack.sample_ct import store_series, synthetic_ct
+    from pacs_devstack.sample_ct import store_series, synthetic_ct
 
     marker = orthanc.data_dir / SAMPLE_MARKER
     if marker.is_file():
@@ -455,7 +455,7 @@ def _token_help(stack: LocalStack, server: ServerProcess, envoy: EnvoyProcess) -
     return (
         f"  dev issuer     {stack.oidc['OIDC_JWKS_URL']}\n"
         "Dev token (a platform administrator; drop --realm-role for a plain user):\n"
-        f"  TOKEN=$(.venv/bin/pacs-grpc token --data-dir {data_dir} --user alice"
+        f"  TOKEN=$(.venv/bin/pacs-dev token --data-dir {data_dir} --user alice"
         " --realm-role pacs-admin)\n"
         f'  grpcurl -plaintext -H "authorization: Bearer $TOKEN" {server.address}'
         " pacs.v1.IdentityService/Login\n"

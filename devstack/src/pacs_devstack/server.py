@@ -13,7 +13,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pacs_grpc.devstack.process import dying_with_parent, log_tail, stop_child
+from pacs_devstack.process import dying_with_parent, log_tail, stop_child
 
 
 class ServerStartError(RuntimeError):

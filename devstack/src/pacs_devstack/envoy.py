@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import urllib3
 
-from pacs_grpc.devstack.process import dying_with_parent, log_tail, stop_child
+from pacs_devstack.process import dying_with_parent, log_tail, stop_child
 from pacs_grpc.edge.envoy_config import EnvoyAssets, EnvoySettings, write_envoy_config
 
 _log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psycopg
 
-from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.process import dying_with_parent, log_tail, signal_group, stop_child
+from pacs_devstack.ports import free_port
+from pacs_devstack.process import dying_with_parent, log_tail, signal_group, stop_child
 
 _log = logging.getLogger(__name__)
 

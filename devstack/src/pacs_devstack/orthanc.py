@@ -34,8 +34,8 @@ from types import TracebackType
 
 import urllib3
 
-from pacs_grpc.devstack.ports import DEFAULT_HOST, free_ports
-from pacs_grpc.devstack.process import dying_with_parent, log_tail, stop_child
+from pacs_devstack.ports import DEFAULT_HOST, free_ports
+from pacs_devstack.process import dying_with_parent, log_tail, stop_child
 
 _log = logging.getLogger(__name__)
 

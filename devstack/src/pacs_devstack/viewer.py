@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pacs_grpc.devstack.issuer import DevIssuer
+from pacs_devstack.issuer import DevIssuer
 
 DEV_TOKEN_PATH = "/dev-token"  # noqa: S105 - a URL path, not a secret
 DEV_TOKEN_TTL_SECONDS = 3600
@@ -42,7 +42,7 @@ _NOT_BUILT = (
 
 def default_site_dir() -> Path:
     """clients/typescript/dist-viewer of this checkout (the page is not in the wheel)."""
-    return Path(__file__).resolve().parents[2] / "clients" / "typescript" / "dist-viewer"
+    return Path(__file__).resolve().parents[3] / "clients" / "typescript" / "dist-viewer"
 
 
 @dataclass
