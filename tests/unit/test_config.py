@@ -80,3 +80,67 @@ def test_booleans_and_numbers_parse() -> None:
     assert settings.reflection is False
     assert settings.grpc_port == 0
     assert settings.health_probe_interval_seconds == 0.5
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"MAX_PAGE_SIZE": "0"}, "MAX_PAGE_SIZE must be between 1 and 10000, got 0"),
+        ({"MAX_PAGE_SIZE": "many"}, "MAX_PAGE_SIZE must be an integer, got 'many'"),
+        ({"UPLOAD_GRACE_SECONDS": "-1"}, "UPLOAD_GRACE_SECONDS must be at least 0, got -1"),
+        (
+            {"WATCH_RECHECK_SECONDS": "7"},
+            "WATCH_RECHECK_SECONDS must be between 0.1 and 5, got 7.0",
+        ),
+        (
+            {"OIDC_JWKS_COOLDOWN_SECONDS": "5"},
+            "OIDC_JWKS_COOLDOWN_SECONDS must be at least 30, got 5.0",
+        ),
+        ({"SHUTDOWN_GRACE_SECONDS": "0"}, "SHUTDOWN_GRACE_SECONDS must be greater than 0, got 0.0"),
+        ({"SHUTDOWN_GRACE_SECONDS": "inf"}, "SHUTDOWN_GRACE_SECONDS must be a number, got 'inf'"),
+        ({"SHUTDOWN_GRACE_SECONDS": "nan"}, "SHUTDOWN_GRACE_SECONDS must be a number, got 'nan'"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got 'loud'"),
+        (
+            {"PACS_DICOMWEB_URL": "https://pacs/d", "PACS_USERNAME": "u"},
+            "PACS_USERNAME and PACS_PASSWORD go together",
+        ),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_what_it_allows(
+    override: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**VALID, **override})
+    assert str(raised.value) == message
+
+
+def test_choices_and_words_read_in_any_case_and_separator() -> None:
+    settings = Settings.from_env(
+        {
+            **VALID,
+            "LOG_LEVEL": "debug",
+            "PACS_DICOMWEB_URL": "https://pacs.internal/dicom-web/",
+            "PACS_VALIDATE": "Warn",
+            "ALLOWED_MASK_CONTENT_TYPES": "image/png, image/x-raw  image/jpeg",
+        }
+    )
+    assert settings.log_level == "DEBUG"
+    assert settings.pacs.validate == "warn"
+    assert settings.pacs.dicomweb_url == "https://pacs.internal/dicom-web"
+    assert settings.allowed_mask_content_types == ("image/png", "image/x-raw", "image/jpeg")
+
+
+def test_pacs_validation_defaults_to_enforce_only_with_a_pacs() -> None:
+    assert Settings.from_env(VALID).pacs.validate == "off"
+    with_pacs = {**VALID, "PACS_DICOMWEB_URL": "https://pacs.internal/dicom-web"}
+    assert Settings.from_env(with_pacs).pacs.validate == "enforce"
+    with pytest.raises(ConfigError, match=r"^PACS_VALIDATE needs PACS_DICOMWEB_URL"):
+        Settings.from_env({**VALID, "PACS_VALIDATE": "enforce"})
+
+
+def test_unset_and_blank_variables_give_the_declared_defaults() -> None:
+    blank = {name: "  " for name in ("MAX_PAGE_SIZE", "GRPC_REFLECTION", "S3_PUBLIC_ENDPOINT")}
+    assert Settings.from_env({**VALID, **blank}) == Settings.from_env(VALID)
+    defaults = Settings.from_env(VALID)
+    assert defaults.max_page_size == Settings.__dataclass_fields__["max_page_size"].default
+    assert defaults.storage.public_endpoint == ""
