@@ -19,6 +19,11 @@ _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message"
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: UTC time, level, logger, message, and every `extra` field. An
+    exception becomes a traceback with database error texts withheld; keeping patient data out of
+    messages and extras is the caller's part.
+    """
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),

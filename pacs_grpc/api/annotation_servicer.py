@@ -5,20 +5,26 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 from pacs.v1 import annotation_pb2, annotation_pb2_grpc
 
 from pacs_grpc.api import convert
 from pacs_grpc.api.gate import current_call
-from pacs_grpc.domain import annotation_rules as rules
-from pacs_grpc.domain import validation
 from pacs_grpc.domain.errors import Unavailable
 from pacs_grpc.services.annotations import AnnotationUseCases, ListRequest, NewAnnotation
 
-Context = Any
+# The servicer methods read nothing from it: the gate put the call's context in a contextvar.
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
-    def __init__(self, use_cases: AnnotationUseCases) -> None:
+    """AnnotationService: proto in, use case, proto out; no validation or access checks here.
+
+    Only the conversion can refuse: a Struct or Value that has no JSON form is INVALID_ARGUMENT
+    naming its field. A WatchAnnotations stream ends with UNAVAILABLE only when the server stops.
+    """
+
+    def __init__(self, use_cases: AnnotationUseCases[Any]) -> None:
         self._use_cases = use_cases
 
     async def CreateAnnotation(
@@ -26,25 +32,21 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
     ) -> annotation_pb2.CreateAnnotationResponse:
         given = request.annotation
         new = NewAnnotation(
-            project_id=_project_id(given.project_id),
-            where=rules.location(
-                "annotation", given.study_uid, given.series_uid, given.instance_uid
-            ),
-            content=rules.content(
-                prefix="annotation",
-                annotation_type_value=given.annotation_type,
-                data=convert.json_object(given.annotation_data, "annotation.annotation_data")
-                if given.HasField("annotation_data")
-                else None,
-                measurements=convert.json_value(
-                    given.measurement_values, "annotation.measurement_values"
-                )
-                if given.HasField("measurement_values")
-                else None,
-                viewer_software=given.viewer_software,
-                limits=self._use_cases.json_limits,
-            ),
-            request_id=_request_id(request.request_id),
+            project_id=given.project_id,
+            study_uid=given.study_uid,
+            series_uid=given.series_uid,
+            instance_uid=given.instance_uid,
+            annotation_type=given.annotation_type,
+            annotation_data=convert.json_object(given.annotation_data, "annotation.annotation_data")
+            if given.HasField("annotation_data")
+            else None,
+            measurement_values=convert.json_value(
+                given.measurement_values, "annotation.measurement_values"
+            )
+            if given.HasField("measurement_values")
+            else None,
+            viewer_software=given.viewer_software,
+            request_id=request.request_id,
         )
         created = await self._use_cases.create(current_call(), new)
         return annotation_pb2.CreateAnnotationResponse(annotation=convert.annotation(created))
@@ -128,11 +130,3 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
         # A subscription only ends when this server stops; the client resumes
         # elsewhere from the last event id it received.
         raise Unavailable("the server is shutting down; resume with after_event_id")
-
-
-def _project_id(value: int) -> int:
-    return validation.positive_id("annotation.project_id", value)
-
-
-def _request_id(value: str) -> str | None:
-    return validation.request_id("request_id", value)

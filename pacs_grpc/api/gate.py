@@ -15,12 +15,12 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
 from pacs_grpc import deadlines
-from pacs_grpc.api.access import ACCESS_BY_METHOD, is_public
+from pacs_grpc.api.access import ACCESS_BY_METHOD, audit_resource_type, is_public
 from pacs_grpc.api.rate_limits import NO_PERMIT_NEEDED, CallLimits, Permit
 from pacs_grpc.domain.access import Access
 from pacs_grpc.domain.audit import AuditEntry, AuditTrail, Outcome
@@ -47,10 +47,14 @@ _LOGIN = "/pacs.v1.IdentityService/Login"
 
 
 class Verifier(Protocol):
+    """A bearer token's Principal, or Unauthenticated (adapters.auth.verifier.TokenVerifier)."""
+
     async def verify(self, token: str) -> Principal: ...
 
 
 class TokenReader(Protocol):
+    """The metadata's bearer token, or Unauthenticated (adapters.auth.verifier.bearer_token)."""
+
     def __call__(self, metadata: Iterable[tuple[str, str | bytes]]) -> str: ...
 
 
@@ -60,13 +64,20 @@ def current_call() -> CallContext:
 
 
 class AccessGate:
+    """What every RPC passes before and after its handler, in the order the module docstring gives.
+
+    `open` verifies the token before anything touches the database; `close` leaves exactly one
+    audit row per call. One instance serves every call on the event loop; its only state is the
+    set of audit writes still running, which `drain` awaits at shutdown.
+    """
+
     def __init__(
         self,
         verifier: Verifier,
         read_token: TokenReader,
-        directory: UserDirectory,
-        db: Transactions,
-        audit: AuditStore,
+        directory: UserDirectory[Any],
+        db: Transactions[Any],
+        audit: AuditStore[Any],
         *,
         admin_role: str,
         limits: CallLimits | None = None,
@@ -112,6 +123,8 @@ class AccessGate:
                 subject=principal.subject,
                 client_id=principal.client_id,
                 request_id=request_id,
+                # What the contract declares; a use case may name another on the way.
+                resource_type=audit_resource_type(method),
             ),
         )
         _current.set(call)

@@ -32,6 +32,10 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Probe(Protocol):
+    """One dependency's check, reported under `name`. Returning means it answers; raising, or not
+    returning within the monitor's timeout, means it does not.
+    """
+
     name: str
 
     async def check(self) -> None:
@@ -39,6 +43,13 @@ class Probe(Protocol):
 
 
 class HealthMonitor:
+    """Publishes grpc.health.v1: every named service (and "") is SERVING only while every required
+    probe passes; each optional probe is published under its own name and affects nothing else.
+
+    All probes run together every `interval_seconds`, each bounded by `timeout_seconds`, and a
+    status is set only when it changes. One instance per server, on its event loop.
+    """
+
     def __init__(
         self,
         servicer: HealthServicer,

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 from pacs.v1 import identity_pb2, identity_pb2_grpc
 
 from pacs_grpc.api import convert
 from pacs_grpc.api.gate import current_call
 from pacs_grpc.services.identity import PROFILE_FIELDS, IdentityUseCases
 
-Context = Any
+# The servicer methods read nothing from it: the gate put the call's context in a contextvar.
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, use_cases: IdentityUseCases) -> None:
+    """IdentityService: proto in, use case, proto out; no validation or access checks here
+    (IdentityUseCases does both).
+    """
+
+    def __init__(self, use_cases: IdentityUseCases[Any]) -> None:
         self._use_cases = use_cases
 
     async def Login(

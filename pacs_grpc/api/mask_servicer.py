@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import grpc
 from pacs.v1 import mask_pb2, mask_pb2_grpc
 
 from pacs_grpc.api import convert
 from pacs_grpc.api.gate import current_call
-from pacs_grpc.domain import masks as rules
 from pacs_grpc.domain.errors import InvalidArgument
 from pacs_grpc.domain.masks import SliceDeclaration, UploadMethod
 from pacs_grpc.services.exports import ExportUseCases
-from pacs_grpc.services.imports import ImportUseCases, source_from_request
-from pacs_grpc.services.masks import MaskUseCases, PushedSlice, PushMessage, PushTarget
+from pacs_grpc.services.imports import ImportUseCases, SourceRequest
+from pacs_grpc.services.mask_completion import UploadCompletion
+from pacs_grpc.services.mask_groups import MaskGroupUseCases, NewGroup
+from pacs_grpc.services.mask_push import MaskPush, PushedSlice, PushMessage, PushTarget
+from pacs_grpc.services.mask_urls import MaskUrlUseCases
 
-Context = Any
+# The servicer methods read nothing from it: the gate put the call's context in a contextvar.
+Context = grpc.aio.ServicerContext[Any, Any]
 
 _METHODS = {
     mask_pb2.UPLOAD_METHOD_UNSPECIFIED: UploadMethod.POST,
@@ -48,25 +53,39 @@ class _NotCounted:
         pass
 
 
+@dataclass(frozen=True)
+class MaskUseCaseSet:
+    """Every use case MaskService delegates to."""
+
+    groups: MaskGroupUseCases[Any]
+    urls: MaskUrlUseCases[Any]
+    completion: UploadCompletion[Any]
+    push: MaskPush[Any]
+    imports: ImportUseCases[Any]
+    exports: ExportUseCases[Any]
+
+
 class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
-    def __init__(
-        self,
-        use_cases: MaskUseCases,
-        activity: MaskActivity | None = None,
-        *,
-        imports: ImportUseCases | None = None,
-        exports: ExportUseCases | None = None,
-    ) -> None:
-        self._exports = exports
-        self._use_cases = use_cases
-        self._imports = imports
+    """MaskService: proto in, use case, proto out; no validation or access checks here.
+
+    Only the translation can refuse: an unknown segment algorithm type, or a PushMasks message
+    that is no target, slice or chunk, is INVALID_ARGUMENT. `activity` counts what was issued.
+    """
+
+    def __init__(self, use_cases: MaskUseCaseSet, activity: MaskActivity | None = None) -> None:
+        self._groups = use_cases.groups
+        self._urls = use_cases.urls
+        self._completion = use_cases.completion
+        self._push = use_cases.push
+        self._imports = use_cases.imports
+        self._exports = use_cases.exports
         self._activity: MaskActivity = activity or _NotCounted()
 
     async def CreateMaskGroup(
         self, request: mask_pb2.CreateMaskGroupRequest, context: Context
     ) -> mask_pb2.CreateMaskGroupResponse:
         given = request.mask_group
-        values = rules.group_fields(
+        new = NewGroup(
             group_name=given.group_name,
             model_name=given.model_name,
             version=given.version,
@@ -76,15 +95,15 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
             description=given.description,
             segments=convert.segment_inputs("mask_group.segments", given.segments),
         )
-        group = await self._use_cases.create_group(
-            current_call(), request.annotation_id, values, request.request_id
+        group = await self._groups.create_group(
+            current_call(), request.annotation_id, new, request.request_id
         )
         return mask_pb2.CreateMaskGroupResponse(mask_group=convert.mask_group(group))
 
     async def ListMaskGroups(
         self, request: mask_pb2.ListMaskGroupsRequest, context: Context
     ) -> mask_pb2.ListMaskGroupsResponse:
-        page = await self._use_cases.list_groups(
+        page = await self._groups.list_groups(
             current_call(), request.annotation_id, request.page_size, request.page_token
         )
         return mask_pb2.ListMaskGroupsResponse(
@@ -95,7 +114,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
     async def GetMaskGroup(
         self, request: mask_pb2.GetMaskGroupRequest, context: Context
     ) -> mask_pb2.GetMaskGroupResponse:
-        group = await self._use_cases.get_group(
+        group = await self._groups.get_group(
             current_call(), request.annotation_id, request.group_id
         )
         return mask_pb2.GetMaskGroupResponse(mask_group=convert.mask_group(group))
@@ -103,7 +122,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
     async def DeleteMaskGroup(
         self, request: mask_pb2.DeleteMaskGroupRequest, context: Context
     ) -> mask_pb2.DeleteMaskGroupResponse:
-        await self._use_cases.delete_group(current_call(), request.annotation_id, request.group_id)
+        await self._groups.delete_group(current_call(), request.annotation_id, request.group_id)
         return mask_pb2.DeleteMaskGroupResponse()
 
     async def CreateUploadUrls(
@@ -120,7 +139,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
             )
             for s in request.slices
         ]
-        tickets = await self._use_cases.create_upload_urls(
+        tickets = await self._urls.create_upload_urls(
             current_call(),
             request.annotation_id,
             request.group_id,
@@ -148,12 +167,11 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
     async def CompleteUpload(
         self, request: mask_pb2.CompleteUploadRequest, context: Context
     ) -> mask_pb2.CompleteUploadResponse:
-        completed = rules.completions(
+        group, masks = await self._completion.complete_upload(
+            current_call(),
+            request.annotation_id,
+            request.group_id,
             [(u.upload_id, u.width, u.height, u.md5) for u in request.uploads],
-            self._use_cases.limits.max_slices_per_call,
-        )
-        group, masks = await self._use_cases.complete_upload(
-            current_call(), request.annotation_id, request.group_id, completed
         )
         self._activity.slices_completed(len(masks))
         return mask_pb2.CompleteUploadResponse(
@@ -163,7 +181,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
     async def ListMasks(
         self, request: mask_pb2.ListMasksRequest, context: Context
     ) -> mask_pb2.ListMasksResponse:
-        page = await self._use_cases.list_masks(
+        page = await self._groups.list_masks(
             current_call(),
             request.annotation_id,
             request.group_id,
@@ -177,7 +195,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
     async def GetMask(
         self, request: mask_pb2.GetMaskRequest, context: Context
     ) -> mask_pb2.GetMaskResponse:
-        mask = await self._use_cases.get_mask(
+        mask = await self._groups.get_mask(
             current_call(), request.annotation_id, request.group_id, request.mask_id
         )
         return mask_pb2.GetMaskResponse(mask=convert.mask(mask))
@@ -185,7 +203,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
     async def CreateDownloadUrls(
         self, request: mask_pb2.CreateDownloadUrlsRequest, context: Context
     ) -> mask_pb2.CreateDownloadUrlsResponse:
-        page = await self._use_cases.download_urls(
+        page = await self._urls.download_urls(
             current_call(),
             request.annotation_id,
             request.group_id,
@@ -211,14 +229,14 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
     async def ImportSegmentation(
         self, request: mask_pb2.ImportSegmentationRequest, context: Context
     ) -> mask_pb2.ImportSegmentationResponse:
-        source = source_from_request(
+        source = SourceRequest(
             request.WhichOneof("source"),
-            request.pacs.seg_study_uid,
-            request.pacs.seg_series_uid,
-            request.pacs.seg_instance_uid,
-            request.upload_id,
+            seg_study_uid=request.pacs.seg_study_uid,
+            seg_series_uid=request.pacs.seg_series_uid,
+            seg_instance_uid=request.pacs.seg_instance_uid,
+            upload_id=request.upload_id,
         )
-        group = await self._import_cases().import_segmentation(
+        group = await self._imports.import_segmentation(
             current_call(),
             request.annotation_id,
             source,
@@ -231,7 +249,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
     async def CreateSegmentationUpload(
         self, request: mask_pb2.CreateSegmentationUploadRequest, context: Context
     ) -> mask_pb2.CreateSegmentationUploadResponse:
-        ticket = await self._import_cases().create_upload(
+        ticket = await self._imports.create_upload(
             current_call(), request.annotation_id, request.size_bytes, request.ttl_seconds
         )
         self._activity.tickets_issued(1)
@@ -246,15 +264,10 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
             )
         )
 
-    def _import_cases(self) -> ImportUseCases:
-        if self._imports is None:
-            raise RuntimeError("MaskServicer was built without its import use cases")
-        return self._imports
-
     async def ExportMaskGroup(
         self, request: mask_pb2.ExportMaskGroupRequest, context: Context
     ) -> mask_pb2.ExportMaskGroupResponse:
-        link = await self._export_cases().export(
+        link = await self._exports.export(
             current_call(),
             request.annotation_id,
             request.group_id,
@@ -271,7 +284,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
     async def ListMaskGroupExports(
         self, request: mask_pb2.ListMaskGroupExportsRequest, context: Context
     ) -> mask_pb2.ListMaskGroupExportsResponse:
-        page, links = await self._export_cases().list_exports(
+        page, links = await self._exports.list_exports(
             current_call(),
             request.annotation_id,
             request.group_id,
@@ -291,16 +304,10 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
             ],
         )
 
-    def _export_cases(self) -> ExportUseCases:
-        if self._exports is None:
-            # Only servers built without exports (some tests) lack them.
-            raise RuntimeError("ExportMaskGroup is not wired on this server")
-        return self._exports
-
     async def PushMasks(
         self, request_iterator: AsyncIterator[mask_pb2.PushMasksRequest], context: Context
     ) -> mask_pb2.PushMasksResponse:
-        group, masks, received = await self._use_cases.push(
+        group, masks, received = await self._push.push(
             current_call(), _push_messages(request_iterator)
         )
         self._activity.masks_pushed(len(masks), received)

@@ -44,6 +44,8 @@ class AnnotationAccess:
 
 
 class EventType(enum.Enum):
+    """What an event says happened to its annotation; the value is annotation_event.event_type."""
+
     CREATED = "created"
     UPDATED = "updated"
     DELETED = "deleted"
@@ -51,6 +53,11 @@ class EventType(enum.Enum):
 
 @dataclass(frozen=True)
 class AnnotationEvent:
+    """One change of an annotation, from annotation_event. Within a project, event_id order is
+    commit order, so a watcher resumes after the last event_id it received and misses nothing.
+    `study_uid` is the annotation's, kept after it is deleted.
+    """
+
     event_id: int
     project_id: int
     study_uid: str

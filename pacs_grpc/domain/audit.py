@@ -11,6 +11,11 @@ Outcome = Literal["ok", "denied", "error"]
 
 @dataclass(frozen=True)
 class AuditEntry:
+    """One audit_log row, as AuditTrail.entry builds it: `action` the RPC's method name, `subject`
+    and `client_id` the token's `sub` and `azp`, what it touched, and `outcome` ("ok", "denied",
+    "error") with the gRPC status name in `error_code` when not ok.
+    """
+
     action: str
     outcome: Outcome
     subject: str | None

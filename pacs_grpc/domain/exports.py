@@ -17,6 +17,10 @@ MAX_REASON_LENGTH = 500
 
 
 class PacsStatus(enum.Enum):
+    """What became of an export's STOW-RS: NOT_REQUESTED (not sent), STORED, or FAILED, with the
+    reason in pacs_failure_reason; a new export is the retry.
+    """
+
     NOT_REQUESTED = "NOT_REQUESTED"
     STORED = "STORED"
     FAILED = "FAILED"
@@ -24,6 +28,11 @@ class PacsStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class MaskGroupExport:
+    """A recorded SEG built from a mask group. `object_key` and `object_version` name the exact
+    stored bytes (downloads are signed for that version); the SEG's UIDs are the server's own;
+    `series_number` is SERIES_NUMBER_BASE plus its place among the group's exports.
+    """
+
     id: int
     mask_group_id: int
     object_key: str
@@ -41,6 +50,8 @@ class MaskGroupExport:
 
 @dataclass(frozen=True)
 class NewExport:
+    """A stored SEG and the PACS's answer, to record; the store adds id, group, creator and time."""
+
     object_key: str
     object_version: str | None
     size_bytes: int

@@ -56,6 +56,10 @@ class Caller:
 
 @dataclass(frozen=True)
 class User:
+    """A local profile, created from token claims on first sight. `id` is ours (positive);
+    `keycloak_id` is the token's `sub`. Times are timezone-aware, from the database.
+    """
+
     id: int
     keycloak_id: str
     username: str
@@ -70,6 +74,10 @@ class User:
 
 @dataclass(frozen=True)
 class Project:
+    """The unit of access: members hold roles in it. `name` is unique; a deactivated project
+    (`is_active` False) can still be read but accepts no changes.
+    """
+
     id: int
     name: str
     description: str | None
@@ -80,6 +88,8 @@ class Project:
 
 @dataclass(frozen=True)
 class ProjectMember:
+    """A user's role in a project (one per user and project), with the username for display."""
+
     project_id: int
     user_id: int
     username: str

@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pacs_grpc.domain import validation
 from pacs_grpc.domain.annotation_rules import dicom_uid
@@ -22,6 +22,10 @@ _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 @dataclass(frozen=True)
 class MaskGroup:
+    """The mask slices of one annotation, `slice_count` of them expected; `completed_slices` counts
+    those recorded when the row was read, and the group is complete once each has a mask.
+    """
+
     id: int
     annotation_id: int
     group_name: str | None
@@ -45,6 +49,11 @@ class MaskGroup:
 
 @dataclass(frozen=True)
 class Mask:
+    """One recorded slice: `file_path` and `object_version` name the exact bytes checked when it was
+    recorded, and downloads are signed for them; `checksum` is storage's ETag of those bytes.
+    `sop_instance_uid` is its source image as declared or bound; None when neither.
+    """
+
     id: int
     mask_group_id: int
     slice_index: int
@@ -62,6 +71,11 @@ class Mask:
 
 
 class UploadMethod(enum.Enum):
+    """How a ticket lets a client upload a slice. POST (the default): a policy with which storage
+    enforces key, content type and exact size. PUT: a signed URL, only where the server allows it
+    and with a declared MD5, since storage enforces less.
+    """
+
     POST = "POST"
     PUT = "PUT"
 
@@ -80,6 +94,11 @@ class SliceDeclaration:
 
 @dataclass(frozen=True)
 class PendingUpload:
+    """An upload ticket and what it declared (slice, exact size, content type, MD5 if any); expired
+    at `expires_at`, and `completed_at` is set once a mask is recorded from it. PushMasks and
+    imports make one in memory (method PUSH or IMPORT) that is never stored as a ticket.
+    """
+
     upload_id: uuid.UUID
     mask_group_id: int
     slice_index: int
@@ -96,6 +115,11 @@ class PendingUpload:
 
 @dataclass(frozen=True)
 class GroupAccess:
+    """A mask group with where it sits (project, study, the annotation's series) and the caller's
+    role in that project (None: not a member), read in one query so access is checked on one
+    snapshot.
+    """
+
     group: MaskGroup
     project_id: int
     study_uid: str
@@ -107,6 +131,10 @@ class GroupAccess:
 
 @dataclass(frozen=True)
 class NewMask:
+    """A slice to record: the ticket it completes (or an in-memory one) and the stored object as
+    checked; `file_path` and `object_version` name its exact bytes, `checksum` their ETag.
+    """
+
     upload: PendingUpload
     file_path: str
     file_size: int
@@ -118,6 +146,10 @@ class NewMask:
 
 @dataclass(frozen=True)
 class CompletedSlice:
+    """One CompleteUpload entry, validated by `completions`: a ticket's id, the image's width and
+    height (1-65535), and an MD5 that is checked against storage when the ticket declared none.
+    """
+
     upload_id: uuid.UUID
     width: int
     height: int
@@ -126,6 +158,10 @@ class CompletedSlice:
 
 @dataclass(frozen=True)
 class GroupFields:
+    """A mask group's client-set fields; made only by `group_fields`, which validates every one
+    (lengths, slice_count within MAX_SLICE_COUNT, segments by the domain's rules).
+    """
+
     group_name: str | None
     model_name: str | None
     version: str | None
@@ -190,35 +226,47 @@ def slices(
     checked = []
     for position, item in enumerate(declared):
         field = f"slices[{position}]"
-        if not 0 <= item.slice_index < slice_count:
-            raise InvalidArgument(
-                f"{field}.slice_index", f"must be in [0, {slice_count}) for this group"
-            )
-        if item.slice_index in seen:
-            raise InvalidArgument(f"{field}.slice_index", "is repeated in this request")
-        seen.add(item.slice_index)
-        content_type = item.content_type or "image/png"
-        if content_type not in allowed_types:
-            raise InvalidArgument(
-                f"{field}.content_type", f"must be one of {', '.join(sorted(allowed_types))}"
-            )
-        if not 1 <= item.size_bytes <= max_bytes:
-            raise InvalidArgument(f"{field}.size_bytes", f"must be between 1 and {max_bytes}")
-        checked.append(
-            SliceDeclaration(
-                slice_index=item.slice_index,
-                sop_instance_uid=dicom_uid(
-                    f"{field}.sop_instance_uid", item.sop_instance_uid or "", required=False
-                ),
-                label_name=validation.text(
-                    f"{field}.label_name", item.label_name or "", max_length=200
-                ),
-                content_type=content_type,
-                size_bytes=item.size_bytes,
-                md5=md5_hex(f"{field}.md5", item.md5 or ""),
-            )
+        one = declaration(
+            field, item, slice_count=slice_count, max_bytes=max_bytes, allowed_types=allowed_types
         )
+        if one.slice_index in seen:
+            raise InvalidArgument(f"{field}.slice_index", "is repeated in this request")
+        seen.add(one.slice_index)
+        checked.append(one)
     return checked
+
+
+def declaration(
+    field: str,
+    item: SliceDeclaration,
+    *,
+    slice_count: int,
+    max_bytes: int,
+    allowed_types: frozenset[str],
+) -> SliceDeclaration:
+    """One slice as declared, validated; errors name `field` (slices[i] of a ticket request,
+    slice[i] of a push)."""
+    if not 0 <= item.slice_index < slice_count:
+        raise InvalidArgument(
+            f"{field}.slice_index", f"must be in [0, {slice_count}) for this group"
+        )
+    content_type = item.content_type or "image/png"
+    if content_type not in allowed_types:
+        raise InvalidArgument(
+            f"{field}.content_type", f"must be one of {', '.join(sorted(allowed_types))}"
+        )
+    if not 1 <= item.size_bytes <= max_bytes:
+        raise InvalidArgument(f"{field}.size_bytes", f"must be between 1 and {max_bytes}")
+    return SliceDeclaration(
+        slice_index=item.slice_index,
+        sop_instance_uid=dicom_uid(
+            f"{field}.sop_instance_uid", item.sop_instance_uid or "", required=False
+        ),
+        label_name=validation.text(f"{field}.label_name", item.label_name or "", max_length=200),
+        content_type=content_type,
+        size_bytes=item.size_bytes,
+        md5=md5_hex(f"{field}.md5", item.md5 or ""),
+    )
 
 
 def completions(items: list[tuple[str, int, int, str]], max_items: int) -> list[CompletedSlice]:
@@ -283,3 +331,25 @@ def slice_list(indexes: Sequence[int]) -> str:
     """Slice indexes for an error text: the first LISTED_SLICES, in order."""
     shown = ", ".join(str(i) for i in sorted(indexes)[:LISTED_SLICES])
     return shown + (" ..." if len(indexes) > LISTED_SLICES else "")
+
+
+@dataclass(frozen=True)
+class MaskLimits:
+    """What one MaskService call may ask for and store (from Settings)."""
+
+    max_slices_per_call: int
+    max_mask_bytes: int
+    allowed_content_types: frozenset[str]
+    upload_ttl: timedelta
+    download_ttl: timedelta
+    max_ttl: timedelta
+    max_page_size: int
+    check_png_signature: bool
+    # Slices of one push stored at once; each holds at most a few MiB of chunks in memory.
+    push_parallel_slices: int = 8
+    # PUT tickets sign only the host, so storage that honours unsigned headers would let
+    # one become a server-side copy (x-amz-copy-source); an operator must opt in.
+    allow_put_uploads: bool = False
+    # Bytes of pushed slices in flight (declared size, at most 12 MiB a slice).
+    push_memory_per_process: int = 256 * 1024 * 1024
+    push_memory_per_user: int = 128 * 1024 * 1024

@@ -35,6 +35,10 @@ class SourceInstance:
 
 @dataclass(frozen=True)
 class SourceSeries:
+    """A series as the PACS describes it: its images with what binding mask slices needs, in the
+    PACS's order (`along_normal` puts them in slice order).
+    """
+
     study_uid: str
     series_uid: str
     frame_of_reference_uid: str | None

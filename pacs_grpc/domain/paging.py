@@ -91,6 +91,10 @@ class BudgetedRows(Generic[T]):
 
 @dataclass(frozen=True)
 class Page(Generic[T]):
+    """One page of a list call. `next_page_token` is empty on the last page; otherwise it is opaque
+    and valid only with the same filters (see the module docstring).
+    """
+
     items: list[T]
     next_page_token: str
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import enum
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from pacs_grpc.domain.errors import InvalidArgument
 
@@ -46,6 +47,10 @@ _MIN_RANDOM_DIGITS = 24
 
 
 class AlgorithmType(enum.Enum):
+    """How a segment was made (DICOM's SegmentAlgorithmType). AUTOMATIC and SEMIAUTOMATIC need the
+    group's model_name, which a DICOM Segmentation names as the segment's algorithm.
+    """
+
     AUTOMATIC = "AUTOMATIC"
     SEMIAUTOMATIC = "SEMIAUTOMATIC"
     MANUAL = "MANUAL"
@@ -56,6 +61,10 @@ _NAMED_ALGORITHMS = frozenset({AlgorithmType.AUTOMATIC, AlgorithmType.SEMIAUTOMA
 
 @dataclass(frozen=True)
 class CodedConcept:
+    """A DICOM code: value, coding scheme designator, meaning (SCT 85756007 "Tissue"). Codes
+    from clients pass the module docstring's rules first.
+    """
+
     code_value: str
     coding_scheme_designator: str
     code_meaning: str
@@ -254,3 +263,32 @@ def _concept_json(value: CodedConcept) -> dict[str, str]:
 def _concept_from_json(value: object) -> CodedConcept:
     assert isinstance(value, dict)
     return CodedConcept(str(value["value"]), str(value["scheme"]), str(value["meaning"]))
+
+
+class LabelMap(Protocol):
+    """A (rows, columns) array of segment numbers, one per source image (a numpy uint8 array
+    from the SEG reader); use cases only look at its shape."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
+@dataclass(frozen=True)
+class SegmentationRead:
+    """What a SEG holds, in the server's terms."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    # The series the SEG was drawn on (a mask group belongs to one series).
+    source_series_uid: str
+    frame_of_reference_uid: str | None
+    # As declared in the file: pixel_value is the segment number. The caller validates them
+    # (segments() above), which applies defaults and refuses retired codes.
+    segments: tuple[SegmentInput, ...]
+    algorithm_name: str | None
+    algorithm_version: str | None
+    content_label: str | None
+    # Source SOP Instance UID -> (rows, columns) uint8 label map, pixel value = segment number.
+    # Every source instance the SEG references, including those whose frames are all empty.
+    label_maps: Mapping[str, LabelMap]

@@ -1,7 +1,7 @@
 """The Envoy sidecar's configuration: deploy/envoy/envoy.yaml with its placeholders filled in.
 
 One renderer serves production and the local stack alike. A Kubernetes init container
-runs `pacs-grpc envoy-config --out DIR` (settings from the environment); `pacs-grpc dev`
+runs `pacs-grpc envoy-config --out DIR` (settings from the environment); `pacs-dev run`
 and the tests call `write_envoy_config` with explicit ports. Either way the result is a
 directory holding envoy.yaml, the descriptor set the transcoder reads and the OpenAPI
 document Envoy serves at /api/openapi.json.

@@ -7,20 +7,18 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Generic
 
-from pacs_grpc.domain import annotation_rules as rules
-from pacs_grpc.domain import paging, validation
+from pacs_grpc.domain import annotation_rules, paging, validation
 from pacs_grpc.domain.annotation import (
     Annotation,
-    AnnotationAccess,
     AnnotationEvent,
     EventType,
     ListFilter,
 )
 from pacs_grpc.domain.errors import Conflict, InvalidArgument, NotFound
 from pacs_grpc.domain.pacs import PacsValidation
-from pacs_grpc.domain.paging import BudgetedRows, Page
+from pacs_grpc.domain.paging import Page
 from pacs_grpc.services.context import (
     AuditedTransactions,
     CallContext,
@@ -29,53 +27,39 @@ from pacs_grpc.services.context import (
 )
 from pacs_grpc.services.idempotency import create_once
 from pacs_grpc.services.pacs_checks import PacsChecks
-from pacs_grpc.services.ports import IdempotencyStore, ProjectStore, Tx
+from pacs_grpc.services.ports import (
+    AnnotationStore,
+    EventRecorder,
+    EventSource,
+    IdempotencyStore,
+    ProjectStore,
+    TxT,
+)
 from pacs_grpc.services.watch import WatchAccess
 
 _OPERATION = "CreateAnnotation"
 
 
-class AnnotationStore(Protocol):
-    async def insert(
-        self, conn: Tx, *, project_id: int, user_id: int, where: rules.Location,
-        content: rules.AnnotationContent,
-    ) -> Annotation: ...  # fmt: skip
-    async def get_with_access(
-        self, conn: Tx, annotation_id: int, user_id: int, *, for_update: bool = False
-    ) -> AnnotationAccess | None: ...
-    async def update(
-        self, conn: Tx, annotation_id: int, changes: Mapping[str, Any]
-    ) -> Annotation: ...
-    async def delete(self, conn: Tx, annotation_id: int) -> int: ...
-    async def list_page(
-        self, conn: Tx, filters: ListFilter, *, after: tuple[datetime, int] | None, limit: int,
-        budget_bytes: int,
-    ) -> BudgetedRows[Annotation]: ...  # fmt: skip
-
-
-class EventRecorder(Protocol):
-    async def __call__(
-        self, conn: Tx, *, project_id: int, study_uid: str, annotation_id: int,
-        event_type: EventType,
-    ) -> int: ...  # fmt: skip
-
-
-class EventSource(Protocol):
-    def subscribe(
-        self, project_id: int, *, study_uid: str | None, after_event_id: int
-    ) -> AbstractAsyncContextManager[AsyncIterator[AnnotationEvent]]: ...
-
-
 @dataclass(frozen=True)
 class NewAnnotation:
+    """CreateAnnotation's request as the client sent it; `create` validates every field."""
+
     project_id: int
-    where: rules.Location
-    content: rules.AnnotationContent
-    request_id: str | None
+    study_uid: str
+    series_uid: str
+    instance_uid: str
+    annotation_type: str
+    # JSON as decoded from the request; None when the field was absent.
+    annotation_data: dict[str, Any] | None
+    measurement_values: Any
+    viewer_software: str
+    request_id: str
 
 
 @dataclass(frozen=True)
 class ListRequest:
+    """ListAnnotations' filters and page as the client sent them."""
+
     project_id: int
     study_uid: str
     series_uid: str
@@ -88,19 +72,22 @@ class ListRequest:
     page_token: str
 
 
-class AnnotationUseCases:
+class AnnotationUseCases(Generic[TxT]):
+    """Annotations: create (idempotent, checked against the PACS), read, list, update under an
+    etag, delete, and watch live. Every write records its change event in its transaction."""
+
     def __init__(
         self,
-        transaction: AuditedTransactions,
+        transaction: AuditedTransactions[TxT],
         *,
-        annotations: AnnotationStore,
-        projects: ProjectStore,
-        idempotency: IdempotencyStore,
-        record_event: EventRecorder,
+        annotations: AnnotationStore[TxT],
+        projects: ProjectStore[TxT],
+        idempotency: IdempotencyStore[TxT],
+        record_event: EventRecorder[TxT],
         events: EventSource,
-        watch_access: WatchAccess,
+        watch_access: WatchAccess[TxT],
         max_page_size: int,
-        json_limits: rules.JsonLimits,
+        json_limits: annotation_rules.JsonLimits,
         list_budget_bytes: int = 512 * 1024,
         pacs_checks: PacsChecks | None = None,
     ) -> None:
@@ -113,21 +100,34 @@ class AnnotationUseCases:
         self._events = events
         self._watch_access = watch_access
         self._max_page_size = max_page_size
-        self.json_limits = json_limits
+        self._json_limits = json_limits
         self._list_budget_bytes = list_budget_bytes
 
-    async def create(self, call: CallContext, new: NewAnnotation) -> Annotation:
-        call.audit.touch(resource_type="annotation", study_uid=new.where.study_uid)
+    async def create(self, call: CallContext, request: NewAnnotation) -> Annotation:
+        project_id = validation.positive_id("annotation.project_id", request.project_id)
+        where = annotation_rules.location(
+            "annotation", request.study_uid, request.series_uid, request.instance_uid
+        )
+        content = annotation_rules.content(
+            prefix="annotation",
+            annotation_type_value=request.annotation_type,
+            data=request.annotation_data,
+            measurements=request.measurement_values,
+            viewer_software=request.viewer_software,
+            limits=self._json_limits,
+        )
+        request_id = validation.request_id("request_id", request.request_id)
+        call.audit.touch(study_uid=where.study_uid)
         fingerprint = paging.filters_fingerprint(
-            new.project_id, new.where, new.content.annotation_type, new.content.annotation_data,
-            new.content.measurement_values, new.content.viewer_software,
+            project_id, where, content.annotation_type, content.annotation_data,
+            content.measurement_values, content.viewer_software,
         )  # fmt: skip
         # Asked before the transaction, so a slow PACS holds no connection.
         lookup = await self._pacs_checks.look_up(
-            new.where.study_uid, new.where.series_uid, new.where.instance_uid
+            where.study_uid, where.series_uid, where.instance_uid
         )
         async with self._transaction(call) as conn:
-            await authorize_project(self._projects, conn, call, new.project_id)
+            await authorize_project(self._projects, conn, call, project_id)
 
             async def insert() -> Annotation:
                 # Settled once the caller is authorised (a refusal then tells nobody else
@@ -136,10 +136,10 @@ class AnnotationUseCases:
                 self._pacs_checks.settle(lookup, "annotation")
                 return await self._annotations.insert(
                     conn,
-                    project_id=new.project_id,
+                    project_id=project_id,
                     user_id=call.caller.user_id,
-                    where=new.where,
-                    content=new.content,
+                    where=where,
+                    content=content,
                 )
 
             async def find(annotation_id: int) -> Annotation | None:
@@ -153,7 +153,7 @@ class AnnotationUseCases:
                 conn,
                 call,
                 operation=_OPERATION,
-                request_id=new.request_id,
+                request_id=request_id,
                 fingerprint=fingerprint,
                 create=insert,
                 find=find,
@@ -166,7 +166,7 @@ class AnnotationUseCases:
 
     async def get(self, call: CallContext, annotation_id: int) -> Annotation:
         validation.positive_id("annotation_id", annotation_id)
-        call.audit.touch(resource_type="annotation", resource_ids=[annotation_id])
+        call.audit.touch(resource_ids=[annotation_id])
         async with self._transaction(call) as conn:
             return await self._accessible(conn, call, annotation_id)
 
@@ -177,15 +177,17 @@ class AnnotationUseCases:
         if request.user_id < 0:
             raise InvalidArgument("user_id", "must be a positive id")
         kind = (
-            rules.annotation_type("annotation_type", request.annotation_type)
+            annotation_rules.annotation_type("annotation_type", request.annotation_type)
             if request.annotation_type
             else None
         )
         criteria = ListFilter(
             project_ids=None,
-            study_uid=rules.dicom_uid("study_uid", request.study_uid, required=False),
-            series_uid=rules.dicom_uid("series_uid", request.series_uid, required=False),
-            instance_uid=rules.dicom_uid("instance_uid", request.instance_uid, required=False),
+            study_uid=annotation_rules.dicom_uid("study_uid", request.study_uid, required=False),
+            series_uid=annotation_rules.dicom_uid("series_uid", request.series_uid, required=False),
+            instance_uid=annotation_rules.dicom_uid(
+                "instance_uid", request.instance_uid, required=False
+            ),
             annotation_type=kind,
             user_id=request.user_id or None,
             created_after=request.created_after,
@@ -194,7 +196,7 @@ class AnnotationUseCases:
         fingerprint = paging.filters_fingerprint(request.project_id, dataclasses.asdict(criteria))
         position = paging.decode(request.page_token, fingerprint, 2, kinds=(datetime, int))
         after = (position[0], position[1]) if position else None
-        call.audit.touch(resource_type="annotation", study_uid=criteria.study_uid)
+        call.audit.touch(study_uid=criteria.study_uid)
         async with self._transaction(call) as conn:
             project_ids = await self._readable_projects(conn, call, request.project_id)
             if project_ids == ():
@@ -214,7 +216,7 @@ class AnnotationUseCases:
         return page
 
     async def _readable_projects(
-        self, conn: Tx, call: CallContext, project_id: int
+        self, conn: TxT, call: CallContext, project_id: int
     ) -> tuple[int, ...] | None:
         """The projects to list from: the one asked for, else all the caller may read."""
         if project_id:
@@ -238,19 +240,19 @@ class AnnotationUseCases:
         """Apply the masked fields. The etag may come on the request or, as AIP-154 and
         Google's clients send it, on the resource itself; either guards the write."""
         validation.positive_id("annotation_id", annotation_id)
-        expected_version = rules.expected_version(etag, resource_etag)
-        chosen = validation.field_mask("update_mask", paths, rules.MUTABLE_FIELDS)
-        changes = _validated_changes(chosen, values, self.json_limits)
-        call.audit.touch(resource_type="annotation", resource_ids=[annotation_id])
+        expected_version = annotation_rules.expected_version(etag, resource_etag)
+        chosen = validation.field_mask("update_mask", paths, annotation_rules.MUTABLE_FIELDS)
+        changes = _validated_changes(chosen, values, self._json_limits)
+        call.audit.touch(resource_ids=[annotation_id])
         async with self._transaction(call) as conn:
             current = await self._accessible(conn, call, annotation_id, for_update=True)
             _check_version(current, expected_version)
             if changes.keys() & {"annotation_data", "measurement_values"}:
-                rules.json_fits(
+                annotation_rules.json_fits(
                     "annotation.annotation_data",
                     changes.get("annotation_data", current.annotation_data),
                     changes.get("measurement_values", current.measurement_values),
-                    self.json_limits,
+                    self._json_limits,
                 )
             annotation = await self._annotations.update(conn, annotation_id, changes)
             await self._event(conn, call, annotation, EventType.UPDATED)
@@ -259,8 +261,8 @@ class AnnotationUseCases:
     async def delete(self, call: CallContext, annotation_id: int, etag: str) -> int:
         """Delete; returns how many stored objects were queued for deletion."""
         validation.positive_id("annotation_id", annotation_id)
-        expected_version = rules.etag("etag", etag)
-        call.audit.touch(resource_type="annotation", resource_ids=[annotation_id])
+        expected_version = annotation_rules.etag("etag", etag)
+        call.audit.touch(resource_ids=[annotation_id])
         async with self._transaction(call) as conn:
             current = await self._accessible(conn, call, annotation_id, for_update=True)
             _check_version(current, expected_version)
@@ -277,10 +279,10 @@ class AnnotationUseCases:
         would get once a periodic recheck finds the caller can no longer read the project.
         """
         validation.positive_id("project_id", project_id)
-        study = rules.dicom_uid("study_uid", study_uid, required=False)
+        study = annotation_rules.dicom_uid("study_uid", study_uid, required=False)
         if after_event_id < 0:
             raise InvalidArgument("after_event_id", "must not be negative")
-        call.audit.touch(resource_type="annotation_events", study_uid=study)
+        call.audit.touch(study_uid=study)
         async with self._transaction(call) as conn:
             await authorize_project(self._projects, conn, call, project_id)
         subscription = self._events.subscribe(
@@ -289,7 +291,7 @@ class AnnotationUseCases:
         return self._watch_access.guard(call, project_id, subscription)
 
     async def _accessible(
-        self, conn: Tx, call: CallContext, annotation_id: int, *, for_update: bool = False
+        self, conn: TxT, call: CallContext, annotation_id: int, *, for_update: bool = False
     ) -> Annotation:
         found = await self._annotations.get_with_access(
             conn, annotation_id, call.caller.user_id, for_update=for_update
@@ -304,7 +306,7 @@ class AnnotationUseCases:
         return annotation
 
     async def _event(
-        self, conn: Tx, call: CallContext, annotation: Annotation, event_type: EventType
+        self, conn: TxT, call: CallContext, annotation: Annotation, event_type: EventType
     ) -> None:
         # The event takes the project's feed lock until commit, so it goes
         # last: the audit row is written before it, not after.
@@ -325,28 +327,28 @@ def _check_version(current: Annotation, expected_version: int | None) -> None:
 
 
 def _validated_changes(
-    chosen: frozenset[str], values: Mapping[str, Any], limits: rules.JsonLimits
+    chosen: frozenset[str], values: Mapping[str, Any], limits: annotation_rules.JsonLimits
 ) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if "annotation_type" in chosen:
-        changes["annotation_type"] = rules.annotation_type(
+        changes["annotation_type"] = annotation_rules.annotation_type(
             "annotation.annotation_type", values.get("annotation_type", "")
         )
     if "annotation_data" in chosen:
         data = values.get("annotation_data")
         if data is None:
             raise InvalidArgument("annotation.annotation_data", "is required (a JSON object)")
-        rules.json_shape("annotation.annotation_data", data, limits)
+        annotation_rules.json_shape("annotation.annotation_data", data, limits)
         changes["annotation_data"] = data
     if "measurement_values" in chosen:
         measurements = values.get("measurement_values")
         if measurements is not None:
-            rules.json_shape("annotation.measurement_values", measurements, limits)
+            annotation_rules.json_shape("annotation.measurement_values", measurements, limits)
         changes["measurement_values"] = measurements
     if "viewer_software" in chosen:
         changes["viewer_software"] = validation.text(
             "annotation.viewer_software",
             values.get("viewer_software", ""),
-            max_length=rules.MAX_VIEWER_SOFTWARE,
+            max_length=annotation_rules.MAX_VIEWER_SOFTWARE,
         )
     return changes

@@ -5,45 +5,53 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Generic
 
 from pacs_grpc.domain.access import Access
 from pacs_grpc.domain.audit import AuditTrail
 from pacs_grpc.domain.errors import FailedPrecondition, NotFound, PermissionDenied
 from pacs_grpc.domain.identity import Caller, Project, ProjectRole
-from pacs_grpc.services.ports import AuditStore, ProjectStore, Transactions, Tx
+from pacs_grpc.services.ports import AuditStore, ProjectStore, Transactions, TxT
 
 
 @dataclass(frozen=True)
 class CallContext:
+    """Who calls, what the RPC requires of them, and the audit row the call will write."""
+
     caller: Caller
     # From the one RPC table (pacs_grpc.api.access): what this RPC requires.
     access: Access
     audit: AuditTrail
 
 
-class AuditedTransactions:
-    """One transaction per use case, committed together with its audit row."""
+class AuditedTransactions(Generic[TxT]):
+    """One transaction per use case, committed together with its audit row.
 
-    def __init__(self, db: Transactions, audit: AuditStore) -> None:
+    The row is written at the end of the block, in the same transaction, unless the use case
+    wrote it earlier (write_audit); a block that raises writes nothing, and the edge (the
+    access gate) records the refusal instead.
+    """
+
+    def __init__(self, db: Transactions[TxT], audit: AuditStore[TxT]) -> None:
         self._db = db
         self._audit = audit
 
     @asynccontextmanager
-    async def __call__(self, call: CallContext) -> AsyncIterator[Tx]:
+    async def __call__(self, call: CallContext) -> AsyncIterator[TxT]:
         async with self._db.transaction() as conn:
             yield conn
             if not call.audit.written:
                 await self.write_audit(conn, call)
         call.audit.recorded = True
 
-    async def write_audit(self, conn: Tx, call: CallContext) -> None:
+    async def write_audit(self, conn: TxT, call: CallContext) -> None:
         """Write the call's audit row now, e.g. before statements that must come last."""
         await self._audit.insert(conn, call.audit.entry("ok"))
         call.audit.written = True
 
 
 async def authorize_project(
-    projects: ProjectStore, conn: Tx, call: CallContext, project_id: int
+    projects: ProjectStore[TxT], conn: TxT, call: CallContext, project_id: int
 ) -> tuple[Project, ProjectRole]:
     """The project, if the caller holds the role the RPC table asks for (see check_access)."""
     call.audit.touch(project_id=project_id)
@@ -77,3 +85,13 @@ def check_access(
     if needed > ProjectRole.VIEWER and not project_active:
         raise FailedPrecondition("the project is deactivated; it accepts no changes")
     return role
+
+
+def require_platform_admin(call: CallContext) -> None:
+    """Refuse a caller without the platform administrator role.
+
+    The gate refuses such callers already (the RPC table asks for the role); the use cases that
+    act platform-wide check again, so no other entry point can reach them without it.
+    """
+    if not call.caller.platform_admin:
+        raise PermissionDenied(f"this needs {Access.PLATFORM_ADMIN.value}")

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from pacs_grpc.domain import paging, validation
 from pacs_grpc.domain.errors import (
@@ -50,9 +50,16 @@ from pacs_grpc.domain.segments import TISSUE, AlgorithmType, Segment, new_uid
 from pacs_grpc.services.context import AuditedTransactions, CallContext
 from pacs_grpc.services.idempotency import create_once
 from pacs_grpc.services.mask_access import authorized_group
-from pacs_grpc.services.masks import MaskStore
-from pacs_grpc.services.ports import IdempotencyStore, Pacs, Transactions, Tx
-from pacs_grpc.services.storage import ObjectStorage
+from pacs_grpc.services.ports import (
+    ExportStore,
+    IdempotencyStore,
+    MaskStore,
+    ObjectStorage,
+    Pacs,
+    SegmentationWriter,
+    Transactions,
+    TxT,
+)
 
 _log = logging.getLogger(__name__)
 _In = TypeVar("_In")
@@ -72,6 +79,10 @@ _UNEXPECTED = "the PACS's STOW-RS reply could not be understood; export again to
 
 @dataclass(frozen=True)
 class ExportLimits:
+    """What an export may build and sign, from Settings: voxels per SEG, builds at once, the largest
+    slice read back, URL lifetimes, page size, and the root of the SEG's new UIDs.
+    """
+
     max_voxels: int
     max_concurrency: int
     # The largest stored slice read back (MAX_MASK_BYTES).
@@ -85,24 +96,11 @@ class ExportLimits:
 
 @dataclass(frozen=True)
 class ExportLink:
+    """An export with a download URL signed for its recorded version, valid until `expires_at`."""
+
     export: MaskGroupExport
     url: str
     expires_at: datetime
-
-
-# Decodes the slices and builds the SEG (pacs_grpc.adapters.dicom.export.write_segmentation).
-SegmentationWriter = Callable[[SegmentationBuild], bytes]
-
-
-class ExportStore(Protocol):
-    async def insert(
-        self, conn: Tx, group_id: int, new: NewExport, created_by: int
-    ) -> MaskGroupExport: ...
-    async def get(self, conn: Tx, group_id: int, export_id: int) -> MaskGroupExport | None: ...
-    async def list_exports(
-        self, conn: Tx, group_id: int, *, before_id: int, limit: int
-    ) -> list[MaskGroupExport]: ...
-    async def count(self, conn: Tx, group_id: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -115,16 +113,24 @@ class _Plan:
     earlier: MaskGroupExport | None
 
 
-class ExportUseCases:
+class ExportUseCases(Generic[TxT]):
+    """ExportMaskGroup and ListMaskGroupExports; the module docstring gives the export's steps.
+
+    `export` checks ids, access and an earlier result for the request_id first, then the PACS link,
+    completeness and the voxel limit, all before any build. The record and its audit row commit in
+    one transaction once the SEG is stored; any failure before that records nothing and queues
+    what was stored for deletion. A retry with the same request_id returns the recorded export.
+    """
+
     def __init__(
         self,
-        transaction: AuditedTransactions,
+        transaction: AuditedTransactions[TxT],
         *,
-        masks: MaskStore,
-        exports: ExportStore,
-        idempotency: IdempotencyStore,
+        masks: MaskStore[TxT],
+        exports: ExportStore[TxT],
+        idempotency: IdempotencyStore[TxT],
         storage: ObjectStorage,
-        database: Transactions,
+        database: Transactions[TxT],
         pacs: Pacs | None,
         write: SegmentationWriter,
         limits: ExportLimits,
@@ -377,7 +383,7 @@ class ExportUseCases:
         return ExportLink(export, url, expires_at)
 
     async def _group(
-        self, conn: Tx, call: CallContext, annotation_id: int, group_id: int
+        self, conn: TxT, call: CallContext, annotation_id: int, group_id: int
     ) -> GroupAccess:
         return await authorized_group(self._masks, conn, call, annotation_id, group_id)
 

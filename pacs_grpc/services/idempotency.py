@@ -7,14 +7,14 @@ from typing import TypeVar
 
 from pacs_grpc.domain.errors import FailedPrecondition, InvalidArgument
 from pacs_grpc.services.context import CallContext
-from pacs_grpc.services.ports import IdempotencyStore, Tx
+from pacs_grpc.services.ports import IdempotencyStore, TxT
 
 T = TypeVar("T")
 
 
 async def create_once(
-    store: IdempotencyStore,
-    conn: Tx,
+    store: IdempotencyStore[TxT],
+    conn: TxT,
     call: CallContext,
     *,
     operation: str,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from typing import Generic
 
 from pacs_grpc.domain import paging, validation
 from pacs_grpc.domain.errors import (
@@ -15,15 +15,27 @@ from pacs_grpc.domain.errors import (
 )
 from pacs_grpc.domain.identity import Principal, Project, ProjectMember, ProjectRole, User
 from pacs_grpc.domain.paging import Page
-from pacs_grpc.services.context import AuditedTransactions, CallContext, authorize_project
+from pacs_grpc.services.context import (
+    AuditedTransactions,
+    CallContext,
+    authorize_project,
+    require_platform_admin,
+)
 from pacs_grpc.services.idempotency import create_once
-from pacs_grpc.services.ports import IdempotencyStore, ProjectStore, Transactions, UserStore
+from pacs_grpc.services.ports import (
+    Clock,
+    IdempotencyStore,
+    ProjectStore,
+    Transactions,
+    TxT,
+    UserStore,
+)
 
 PROFILE_FIELDS = frozenset({"email", "full_name", "organization", "department", "phone"})
 _PROFILE_LIMITS = {"full_name": 200, "organization": 200, "department": 200}
 
 
-class UserDirectory:
+class UserDirectory(Generic[TxT]):
     """Maps verified principals to local user ids, creating profiles on first sight.
 
     Profiles follow the token's claims, but writing on every call would turn
@@ -33,12 +45,12 @@ class UserDirectory:
 
     def __init__(
         self,
-        db: Transactions,
-        users: UserStore,
+        db: Transactions[TxT],
+        users: UserStore[TxT],
         *,
+        clock: Clock,
         max_entries: int = 10_000,
         ttl_seconds: float = 300.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
         self._users = users
@@ -50,7 +62,7 @@ class UserDirectory:
     async def resolve(self, principal: Principal, *, refresh: bool = False) -> int:
         key = (principal.subject, principal.username, principal.email, principal.full_name)
         cached = self._seen.get(key)
-        now = self._clock()
+        now = self._clock.monotonic()
         if cached is not None and not refresh and now - cached[1] < self._ttl:
             return cached[0]
         async with self._db.transaction() as conn:
@@ -62,13 +74,15 @@ class UserDirectory:
         return user.id
 
 
-class IdentityUseCases:
+class IdentityUseCases(Generic[TxT]):
+    """Profiles, projects and memberships; every method is one audited transaction."""
+
     def __init__(
         self,
-        transaction: AuditedTransactions,
-        users: UserStore,
-        projects: ProjectStore,
-        idempotency: IdempotencyStore,
+        transaction: AuditedTransactions[TxT],
+        users: UserStore[TxT],
+        projects: ProjectStore[TxT],
+        idempotency: IdempotencyStore[TxT],
         *,
         max_page_size: int,
     ) -> None:
@@ -80,7 +94,7 @@ class IdentityUseCases:
 
     async def login(self, call: CallContext) -> tuple[User, list[ProjectMember]]:
         """The caller's profile (refreshed from the token by the gate) and memberships."""
-        call.audit.touch(resource_type="user", resource_ids=[call.caller.user_id])
+        call.audit.touch(resource_ids=[call.caller.user_id])
         async with self._transaction(call) as conn:
             user = await self._users.get(conn, call.caller.user_id)
             if user is None:
@@ -89,7 +103,7 @@ class IdentityUseCases:
         return user, memberships
 
     async def current_user(self, call: CallContext) -> User:
-        call.audit.touch(resource_type="user", resource_ids=[call.caller.user_id])
+        call.audit.touch(resource_ids=[call.caller.user_id])
         async with self._transaction(call) as conn:
             user = await self._users.get(conn, call.caller.user_id)
             if user is None:
@@ -100,7 +114,7 @@ class IdentityUseCases:
         self, call: CallContext, user_id: int, paths: list[str], values: Mapping[str, str]
     ) -> User:
         validation.positive_id("user_id", user_id)
-        call.audit.touch(resource_type="user", resource_ids=[user_id])
+        call.audit.touch(resource_ids=[user_id])
         chosen = validation.field_mask("update_mask", paths, PROFILE_FIELDS)
         changes = {path: _profile_value(path, values.get(path, "")) for path in sorted(chosen)}
         if user_id != call.caller.user_id and not call.caller.platform_admin:
@@ -114,11 +128,11 @@ class IdentityUseCases:
     async def create_project(
         self, call: CallContext, name: str, description: str, request_id: str
     ) -> Project:
+        require_platform_admin(call)
         clean_name = validation.text("project.name", name, max_length=200, required=True)
         clean_description = validation.text("project.description", description, max_length=2000)
         key = validation.request_id("request_id", request_id)
         assert clean_name is not None
-        call.audit.touch(resource_type="project")
         fingerprint = paging.filters_fingerprint(clean_name, clean_description)
         async with self._transaction(call) as conn:
 
@@ -142,7 +156,7 @@ class IdentityUseCases:
 
     async def get_project(self, call: CallContext, project_id: int) -> Project:
         validation.positive_id("project_id", project_id)
-        call.audit.touch(resource_type="project", resource_ids=[project_id])
+        call.audit.touch(resource_ids=[project_id])
         async with self._transaction(call) as conn:
             project, _ = await authorize_project(self._projects, conn, call, project_id)
         return project
@@ -154,7 +168,6 @@ class IdentityUseCases:
         fingerprint = paging.filters_fingerprint("projects", include_inactive)
         position = paging.decode(page_token, fingerprint, arity=1)
         after_id = int(position[0]) if position else 0
-        call.audit.touch(resource_type="project")
         member_id = None if call.caller.platform_admin else call.caller.user_id
         async with self._transaction(call) as conn:
             rows = await self._projects.list_projects(
@@ -169,8 +182,9 @@ class IdentityUseCases:
         return page
 
     async def deactivate_project(self, call: CallContext, project_id: int) -> Project:
+        require_platform_admin(call)
         validation.positive_id("project_id", project_id)
-        call.audit.touch(resource_type="project", resource_ids=[project_id], project_id=project_id)
+        call.audit.touch(resource_ids=[project_id], project_id=project_id)
         async with self._transaction(call) as conn:
             project = await self._projects.deactivate(conn, project_id)
             if project is None:
@@ -183,7 +197,7 @@ class IdentityUseCases:
         validation.positive_id("project_id", project_id)
         validation.positive_id("user_id", user_id)
         role = _role("role", role_value)
-        call.audit.touch(resource_type="project_member", resource_ids=[user_id])
+        call.audit.touch(resource_ids=[user_id])
         async with self._transaction(call) as conn:
             await authorize_project(self._projects, conn, call, project_id)
             current = await self._projects.member_role_for_update(conn, project_id, user_id)
@@ -198,7 +212,6 @@ class IdentityUseCases:
         limit = validation.page_size("page_size", page_size, self._max_page_size)
         fingerprint = paging.filters_fingerprint("members", project_id)
         position = paging.decode(page_token, fingerprint, arity=1)
-        call.audit.touch(resource_type="project_member")
         async with self._transaction(call) as conn:
             await authorize_project(self._projects, conn, call, project_id)
             rows = await self._projects.list_members(
@@ -211,7 +224,7 @@ class IdentityUseCases:
     async def remove_member(self, call: CallContext, project_id: int, user_id: int) -> None:
         validation.positive_id("project_id", project_id)
         validation.positive_id("user_id", user_id)
-        call.audit.touch(resource_type="project_member", resource_ids=[user_id])
+        call.audit.touch(resource_ids=[user_id])
         async with self._transaction(call) as conn:
             await authorize_project(self._projects, conn, call, project_id)
             current = await self._projects.member_role_for_update(conn, project_id, user_id)
@@ -221,7 +234,7 @@ class IdentityUseCases:
                 await self._keep_an_owner(conn, project_id, user_id)
             await self._projects.remove_member(conn, project_id, user_id)
 
-    async def _keep_an_owner(self, conn: object, project_id: int, leaving_user_id: int) -> None:
+    async def _keep_an_owner(self, conn: TxT, project_id: int, leaving_user_id: int) -> None:
         if await self._projects.other_owner_count(conn, project_id, leaving_user_id) == 0:
             raise FailedPrecondition("a project keeps at least one owner; add another first")
 

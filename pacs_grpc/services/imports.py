@@ -7,14 +7,14 @@ from its Algorithm Identification; each slice is bound to its source image.
 
 Decisions:
 * Upload tickets need no table of their own: a ticket's key is made by the server from the
-  annotation and a fresh upload id (rules.segmentation_upload_key), its POST policy pins that
+  annotation and a fresh upload id (segmentation_upload_key), its POST policy pins that
   key, Content-Type application/dicom, the exact size and the upload id as object metadata.
   An object at that key carrying that id came through a ticket issued, after the access check,
   for this annotation. The ticket also schedules the object's deletion in the storage outbox
   for after its expiry, so a file uploaded and never imported does not stay; an import queues
   it at once.
 * Slices are stored before any row is written, under keys named by the import
-  (rules.imported_key), then the group and its masks are recorded in one transaction: no
+  (imported_key), then the group and its masks are recorded in one transaction: no
   database connection waits on storage, and a refusal or failure leaves no row. Every object
   written is deleted and queued for the sweeper on any failure, as PushMasks does.
 * Slice order: along the slice normal of the PACS's own metadata for the source series when the
@@ -34,16 +34,11 @@ import dataclasses
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from datetime import datetime, timedelta
+from typing import Generic
 
-import numpy as np
-
-from pacs_grpc.adapters.dicom.segmentation import SegmentationRead, read_segmentation
-from pacs_grpc.adapters.images import encode_png_label_map
-from pacs_grpc.domain import masks as rules
 from pacs_grpc.domain import paging, validation
 from pacs_grpc.domain.annotation import Annotation
 from pacs_grpc.domain.annotation_rules import dicom_uid
@@ -54,20 +49,34 @@ from pacs_grpc.domain.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from pacs_grpc.domain.masks import MaskGroup, NewMask, PendingUpload
+from pacs_grpc.domain.masks import (
+    GroupFields,
+    MaskGroup,
+    NewMask,
+    PendingUpload,
+    group_fields,
+    imported_key,
+    segmentation_upload_key,
+)
 from pacs_grpc.domain.pacs import PacsValidation, along_normal
+from pacs_grpc.domain.segments import SegmentationRead
 from pacs_grpc.domain.segments import segments as validated_segments
 from pacs_grpc.services.context import AuditedTransactions, CallContext
 from pacs_grpc.services.idempotency import create_once
-from pacs_grpc.services.mask_access import (
-    AnnotationAccessLookup,
-    authorized_annotation,
-    discard_objects,
-)
-from pacs_grpc.services.masks import MaskStore
+from pacs_grpc.services.mask_access import authorized_annotation, discard_objects
 from pacs_grpc.services.pacs_checks import PacsChecks, SliceFacts
-from pacs_grpc.services.ports import IdempotencyStore, Pacs, Transactions, Tx
-from pacs_grpc.services.storage import ObjectStorage
+from pacs_grpc.services.ports import (
+    AnnotationAccessLookup,
+    Clock,
+    IdempotencyStore,
+    MaskStore,
+    ObjectStorage,
+    Pacs,
+    ScheduledDeletions,
+    SegmentationReader,
+    Transactions,
+    TxT,
+)
 
 _log = logging.getLogger(__name__)
 _OPERATION = "ImportSegmentation"
@@ -78,6 +87,10 @@ _DEFAULT_GROUP_NAME = "imported segmentation"
 
 @dataclass(frozen=True)
 class ImportLimits:
+    """What an import may read and build, from Settings: SEG file bytes, decoded voxels, ticket
+    lifetimes, and how much runs at once.
+    """
+
     max_bytes: int
     max_voxels: int
     upload_ttl: timedelta
@@ -92,6 +105,8 @@ class ImportLimits:
 
 @dataclass(frozen=True)
 class FromPacs:
+    """A SEG to import from the PACS, by its study, series and SOP instance UIDs (validated)."""
+
     study_uid: str
     series_uid: str
     instance_uid: str
@@ -99,6 +114,8 @@ class FromPacs:
 
 @dataclass(frozen=True)
 class FromUpload:
+    """A SEG to import from an object uploaded through a CreateSegmentationUpload ticket."""
+
     upload_id: uuid.UUID
 
 
@@ -107,6 +124,11 @@ Source = FromPacs | FromUpload
 
 @dataclass(frozen=True)
 class SegmentationTicket:
+    """A signed POST for one SEG file; its `fields` pin the key, application/dicom, the exact size
+    and the upload id. Import it by `upload_id`; the object is deleted when imported, and at
+    the latest a grace period after `expires_at`.
+    """
+
     upload_id: uuid.UUID
     url: str
     fields: dict[str, str]
@@ -114,40 +136,50 @@ class SegmentationTicket:
     expires_at: datetime
 
 
-class ScheduledDeletions(Protocol):
-    async def enqueue_at(self, conn: Tx, keys: Sequence[str], due_at: datetime) -> None: ...
+@dataclass(frozen=True)
+class SourceRequest:
+    """ImportSegmentation's `source` oneof as the client sent it: `kind` names the field set
+    (None: neither)."""
+
+    kind: str | None
+    seg_study_uid: str = ""
+    seg_series_uid: str = ""
+    seg_instance_uid: str = ""
+    upload_id: str = ""
 
 
-def source_from_request(
-    kind: str | None, study_uid: str, series_uid: str, instance_uid: str, upload_id: str
-) -> Source:
+def source_from_request(requested: SourceRequest) -> Source:
     """The request's oneof, validated; errors name its fields."""
-    if kind == "pacs":
+    if requested.kind == "pacs":
         return FromPacs(
-            dicom_uid("pacs.seg_study_uid", study_uid, required=True) or "",
-            dicom_uid("pacs.seg_series_uid", series_uid, required=True) or "",
-            dicom_uid("pacs.seg_instance_uid", instance_uid, required=True) or "",
+            dicom_uid("pacs.seg_study_uid", requested.seg_study_uid, required=True) or "",
+            dicom_uid("pacs.seg_series_uid", requested.seg_series_uid, required=True) or "",
+            dicom_uid("pacs.seg_instance_uid", requested.seg_instance_uid, required=True) or "",
         )
-    if kind == "upload_id":
+    if requested.kind == "upload_id":
         try:
-            return FromUpload(uuid.UUID(upload_id))
+            return FromUpload(uuid.UUID(requested.upload_id))
         except ValueError:
             raise InvalidArgument("upload_id", "is not an upload id") from None
     raise InvalidArgument("source", "name the SEG: pacs or upload_id")
 
 
-class ImportUseCases:
+class ImportUseCases(Generic[TxT]):
+    """SEG files into mask groups: from the PACS or through an upload ticket of their own."""
+
     def __init__(
         self,
-        transaction: AuditedTransactions,
+        transaction: AuditedTransactions[TxT],
         *,
-        masks: MaskStore,
-        annotations: AnnotationAccessLookup,
-        idempotency: IdempotencyStore,
+        masks: MaskStore[TxT],
+        annotations: AnnotationAccessLookup[TxT],
+        idempotency: IdempotencyStore[TxT],
         storage: ObjectStorage,
-        database: Transactions,
-        deletions: ScheduledDeletions,
+        database: Transactions[TxT],
+        deletions: ScheduledDeletions[TxT],
+        segmentations: SegmentationReader,
         limits: ImportLimits,
+        clock: Clock,
         pacs: Pacs | None = None,
         pacs_checks: PacsChecks | None = None,
     ) -> None:
@@ -158,6 +190,8 @@ class ImportUseCases:
         self._storage = storage
         self._database = database
         self._deletions = deletions
+        self._segmentations = segmentations
+        self._clock = clock
         self.limits = limits
         self._pacs = pacs
         self._pacs_checks = pacs_checks or PacsChecks(None, PacsValidation.OFF)
@@ -177,11 +211,11 @@ class ImportUseCases:
             )
         ttl = self._ttl(ttl_seconds)
         upload_id = uuid.uuid4()
-        expires_at = datetime.now(UTC) + ttl
-        call.audit.touch(resource_type="annotation", resource_ids=[annotation_id])
+        expires_at = self._clock.now() + ttl
+        call.audit.touch(resource_ids=[annotation_id])
         async with self._transaction(call) as conn:
             annotation = await self._annotation(conn, call, annotation_id)
-            key = rules.segmentation_upload_key(annotation.project_id, annotation_id, upload_id)
+            key = segmentation_upload_key(annotation.project_id, annotation_id, upload_id)
             # Queued now, due after the ticket and a grace period: whatever the client does.
             await self._deletions.enqueue_at(conn, [key], expires_at + self.limits.upload_retention)
         post = self._storage.presign_post(
@@ -196,20 +230,22 @@ class ImportUseCases:
         self,
         call: CallContext,
         annotation_id: int,
-        source: Source,
+        requested: SourceRequest,
         *,
         group_name: str,
         description: str,
         request_id: str,
     ) -> MaskGroup:
+        source = source_from_request(requested)
         validation.positive_id("annotation_id", annotation_id)
-        key = validation.request_id("request_id", request_id)
-        name = validation.text("group_name", group_name, max_length=200)
-        about = validation.text("description", description, max_length=2000)
+        key, name, about = (
+            validation.request_id("request_id", request_id),
+            validation.text("group_name", group_name, max_length=200),
+            validation.text("description", description, max_length=2000),
+        )
         fingerprint = paging.filters_fingerprint(
             annotation_id, repr(source), name or "", about or ""
         )
-        call.audit.touch(resource_type="mask_group")
         async with self._database.transaction() as conn:
             annotation = await self._annotation(conn, call, annotation_id)
             earlier = (
@@ -226,7 +262,7 @@ class ImportUseCases:
             # Read inside the bound: a SEG's bytes are as large as its decoded arrays.
             data = await self._read_source(annotation, source)
             seg = await asyncio.to_thread(
-                read_segmentation, data, max_voxels=self.limits.max_voxels, field=field
+                self._segmentations.read, data, max_voxels=self.limits.max_voxels, field=field
             )
             del data
             if seg.study_instance_uid != annotation.study_uid:
@@ -240,7 +276,7 @@ class ImportUseCases:
             segments = validated_segments(
                 f"{field}.segments", seg.segments, has_model=seg.algorithm_name is not None
             )
-            fields = rules.group_fields(
+            fields = group_fields(
                 group_name=name or seg.content_label or _DEFAULT_GROUP_NAME,
                 model_name=seg.algorithm_name or "",
                 version=seg.algorithm_version or "",
@@ -253,7 +289,9 @@ class ImportUseCases:
             order, modality = await self._slice_order(annotation, seg)
             if modality:
                 values = _with_modality(values, modality)
-            pngs = await asyncio.to_thread(_encode, [seg.label_maps[uid] for uid in order])
+            pngs = await asyncio.to_thread(
+                self._segmentations.encode_label_maps, [seg.label_maps[uid] for uid in order]
+            )
         rows, columns = next(iter(seg.label_maps.values())).shape
         del seg
 
@@ -274,7 +312,7 @@ class ImportUseCases:
                     await self._masks.enqueue_deletions(
                         conn,
                         [
-                            rules.segmentation_upload_key(
+                            segmentation_upload_key(
                                 annotation.project_id, annotation_id, source.upload_id
                             )
                         ],
@@ -291,7 +329,7 @@ class ImportUseCases:
                     find=lambda group_id: self._masks.get_group(conn, group_id),
                     id_of=lambda g: g.id,
                 )  # fmt: skip
-                call.audit.touch(resource_type="mask_group", resource_ids=[group.id])
+                call.audit.touch(resource_ids=[group.id])
             if not created:
                 # A concurrent retry recorded its own copy first: ours is not needed.
                 await asyncio.shield(self._discard(written))
@@ -312,7 +350,7 @@ class ImportUseCases:
                 find=lambda group_id: self._masks.get_group(conn, group_id),
                 id_of=lambda g: g.id,
             )  # fmt: skip
-            call.audit.touch(resource_type="mask_group", resource_ids=[group.id])
+            call.audit.touch(resource_ids=[group.id])
         return group
 
     async def _read_source(self, annotation: Annotation, source: Source) -> bytes:
@@ -332,7 +370,7 @@ class ImportUseCases:
             if data is None:
                 raise FailedPrecondition("pacs.seg_instance_uid: not found in the PACS")
             return data
-        key = rules.segmentation_upload_key(annotation.project_id, annotation.id, source.upload_id)
+        key = segmentation_upload_key(annotation.project_id, annotation.id, source.upload_id)
         info = await self._storage.stat(key)
         if info is None or info.upload_id != str(source.upload_id):
             # Either no ticket of this annotation has that id, or nothing came through it.
@@ -384,11 +422,11 @@ class ImportUseCases:
         height: int,
     ) -> list[NewMask]:
         gate = asyncio.Semaphore(self.limits.parallel_writes)
-        now = datetime.now(UTC)
+        now = self._clock.now()
 
         async def one(slice_index: int, sop_uid: str, png: bytes) -> NewMask:
             upload_id = uuid.uuid4()
-            key = rules.imported_key(annotation.project_id, annotation.id, import_id, upload_id)
+            key = imported_key(annotation.project_id, annotation.id, import_id, upload_id)
             md5 = hashlib.md5(png, usedforsecurity=False).hexdigest()
             async with gate:
                 written.append(key)
@@ -425,7 +463,7 @@ class ImportUseCases:
             self._storage, self._database, self._masks, keys, what="a failed import"
         )
 
-    async def _annotation(self, conn: Tx, call: CallContext, annotation_id: int) -> Annotation:
+    async def _annotation(self, conn: TxT, call: CallContext, annotation_id: int) -> Annotation:
         return await authorized_annotation(self._annotations, conn, call, annotation_id)
 
     def _ttl(self, seconds: int) -> timedelta:
@@ -442,9 +480,5 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def _encode(maps: list[np.ndarray]) -> list[bytes]:
-    return [encode_png_label_map(m) for m in maps]
-
-
-def _with_modality(values: rules.GroupFields, modality: str) -> rules.GroupFields:
+def _with_modality(values: GroupFields, modality: str) -> GroupFields:
     return dataclasses.replace(values, modality=modality[:16])

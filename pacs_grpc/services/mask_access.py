@@ -9,39 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Protocol
 
 from pacs_grpc.domain import validation
-from pacs_grpc.domain.annotation import Annotation, AnnotationAccess
+from pacs_grpc.domain.annotation import Annotation
 from pacs_grpc.domain.errors import NotFound
 from pacs_grpc.domain.masks import GroupAccess
 from pacs_grpc.services.context import CallContext, check_access
-from pacs_grpc.services.ports import Transactions, Tx
-from pacs_grpc.services.storage import ObjectStorage
+from pacs_grpc.services.ports import (
+    AnnotationAccessLookup,
+    DeletionQueue,
+    GroupAccessLookup,
+    ObjectStorage,
+    Transactions,
+    TxT,
+)
 
 _log = logging.getLogger(__name__)
 
 
-class AnnotationAccessLookup(Protocol):
-    async def get_with_access(
-        self, conn: Tx, annotation_id: int, user_id: int, *, for_update: bool = False
-    ) -> AnnotationAccess | None: ...
-
-
-class GroupAccessLookup(Protocol):
-    async def group_with_access(
-        self, conn: Tx, annotation_id: int, group_id: int, user_id: int, *,
-        for_update: bool = False,
-    ) -> GroupAccess | None: ...  # fmt: skip
-
-
-class DeletionQueue(Protocol):
-    async def enqueue_deletions(self, conn: Tx, keys: Sequence[str]) -> None: ...
-
-
 async def authorized_annotation(
-    annotations: AnnotationAccessLookup, conn: Tx, call: CallContext, annotation_id: int
+    annotations: AnnotationAccessLookup[TxT], conn: TxT, call: CallContext, annotation_id: int
 ) -> Annotation:
     """The annotation, if the caller holds the role the RPC table asks for on its project."""
     found = await annotations.get_with_access(conn, annotation_id, call.caller.user_id)
@@ -53,7 +40,7 @@ async def authorized_annotation(
 
 
 async def authorized_group(
-    groups: GroupAccessLookup, conn: Tx, call: CallContext, annotation_id: int, group_id: int,
+    groups: GroupAccessLookup[TxT], conn: TxT, call: CallContext, annotation_id: int, group_id: int,
     *, for_update: bool = False,
 ) -> GroupAccess:  # fmt: skip
     """The group of that annotation, if the caller holds the role the RPC table asks for."""
@@ -72,7 +59,7 @@ async def authorized_group(
 
 
 async def discard_objects(
-    storage: ObjectStorage, database: Transactions, queue: DeletionQueue, keys: list[str],
+    storage: ObjectStorage, database: Transactions[TxT], queue: DeletionQueue[TxT], keys: list[str],
     *, what: str,
 ) -> None:  # fmt: skip
     """Delete objects a failed call stored, and queue them for the sweeper too: storage may be

@@ -17,12 +17,13 @@ and counters say what kind of check failed, never which study.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pacs_grpc.domain.errors import FailedPrecondition, Unavailable
-from pacs_grpc.domain.masks import LISTED_SLICES
+from pacs_grpc.domain.masks import LISTED_SLICES, NewMask
 from pacs_grpc.domain.pacs import PacsValidation, SourceSeries, along_normal
 from pacs_grpc.services.ports import Pacs
 
@@ -79,6 +80,11 @@ _NOTHING = SliceSource("", None, None)
 
 
 class PacsChecks:
+    """PACS_VALIDATE applied to writes (see the module docstring): `look_up` and `settle` for an
+    annotation's references, `slice_source` and `bind` for mask slices. Call it before any
+    transaction opens. Without a PACS it is OFF and asks nothing; it keeps no state per call.
+    """
+
     def __init__(
         self,
         pacs: Pacs | None,
@@ -213,6 +219,27 @@ class PacsChecks:
     def _warn(self, reason: str, message: str, field: str) -> None:
         self._on_warning(reason)
         _log.warning(message, extra={"field": field, "reason": reason})
+
+
+async def bind_masks(checks: PacsChecks, source: SliceSource, new: list[NewMask]) -> list[NewMask]:
+    """The masks with each slice's image checked, and bound by position where the client named
+    none (see PacsChecks.bind); refused (FAILED_PRECONDITION) in enforce mode."""
+    if source.series is None:
+        return new
+    bound = await checks.bind(
+        source,
+        [
+            SliceFacts(m.upload.slice_index, m.upload.sop_instance_uid, m.width, m.height)
+            for m in new
+        ],
+    )
+    return [
+        dataclasses.replace(
+            m,
+            upload=dataclasses.replace(m.upload, sop_instance_uid=bound.get(m.upload.slice_index)),
+        )
+        for m in new
+    ]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ from collections.abc import Hashable
 
 
 class PushMemoryBudget:
+    """Bytes of pushed slices in memory, per process and per user. Unlocked: call it from the event
+    loop only, where each call runs whole. `try_reserve` never waits, and every reservation must
+    be released exactly once.
+    """
+
     def __init__(self, *, per_process: int, per_user: int) -> None:
         if per_process < 1 or per_user < 1:
             raise ValueError("budgets must be positive")

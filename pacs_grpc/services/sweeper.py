@@ -17,9 +17,10 @@ scheme safe: a sweeper that crashes mid-batch has its transaction rolled back, w
 rows untouched for the next round. Deleting an object twice is harmless (a missing key counts as
 deleted), so a crash between the storage call and the commit only repeats work.
 
-The SQL lives in pacs_grpc.adapters.postgres.outbox. The sweeper uses it directly rather than
-through a port: its guarantees are PostgreSQL's (advisory locks, SKIP LOCKED), which a fake
-could not show, so it is tested against a real database only.
+The SQL lives in pacs_grpc.adapters.postgres.outbox, behind the SweepOutbox port. Its
+guarantees are PostgreSQL's (advisory locks, SKIP LOCKED), which only the integration tests
+can show; the sweeper's own decisions (what to finish, what to retry, when to stop a round)
+are unit-tested on a fake outbox.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
+from typing import Generic, Protocol
 
-from pacs_grpc.adapters.postgres import outbox
 from pacs_grpc.domain.errors import DomainError
-from pacs_grpc.services.ports import Transactions
+from pacs_grpc.services.ports import SweepOutbox, Transactions, TxT
 
 _log = logging.getLogger("pacs_grpc.sweeper")
 
@@ -53,6 +53,10 @@ class DeletesObjects(Protocol):
 
 @dataclass(frozen=True)
 class SweepResult:
+    """What a batch or round did: expired tickets moved to the outbox, objects deleted, and
+    deletions that failed and were rescheduled. Results add up across batches.
+    """
+
     expired_enqueued: int = 0
     deleted: int = 0
     failed: int = 0
@@ -73,24 +77,32 @@ class SweepResult:
 class _Batch:
     result: SweepResult
     claimed: int
+    # Expired tickets removed, queued or not: a full batch means more may be waiting.
+    expired_removed: int
     storage_down: bool
 
 
-class Sweeper:
+class Sweeper(Generic[TxT]):
+    """Deletes queued objects in the background, one replica at a time (see the module docstring).
+
+    Each batch is one transaction holding the lock and its claimed rows; a crash or `stop` rolls it
+    back and the rows come due again. One per process: `start` it once, `stop` it at shutdown.
+    """
+
     def __init__(
         self,
-        db: Transactions,
+        db: Transactions[TxT],
+        outbox: SweepOutbox[TxT],
         storage: DeletesObjects,
         *,
         interval_seconds: float = 5.0,
         batch_size: int = 500,
         upload_grace: timedelta = timedelta(minutes=10),
-        lock_key: int = outbox.SWEEPER_LOCK_KEY,
         delete_timeout_seconds: float = 60.0,
         on_backlog: Callable[[int], None] | None = None,
     ) -> None:
         """`upload_grace` is how long after its expiry a ticket is left alone, for completions
-        in flight and clock skew. `lock_key` must be the same on every replica of a database.
+        in flight and clock skew.
         `delete_timeout_seconds` bounds one storage call, and so how long a batch holds its rows.
         `on_backlog` hears the outbox's size after every round (for a metric); every replica
         reports it, the active one or not.
@@ -102,7 +114,7 @@ class Sweeper:
         self._interval = interval_seconds
         self._batch_size = batch_size
         self._grace = upload_grace
-        self._lock_key = lock_key
+        self._outbox = outbox
         self._delete_timeout = delete_timeout_seconds
         self._on_backlog = on_backlog
         self._task: asyncio.Task[None] | None = None
@@ -133,7 +145,7 @@ class Sweeper:
                     break
                 total += batch.result
                 more_due = batch.claimed == self._batch_size
-                more_expired = batch.result.expired_enqueued == self._batch_size
+                more_expired = batch.expired_removed == self._batch_size
                 # An outage would fail every further batch too, each after a timeout.
                 if batch.storage_down or not (more_due or more_expired):
                     break
@@ -153,7 +165,7 @@ class Sweeper:
     async def report_backlog(self) -> int:
         """Count the outbox's rows, due or not, and pass the number to `on_backlog`."""
         async with self._db.transaction() as conn:
-            rows = await outbox.backlog(conn)
+            rows = await self._outbox.backlog(conn)
         if self._on_backlog is not None:
             self._on_backlog(rows)
         return rows
@@ -161,12 +173,17 @@ class Sweeper:
     async def _sweep_batch(self) -> _Batch | None:
         """One transaction; None when another sweeper holds the lock."""
         async with self._db.transaction() as conn:
-            if not await outbox.try_lock_sweeper(conn, self._lock_key):
+            if not await self._outbox.try_lock(conn):
                 return None
-            enqueued = await outbox.enqueue_expired_uploads(conn, self._grace, self._batch_size)
-            claimed = await outbox.claim_due_deletions(conn, self._batch_size)
+            expired = await self._outbox.enqueue_expired_uploads(
+                conn, self._grace, self._batch_size
+            )
+            enqueued = expired.queued
+            claimed = await self._outbox.claim_due(conn, self._batch_size)
             if not claimed:
-                return _Batch(SweepResult(expired_enqueued=enqueued), 0, storage_down=False)
+                return _Batch(
+                    SweepResult(expired_enqueued=enqueued), 0, expired.removed, storage_down=False
+                )
 
             # The same key may be queued twice (say, by an expired ticket and by its group's
             # deletion): one delete serves every row naming it.
@@ -185,10 +202,10 @@ class Sweeper:
 
             done = [row_id for row_id, key in claimed if key not in failed_keys]
             retry = {row_id: reason for row_id, key in claimed if key in failed_keys}
-            await outbox.finish_deletions(conn, done)
-            await outbox.retry_deletions(conn, retry)
+            await self._outbox.finish(conn, done)
+            await self._outbox.retry_later(conn, retry)
             result = SweepResult(expired_enqueued=enqueued, deleted=len(done), failed=len(retry))
-            return _Batch(result, len(claimed), storage_down)
+            return _Batch(result, len(claimed), expired.removed, storage_down)
 
     async def _run(self) -> None:
         while True:

@@ -16,14 +16,13 @@ written when it was authorised, and the edge's log line of the RPC records how i
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, NoReturn, TypeVar
 
 from pacs_grpc.domain.errors import NotFound, Unauthenticated, Unavailable
 from pacs_grpc.services.context import CallContext, check_access
-from pacs_grpc.services.ports import ProjectStore, Transactions
+from pacs_grpc.services.ports import Clock, ProjectStore, Transactions, TxT
 
 T = TypeVar("T")
 
@@ -38,13 +37,21 @@ FAILED_RECHECKS_TOLERATED = 1
 _END = object()
 
 
-class WatchAccess:
+class WatchAccess(Generic[TxT]):
     """Guards the subscriptions of WatchAnnotations with their caller's current access."""
 
-    def __init__(self, db: Transactions, projects: ProjectStore, *, recheck_seconds: float) -> None:
+    def __init__(
+        self,
+        db: Transactions[TxT],
+        projects: ProjectStore[TxT],
+        *,
+        recheck_seconds: float,
+        clock: Clock,
+    ) -> None:
         self._db = db
         self._projects = projects
         self.recheck_seconds = recheck_seconds
+        self._clock = clock
 
     def guard(
         self,
@@ -68,6 +75,7 @@ class WatchAccess:
             still_readable,
             valid_until=call.caller.principal.valid_until,
             recheck_seconds=self.recheck_seconds,
+            clock=lambda: self._clock.now().timestamp(),
         )
 
 
@@ -78,9 +86,10 @@ async def guarded(
     *,
     valid_until: float | None,
     recheck_seconds: float,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float],
 ) -> AsyncIterator[AsyncIterator[T]]:
-    """`subscription`'s items until `valid_until` (epoch seconds) or until `check` raises.
+    """`subscription`'s items until `valid_until` (epoch seconds on `clock`) or until `check`
+    raises.
 
     The iterator then raises Unauthenticated, or `check`'s error. Nothing it owns outlives
     the block: the guard's tasks and a pending read are finished before the subscription

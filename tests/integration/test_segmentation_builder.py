@@ -1,7 +1,7 @@
 """DICOM Segmentation built from label maps and source metadata, checked by dciodvfy, read back
 by our reader and by highdicom alone, and refused where it must be.
 
-The source series is pacs_grpc.devstack.sample_ct's synthetic CT, turned into DICOM JSON the way
+The source series is pacs_devstack.sample_ct's synthetic CT, turned into DICOM JSON the way
 WADO-RS metadata arrives; no PACS is involved (the round trip through Orthanc belongs to the
 export tests).
 """
@@ -22,12 +22,12 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
+from pacs_devstack.sample_ct import synthetic_ct
 from pacs_grpc.adapters.dicom.segmentation import (
     Equipment,
     build_segmentation,
     read_segmentation,
 )
-from pacs_grpc.devstack.sample_ct import synthetic_ct
 from pacs_grpc.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from pacs_grpc.domain.segments import (
     AlgorithmType,
@@ -148,7 +148,7 @@ def test_a_built_segmentation_passes_dciodvfy_and_reads_back_frame_for_frame(
     assert read.content_label == "LIVER_SEG"
     assert set(read.label_maps) == set(maps)
     for uid, image in maps.items():
-        assert read.label_maps[uid].dtype == np.uint8
+        assert np.asarray(read.label_maps[uid]).dtype == np.uint8
         np.testing.assert_array_equal(read.label_maps[uid], NUMBER_LUT[image])
 
     # Codes, labels, colour and algorithm type survive, renumbered 1..n.

@@ -18,6 +18,8 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
+from pacs_grpc.adapters.clock import SystemClock
+from pacs_grpc.adapters.dicom.segmentation import SegmentationCodec
 from pacs_grpc.domain.access import Access
 from pacs_grpc.domain.annotation import Annotation, AnnotationAccess
 from pacs_grpc.domain.audit import AuditTrail
@@ -25,7 +27,7 @@ from pacs_grpc.domain.errors import InvalidArgument
 from pacs_grpc.domain.identity import Caller, Principal, ProjectRole
 from pacs_grpc.domain.pacs import PacsValidation, SourceInstance, SourceSeries
 from pacs_grpc.services import imports
-from pacs_grpc.services.imports import FromPacs, ImportLimits, ImportUseCases
+from pacs_grpc.services.imports import ImportLimits, ImportUseCases, SourceRequest
 from pacs_grpc.services.pacs_checks import PacsChecks
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -88,7 +90,8 @@ def _use_cases(pacs: _Pacs, *, max_concurrency: int, checks: PacsChecks | None =
     return ImportUseCases(
         unused, masks=unused, annotations=cast(Any, _Annotations()), idempotency=unused,
         storage=unused, database=cast(Any, _Database()), deletions=unused, limits=limits,
-        pacs=cast(Any, pacs), pacs_checks=checks,
+        segmentations=SegmentationCodec(), clock=SystemClock(), pacs=cast(Any, pacs),
+        pacs_checks=checks,
     )  # fmt: skip
 
 
@@ -104,7 +107,7 @@ def _call() -> Any:
 async def test_pacs_reads_wait_for_the_import_bound() -> None:
     pacs = _Pacs()
     use_cases = _use_cases(pacs, max_concurrency=1)
-    source = FromPacs(STUDY, SEG_SERIES, "1.2.826.0.1.3680043.8.498.4")
+    source = SourceRequest("pacs", STUDY, SEG_SERIES, "1.2.826.0.1.3680043.8.498.4")
     calls = [
         asyncio.create_task(
             use_cases.import_segmentation(

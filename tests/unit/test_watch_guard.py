@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from pacs_devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from pacs_grpc.adapters.auth import JwksCache, TokenVerifier
+from pacs_grpc.adapters.clock import SystemClock
 from pacs_grpc.config import ConfigError, OidcSettings, Settings
-from pacs_grpc.devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from pacs_grpc.domain.access import Access
 from pacs_grpc.domain.audit import AuditTrail
 from pacs_grpc.domain.errors import (
@@ -75,7 +76,9 @@ class Checks:
 def _guard(
     feed: Feed, checks: Checks, *, valid_until: float | None = None, every: float = TICK
 ) -> AbstractAsyncContextManager[AsyncIterator[int]]:
-    return guarded(feed.subscription(), checks, valid_until=valid_until, recheck_seconds=every)
+    return guarded(
+        feed.subscription(), checks, valid_until=valid_until, recheck_seconds=every, clock=time.time
+    )
 
 
 def _other_tasks() -> set[asyncio.Task[Any]]:
@@ -231,7 +234,7 @@ def _call(*, admin: bool = False, valid_until: float | None = None) -> CallConte
     )
 
 
-async def _first_outcome(access: WatchAccess, call: CallContext, feed: Feed) -> Exception:
+async def _first_outcome(access: WatchAccess[Any], call: CallContext, feed: Feed) -> Exception:
     async with access.guard(call, 3, feed.subscription()) as items:
         try:
             async with asyncio.timeout(TICK * 6):
@@ -245,7 +248,7 @@ async def test_a_removed_member_gets_not_found_and_a_deactivated_project_keeps_i
     None
 ):
     projects, db = Projects(), Transactions()
-    access = WatchAccess(db, projects, recheck_seconds=TICK)  # type: ignore[arg-type]
+    access = WatchAccess(db, projects, recheck_seconds=TICK, clock=SystemClock())  # type: ignore[arg-type]
 
     projects.active = False
     assert isinstance(await _first_outcome(access, _call(), Feed()), TimeoutError)
@@ -264,7 +267,7 @@ async def test_a_removed_member_gets_not_found_and_a_deactivated_project_keeps_i
 
 
 async def test_the_guard_takes_the_tokens_validity_from_the_principal() -> None:
-    access = WatchAccess(Transactions(), Projects(), recheck_seconds=30)  # type: ignore[arg-type]
+    access = WatchAccess(Transactions(), Projects(), recheck_seconds=30, clock=SystemClock())  # type: ignore[arg-type]
     outcome = await _first_outcome(access, _call(valid_until=time.time() + TICK), Feed())
     assert isinstance(outcome, Unauthenticated)
 

@@ -55,6 +55,13 @@ _REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
 
 
 class TokenVerifier:
+    """Bearer tokens in, a verified Principal out; every refusal is Unauthenticated.
+
+    The algorithms are the configured ones, never the token header's; the key comes from the JWKS
+    cache by `kid`. A verified token is answered from memory for VERIFIED_FOR_SECONDS at most,
+    never past its `exp`; refusals are checked afresh. Event-loop only: that memory is unlocked.
+    """
+
     def __init__(
         self,
         settings: OidcSettings,

@@ -26,13 +26,16 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 
+from pacs_grpc.adapters.images import encode_png_label_map
 from pacs_grpc.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from pacs_grpc.domain.masks import MAX_SLICE_COUNT
 from pacs_grpc.domain.segments import (
     ARTIFICIAL_INTELLIGENCE,
     AlgorithmType,
     CodedConcept,
+    LabelMap,
     Segment,
+    SegmentationRead,
     SegmentInput,
 )
 
@@ -66,27 +69,6 @@ class Equipment:
     manufacturer_model_name: str = "pacs-grpc"
     software_versions: str = "1"
     device_serial_number: str = "1"
-
-
-@dataclass(frozen=True)
-class SegmentationRead:
-    """What a SEG holds, in the server's terms."""
-
-    sop_instance_uid: str
-    series_instance_uid: str
-    study_instance_uid: str
-    # The series the SEG was drawn on (a mask group belongs to one series).
-    source_series_uid: str
-    frame_of_reference_uid: str | None
-    # As declared in the file: pixel_value is the segment number. The caller validates them
-    # (pacs_grpc.domain.segments.segments), which applies defaults and refuses retired codes.
-    segments: tuple[SegmentInput, ...]
-    algorithm_name: str | None
-    algorithm_version: str | None
-    content_label: str | None
-    # Source SOP Instance UID -> (rows, columns) uint8 label map, pixel value = segment number.
-    # Every source instance the SEG references, including those whose frames are all empty.
-    label_maps: dict[str, np.ndarray]
 
 
 def build_segmentation(
@@ -454,3 +436,13 @@ def _concept_read(sequence: Any) -> CodedConcept | None:
         str(item.get("CodingSchemeDesignator") or ""),
         str(item.get("CodeMeaning") or ""),
     )
+
+
+class SegmentationCodec:
+    """Implements pacs_grpc.services.ports.SegmentationReader with highdicom and Pillow."""
+
+    def read(self, data: bytes, *, max_voxels: int, field: str) -> SegmentationRead:
+        return read_segmentation(data, max_voxels=max_voxels, field=field)
+
+    def encode_label_maps(self, maps: Sequence[LabelMap]) -> list[bytes]:
+        return [encode_png_label_map(np.asarray(m)) for m in maps]

@@ -1,0 +1,6 @@
+"""PostgreSQL: the connection pool, the migrator and role checks, and the SQL stores.
+
+Each store implements a port of pacs_grpc.services.ports on a psycopg connection inside the
+caller's transaction (database.Database). SQL is hand-written and parameterised; dynamic column
+lists come from whitelists through psycopg.sql; psycopg errors become domain errors here.
+"""

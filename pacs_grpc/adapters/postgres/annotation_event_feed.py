@@ -1,7 +1,7 @@
 """annotation_event: writing change events, and reading them back in event_id order.
 
 The hub that streams these events to viewers is in annotation_events.py, which also
-re-exports everything here.
+re-exports record_event, AnnotationEventFeed, CHANNEL and project_lock_key.
 """
 
 from __future__ import annotations
@@ -130,6 +130,12 @@ select coalesce(max(event_id), 0) from annotation_event where project_id = %(pro
 
 
 class AnnotationEventFeed:
+    """The EventHub's reads of annotation_event, on a connection the caller holds; writes nothing.
+
+    Events come in event_id order. record_event's per-project lock makes that commit order within
+    a project, so a reader that resumes after the last id it saw never skips an event.
+    """
+
     async def after(
         self,
         conn: Connection,

@@ -56,6 +56,12 @@ _Reader = Callable[[int, int, str | None], Coroutine[Any, Any, BudgetedRows[Anno
 
 
 class SubscriberTooSlowError(ResourceExhausted):
+    """A watcher fell `queue_size` events behind; its stream ends with RESOURCE_EXHAUSTED.
+
+    Nothing is lost: the table keeps every event, and the client resumes after the last
+    event_id it received.
+    """
+
     def __init__(self) -> None:
         super().__init__(
             "watcher fell too far behind the annotation events; "

@@ -88,6 +88,14 @@ UPDATABLE_COLUMNS = frozenset(
 
 
 class AnnotationRepository:
+    """AnnotationStore (pacs_grpc.services.ports) on annotation_annotation, in the caller's
+    transaction.
+
+    No database error is mapped here: the use cases validate first, and `update` refuses a column
+    outside UPDATABLE_COLUMNS with ValueError (a bug, not input). `delete` queues the objects of
+    the annotation's groups in the same transaction, so they go only if the delete commits.
+    """
+
     async def insert(
         self, conn: Connection, *, project_id: int, user_id: int, where: Location,
         content: AnnotationContent,

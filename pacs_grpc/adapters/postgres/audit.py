@@ -14,6 +14,10 @@ values (%(subject)s, %(client_id)s, %(project_id)s, %(action)s, %(resource_type)
 
 
 class AuditRepository:
+    """AuditStore: one audit_log insert in the caller's transaction, so a use case's audit row
+    commits or rolls back with its data. Nothing is mapped: a failed insert fails that transaction.
+    """
+
     async def insert(self, conn: Connection, entry: AuditEntry) -> None:
         async with conn.cursor() as cur:
             await cur.execute(

@@ -26,6 +26,14 @@ _log = logging.getLogger(__name__)
 
 
 class Database:
+    """Transactions (pacs_grpc.services.ports) on the psycopg pool: one pooled connection, one
+    transaction per block.
+
+    Connection-level failures are mapped here, once for every store: no connection in time, a
+    cancelled statement or a lost server become Unavailable; a serialization failure or deadlock
+    becomes Conflict. Errors about the data are the repositories' to map.
+    """
+
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 

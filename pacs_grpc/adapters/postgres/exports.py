@@ -45,6 +45,12 @@ _ROW = kwargs_row(_export)
 
 
 class ExportRepository:
+    """ExportStore (pacs_grpc.services.ports) on mask_group_export, in the caller's transaction.
+
+    Every read is scoped to the group, so another group's export id reads as None. Maps no errors:
+    the use case checks the group before inserting.
+    """
+
     async def insert(
         self, conn: Connection, group_id: int, new: NewExport, created_by: int
     ) -> MaskGroupExport:

@@ -22,6 +22,13 @@ values (%(user_id)s, %(operation)s, %(request_id)s, %(resource_id)s, %(fingerpri
 
 
 class IdempotencyRepository:
+    """IdempotencyStore on idempotency_key, in the caller's transaction.
+
+    `lock_and_find` takes a transaction-level advisory lock on (user, operation, request_id), so
+    concurrent retries run one after another and the later one finds the first's key. Call
+    `remember` only after it, in the same transaction: then no unique violation can occur.
+    """
+
     async def lock_and_find(
         self, conn: Connection, user_id: int, operation: str, request_id: str
     ) -> tuple[int, str] | None:

@@ -15,6 +15,10 @@ select unnest(%(keys)s::text[]), %(due_at)s
 
 
 class ScheduledDeletionRepository:
+    """ScheduledDeletions on storage_deletion_outbox, in the caller's transaction: the keys come due
+    at `due_at`, and are queued only if that transaction commits. Maps no errors.
+    """
+
     async def enqueue_at(self, conn: Connection, keys: Sequence[str], due_at: datetime) -> None:
         async with conn.cursor() as cur:
             await cur.execute(ENQUEUE_AT, {"keys": list(keys), "due_at": due_at})

@@ -168,6 +168,14 @@ _GROUP_ROW = kwargs_row(_group)
 
 
 class MaskRepository:
+    """MaskStore (pacs_grpc.services.ports) on groups, upload tickets and masks, in the caller's
+    transaction.
+
+    `record_masks` maps a second mask for one slice (unique violation) to FailedPrecondition.
+    Deleting a group queues its objects (masks, pending uploads, exports) for the sweeper in the
+    same transaction, so they go only if the delete commits.
+    """
+
     async def group_with_access(
         self,
         conn: Connection,

@@ -67,6 +67,10 @@ class PendingMigrationsError(MigrationError):
 
 @dataclass(frozen=True)
 class Migration:
+    """One NNNN_snake_name.sql file. `checksum` is the SHA-256 of its exact bytes: recorded when
+    applied, and a later run refuses a file whose bytes changed (ChangedMigrationError).
+    """
+
     version: int
     name: str
     sql: str

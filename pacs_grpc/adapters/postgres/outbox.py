@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 from pacs_grpc.adapters.postgres.database import Connection
+from pacs_grpc.services.ports import ExpiredTickets
 
 # Key of the pg_try_advisory_xact_lock that makes one sweeper active at a time: the bytes of
 # "pacsswep". Advisory locks share one bigint space per database with the migrator ("pacsmigr"),
@@ -75,9 +76,13 @@ with expired as (
     where u.upload_id = e.upload_id
     returning u.object_key
 )
-insert into storage_deletion_outbox (object_key)
-select r.object_key from removed r
-where not exists (select 1 from annotation_mask m where m.file_path = r.object_key)
+), queued as (
+    insert into storage_deletion_outbox (object_key)
+    select r.object_key from removed r
+    where not exists (select 1 from annotation_mask m where m.file_path = r.object_key)
+    returning 1
+)
+select (select count(*) from removed), (select count(*) from queued)
 """
 
 BACKLOG = "select count(*) from storage_deletion_outbox"
@@ -127,15 +132,14 @@ async def retry_deletions(conn: Connection, failures: Mapping[int, str]) -> None
         await cur.execute(RETRY, params)
 
 
-async def enqueue_expired_uploads(conn: Connection, grace: timedelta, limit: int) -> int:
-    """Remove up to `limit` expired, never-completed upload tickets and queue their objects.
-
-    Returns how many keys were queued (tickets whose key a mask references are removed but not
-    counted).
-    """
+async def enqueue_expired_uploads(conn: Connection, grace: timedelta, limit: int) -> ExpiredTickets:
+    """Remove up to `limit` expired, never-completed upload tickets and queue their objects
+    (not those whose key a mask references)."""
     async with conn.cursor() as cur:
         await cur.execute(ENQUEUE_EXPIRED_UPLOADS, {"grace": grace, "limit": limit})
-        return max(cur.rowcount, 0)
+        row = await cur.fetchone()
+    removed, queued = row if row else (0, 0)
+    return ExpiredTickets(removed=int(removed), queued=int(queued))
 
 
 async def backlog(conn: Connection) -> int:
@@ -144,3 +148,34 @@ async def backlog(conn: Connection) -> int:
         await cur.execute(BACKLOG)
         row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+class DeletionOutbox:
+    """The sweeper's port (pacs_grpc.services.ports.SweepOutbox) on the functions above.
+
+    `lock_key` must be the same on every replica of a database; tests running sweepers that
+    must not see each other give them different keys.
+    """
+
+    def __init__(self, lock_key: int = SWEEPER_LOCK_KEY) -> None:
+        self._lock_key = lock_key
+
+    async def try_lock(self, conn: Connection) -> bool:
+        return await try_lock_sweeper(conn, self._lock_key)
+
+    async def enqueue_expired_uploads(
+        self, conn: Connection, grace: timedelta, limit: int
+    ) -> ExpiredTickets:
+        return await enqueue_expired_uploads(conn, grace, limit)
+
+    async def claim_due(self, conn: Connection, limit: int) -> list[tuple[int, str]]:
+        return await claim_due_deletions(conn, limit)
+
+    async def finish(self, conn: Connection, row_ids: Sequence[int]) -> None:
+        await finish_deletions(conn, row_ids)
+
+    async def retry_later(self, conn: Connection, failures: Mapping[int, str]) -> None:
+        await retry_deletions(conn, failures)
+
+    async def backlog(self, conn: Connection) -> int:
+        return await backlog(conn)

@@ -112,6 +112,13 @@ class _MemberRow:
 
 
 class ProjectRepository:
+    """ProjectStore (pacs_grpc.services.ports) on projects and members, in the caller's transaction.
+
+    A project name already used is AlreadyExists (project.name); a member who is no user is
+    NotFound. `member_role_for_update` and `other_owner_count` lock rows until the transaction
+    ends, so two concurrent demotions cannot leave a project without an owner.
+    """
+
     async def create(self, conn: Connection, name: str, description: str | None) -> Project:
         async with conn.cursor(row_factory=class_row(Project)) as cur:
             try:

@@ -42,6 +42,13 @@ UPDATABLE_COLUMNS = frozenset({"email", "full_name", "organization", "department
 
 
 class UserRepository:
+    """UserStore (pacs_grpc.services.ports) on security_user, in the caller's transaction.
+
+    `upsert_from_claims` runs in a savepoint: a username another account holds is
+    FailedPrecondition, an e-mail another profile holds is left off this one. `update` maps an
+    e-mail another account holds to AlreadyExists (user.email).
+    """
+
     async def upsert_from_claims(self, conn: Connection, principal: Principal) -> User:
         params = {
             "keycloak_id": principal.subject,

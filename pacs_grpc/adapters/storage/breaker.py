@@ -24,13 +24,19 @@ _T = TypeVar("_T")
 
 
 class BreakerState(enum.Enum):
+    """A snapshot of CircuitBreaker.state, taken under its lock; it may change right after.
+
+    CLOSED: calls pass. OPEN: calls fail at once with Unavailable for `open_seconds`.
+    HALF_OPEN: one trial call at a time is let through; its success closes, its failure reopens.
+    """
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
 
 
 class CircuitBreaker:
-    """Thread-safe: storage calls finish in worker threads, the event loop starts them.
+    """Thread-safe: guarded calls finish in worker threads, the event loop starts them.
 
     `dependency` names what is guarded in the refusal's message ("object storage", "the PACS").
     """
@@ -80,7 +86,7 @@ class CircuitBreaker:
             self._trial_running = False
 
     def release(self) -> None:
-        """The call ended without telling whether storage works (e.g. its input failed)."""
+        """The call ended without telling whether the dependency works (e.g. its input failed)."""
         with self._lock:
             self._trial_running = False
 

@@ -1,7 +1,9 @@
-"""Masks in S3-compatible storage through the minio SDK: upload tickets, checks, frozen copies.
+"""Masks in S3-compatible storage through the minio SDK: upload tickets, checks, versions.
 
-Clients upload straight to storage with presigned tickets; the server only signs,
-inspects and copies, so no mask bytes pass through it except in put_stream.
+Clients upload straight to storage with presigned tickets; the server signs them, and at
+completion inspects what arrived and records the exact version it checked (the bucket must be
+versioned), so a later overwrite through a still-valid ticket changes nothing recorded. Mask
+bytes pass through the server only in put_stream (PushMasks, imports, exports) and read.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pacs_grpc.adapters.storage.breaker import CircuitBreaker, run_admitted
 from pacs_grpc.adapters.storage.s3 import create_client
 from pacs_grpc.config import StorageSettings
 from pacs_grpc.domain.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from pacs_grpc.services.storage import ObjectInfo, PostTicket, PutTicket
+from pacs_grpc.domain.objects import ObjectInfo, PostTicket, PutTicket
 
 _log = logging.getLogger(__name__)
 _READ_PIECE = 1024 * 1024

@@ -1,49 +1,22 @@
-"""What the mask use cases need from object storage.
-
-Implemented by pacs_grpc.adapters.storage.objects.ObjectStore (minio SDK) and
-by fakes in unit tests. Every method raises the domain's Unavailable when
-storage cannot be reached, so callers can report a retryable outage.
-"""
+"""Object storage (S3): where mask slices, SEG files and uploads live."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-
-@dataclass(frozen=True)
-class PostTicket:
-    """A presigned POST policy: form fields to send before the file field."""
-
-    url: str
-    fields: dict[str, str]
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class PutTicket:
-    url: str
-    headers: dict[str, str]
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-    # Lowercase hex without quotes; the MD5 of the bytes for single-part uploads.
-    etag: str
-    content_type: str | None
-    # Set when the bucket is versioned (required): names exactly these bytes.
-    version_id: str | None = None
-    # The x-amz-meta-upload-id the object was stored with (only from stat): every ticket and
-    # push stores its own id there, so an object carrying another id was not written by it.
-    upload_id: str | None = None
+from pacs_grpc.domain.objects import ObjectInfo, PostTicket, PutTicket
 
 
 class ObjectStorage(Protocol):
+    """Objects in one bucket (versioned), and signed URLs to them.
+
+    Implemented by pacs_grpc.adapters.storage.objects.ObjectStore (minio SDK). Every method
+    raises the domain's Unavailable when storage cannot be reached, so callers can report a
+    retryable outage. Signing is local computation and does no I/O.
+    """
+
     def presign_post(
         self,
         key: str,

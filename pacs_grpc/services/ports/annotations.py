@@ -1,0 +1,77 @@
+"""Annotations and their change events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from pacs_grpc.domain.annotation import (
+    Annotation,
+    AnnotationAccess,
+    AnnotationEvent,
+    EventType,
+    ListFilter,
+)
+from pacs_grpc.domain.annotation_rules import AnnotationContent, Location
+from pacs_grpc.domain.paging import BudgetedRows
+from pacs_grpc.services.ports.transactions import TxT_contra
+
+
+class AnnotationAccessLookup(Protocol[TxT_contra]):
+    """An annotation with the caller's role in its project and whether the project is active, read
+    together, so the access check sees one snapshot.
+    """
+
+    async def get_with_access(
+        self, conn: TxT_contra, annotation_id: int, user_id: int, *, for_update: bool = False
+    ) -> AnnotationAccess | None:
+        """The annotation with the user's role in its project, read in one query."""
+        ...
+
+
+class AnnotationStore(AnnotationAccessLookup[TxT_contra], Protocol[TxT_contra]):
+    """Annotations, in the transaction the caller passes. `delete` queues the stored objects of the
+    annotation's groups in that transaction, so they are deleted only if it commits.
+    """
+
+    async def insert(
+        self, conn: TxT_contra, *, project_id: int, user_id: int, where: Location,
+        content: AnnotationContent,
+    ) -> Annotation: ...  # fmt: skip
+    async def update(
+        self, conn: TxT_contra, annotation_id: int, changes: Mapping[str, Any]
+    ) -> Annotation:
+        """Sets the whitelisted columns named in `changes` and moves the etag on."""
+        ...
+
+    async def delete(self, conn: TxT_contra, annotation_id: int) -> int:
+        """Deletes the annotation and its groups, queueing their stored objects for deletion;
+        how many objects were queued."""
+        ...
+
+    async def list_page(
+        self, conn: TxT_contra, filters: ListFilter, *, after: tuple[datetime, int] | None,
+        limit: int, budget_bytes: int,
+    ) -> BudgetedRows[Annotation]:  # fmt: skip
+        """Up to `limit` rows after the (created_at, id) position, newest first, stopping
+        early once their annotation JSON passes `budget_bytes`."""
+        ...
+
+
+class EventRecorder(Protocol[TxT_contra]):
+    """Appends a change event in the writer's transaction (the outbox of live updates)."""
+
+    async def __call__(
+        self, conn: TxT_contra, *, project_id: int, study_uid: str, annotation_id: int,
+        event_type: EventType,
+    ) -> int: ...  # fmt: skip
+
+
+class EventSource(Protocol):
+    """Live change events of a project, from just after `after_event_id` on, with no gap."""
+
+    def subscribe(
+        self, project_id: int, *, study_uid: str | None, after_event_id: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[AnnotationEvent]]: ...
