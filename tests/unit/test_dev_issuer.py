@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pacs_grpc.devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, KEY_FILE, DevIssuer, subject_for
+from pacs_devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, KEY_FILE, DevIssuer, subject_for
 
 
 def _decode(issuer: DevIssuer, token: str) -> dict[str, Any]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pacs_grpc.devstack.orthanc import INSTALL_HINT
-from pacs_grpc.devstack.stack import (
+from pacs_devstack.orthanc import INSTALL_HINT
+from pacs_devstack.stack import (
     LocalStack,
     SampleSeries,
     StackConfig,

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from pacs_devstack import issuer
 from pacs_grpc.config import DEV_ISSUER, ConfigError, Settings, is_loopback_host
-from pacs_grpc.devstack import issuer
 
 VALID = {
     "DATABASE_URL": "postgresql://app:db-password@db.internal:5432/pacs",

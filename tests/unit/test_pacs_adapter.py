@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from pacs.client.tokens import ClientCredentials, TokenError
 
+from pacs_devstack.ports import free_port
 from pacs_grpc.adapters.pacs.dicomweb import (
     DicomWebPacs,
     PacsProbe,
@@ -31,7 +32,6 @@ from pacs_grpc.adapters.pacs.dicomweb import (
 )
 from pacs_grpc.adapters.storage.breaker import BreakerState, CircuitBreaker
 from pacs_grpc.config import ConfigError, PacsSettings, Settings
-from pacs_grpc.devstack.ports import free_port
 from pacs_grpc.domain.errors import Unavailable
 
 STUDY = "1.2.826.0.1.3680043.8.498.4242"

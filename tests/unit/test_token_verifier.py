@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from pacs_devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer, subject_for
 from pacs_grpc.adapters.auth import JwksCache, TokenVerifier, bearer_token
 from pacs_grpc.config import OidcSettings
-from pacs_grpc.devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer, subject_for
 from pacs_grpc.domain.errors import Unauthenticated
 
 JWKS_URL = "http://localhost/realms/pacs-dev/protocol/openid-connect/certs"

@@ -10,10 +10,10 @@ from typing import Any
 import jwt
 import pytest
 
+from pacs_devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from pacs_grpc.adapters.auth import JwksCache, TokenVerifier
 from pacs_grpc.adapters.auth import verifier as verifier_module
 from pacs_grpc.config import OidcSettings
-from pacs_grpc.devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from pacs_grpc.domain.errors import Unauthenticated
 
 JWKS_URL = "http://localhost/realms/pacs-dev/protocol/openid-connect/certs"

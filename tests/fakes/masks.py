@@ -1,0 +1,390 @@
+"""In-memory mask groups, masks, upload tickets, SEG exports and the deletion outbox, with the
+semantics of pacs_grpc/adapters/postgres/masks.py, exports.py and imports.py.
+
+The rows live in MaskTables, a Tables (tests/fakes/stores.py) with the mask tables added, so
+FakeTransactions rolls them back with everything else; `install` puts it in place of a fresh
+FakeDatabase's tables. What the SQL does and these copy: the group row joined with its
+annotation, project and the caller's membership (group_with_access); completed_slices counted
+from the masks; lists by id or slice_index after a position, with the `limit` asked for;
+record_masks completing only tickets still pending, in slice order, and refusing a second mask
+on one slice (FailedPrecondition, as the unique-violation mapping does); delete_group queueing
+every mask, every pending ticket and every export before the rows go (cascade); exports newest
+first. Not modelled: row locks between concurrent transactions (locks are only recorded), the
+cascade from an annotation's deletion into these tables, CHECK constraints.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from pacs_grpc.domain.errors import FailedPrecondition
+from pacs_grpc.domain.exports import MaskGroupExport, NewExport
+from pacs_grpc.domain.masks import (
+    GroupAccess,
+    GroupFields,
+    Mask,
+    MaskGroup,
+    NewMask,
+    PendingUpload,
+    SliceDeclaration,
+)
+from tests.fakes.stores import FakeDatabase, FakeIntegrityError, FakeTx, Tables
+
+
+@dataclass
+class OutboxRow:
+    """storage_deletion_outbox: one object to delete, due at `next_attempt_at`."""
+
+    id: int
+    object_key: str
+    next_attempt_at: datetime
+    attempts: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class MaskTables(Tables):
+    groups: dict[int, MaskGroup] = field(default_factory=dict)
+    uploads: dict[uuid.UUID, PendingUpload] = field(default_factory=dict)
+    # (mask, the upload id it completed: None for pushed and imported masks)
+    masks: dict[int, tuple[Mask, uuid.UUID | None]] = field(default_factory=dict)
+    exports: dict[int, MaskGroupExport] = field(default_factory=dict)
+    outbox: list[OutboxRow] = field(default_factory=list)
+
+
+def install(db: FakeDatabase) -> MaskTables:
+    """Give a fresh database the mask tables (before anything is seeded)."""
+    if not isinstance(db.tables, MaskTables):
+        if db.tables != Tables():
+            raise RuntimeError("install the mask tables before seeding the database")
+        db.tables = MaskTables()
+    return db.tables
+
+
+def tables(db: FakeDatabase) -> MaskTables:
+    found = db.tables
+    if not isinstance(found, MaskTables):
+        raise RuntimeError("the database has no mask tables: call tests.fakes.masks.install")
+    return found
+
+
+def queue(db: FakeDatabase, keys: Sequence[str], due_at: datetime) -> None:
+    """Append outbox rows (ids from the outbox's own sequence, as the identity column)."""
+    rows = tables(db).outbox
+    rows.extend(OutboxRow(db.next_id("outbox"), key, due_at) for key in keys)
+
+
+def queued_keys(db: FakeDatabase) -> list[str]:
+    """Every object key in the outbox, due or not, in the order queued (an annotation's
+    deletion queues through Tables.deletion_outbox; those come last)."""
+    t = tables(db)
+    return [row.object_key for row in t.outbox] + list(t.deletion_outbox)
+
+
+class FakeMaskStore:
+    """annotation_mask_group, mask_upload and annotation_mask (MaskRepository)."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+        install(db)
+
+    async def group_with_access(
+        self, conn: FakeTx, annotation_id: int, group_id: int, user_id: int, *,
+        for_update: bool = False,
+    ) -> GroupAccess | None:  # fmt: skip
+        tx = self._db.enter("masks.group_with_access", conn)
+        t = tables(self._db)
+        group = t.groups.get(group_id)
+        if group is None or group.annotation_id != annotation_id:
+            return None
+        annotation = t.annotations.get(annotation_id)
+        project = t.projects.get(annotation.project_id) if annotation else None
+        if annotation is None or project is None:
+            return None
+        if for_update:
+            tx.locks.append(("mask_group", group_id))
+        member = t.members.get((project.id, user_id))
+        return GroupAccess(
+            self._counted(group),
+            project.id,
+            annotation.study_uid,
+            member.role if member else None,
+            project.is_active,
+            annotation.series_uid,
+        )
+
+    async def insert_group(
+        self, conn: FakeTx, annotation_id: int, values: GroupFields, created_by: int
+    ) -> MaskGroup:
+        tx = self._db.enter("masks.insert_group", conn)
+        t = tables(self._db)
+        if annotation_id not in t.annotations:
+            raise FakeIntegrityError("insert violates annotation_mask_group_annotation_id_fkey")
+        group = MaskGroup(
+            id=self._db.next_id("mask_groups"),
+            annotation_id=annotation_id,
+            group_name=values.group_name,
+            model_name=values.model_name,
+            version=values.version,
+            modality=values.modality,
+            slice_count=values.slice_count,
+            mask_type=values.mask_type,
+            description=values.description,
+            created_by=created_by,
+            created_at=tx.started_at,
+            updated_at=tx.started_at,
+            completed_slices=0,
+            segments=values.segments,
+        )
+        t.groups[group.id] = group
+        self._db.wrote(tx, "mask_groups")
+        return group
+
+    async def get_group(self, conn: FakeTx, group_id: int) -> MaskGroup | None:
+        self._db.enter("masks.get_group", conn)
+        group = tables(self._db).groups.get(group_id)
+        return self._counted(group) if group else None
+
+    async def list_groups(
+        self, conn: FakeTx, annotation_id: int, *, after_id: int, limit: int
+    ) -> list[MaskGroup]:
+        self._db.enter("masks.list_groups", conn)
+        found = sorted(
+            (
+                g
+                for g in tables(self._db).groups.values()
+                if g.annotation_id == annotation_id and g.id > after_id
+            ),
+            key=lambda g: g.id,
+        )
+        return [self._counted(g) for g in found[:limit]]
+
+    async def delete_group(self, conn: FakeTx, group_id: int) -> int:
+        tx = self._db.enter("masks.delete_group", conn)
+        t = tables(self._db)
+        keys = [m.file_path for m, _ in t.masks.values() if m.mask_group_id == group_id]
+        keys += [
+            u.object_key
+            for u in t.uploads.values()
+            if u.mask_group_id == group_id and u.completed_at is None
+        ]
+        keys += [e.object_key for e in t.exports.values() if e.mask_group_id == group_id]
+        queue(self._db, keys, tx.started_at)
+        # The cascade: masks, tickets and exports go with their group.
+        t.masks = {i: row for i, row in t.masks.items() if row[0].mask_group_id != group_id}
+        t.uploads = {i: u for i, u in t.uploads.items() if u.mask_group_id != group_id}
+        t.exports = {i: e for i, e in t.exports.items() if e.mask_group_id != group_id}
+        if t.groups.pop(group_id, None) is not None:
+            self._db.wrote(tx, "mask_groups")
+        if keys:
+            self._db.wrote(tx, "outbox")
+        return len(keys)
+
+    async def insert_uploads(
+        self, conn: FakeTx, group_id: int,
+        declared: Sequence[tuple[uuid.UUID, str, SliceDeclaration]],
+        *, method: str, created_by: int, expires_at: datetime,
+    ) -> None:  # fmt: skip
+        tx = self._db.enter("masks.insert_uploads", conn)
+        t = tables(self._db)
+        if group_id not in t.groups:
+            raise FakeIntegrityError("insert violates mask_upload_mask_group_id_fkey")
+        if method not in ("POST", "PUT"):
+            raise FakeIntegrityError("violates mask_upload_method_check")
+        keys = {u.object_key for u in t.uploads.values()}
+        for upload_id, key, item in declared:
+            if upload_id in t.uploads or key in keys:
+                raise FakeIntegrityError("duplicate key value violates a key of mask_upload")
+            keys.add(key)
+            t.uploads[upload_id] = PendingUpload(
+                upload_id=upload_id,
+                mask_group_id=group_id,
+                slice_index=item.slice_index,
+                sop_instance_uid=item.sop_instance_uid,
+                label_name=item.label_name,
+                content_type=item.content_type,
+                size_bytes=item.size_bytes,
+                md5=item.md5,
+                method=method,
+                object_key=key,
+                expires_at=expires_at,
+                completed_at=None,
+            )
+        self._db.wrote(tx, "mask_uploads")
+
+    async def uploads(
+        self, conn: FakeTx, group_id: int, upload_ids: Sequence[uuid.UUID]
+    ) -> list[PendingUpload]:
+        self._db.enter("masks.uploads", conn)
+        t = tables(self._db)
+        wanted = set(upload_ids)
+        found = [u for i, u in t.uploads.items() if i in wanted and u.mask_group_id == group_id]
+        return sorted(found, key=lambda u: u.upload_id)
+
+    async def masks_by_upload(self, conn: FakeTx, upload_ids: Sequence[uuid.UUID]) -> list[Mask]:
+        self._db.enter("masks.masks_by_upload", conn)
+        wanted = set(upload_ids)
+        found = [m for m, u in tables(self._db).masks.values() if u is not None and u in wanted]
+        return sorted(found, key=lambda m: m.slice_index)
+
+    async def record_masks(
+        self, conn: FakeTx, group_id: int, new: Sequence[NewMask], *, from_tickets: bool = True
+    ) -> list[Mask]:
+        tx = self._db.enter("masks.record_masks", conn)
+        t = tables(self._db)
+        if group_id not in t.groups:
+            raise FakeIntegrityError("insert violates annotation_mask_mask_group_id_fkey")
+        if from_tickets:
+            # Only tickets of this group still pending complete (and get a mask).
+            chosen = [
+                n
+                for n in new
+                if (u := t.uploads.get(n.upload.upload_id)) is not None
+                and u.mask_group_id == group_id
+                and u.completed_at is None
+            ]
+        else:
+            chosen = list(new)
+        taken = {m.slice_index for m, _ in t.masks.values() if m.mask_group_id == group_id}
+        paths = {m.file_path for m, _ in t.masks.values()}
+        slices = [n.upload.slice_index for n in chosen]
+        if taken & set(slices) or len(set(slices)) < len(slices):
+            raise FailedPrecondition("a slice in this request already has a recorded mask")
+        if paths & {n.file_path for n in chosen}:
+            raise FakeIntegrityError("duplicate key value violates annotation_mask_file_path_key")
+        recorded = []
+        for n in chosen:
+            upload_id = n.upload.upload_id if from_tickets else None
+            if upload_id is not None:
+                t.uploads[upload_id] = replace(t.uploads[upload_id], completed_at=tx.started_at)
+            mask = Mask(
+                id=self._db.next_id("masks"),
+                mask_group_id=group_id,
+                slice_index=n.upload.slice_index,
+                sop_instance_uid=n.upload.sop_instance_uid,
+                label_name=n.upload.label_name,
+                file_path=n.file_path,
+                mime_type=n.upload.content_type,
+                file_size=n.file_size,
+                checksum=n.checksum,
+                width=n.width,
+                height=n.height,
+                created_at=tx.started_at,
+                object_version=n.object_version,
+            )
+            t.masks[mask.id] = (mask, upload_id)
+            recorded.append(mask)
+        t.groups[group_id] = replace(t.groups[group_id], updated_at=tx.started_at)
+        self._db.wrote(tx, "masks")
+        return sorted(recorded, key=lambda m: m.slice_index)
+
+    async def list_masks(
+        self, conn: FakeTx, group_id: int, *, after_slice: int, limit: int
+    ) -> list[Mask]:
+        self._db.enter("masks.list_masks", conn)
+        return self._of_group(group_id, lambda m: m.slice_index > after_slice)[:limit]
+
+    async def get_mask(self, conn: FakeTx, group_id: int, mask_id: int) -> Mask | None:
+        self._db.enter("masks.get_mask", conn)
+        row = tables(self._db).masks.get(mask_id)
+        return row[0] if row is not None and row[0].mask_group_id == group_id else None
+
+    async def masks_of_group(
+        self, conn: FakeTx, group_id: int, mask_ids: Sequence[int] | None, *, limit: int
+    ) -> list[Mask]:
+        self._db.enter("masks.masks_of_group", conn)
+        wanted = None if mask_ids is None else set(mask_ids)
+        return self._of_group(group_id, lambda m: wanted is None or m.id in wanted)[:limit]
+
+    async def enqueue_deletions(self, conn: FakeTx, keys: Sequence[str]) -> None:
+        tx = self._db.enter("masks.enqueue_deletions", conn)
+        queue(self._db, keys, tx.started_at)
+        self._db.wrote(tx, "outbox")
+
+    # -- reading the tables, for assertions ---------------------------------------------------
+
+    def all_masks(self) -> list[Mask]:
+        """Every recorded mask, by group and slice."""
+        return sorted(
+            (m for m, _ in tables(self._db).masks.values()),
+            key=lambda m: (m.mask_group_id, m.slice_index),
+        )
+
+    def _of_group(self, group_id: int, keep: Callable[[Mask], bool]) -> list[Mask]:
+        masks = tables(self._db).masks.values()
+        return sorted(
+            (m for m, _ in masks if m.mask_group_id == group_id and keep(m)),
+            key=lambda m: m.slice_index,
+        )
+
+    def _counted(self, group: MaskGroup) -> MaskGroup:
+        masks = tables(self._db).masks.values()
+        count = sum(1 for m, _ in masks if m.mask_group_id == group.id)
+        return replace(group, completed_slices=count)
+
+
+class FakeExportStore:
+    """mask_group_export (ExportRepository): newest first, ids growing with time."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+        install(db)
+
+    async def insert(
+        self, conn: FakeTx, group_id: int, new: NewExport, created_by: int
+    ) -> MaskGroupExport:
+        tx = self._db.enter("exports.insert", conn)
+        t = tables(self._db)
+        if group_id not in t.groups:
+            raise FakeIntegrityError("insert violates mask_group_export_mask_group_id_fkey")
+        if any(
+            e.object_key == new.object_key or e.seg_sop_instance_uid == new.seg_sop_instance_uid
+            for e in t.exports.values()
+        ):
+            raise FakeIntegrityError("duplicate key value violates a key of mask_group_export")
+        export = MaskGroupExport(
+            id=self._db.next_id("exports"),
+            mask_group_id=group_id,
+            created_by=created_by,
+            created_at=tx.started_at,
+            **new.__dict__,
+        )
+        t.exports[export.id] = export
+        self._db.wrote(tx, "exports")
+        return export
+
+    async def get(self, conn: FakeTx, group_id: int, export_id: int) -> MaskGroupExport | None:
+        self._db.enter("exports.get", conn)
+        export = tables(self._db).exports.get(export_id)
+        return export if export is not None and export.mask_group_id == group_id else None
+
+    async def list_exports(
+        self, conn: FakeTx, group_id: int, *, before_id: int, limit: int
+    ) -> list[MaskGroupExport]:
+        self._db.enter("exports.list_exports", conn)
+        found = [
+            e
+            for e in tables(self._db).exports.values()
+            if e.mask_group_id == group_id and e.id < before_id
+        ]
+        return sorted(found, key=lambda e: e.id, reverse=True)[:limit]
+
+    async def count(self, conn: FakeTx, group_id: int) -> int:
+        self._db.enter("exports.count", conn)
+        return sum(1 for e in tables(self._db).exports.values() if e.mask_group_id == group_id)
+
+
+class FakeScheduledDeletions:
+    """ScheduledDeletionRepository: outbox rows due later than now."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+        install(db)
+
+    async def enqueue_at(self, conn: FakeTx, keys: Sequence[str], due_at: datetime) -> None:
+        tx = self._db.enter("deletions.enqueue_at", conn)
+        queue(self._db, keys, due_at)
+        self._db.wrote(tx, "outbox")
