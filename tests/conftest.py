@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from pacs_grpc.devstack.postgres import EmbeddedPostgres, PostgresConfig
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.issuer import DevIssuer
+from pacs_devstack.postgres import EmbeddedPostgres, PostgresConfig
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
 from tests.support.pacs import running_orthanc
 from tests.support.stacks import ServerStarter, own_stack
 
@@ -95,6 +96,13 @@ def live_stack(scratch_dir: Callable[[str], Path], artifacts_dir: Path) -> Itera
         server_log=artifacts_dir / "live-server.log",
     ) as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def issuer(live_stack: LocalStack) -> DevIssuer:
+    """The dev issuer `live_stack`'s servers trust: it mints the tests' tokens."""
+    assert live_stack.issuer is not None
+    return live_stack.issuer
 
 
 @pytest.fixture(scope="session")

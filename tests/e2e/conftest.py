@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import urllib3
 
-from pacs_grpc.devstack.envoy import EnvoyProcess
-from pacs_grpc.devstack.issuer import DevIssuer
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.envoy import EnvoyProcess
+from pacs_devstack.stack import LocalStack
 from pacs_grpc.edge.envoy_config import EnvoyAssets
 from tests.support.grpc_web import GrpcWebClient
 from tests.support.rest import RestClient
+from tests.support.users import unique_name
 
 # The origin of the browser page the tests pretend to be; any other is refused.
 ALLOWED_ORIGIN = "http://viewer.example:3000"
@@ -66,13 +65,7 @@ def grpc_web(edge: EnvoyProcess, http: urllib3.PoolManager) -> GrpcWebClient:
     return GrpcWebClient(edge.url, http)
 
 
-@pytest.fixture(scope="session")
-def issuer(live_stack: LocalStack) -> DevIssuer:
-    assert live_stack.issuer is not None
-    return live_stack.issuer
-
-
 @pytest.fixture
 def unique() -> Callable[[str], str]:
     """Names no other test (or earlier run on the same database) has used."""
-    return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return unique_name

@@ -27,22 +27,21 @@ from pacs.client import PacsClient, segment
 from pacs.v1 import (
     annotation_pb2,
     annotation_pb2_grpc,
-    identity_pb2,
-    identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
 )
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from pacs_grpc.devstack.envoy import EnvoyProcess
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
-from pacs_grpc.devstack.viewer import ViewerServer, ViewerSettings
+from pacs_devstack.envoy import EnvoyProcess
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
+from pacs_devstack.viewer import ViewerServer, ViewerSettings
 from pacs_grpc.edge.envoy_config import EnvoyAssets
 from tests.support.pacs import store_synthetic_series
 from tests.support.png import png
-from tests.support.users import ApiUser, login
+from tests.support.projects import ANNOTATOR, new_team
+from tests.support.users import ApiUser, unique_name
 
 pytestmark = pytest.mark.slow
 
@@ -260,28 +259,11 @@ async def _upload_one_slice(
 async def seeded(live_stack: LocalStack, channel: aio.Channel) -> Seeded:
     """A project the page's user annotates in, with a study of two annotations, one masked."""
     assert live_stack.issuer is not None
-    suffix = uuid.uuid4().hex[:8]
-    admin = await login(channel, live_stack.issuer, f"admin-{suffix}", admin=True)
-    page_user = await login(channel, live_stack.issuer, f"reader-{suffix}")
-    writer = await login(channel, live_stack.issuer, f"writer-{suffix}")
-    identity = identity_pb2_grpc.IdentityServiceStub(channel)
-    name = f"browser-{suffix}"
-    project = await identity.CreateProject(
-        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=name)),
-        metadata=admin.metadata(),
-        timeout=10,
+    name = unique_name("browser")
+    team = await new_team(
+        channel, live_stack.issuer, name, {"reader": ANNOTATOR, "writer": ANNOTATOR}
     )
-    project_id = project.project.id
-    for user in (page_user, writer):
-        await identity.AddProjectMember(
-            identity_pb2.AddProjectMemberRequest(
-                project_id=project_id,
-                user_id=user.user_id,
-                role=identity_pb2.PROJECT_ROLE_ANNOTATOR,
-            ),
-            metadata=admin.metadata(),
-            timeout=10,
-        )
+    page_user, writer, project_id = team["reader"], team["writer"], team.project_id
     annotations = annotation_pb2_grpc.AnnotationServiceStub(channel)
     study = f"1.2.826.0.1.{uuid.uuid4().int % 10**12}"
     first = await _create(annotations, writer, project_id, study, {"x": 1, "label": "lesion"})

@@ -19,8 +19,8 @@ from urllib.parse import parse_qs
 import pytest
 from pacs.client.cli import build_parser
 
-from pacs_grpc.devstack.issuer import DevIssuer
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.issuer import DevIssuer
+from pacs_devstack.stack import LocalStack
 from tests.support.png import png
 from tests.support.users import ADMIN_ROLE
 

@@ -24,9 +24,9 @@ from pacs.client import PacsClient, encode_png, segment
 from pacs.v1 import mask_pb2
 from PIL import Image
 
-from pacs_grpc.devstack.issuer import DevIssuer
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.issuer import DevIssuer
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
 from tests.support.pacs import store_synthetic_series
 from tests.support.users import ADMIN_ROLE
 

@@ -6,8 +6,8 @@ import pytest
 import urllib3
 from pacs.v1 import identity_pb2
 
-from pacs_grpc.devstack.envoy import EnvoyProcess
-from pacs_grpc.devstack.issuer import DevIssuer
+from pacs_devstack.envoy import EnvoyProcess
+from pacs_devstack.issuer import DevIssuer
 from tests.support.grpc_web import GrpcWebClient
 
 pytestmark = pytest.mark.slow

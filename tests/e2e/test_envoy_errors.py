@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pacs_grpc.devstack.issuer import DevIssuer
+from pacs_devstack.issuer import DevIssuer
 from tests.support.rest import RestClient
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ import pytest
 from google.protobuf import struct_pb2
 from pacs.v1 import annotation_pb2, identity_pb2, identity_pb2_grpc
 
-from pacs_grpc.devstack.envoy import EnvoyProcess
-from pacs_grpc.devstack.issuer import DevIssuer
+from pacs_devstack.envoy import EnvoyProcess
+from pacs_devstack.issuer import DevIssuer
 from tests.support.grpc_web import GrpcWebClient
 from tests.support.rest import RestClient
 

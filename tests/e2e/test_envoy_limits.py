@@ -20,10 +20,10 @@ import pytest
 import urllib3
 from pacs.v1 import identity_pb2, identity_pb2_grpc, mask_pb2, mask_pb2_grpc
 
-from pacs_grpc.devstack.envoy import EnvoyProcess
-from pacs_grpc.devstack.issuer import DevIssuer
-from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.envoy import EnvoyProcess
+from pacs_devstack.issuer import DevIssuer
+from pacs_devstack.ports import free_port
+from pacs_devstack.stack import LocalStack
 from pacs_grpc.edge.envoy_config import EnvoyAssets, EnvoySettings
 from tests.support.grpc_web import GrpcWebClient
 from tests.support.png import png

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 import urllib3
 
-from pacs_grpc.devstack.envoy import EnvoyProcess
-from pacs_grpc.devstack.issuer import DevIssuer
+from pacs_devstack.envoy import EnvoyProcess
+from pacs_devstack.issuer import DevIssuer
 from pacs_grpc.edge.envoy_config import EnvoyAssets
 from tests.support.png import png
 from tests.support.rest import RestClient, contract_routes

@@ -18,11 +18,11 @@ import urllib3
 from google.protobuf import struct_pb2
 from pacs.v1 import annotation_pb2, annotation_pb2_grpc, identity_pb2, identity_pb2_grpc
 
-from pacs_grpc.devstack.envoy import EnvoyProcess
-from pacs_grpc.devstack.issuer import DevIssuer
-from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.envoy import EnvoyProcess
+from pacs_devstack.issuer import DevIssuer
+from pacs_devstack.ports import free_port
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
 from pacs_grpc.edge.envoy_config import EnvoyAssets, EnvoySettings
 from tests.support.grpc_web import GrpcWebClient, ServerStream
 

@@ -16,8 +16,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from pacs_grpc.devstack.envoy import EnvoyProcess
-from pacs_grpc.devstack.issuer import DevIssuer
+from pacs_devstack.envoy import EnvoyProcess
+from pacs_devstack.issuer import DevIssuer
 from tests.support.users import ADMIN_ROLE
 
 OPENAPI = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "openapi.json"

@@ -20,8 +20,8 @@ from pacs.client.transfer import SignedUrlTransport
 from pacs.client.uploads import MaskUploader
 from pacs.v1 import annotation_pb2, mask_pb2
 
-from pacs_grpc.devstack.issuer import DevIssuer
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.issuer import DevIssuer
+from pacs_devstack.stack import LocalStack
 from tests.support.png import png
 from tests.support.users import ADMIN_ROLE
 

@@ -7,7 +7,6 @@ anybody outside the project cannot tell the project exists.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -18,11 +17,12 @@ from google.protobuf.message import Message
 from grpc import aio
 from pacs.v1 import identity_pb2, identity_pb2_grpc
 
+from pacs_devstack.stack import LocalStack
 from pacs_grpc.api.access import ACCESS_BY_METHOD
-from pacs_grpc.devstack.stack import LocalStack
 from pacs_grpc.domain.access import Access
 from pacs_grpc.domain.identity import ProjectRole
-from tests.support.users import ApiUser, login
+from tests.support.projects import new_team
+from tests.support.users import ApiUser, login, unique_name
 
 SERVICE = "/pacs.v1.IdentityService/"
 ROLES = (ProjectRole.VIEWER, ProjectRole.ANNOTATOR, ProjectRole.OWNER)
@@ -37,10 +37,6 @@ class World:
     spare: ApiUser
 
 
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 @pytest.fixture(scope="module")
 async def stub(live_stack: LocalStack) -> AsyncIterator[identity_pb2_grpc.IdentityServiceAsyncStub]:
     assert live_stack.server is not None
@@ -49,31 +45,28 @@ async def stub(live_stack: LocalStack) -> AsyncIterator[identity_pb2_grpc.Identi
 
 
 @pytest.fixture(scope="module")
-async def world(live_stack: LocalStack, stub: identity_pb2_grpc.IdentityServiceAsyncStub) -> World:
+async def world(live_stack: LocalStack) -> World:
     assert live_stack.server is not None
     assert live_stack.issuer is not None
     async with aio.insecure_channel(live_stack.server.address) as channel:
-        admin = await login(channel, live_stack.issuer, _name("admin"), admin=True)
+        admin = await login(channel, live_stack.issuer, unique_name("admin"), admin=True)
         projects, members = {}, {}
         for label in ("A", "B"):
-            reply = await stub.CreateProject(
-                identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_name(label))),
-                metadata=admin.metadata(),
+            team = await new_team(
+                channel,
+                live_stack.issuer,
+                unique_name(label),
+                {
+                    f"{label}-{role.name}": identity_pb2.ProjectRole.ValueType(int(role))
+                    for role in ROLES
+                },
+                admin=admin,
             )
-            projects[label] = reply.project.id
+            projects[label] = team.project_id
             for role in ROLES:
-                user = await login(channel, live_stack.issuer, _name(f"{label}-{role.name}"))
-                await stub.AddProjectMember(
-                    identity_pb2.AddProjectMemberRequest(
-                        project_id=reply.project.id,
-                        user_id=user.user_id,
-                        role=identity_pb2.ProjectRole.ValueType(int(role)),
-                    ),
-                    metadata=admin.metadata(),
-                )
-                members[(label, role)] = user
-        outsider = await login(channel, live_stack.issuer, _name("outsider"))
-        spare = await login(channel, live_stack.issuer, _name("spare"))
+                members[(label, role)] = team[f"{label}-{role.name}"]
+        outsider = await login(channel, live_stack.issuer, unique_name("outsider"))
+        spare = await login(channel, live_stack.issuer, unique_name("spare"))
     return World(admin, projects, members, outsider, spare)
 
 
@@ -89,7 +82,7 @@ REQUESTS: dict[str, RequestFor] = {
         update_mask=field_mask_pb2.FieldMask(paths=["department"]),
     ),
     "CreateProject": lambda p, actor, w: identity_pb2.CreateProjectRequest(
-        project=identity_pb2.Project(name=_name("new"))
+        project=identity_pb2.Project(name=unique_name("new"))
     ),
     "GetProject": lambda p, actor, w: identity_pb2.GetProjectRequest(project_id=p),
     "ListProjects": lambda p, actor, w: identity_pb2.ListProjectsRequest(),

@@ -17,6 +17,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
+from pacs_devstack.ports import free_port
 from pacs_grpc.adapters.postgres.annotation_events import (
     CHANNEL,
     LISTENER_APPLICATION_NAME,
@@ -26,7 +27,6 @@ from pacs_grpc.adapters.postgres.annotation_events import (
     record_event,
 )
 from pacs_grpc.adapters.postgres.database import Connection, Database
-from pacs_grpc.devstack.ports import free_port
 from pacs_grpc.domain.annotation import AnnotationEvent, EventType
 from pacs_grpc.domain.errors import InvalidArgument, ResourceExhausted, Unavailable
 from pacs_grpc.domain.paging import BudgetedRows

@@ -6,42 +6,30 @@ thousand; the benchmark in bench/ measures it, this test guards the plan.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from pacs_grpc.adapters.postgres.annotations import build_list_query
-from pacs_grpc.adapters.postgres.migrator import default_migrations_dir, load_migrations, migrate
 from pacs_grpc.domain.annotation import ListFilter
+from tests.support.databases import create_database, drop_database, new_database_name
 
 ROWS = 60_000
 
 
 @pytest.fixture(scope="module")
-async def filled_database(postgres_admin_url: str) -> AsyncIterator[str]:
-    name = f"pacs_plan_{secrets.token_hex(4)}"
-    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    url = _with_dbname(postgres_admin_url, name)
+async def filled_database(postgres_admin_url: str, migrated_template: str) -> AsyncIterator[str]:
+    name = new_database_name("pacs_plan")
+    url = await create_database(postgres_admin_url, name, template=migrated_template)
     try:
-        await migrate(url, load_migrations(default_migrations_dir()))
         _fill(url)
         yield url
     finally:
-        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
-
-
-def _with_dbname(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+        await drop_database(postgres_admin_url, name)
 
 
 def _fill(database_url: str) -> None:

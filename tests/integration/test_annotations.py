@@ -12,10 +12,11 @@ import psycopg
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 from grpc import aio
-from pacs.v1 import annotation_pb2, annotation_pb2_grpc, identity_pb2, identity_pb2_grpc
+from pacs.v1 import annotation_pb2, annotation_pb2_grpc
 
-from pacs_grpc.devstack.stack import LocalStack
-from tests.support.users import ApiUser, login
+from pacs_devstack.stack import LocalStack
+from tests.support.projects import ANNOTATOR, VIEWER, create_project, new_team
+from tests.support.users import ApiUser, login, unique_name
 
 STUDY = "1.2.840.113619.2.55.3.604688119.969.1268071029.320"
 SERIES = STUDY + ".1"
@@ -31,10 +32,6 @@ class Team:
     outsider: ApiUser
 
 
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 @pytest.fixture(scope="module")
 def stub(channel: aio.Channel) -> annotation_pb2_grpc.AnnotationServiceAsyncStub:
     return annotation_pb2_grpc.AnnotationServiceStub(channel)
@@ -43,32 +40,12 @@ def stub(channel: aio.Channel) -> annotation_pb2_grpc.AnnotationServiceAsyncStub
 @pytest.fixture(scope="module")
 async def team(live_stack: LocalStack, channel: aio.Channel) -> Team:
     assert live_stack.issuer is not None
-    identity = identity_pb2_grpc.IdentityServiceStub(channel)
-    admin = await login(channel, live_stack.issuer, _name("admin"), admin=True)
-    users = {
-        role: await login(channel, live_stack.issuer, _name(role))
-        for role in ("annotator", "viewer", "outsider")
-    }
-    project_ids = []
-    for label in ("ct", "other"):
-        reply = await identity.CreateProject(
-            identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_name(label))),
-            metadata=admin.metadata(),
-        )
-        project_ids.append(reply.project.id)
-    for role, value in (
-        ("annotator", identity_pb2.PROJECT_ROLE_ANNOTATOR),
-        ("viewer", identity_pb2.PROJECT_ROLE_VIEWER),
-    ):
-        await identity.AddProjectMember(
-            identity_pb2.AddProjectMemberRequest(
-                project_id=project_ids[0], user_id=users[role].user_id, role=value
-            ),
-            metadata=admin.metadata(),
-        )
-    return Team(
-        project_ids[0], project_ids[1], users["annotator"], users["viewer"], users["outsider"]
+    ct = await new_team(
+        channel, live_stack.issuer, unique_name("ct"), {"annotator": ANNOTATOR, "viewer": VIEWER}
     )
+    other_project_id = await create_project(channel, ct.admin, unique_name("other"))
+    outsider = await login(channel, live_stack.issuer, unique_name("outsider"))
+    return Team(ct.project_id, other_project_id, ct["annotator"], ct["viewer"], outsider)
 
 
 def _annotation(project_id: int, **overrides: object) -> annotation_pb2.Annotation:
@@ -179,8 +156,8 @@ async def test_twenty_concurrent_retries_create_one_row(
     live_stack: LocalStack, stub: annotation_pb2_grpc.AnnotationServiceAsyncStub, team: Team
 ) -> None:
     request = annotation_pb2.CreateAnnotationRequest(
-        annotation=_annotation(team.project_id, viewer_software=_name("retry")),
-        request_id=_name("req"),
+        annotation=_annotation(team.project_id, viewer_software=unique_name("retry")),
+        request_id=unique_name("req"),
     )
     replies = await asyncio.gather(
         *(stub.CreateAnnotation(request, metadata=team.annotator.metadata()) for _ in range(20))

@@ -13,35 +13,23 @@ from grpc import aio
 from pacs.v1 import identity_pb2, identity_pb2_grpc
 from psycopg import sql
 
-from pacs_grpc.devstack.issuer import subject_for
-from pacs_grpc.devstack.stack import LocalStack
-from tests.support.users import ApiUser, login
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from pacs_devstack.issuer import subject_for
+from pacs_devstack.stack import LocalStack
+from tests.support.projects import VIEWER, new_team
+from tests.support.users import ApiUser, login, unique_name
 
 
 @pytest.fixture(scope="module")
 async def people(live_stack: LocalStack, channel: aio.Channel) -> dict[str, ApiUser | int]:
     assert live_stack.issuer is not None
-    stub = identity_pb2_grpc.IdentityServiceStub(channel)
-    admin = await login(channel, live_stack.issuer, _name("admin"), admin=True)
-    viewer = await login(channel, live_stack.issuer, _name("viewer"))
-    outsider = await login(channel, live_stack.issuer, _name("outsider"))
-    project = await stub.CreateProject(
-        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_name("audited"))),
-        metadata=admin.metadata(),
-    )
-    await stub.AddProjectMember(
-        identity_pb2.AddProjectMemberRequest(
-            project_id=project.project.id,
-            user_id=viewer.user_id,
-            role=identity_pb2.PROJECT_ROLE_VIEWER,
-        ),
-        metadata=admin.metadata(),
-    )
-    return {"admin": admin, "viewer": viewer, "outsider": outsider, "project": project.project.id}
+    team = await new_team(channel, live_stack.issuer, unique_name("audited"), {"viewer": VIEWER})
+    outsider = await login(channel, live_stack.issuer, unique_name("outsider"))
+    return {
+        "admin": team.admin,
+        "viewer": team["viewer"],
+        "outsider": outsider,
+        "project": team.project_id,
+    }
 
 
 def _rows(database_url: str, request_id: str) -> list[tuple[object, ...]]:
@@ -102,7 +90,7 @@ async def test_each_call_leaves_exactly_one_row(
 async def test_a_bad_token_writes_nothing(live_stack: LocalStack, channel: aio.Channel) -> None:
     assert live_stack.issuer is not None
     request_id = uuid.uuid4().hex
-    expired = live_stack.issuer.mint(_name("late"), ttl_seconds=-3600)
+    expired = live_stack.issuer.mint(unique_name("late"), ttl_seconds=-3600)
     stub = identity_pb2_grpc.IdentityServiceStub(channel)
     with pytest.raises(aio.AioRpcError) as raised:
         await stub.GetCurrentUser(
@@ -156,5 +144,7 @@ def _request(kind: str, method: str, project_id: int, spare_id: int) -> Message:
             project_id=project_id, user_id=spare_id, role=identity_pb2.PROJECT_ROLE_VIEWER
         )
     if kind == "create":
-        return identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_name("x")))
+        return identity_pb2.CreateProjectRequest(
+            project=identity_pb2.Project(name=unique_name("x"))
+        )
     return identity_pb2.GetProjectRequest(project_id=0)

@@ -26,10 +26,11 @@ from pacs.v1 import (
     mask_pb2_grpc,
 )
 
+from pacs_devstack.stack import LocalStack
 from pacs_grpc.api.access import ACCESS_BY_METHOD
-from pacs_grpc.devstack.stack import LocalStack
 from tests.support.png import png
-from tests.support.users import ApiUser, login
+from tests.support.projects import create_project
+from tests.support.users import ApiUser, login, unique_name
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 SERIES = STUDY + ".2"
@@ -54,10 +55,6 @@ class Ledger:
         request_id = uuid.uuid4().hex
         self.calls[request_id] = (method, expected)
         return user.metadata(request_id)
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def _rows(database_url: str, request_ids: list[str]) -> dict[str, list[tuple[Any, ...]]]:
@@ -86,9 +83,9 @@ async def test_every_audited_rpc_records_its_project_study_type_and_ids(
     identity = identity_pb2_grpc.IdentityServiceStub(channel)
     annotations = annotation_pb2_grpc.AnnotationServiceStub(channel)
     masks = mask_pb2_grpc.MaskServiceStub(channel)
-    admin = await login(channel, live_stack.issuer, _name("admin"), admin=True)
-    owner = await login(channel, live_stack.issuer, _name("owner"))
-    spare = await login(channel, live_stack.issuer, _name("spare"))
+    admin = await login(channel, live_stack.issuer, unique_name("admin"), admin=True)
+    owner = await login(channel, live_stack.issuer, unique_name("owner"))
+    spare = await login(channel, live_stack.issuer, unique_name("spare"))
     book = Ledger()
 
     def meta(user: ApiUser, method: str, expected: Expected) -> Any:
@@ -114,7 +111,7 @@ async def test_every_audited_rpc_records_its_project_study_type_and_ids(
     created_request = uuid.uuid4().hex
     project = (
         await identity.CreateProject(
-            identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_name("p"))),
+            identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=unique_name("p"))),
             metadata=admin.metadata(created_request),
         )
     ).project
@@ -350,13 +347,9 @@ def _push_messages(
 async def prober(live_stack: LocalStack, channel: aio.Channel) -> tuple[ApiUser, int]:
     """A user of no project, and another project's id for them to probe."""
     assert live_stack.issuer is not None
-    admin = await login(channel, live_stack.issuer, _name("admin"), admin=True)
-    outsider = await login(channel, live_stack.issuer, _name("prober"))
-    project = await identity_pb2_grpc.IdentityServiceStub(channel).CreateProject(
-        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_name("probed"))),
-        metadata=admin.metadata(),
-    )
-    return outsider, project.project.id
+    admin = await login(channel, live_stack.issuer, unique_name("admin"), admin=True)
+    outsider = await login(channel, live_stack.issuer, unique_name("prober"))
+    return outsider, await create_project(channel, admin, unique_name("probed"))
 
 
 async def test_refusals_are_recorded_whatever_deadline_the_caller_sends(

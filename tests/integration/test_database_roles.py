@@ -17,11 +17,11 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
+from pacs_devstack.ports import free_port
+from pacs_devstack.postgres import EmbeddedPostgres, PostgresConfig
+from pacs_devstack.stack import DEV_SERVER_ROLE, LocalStack
 from pacs_grpc.adapters.postgres.migrator import default_migrations_dir, load_migrations, migrate
 from pacs_grpc.adapters.postgres.roles import APPLICATION_ROLE, ServerRoleError, verify_server_role
-from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.postgres import EmbeddedPostgres, PostgresConfig
-from pacs_grpc.devstack.stack import DEV_SERVER_ROLE, LocalStack
 
 Conn = psycopg.AsyncConnection[TupleRow]
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
 
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.stack import LocalStack
 from tests.support.fuzz_messages import message_of
 from tests.support.stacks import own_stack
 from tests.support.users import ADMIN_ROLE

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +17,9 @@ from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from grpc import aio
 from pacs.v1 import annotation_pb2, annotation_pb2_grpc, identity_pb2, identity_pb2_grpc
 
-from pacs_grpc.devstack.stack import LocalStack
-from tests.support.users import ApiUser, login
+from pacs_devstack.stack import LocalStack
+from tests.support.projects import ANNOTATOR, add_member, create_project
+from tests.support.users import ApiUser, login, unique_name
 
 STUDY = "1.2.826.0.1.3680043.8.498.7"
 CREATE = "/pacs.v1.AnnotationService/CreateAnnotation"
@@ -34,25 +34,14 @@ class Setup:
 @pytest.fixture(scope="module")
 async def setup(live_stack: LocalStack, channel: aio.Channel) -> Setup:
     assert live_stack.issuer is not None
-    admin = await login(channel, live_stack.issuer, f"admin-{uuid.uuid4().hex[:8]}", admin=True)
-    writer = await login(channel, live_stack.issuer, f"writer-{uuid.uuid4().hex[:8]}")
-    identity = identity_pb2_grpc.IdentityServiceStub(channel)
+    admin = await login(channel, live_stack.issuer, unique_name("admin"), admin=True)
+    writer = await login(channel, live_stack.issuer, unique_name("writer"))
     project_ids = []
     # Two, so that listing the writer's projects one per page issues a real page token.
     for name in ("hostile", "hostile-2"):
-        project = await identity.CreateProject(
-            identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=name)),
-            metadata=admin.metadata(),
-        )
-        await identity.AddProjectMember(
-            identity_pb2.AddProjectMemberRequest(
-                project_id=project.project.id,
-                user_id=writer.user_id,
-                role=identity_pb2.PROJECT_ROLE_ANNOTATOR,
-            ),
-            metadata=admin.metadata(),
-        )
-        project_ids.append(project.project.id)
+        project_id = await create_project(channel, admin, name)
+        await add_member(channel, admin, project_id, writer, ANNOTATOR)
+        project_ids.append(project_id)
     return Setup(writer, project_ids[0])
 
 

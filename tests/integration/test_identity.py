@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import grpc
@@ -13,27 +12,15 @@ from google.protobuf import field_mask_pb2
 from grpc import aio
 from pacs.v1 import identity_pb2, identity_pb2_grpc
 
-from pacs_grpc.devstack.issuer import DevIssuer, subject_for
-from pacs_grpc.devstack.stack import LocalStack
-from tests.support.users import ApiUser, login
-
-VIEWER = identity_pb2.PROJECT_ROLE_VIEWER
-OWNER = identity_pb2.PROJECT_ROLE_OWNER
-
-
-@pytest.fixture(scope="module")
-def issuer(live_stack: LocalStack) -> DevIssuer:
-    assert live_stack.issuer is not None
-    return live_stack.issuer
+from pacs_devstack.issuer import DevIssuer, subject_for
+from pacs_devstack.stack import LocalStack
+from tests.support.projects import OWNER, VIEWER, add_member, new_team
+from tests.support.users import ApiUser, login, unique_name
 
 
 @pytest.fixture(scope="module")
 def identity(channel: aio.Channel) -> identity_pb2_grpc.IdentityServiceAsyncStub:
     return identity_pb2_grpc.IdentityServiceStub(channel)
-
-
-def _unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def _code(call: object) -> grpc.StatusCode:
@@ -47,7 +34,7 @@ async def _code(call: object) -> grpc.StatusCode:
 async def test_first_call_creates_the_profile_from_the_claims(
     live_stack: LocalStack, identity: identity_pb2_grpc.IdentityServiceAsyncStub, issuer: DevIssuer
 ) -> None:
-    name = _unique("newcomer")
+    name = unique_name("newcomer")
     token = issuer.mint(name, email=f"{name}@hospital.test")
     reply = await identity.GetCurrentUser(
         identity_pb2.GetCurrentUserRequest(), metadata=(("authorization", f"Bearer {token}"),)
@@ -66,7 +53,7 @@ async def test_first_call_creates_the_profile_from_the_claims(
 async def test_email_follows_keycloak_but_a_profile_edit_survives_an_unchanged_token(
     identity: identity_pb2_grpc.IdentityServiceAsyncStub, issuer: DevIssuer
 ) -> None:
-    name = _unique("mover")
+    name = unique_name("mover")
 
     def auth(email: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {issuer.mint(name, email=email)}"),)
@@ -92,8 +79,8 @@ async def test_email_follows_keycloak_but_a_profile_edit_survives_an_unchanged_t
 async def test_update_user_refuses_bad_masks_and_taken_emails(
     channel: aio.Channel, identity: identity_pb2_grpc.IdentityServiceAsyncStub, issuer: DevIssuer
 ) -> None:
-    owner = await login(channel, issuer, _unique("owner"))
-    other = await login(channel, issuer, _unique("other"))
+    owner = await login(channel, issuer, unique_name("owner"))
+    other = await login(channel, issuer, unique_name("other"))
     taken = (
         await identity.GetCurrentUser(
             identity_pb2.GetCurrentUserRequest(), metadata=other.metadata()
@@ -132,8 +119,8 @@ async def test_update_user_refuses_bad_masks_and_taken_emails(
 async def test_a_platform_admin_may_update_another_profile(
     channel: aio.Channel, identity: identity_pb2_grpc.IdentityServiceAsyncStub, issuer: DevIssuer
 ) -> None:
-    admin = await login(channel, issuer, _unique("admin"), admin=True)
-    user = await login(channel, issuer, _unique("user"))
+    admin = await login(channel, issuer, unique_name("admin"), admin=True)
+    user = await login(channel, issuer, unique_name("user"))
     reply = await identity.UpdateUser(
         identity_pb2.UpdateUserRequest(
             user_id=user.user_id,
@@ -151,10 +138,10 @@ async def test_create_project_with_a_request_id_is_idempotent_under_concurrent_r
     identity: identity_pb2_grpc.IdentityServiceAsyncStub,
     issuer: DevIssuer,
 ) -> None:
-    admin = await login(channel, issuer, _unique("admin"), admin=True)
-    name = _unique("Chest CT study")
+    admin = await login(channel, issuer, unique_name("admin"), admin=True)
+    name = unique_name("Chest CT study")
     request = identity_pb2.CreateProjectRequest(
-        project=identity_pb2.Project(name=name), request_id=_unique("req")
+        project=identity_pb2.Project(name=name), request_id=unique_name("req")
     )
     replies = await asyncio.gather(
         *(identity.CreateProject(request, metadata=admin.metadata()) for _ in range(20))
@@ -177,8 +164,8 @@ async def test_create_project_with_a_request_id_is_idempotent_under_concurrent_r
 async def test_project_names_are_unique_and_required(
     channel: aio.Channel, identity: identity_pb2_grpc.IdentityServiceAsyncStub, issuer: DevIssuer
 ) -> None:
-    admin = await login(channel, issuer, _unique("admin"), admin=True)
-    name = _unique("MR brain")
+    admin = await login(channel, issuer, unique_name("admin"), admin=True)
+    name = unique_name("MR brain")
     await identity.CreateProject(
         identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=name)),
         metadata=admin.metadata(),
@@ -197,27 +184,16 @@ async def test_project_names_are_unique_and_required(
 
 
 async def _project_with_owner(
-    channel: aio.Channel, identity: identity_pb2_grpc.IdentityServiceAsyncStub, issuer: DevIssuer
+    channel: aio.Channel, issuer: DevIssuer
 ) -> tuple[ApiUser, ApiUser, int]:
-    admin = await login(channel, issuer, _unique("admin"), admin=True)
-    owner = await login(channel, issuer, _unique("owner"))
-    project = await identity.CreateProject(
-        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_unique("p"))),
-        metadata=admin.metadata(),
-    )
-    await identity.AddProjectMember(
-        identity_pb2.AddProjectMemberRequest(
-            project_id=project.project.id, user_id=owner.user_id, role=OWNER
-        ),
-        metadata=admin.metadata(),
-    )
-    return admin, owner, project.project.id
+    team = await new_team(channel, issuer, unique_name("p"), {"owner": OWNER})
+    return team.admin, team["owner"], team.project_id
 
 
 async def test_a_project_keeps_at_least_one_owner(
     channel: aio.Channel, identity: identity_pb2_grpc.IdentityServiceAsyncStub, issuer: DevIssuer
 ) -> None:
-    _, owner, project_id = await _project_with_owner(channel, identity, issuer)
+    _, owner, project_id = await _project_with_owner(channel, issuer)
     for call in (
         identity.RemoveProjectMember(
             identity_pb2.RemoveProjectMemberRequest(project_id=project_id, user_id=owner.user_id),
@@ -236,15 +212,10 @@ async def test_a_project_keeps_at_least_one_owner(
 async def test_members_page_through_without_gaps(
     channel: aio.Channel, identity: identity_pb2_grpc.IdentityServiceAsyncStub, issuer: DevIssuer
 ) -> None:
-    admin, owner, project_id = await _project_with_owner(channel, identity, issuer)
-    members = [await login(channel, issuer, _unique("m")) for _ in range(5)]
+    admin, owner, project_id = await _project_with_owner(channel, issuer)
+    members = [await login(channel, issuer, unique_name("m")) for _ in range(5)]
     for member in members:
-        await identity.AddProjectMember(
-            identity_pb2.AddProjectMemberRequest(
-                project_id=project_id, user_id=member.user_id, role=VIEWER
-            ),
-            metadata=owner.metadata(),
-        )
+        await add_member(channel, owner, project_id, member, VIEWER)
     seen: list[int] = []
     token = ""
     while True:
@@ -269,8 +240,8 @@ async def test_members_page_through_without_gaps(
 async def test_deactivated_projects_stay_readable_and_refuse_changes(
     channel: aio.Channel, identity: identity_pb2_grpc.IdentityServiceAsyncStub, issuer: DevIssuer
 ) -> None:
-    admin, owner, project_id = await _project_with_owner(channel, identity, issuer)
-    newcomer = await login(channel, issuer, _unique("late"))
+    admin, owner, project_id = await _project_with_owner(channel, issuer)
+    newcomer = await login(channel, issuer, unique_name("late"))
     reply = await identity.DeactivateProject(
         identity_pb2.DeactivateProjectRequest(project_id=project_id), metadata=admin.metadata()
     )

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from pacs_devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from pacs_grpc.adapters.auth import JwksCache, JwksUnavailableError, TokenVerifier
 from pacs_grpc.adapters.auth.jwks import MAX_JWKS_BYTES, fetch_jwks, parse_jwks
 from pacs_grpc.config import OidcSettings
-from pacs_grpc.devstack.issuer import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from pacs_grpc.domain.errors import Unauthenticated
 from pacs_grpc.logs import JsonFormatter
 

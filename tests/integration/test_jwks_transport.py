@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from pacs_devstack.issuer import DevIssuer
 from pacs_grpc.adapters.auth.jwks import JwksUnavailableError, fetch_jwks, parse_jwks
-from pacs_grpc.devstack.issuer import DevIssuer
 
 TIMEOUT = 5.0
 

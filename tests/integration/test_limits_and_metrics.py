@@ -31,20 +31,19 @@ from grpc import aio
 from pacs.v1 import (
     annotation_pb2,
     annotation_pb2_grpc,
-    identity_pb2,
-    identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from pacs_devstack.issuer import subject_for
+from pacs_devstack.ports import free_ports
+from pacs_devstack.server import ServerProcess, ServerStartError
+from pacs_devstack.stack import LocalStack
 from pacs_grpc.api.metrics import RPC_METHODS
-from pacs_grpc.devstack.issuer import subject_for
-from pacs_grpc.devstack.ports import free_ports
-from pacs_grpc.devstack.server import ServerProcess, ServerStartError
-from pacs_grpc.devstack.stack import LocalStack
 from tests.support.png import png
-from tests.support.users import ApiUser, login
+from tests.support.projects import ANNOTATOR, new_team
+from tests.support.users import ApiUser, login, unique_name
 
 pytestmark = pytest.mark.slow
 
@@ -113,27 +112,16 @@ async def channel(server: LimitedServer) -> AsyncIterator[aio.Channel]:
 @pytest.fixture(scope="module")
 async def admin(live_stack: LocalStack, channel: aio.Channel) -> ApiUser:
     assert live_stack.issuer is not None
-    return await login(channel, live_stack.issuer, f"admin-{uuid.uuid4().hex[:8]}", admin=True)
+    return await login(channel, live_stack.issuer, unique_name("admin"), admin=True)
 
 
 async def _pipeline(
     live_stack: LocalStack, channel: aio.Channel, admin: ApiUser, slice_count: int = 1000
 ) -> Pipeline:
     assert live_stack.issuer is not None
-    user = await login(channel, live_stack.issuer, f"pipeline-{uuid.uuid4().hex[:8]}")
-    identity = identity_pb2_grpc.IdentityServiceStub(channel)
-    name = f"limits-{uuid.uuid4().hex[:8]}"
-    project = await identity.CreateProject(
-        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=name)),
-        metadata=admin.metadata(),
-    )
-    project_id = project.project.id
-    await identity.AddProjectMember(
-        identity_pb2.AddProjectMemberRequest(
-            project_id=project_id, user_id=user.user_id, role=identity_pb2.PROJECT_ROLE_ANNOTATOR
-        ),
-        metadata=admin.metadata(),
-    )
+    name = unique_name("limits")
+    team = await new_team(channel, live_stack.issuer, name, {"pipeline": ANNOTATOR}, admin=admin)
+    user, project_id = team["pipeline"], team.project_id
     study = f"1.2.826.0.1.3680043.10.{uuid.uuid4().int % 10**12}"
     annotation = await annotation_pb2_grpc.AnnotationServiceStub(channel).CreateAnnotation(
         annotation_pb2.CreateAnnotationRequest(annotation=_annotation(project_id, study)),

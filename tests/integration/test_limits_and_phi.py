@@ -30,11 +30,12 @@ from pacs.v1 import (
     mask_pb2_grpc,
 )
 
-from pacs_grpc.devstack.ports import free_ports
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.ports import free_ports
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
 from tests.support.png import png
-from tests.support.users import ApiUser, login
+from tests.support.projects import create_annotation, create_project
+from tests.support.users import ApiUser, login, unique_name
 
 LIMITS = {
     "GRPC_MAX_RECEIVE_BYTES": 256 * 1024,
@@ -94,35 +95,22 @@ class Target:
 @pytest.fixture(scope="module")
 async def target(live_stack: LocalStack, channel: aio.Channel) -> Target:
     assert live_stack.issuer is not None
-    user = await login(channel, live_stack.issuer, f"limits-{uuid.uuid4().hex[:8]}", admin=True)
-    project = await identity_pb2_grpc.IdentityServiceStub(channel).CreateProject(
-        identity_pb2.CreateProjectRequest(
-            project=identity_pb2.Project(name=f"{SENTINEL}-{uuid.uuid4().hex[:6]}")
-        ),
-        metadata=user.metadata(),
-    )
-    data = struct_pb2.Struct()
-    data.update({"note": SENTINEL})
-    annotation = await annotation_pb2_grpc.AnnotationServiceStub(channel).CreateAnnotation(
-        annotation_pb2.CreateAnnotationRequest(
-            annotation=annotation_pb2.Annotation(
-                project_id=project.project.id, study_uid=UID_SENTINEL,
-                series_uid=UID_SENTINEL + ".2", annotation_type="segmentation",
-                annotation_data=data,
-            )
-        ),
-        metadata=user.metadata(),
+    user = await login(channel, live_stack.issuer, unique_name("limits"), admin=True)
+    project_id = await create_project(channel, user, f"{SENTINEL}-{uuid.uuid4().hex[:6]}")
+    annotation_id = await create_annotation(
+        channel, user, project_id, UID_SENTINEL, {"note": SENTINEL},
+        series_uid=UID_SENTINEL + ".2",
     )  # fmt: skip
     group = await mask_pb2_grpc.MaskServiceStub(channel).CreateMaskGroup(
         mask_pb2.CreateMaskGroupRequest(
-            annotation_id=annotation.annotation.id,
+            annotation_id=annotation_id,
             mask_group=mask_pb2.MaskGroup(
                 group_name=SENTINEL, model_name=SENTINEL, description=SENTINEL, slice_count=40
             ),
         ),
         metadata=user.metadata(),
     )
-    return Target(user, project.project.id, annotation.annotation.id, group.mask_group.id)
+    return Target(user, project_id, annotation_id, group.mask_group.id)
 
 
 def _slices(count: int, size: int = 100) -> list[mask_pb2.SliceUpload]:

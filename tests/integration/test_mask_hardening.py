@@ -21,26 +21,22 @@ import grpc
 import psycopg
 import pytest
 import urllib3
-from google.protobuf import struct_pb2
 from grpc import aio
 from minio import Minio
 from minio.commonconfig import REPLACE, CopySource
 from pacs.v1 import (
-    annotation_pb2,
-    annotation_pb2_grpc,
-    identity_pb2,
-    identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
 )
 
+from pacs_devstack.ports import free_port
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
 from pacs_grpc.adapters.storage.objects import ObjectStore
 from pacs_grpc.config import StorageSettings
-from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
 from tests.support.png import png
-from tests.support.users import ApiUser, login
+from tests.support.projects import ANNOTATOR, create_annotation, new_team
+from tests.support.users import ApiUser, unique_name
 
 POST = mask_pb2.UPLOAD_METHOD_POST
 PUT = mask_pb2.UPLOAD_METHOD_PUT
@@ -96,33 +92,9 @@ def storage(live_stack: LocalStack) -> Minio:
 
 async def _project(live_stack: LocalStack, channel: aio.Channel, name: str) -> Project:
     assert live_stack.issuer is not None
-    tag = uuid.uuid4().hex[:8]
-    admin = await login(channel, live_stack.issuer, f"admin-{tag}", admin=True)
-    writer = await login(channel, live_stack.issuer, f"{name}-{tag}")
-    identity = identity_pb2_grpc.IdentityServiceStub(channel)
-    project = await identity.CreateProject(
-        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=f"{name}-{tag}")),
-        metadata=admin.metadata(),
-    )
-    await identity.AddProjectMember(
-        identity_pb2.AddProjectMemberRequest(
-            project_id=project.project.id, user_id=writer.user_id,
-            role=identity_pb2.PROJECT_ROLE_ANNOTATOR,
-        ),
-        metadata=admin.metadata(),
-    )  # fmt: skip
-    data = struct_pb2.Struct()
-    data.update({"k": 1})
-    annotation = await annotation_pb2_grpc.AnnotationServiceStub(channel).CreateAnnotation(
-        annotation_pb2.CreateAnnotationRequest(
-            annotation=annotation_pb2.Annotation(
-                project_id=project.project.id, study_uid="1.2.3", annotation_type="segmentation",
-                annotation_data=data,
-            )
-        ),
-        metadata=writer.metadata(),
-    )  # fmt: skip
-    return Project(writer, project.project.id, annotation.annotation.id)
+    team = await new_team(channel, live_stack.issuer, unique_name(name), {name: ANNOTATOR})
+    annotation_id = await create_annotation(channel, team[name], team.project_id, "1.2.3", {"k": 1})
+    return Project(team[name], team.project_id, annotation_id)
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,15 @@ import uuid
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 from grpc import aio
 from pacs.v1 import (
-    annotation_pb2,
-    annotation_pb2_grpc,
-    identity_pb2,
-    identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
 )
 
-from pacs_grpc.devstack.stack import LocalStack
-from tests.support.users import ApiUser, login
+from pacs_devstack.stack import LocalStack
+from tests.support.projects import ANNOTATOR, create_annotation, new_team
+from tests.support.users import ApiUser, unique_name
 
 SCT = "SCT"
 ANATOMY = mask_pb2.CodedConcept(
@@ -28,10 +24,6 @@ ANATOMY = mask_pb2.CodedConcept(
 TISSUE = mask_pb2.CodedConcept(
     code_value="85756007", coding_scheme_designator=SCT, code_meaning="Tissue"
 )
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
@@ -44,33 +36,15 @@ async def writer_and_annotation(
     live_stack: LocalStack, channel: aio.Channel
 ) -> tuple[ApiUser, int]:
     assert live_stack.issuer is not None
-    admin = await login(channel, live_stack.issuer, _name("admin"), admin=True)
-    writer = await login(channel, live_stack.issuer, _name("segmenter"))
-    identity = identity_pb2_grpc.IdentityServiceStub(channel)
-    project = await identity.CreateProject(
-        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_name("segments"))),
-        metadata=admin.metadata(),
+    team = await new_team(
+        channel, live_stack.issuer, unique_name("segments"), {"segmenter": ANNOTATOR}
     )
-    await identity.AddProjectMember(
-        identity_pb2.AddProjectMemberRequest(
-            project_id=project.project.id,
-            user_id=writer.user_id,
-            role=identity_pb2.PROJECT_ROLE_ANNOTATOR,
-        ),
-        metadata=admin.metadata(),
-    )
-    data = struct_pb2.Struct()
-    data.update({"model": "organs"})
-    annotation = await annotation_pb2_grpc.AnnotationServiceStub(channel).CreateAnnotation(
-        annotation_pb2.CreateAnnotationRequest(
-            annotation=annotation_pb2.Annotation(
-                project_id=project.project.id, study_uid="1.2.840.99", series_uid="1.2.840.99.1",
-                annotation_type="segmentation", annotation_data=data,
-            )
-        ),
-        metadata=writer.metadata(),
+    writer = team["segmenter"]
+    annotation_id = await create_annotation(
+        channel, writer, team.project_id, "1.2.840.99", {"model": "organs"},
+        series_uid="1.2.840.99.1",
     )  # fmt: skip
-    return writer, annotation.annotation.id
+    return writer, annotation_id
 
 
 def _segments() -> list[mask_pb2.Segment]:

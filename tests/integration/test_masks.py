@@ -13,20 +13,16 @@ import grpc
 import psycopg
 import pytest
 import urllib3
-from google.protobuf import struct_pb2
 from grpc import aio
 from pacs.v1 import (
-    annotation_pb2,
-    annotation_pb2_grpc,
-    identity_pb2,
-    identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
 )
 
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.stack import LocalStack
 from tests.support.png import png
-from tests.support.users import ApiUser, login
+from tests.support.projects import ANNOTATOR, VIEWER, create_annotation, new_team
+from tests.support.users import ApiUser, login, unique_name
 
 POST = mask_pb2.UPLOAD_METHOD_POST
 _http = urllib3.PoolManager(maxsize=32, retries=False, timeout=urllib3.Timeout(10))
@@ -41,10 +37,6 @@ class Setup:
     annotation_id: int
 
 
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 @pytest.fixture(scope="module")
 def masks(channel: aio.Channel) -> mask_pb2_grpc.MaskServiceAsyncStub:
     return mask_pb2_grpc.MaskServiceStub(channel)
@@ -53,41 +45,15 @@ def masks(channel: aio.Channel) -> mask_pb2_grpc.MaskServiceAsyncStub:
 @pytest.fixture(scope="module")
 async def setup(live_stack: LocalStack, channel: aio.Channel) -> Setup:
     assert live_stack.issuer is not None
-    identity = identity_pb2_grpc.IdentityServiceStub(channel)
-    admin = await login(channel, live_stack.issuer, _name("admin"), admin=True)
-    writer = await login(channel, live_stack.issuer, _name("pipeline"))
-    viewer = await login(channel, live_stack.issuer, _name("viewer"))
-    outsider = await login(channel, live_stack.issuer, _name("outsider"))
-    project = await identity.CreateProject(
-        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_name("seg"))),
-        metadata=admin.metadata(),
+    team = await new_team(
+        channel, live_stack.issuer, unique_name("seg"), {"pipeline": ANNOTATOR, "viewer": VIEWER}
     )
-    project_id = project.project.id
-    for user, role in (
-        (writer, identity_pb2.PROJECT_ROLE_ANNOTATOR),
-        (viewer, identity_pb2.PROJECT_ROLE_VIEWER),
-    ):
-        await identity.AddProjectMember(
-            identity_pb2.AddProjectMemberRequest(
-                project_id=project_id, user_id=user.user_id, role=role
-            ),
-            metadata=admin.metadata(),
-        )
-    data = struct_pb2.Struct()
-    data.update({"model": "lung-seg"})
-    annotation = await annotation_pb2_grpc.AnnotationServiceStub(channel).CreateAnnotation(
-        annotation_pb2.CreateAnnotationRequest(
-            annotation=annotation_pb2.Annotation(
-                project_id=project_id,
-                study_uid="1.2.840.1",
-                series_uid="1.2.840.1.2",
-                annotation_type="segmentation",
-                annotation_data=data,
-            )
-        ),
-        metadata=writer.metadata(),
-    )
-    return Setup(writer, viewer, outsider, project_id, annotation.annotation.id)
+    outsider = await login(channel, live_stack.issuer, unique_name("outsider"))
+    annotation_id = await create_annotation(
+        channel, team["pipeline"], team.project_id, "1.2.840.1", {"model": "lung-seg"},
+        series_uid="1.2.840.1.2",
+    )  # fmt: skip
+    return Setup(team["pipeline"], team["viewer"], outsider, team.project_id, annotation_id)
 
 
 async def _group(

@@ -18,12 +18,12 @@ import pytest
 import urllib3
 from minio import Minio
 
+from pacs_devstack.ports import free_ports
+from pacs_devstack.seaweed import SeaweedConfig, SeaweedS3
 from pacs_grpc.adapters.storage.objects import ObjectStore
 from pacs_grpc.config import StorageSettings
-from pacs_grpc.devstack.ports import free_ports
-from pacs_grpc.devstack.seaweed import SeaweedConfig, SeaweedS3
 from pacs_grpc.domain.errors import InvalidArgument, NotFound, Unavailable
-from pacs_grpc.services.storage import PostTicket
+from pacs_grpc.domain.objects import PostTicket
 
 ACCESS_KEY = "pacs-objects-access"
 SECRET_KEY = "pacs-objects-secret-0123456789"

@@ -16,10 +16,10 @@ import urllib3
 from dicomweb_client import DICOMwebClient
 from pydicom import Dataset
 
-from pacs_grpc.devstack.orthanc import Orthanc, OrthancStartError
-from pacs_grpc.devstack.sample_ct import SYNTHETIC_PATIENT, synthetic_ct
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack, _default_port_or_free
+from pacs_devstack.orthanc import Orthanc, OrthancStartError
+from pacs_devstack.sample_ct import SYNTHETIC_PATIENT, synthetic_ct
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack, _default_port_or_free
 from tests.support.pacs import running_orthanc, store_synthetic_series
 from tests.support.stacks import own_stack
 
@@ -150,7 +150,7 @@ def test_readiness_is_this_orthancs_own_not_a_neighbours_on_the_port(
     # Past the port check (a race lost), only the start-up line in this start's log
     # tells the two apart: the first one answers GET /system all along.
     with running_orthanc(scratch_dir("orthanc")) as first:
-        monkeypatch.setattr("pacs_grpc.devstack.orthanc.port_in_use", lambda port: False)
+        monkeypatch.setattr("pacs_devstack.orthanc.port_in_use", lambda port: False)
         clash = Orthanc(scratch_dir("orthanc"), http_port=first.http_port, dicom_port=0)
         with pytest.raises(OrthancStartError, match="orthanc exited") as raised:
             clash.start(timeout=20)

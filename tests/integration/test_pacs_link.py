@@ -28,25 +28,24 @@ from grpc_health.v1 import health_pb2
 from pacs.v1 import (
     annotation_pb2,
     annotation_pb2_grpc,
-    identity_pb2,
-    identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
 )
 from pydicom import Dataset
 
+from pacs_devstack.ports import free_port
+from pacs_devstack.sample_ct import store_series, synthetic_ct
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
 from pacs_grpc.adapters.pacs.dicomweb import DicomWebPacs
 from pacs_grpc.config import PacsSettings
-from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.sample_ct import store_series, synthetic_ct
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
 from pacs_grpc.domain.pacs import along_normal
 from tests.support.pacs import StoredSeries, store_synthetic_series
 from tests.support.png import png
+from tests.support.projects import ANNOTATOR, new_team
 from tests.support.stacks import ServerStarter
 from tests.support.tcp_proxy import TcpProxy
-from tests.support.users import ApiUser, login
+from tests.support.users import ApiUser, unique_name
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -57,10 +56,6 @@ _http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(10))
 
 def _uid() -> str:
     return f"2.25.{uuid.uuid4().int}"
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -119,22 +114,8 @@ async def enforcing_channel(enforcing: Linked) -> AsyncIterator[aio.Channel]:
 @pytest.fixture(scope="module")
 async def people(live_stack: LocalStack, channel: aio.Channel) -> People:
     assert live_stack.issuer is not None
-    admin = await login(channel, live_stack.issuer, _name("admin"), admin=True)
-    writer = await login(channel, live_stack.issuer, _name("pipeline"))
-    identity = identity_pb2_grpc.IdentityServiceStub(channel)
-    project = await identity.CreateProject(
-        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_name("pacs"))),
-        metadata=admin.metadata(),
-    )
-    await identity.AddProjectMember(
-        identity_pb2.AddProjectMemberRequest(
-            project_id=project.project.id,
-            user_id=writer.user_id,
-            role=identity_pb2.PROJECT_ROLE_ANNOTATOR,
-        ),
-        metadata=admin.metadata(),
-    )
-    return People(admin, writer, project.project.id)
+    team = await new_team(channel, live_stack.issuer, unique_name("pacs"), {"pipeline": ANNOTATOR})
+    return People(team.admin, team["pipeline"], team.project_id)
 
 
 @pytest.fixture(scope="module")

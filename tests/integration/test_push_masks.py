@@ -10,20 +10,16 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import psycopg
 import pytest
-from google.protobuf import struct_pb2
 from grpc import aio
 from pacs.v1 import (
-    annotation_pb2,
-    annotation_pb2_grpc,
-    identity_pb2,
-    identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
 )
 
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.stack import LocalStack
 from tests.support.png import png
-from tests.support.users import ApiUser, login
+from tests.support.projects import create_annotation, create_project
+from tests.support.users import ApiUser, login, unique_name
 
 CHUNK = 64 * 1024
 
@@ -31,26 +27,10 @@ CHUNK = 64 * 1024
 @pytest.fixture(scope="module")
 async def target(live_stack: LocalStack, channel: aio.Channel) -> tuple[ApiUser, int, int]:
     assert live_stack.issuer is not None
-    admin = await login(channel, live_stack.issuer, f"admin-{uuid.uuid4().hex[:6]}", admin=True)
-    identity = identity_pb2_grpc.IdentityServiceStub(channel)
-    project = await identity.CreateProject(
-        identity_pb2.CreateProjectRequest(
-            project=identity_pb2.Project(name=f"push-{uuid.uuid4().hex[:6]}")
-        ),
-        metadata=admin.metadata(),
-    )
-    data = struct_pb2.Struct()
-    data.update({"k": 1})
-    annotation = await annotation_pb2_grpc.AnnotationServiceStub(channel).CreateAnnotation(
-        annotation_pb2.CreateAnnotationRequest(
-            annotation=annotation_pb2.Annotation(
-                project_id=project.project.id, study_uid="1.2.3", annotation_type="segmentation",
-                annotation_data=data,
-            )
-        ),
-        metadata=admin.metadata(),
-    )  # fmt: skip
-    return admin, project.project.id, annotation.annotation.id
+    admin = await login(channel, live_stack.issuer, unique_name("admin"), admin=True)
+    project_id = await create_project(channel, admin, unique_name("push"))
+    annotation_id = await create_annotation(channel, admin, project_id, "1.2.3", {"k": 1})
+    return admin, project_id, annotation_id
 
 
 async def _group(channel: aio.Channel, user: ApiUser, annotation_id: int, count: int) -> int:

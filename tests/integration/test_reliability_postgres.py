@@ -18,11 +18,11 @@ import psycopg
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2
-from pacs.v1 import identity_pb2, identity_pb2_grpc
 
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
 from tests.support.load import MixedLoad
+from tests.support.projects import create_project
 from tests.support.stacks import ServerStarter, own_stack
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.users import ApiUser, login
@@ -62,13 +62,8 @@ async def _setup(stack: LocalStack, server: ServerProcess) -> tuple[ApiUser, int
     assert stack.issuer is not None
     async with aio.insecure_channel(server.address) as channel:
         admin = await login(channel, stack.issuer, f"admin-{server.port}", admin=True)
-        project = await identity_pb2_grpc.IdentityServiceStub(channel).CreateProject(
-            identity_pb2.CreateProjectRequest(
-                project=identity_pb2.Project(name=f"faults-{server.port}")
-            ),
-            metadata=admin.metadata(),
-        )
-    return admin, project.project.id
+        project_id = await create_project(channel, admin, f"faults-{server.port}")
+    return admin, project_id
 
 
 def _stored_ids(database_url: str, project_id: int) -> set[int]:

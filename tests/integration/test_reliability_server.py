@@ -23,16 +23,15 @@ from grpc_health.v1 import health_pb2
 from pacs.v1 import (
     annotation_pb2,
     annotation_pb2_grpc,
-    identity_pb2,
-    identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
 )
 
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
 from tests.support.load import MixedLoad
 from tests.support.png import png
+from tests.support.projects import create_project
 from tests.support.stacks import ServerStarter, own_stack
 from tests.support.users import ApiUser, login
 
@@ -66,11 +65,8 @@ async def _project(stack: LocalStack, address: str, name: str) -> tuple[ApiUser,
     assert stack.issuer is not None
     async with aio.insecure_channel(address) as channel:
         admin = await login(channel, stack.issuer, name, admin=True)
-        project = await identity_pb2_grpc.IdentityServiceStub(channel).CreateProject(
-            identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=name)),
-            metadata=admin.metadata(),
-        )
-    return admin, project.project.id
+        project_id = await create_project(channel, admin, name)
+    return admin, project_id
 
 
 def _upload(ticket: mask_pb2.UploadTicket, body: bytes) -> int:

@@ -22,7 +22,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from pacs_grpc.devstack.seaweed import SeaweedConfig, SeaweedS3, SeaweedStartError
+from pacs_devstack.seaweed import SeaweedConfig, SeaweedS3, SeaweedStartError
 
 ACCESS_KEY = "pacs-test-access"
 SECRET_KEY = "pacs-test-secret-0123456789"
@@ -317,7 +317,7 @@ def test_weed_stops_when_its_parent_dies_without_stopping_it(tmp_path: Path) -> 
         f"""
         import sys, time
         from pathlib import Path
-        from pacs_grpc.devstack.seaweed import SeaweedConfig, SeaweedS3
+        from pacs_devstack.seaweed import SeaweedConfig, SeaweedS3
         server = SeaweedS3(SeaweedConfig(
             data_dir=Path({str(data_dir)!r}), access_key="k" * 8, secret_key="s" * 16,
             bucket="b-orphan", s3_port=0))

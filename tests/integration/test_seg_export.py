@@ -32,19 +32,18 @@ from grpc import aio
 from pacs.v1 import (
     annotation_pb2,
     annotation_pb2_grpc,
-    identity_pb2,
-    identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
 )
 from PIL import Image
 
-from pacs_grpc.devstack.sample_ct import store_series, synthetic_ct
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.sample_ct import store_series, synthetic_ct
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
 from tests.support.pacs import StoredSeries
+from tests.support.projects import ANNOTATOR, VIEWER, new_team
 from tests.support.stacks import ServerStarter
-from tests.support.users import ApiUser, login
+from tests.support.users import ApiUser, unique_name
 
 SLICES, ROWS, COLUMNS = 12, 64, 64
 # 3 segments of 12 slices of 64x64 fit (147,456 voxels); 5 do not (245,760).
@@ -56,10 +55,6 @@ LIVER = mask_pb2.CodedConcept(code_value="10200004", coding_scheme_designator="S
 ORGAN = mask_pb2.CodedConcept(code_value="123037004", coding_scheme_designator="SCT",
                               code_meaning="Anatomical Structure")  # fmt: skip
 _http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(20))
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -106,23 +101,11 @@ async def linked_channel(linked: Linked) -> AsyncIterator[aio.Channel]:
 @pytest.fixture(scope="module")
 async def people(live_stack: LocalStack, linked_channel: aio.Channel) -> People:
     assert live_stack.issuer is not None
-    admin = await login(linked_channel, live_stack.issuer, _name("admin"), admin=True)
-    writer = await login(linked_channel, live_stack.issuer, _name("exporter"))
-    viewer = await login(linked_channel, live_stack.issuer, _name("reader"))
-    identity = identity_pb2_grpc.IdentityServiceStub(linked_channel)
-    project = await identity.CreateProject(
-        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_name("seg"))),
-        metadata=admin.metadata(),
-    )
-    for user, role in ((writer, identity_pb2.PROJECT_ROLE_ANNOTATOR),
-                       (viewer, identity_pb2.PROJECT_ROLE_VIEWER)):  # fmt: skip
-        await identity.AddProjectMember(
-            identity_pb2.AddProjectMemberRequest(
-                project_id=project.project.id, user_id=user.user_id, role=role
-            ),
-            metadata=admin.metadata(),
-        )
-    return People(writer, viewer, project.project.id)
+    team = await new_team(
+        linked_channel, live_stack.issuer, unique_name("seg"),
+        {"exporter": ANNOTATOR, "reader": VIEWER},
+    )  # fmt: skip
+    return People(team["exporter"], team["reader"], team.project_id)
 
 
 @pytest.fixture(scope="module")

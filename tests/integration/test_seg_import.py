@@ -30,19 +30,18 @@ from grpc import aio
 from pacs.v1 import (
     annotation_pb2,
     annotation_pb2_grpc,
-    identity_pb2,
-    identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
 )
 from PIL import Image
 from pydicom.sr.codedict import codes
 
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
 from tests.support.pacs import StoredSeries, store_synthetic_series
+from tests.support.projects import ANNOTATOR, new_team
 from tests.support.stacks import ServerStarter
-from tests.support.users import ApiUser, login
+from tests.support.users import ApiUser, unique_name
 
 SLICES, ROWS, COLUMNS = 10, 64, 64
 MODEL, MODEL_VERSION = "TotalSegmentator", "2.4.0"
@@ -55,10 +54,6 @@ SEGMENTS = (
 # The smallest IMPORT_MAX_BYTES the server accepts; every SEG here is larger.
 SMALL_IMPORT_LIMIT = 1024
 _http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(10))
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)
@@ -194,23 +189,11 @@ async def world(
     foreign = _make_seg(store_synthetic_series(pacs_url, slices=SLICES, rows=ROWS, columns=COLUMNS))
     _stow(pacs_url, foreign.data)
     async with aio.insecure_channel(pacs_server.address) as channel:
-        admin = await login(channel, live_stack.issuer, _name("admin"), admin=True)
-        writer = await login(channel, live_stack.issuer, _name("importer"))
-        identity = identity_pb2_grpc.IdentityServiceStub(channel)
-        project = await identity.CreateProject(
-            identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_name("imp"))),
-            metadata=admin.metadata(),
-        )
-        await identity.AddProjectMember(
-            identity_pb2.AddProjectMemberRequest(
-                project_id=project.project.id,
-                user_id=writer.user_id,
-                role=identity_pb2.PROJECT_ROLE_ANNOTATOR,
-            ),
-            metadata=admin.metadata(),
+        team = await new_team(
+            channel, live_stack.issuer, unique_name("imp"), {"importer": ANNOTATOR}
         )
         yield World(
-            channel, _stub(channel), writer, project.project.id, ct,
+            channel, _stub(channel), team["importer"], team.project_id, ct,
             seg, foreign, live_stack,
         )  # fmt: skip
 

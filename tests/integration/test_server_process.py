@@ -20,10 +20,10 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
 
+from pacs_devstack.ports import free_port
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
 from pacs_grpc.bootstrap import SERVICE_NAMES
-from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
 from tests.support.stacks import own_stack
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -10,11 +10,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from pacs_devstack.seaweed import SeaweedConfig, SeaweedS3
 from pacs_grpc.adapters.storage.breaker import BreakerState, CircuitBreaker
 from pacs_grpc.adapters.storage.objects import ObjectStore
 from pacs_grpc.adapters.storage.s3 import StorageBreakerOpenError, StorageProbe
 from pacs_grpc.config import StorageSettings
-from pacs_grpc.devstack.seaweed import SeaweedConfig, SeaweedS3
 from pacs_grpc.domain.errors import Unavailable
 from tests.support.tcp_proxy import TcpProxy
 

@@ -14,8 +14,8 @@ import pytest
 from grpc import aio
 from pacs.v1 import identity_pb2, identity_pb2_grpc
 
-from pacs_grpc.devstack.issuer import DevIssuer, subject_for
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.issuer import DevIssuer, subject_for
+from pacs_devstack.stack import LocalStack
 
 
 @pytest.fixture(scope="module")

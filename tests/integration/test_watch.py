@@ -11,12 +11,13 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 from grpc import aio
-from pacs.v1 import annotation_pb2, annotation_pb2_grpc, identity_pb2, identity_pb2_grpc
+from pacs.v1 import annotation_pb2, annotation_pb2_grpc
 
-from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
-from tests.support.users import ApiUser, login
+from pacs_devstack.ports import free_port
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
+from tests.support.projects import ANNOTATOR, VIEWER, new_team
+from tests.support.users import ApiUser, login, unique_name
 
 pytestmark = pytest.mark.slow
 
@@ -56,28 +57,12 @@ async def people(live_stack: LocalStack) -> tuple[ApiUser, ApiUser, ApiUser, int
     assert live_stack.server is not None
     assert live_stack.issuer is not None
     async with aio.insecure_channel(live_stack.server.address) as channel:
-        identity = identity_pb2_grpc.IdentityServiceStub(channel)
-        admin = await login(channel, live_stack.issuer, f"admin-{uuid.uuid4().hex[:6]}", admin=True)
-        writer = await login(channel, live_stack.issuer, f"writer-{uuid.uuid4().hex[:6]}")
-        viewer = await login(channel, live_stack.issuer, f"viewer-{uuid.uuid4().hex[:6]}")
-        outsider = await login(channel, live_stack.issuer, f"out-{uuid.uuid4().hex[:6]}")
-        project = await identity.CreateProject(
-            identity_pb2.CreateProjectRequest(
-                project=identity_pb2.Project(name=f"watch-{uuid.uuid4().hex[:6]}")
-            ),
-            metadata=admin.metadata(),
-        )
-        for user, role in (
-            (writer, identity_pb2.PROJECT_ROLE_ANNOTATOR),
-            (viewer, identity_pb2.PROJECT_ROLE_VIEWER),
-        ):
-            await identity.AddProjectMember(
-                identity_pb2.AddProjectMemberRequest(
-                    project_id=project.project.id, user_id=user.user_id, role=role
-                ),
-                metadata=admin.metadata(),
-            )
-    return writer, viewer, outsider, project.project.id
+        team = await new_team(
+            channel, live_stack.issuer, unique_name("watch"),
+            {"writer": ANNOTATOR, "viewer": VIEWER},
+        )  # fmt: skip
+        outsider = await login(channel, live_stack.issuer, unique_name("out"))
+    return team["writer"], team["viewer"], outsider, team.project_id
 
 
 def _annotation(project_id: int, study: str) -> annotation_pb2.Annotation:

@@ -20,11 +20,12 @@ from google.protobuf import struct_pb2
 from grpc import aio
 from pacs.v1 import annotation_pb2, annotation_pb2_grpc, identity_pb2, identity_pb2_grpc
 
-from pacs_grpc.devstack.issuer import DevIssuer
-from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack
-from tests.support.users import ApiUser, login
+from pacs_devstack.issuer import DevIssuer
+from pacs_devstack.ports import free_port
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack
+from tests.support.projects import ANNOTATOR, VIEWER, Team, add_member, new_team
+from tests.support.users import login, unique_name
 
 pytestmark = pytest.mark.slow
 
@@ -50,45 +51,8 @@ async def strict_channel(strict_server: ServerProcess) -> AsyncIterator[aio.Chan
         yield channel
 
 
-@pytest.fixture(scope="module")
-def issuer(live_stack: LocalStack) -> DevIssuer:
-    assert live_stack.issuer is not None
-    return live_stack.issuer
-
-
-class Team:
-    def __init__(self, owner: ApiUser, writer: ApiUser, project_id: int) -> None:
-        self.owner = owner
-        self.writer = writer
-        self.project_id = project_id
-
-
 async def _team(channel: aio.Channel, issuer: DevIssuer) -> Team:
-    identity = identity_pb2_grpc.IdentityServiceStub(channel)
-    owner = await login(channel, issuer, _name("owner"), admin=True)
-    writer = await login(channel, issuer, _name("writer"))
-    project = await identity.CreateProject(
-        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name=_name("revoke"))),
-        metadata=owner.metadata(),
-    )
-    team = Team(owner, writer, project.project.id)
-    await _add(channel, team, writer, identity_pb2.PROJECT_ROLE_ANNOTATOR)
-    return team
-
-
-async def _add(
-    channel: aio.Channel, team: Team, user: ApiUser, role: identity_pb2.ProjectRole.ValueType
-) -> None:
-    await identity_pb2_grpc.IdentityServiceStub(channel).AddProjectMember(
-        identity_pb2.AddProjectMemberRequest(
-            project_id=team.project_id, user_id=user.user_id, role=role
-        ),
-        metadata=team.owner.metadata(),
-    )
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return await new_team(channel, issuer, unique_name("revoke"), {"writer": ANNOTATOR})
 
 
 async def _create(channel: aio.Channel, team: Team, study: str) -> int:
@@ -103,7 +67,7 @@ async def _create(channel: aio.Channel, team: Team, study: str) -> int:
                 annotation_data=data,
             )
         ),
-        metadata=team.writer.metadata(),
+        metadata=team["writer"].metadata(),
     )
     return reply.annotation.id
 
@@ -175,8 +139,8 @@ async def test_a_removed_viewers_stream_ends_with_not_found_within_five_seconds(
     strict_channel: aio.Channel, issuer: DevIssuer, live_stack: LocalStack, artifacts_dir: Path
 ) -> None:
     team = await _team(strict_channel, issuer)
-    viewer = await login(strict_channel, issuer, _name("viewer"))
-    await _add(strict_channel, team, viewer, identity_pb2.PROJECT_ROLE_VIEWER)
+    viewer = await login(strict_channel, issuer, unique_name("viewer"))
+    await add_member(strict_channel, team.admin, team.project_id, viewer, VIEWER)
     study = f"1.2.826.{uuid.uuid4().int % 10**10}"
     request_id = f"watch-{uuid.uuid4().hex}"
     watch = Watch(
@@ -189,7 +153,7 @@ async def test_a_removed_viewers_stream_ends_with_not_found_within_five_seconds(
 
     await identity_pb2_grpc.IdentityServiceStub(strict_channel).RemoveProjectMember(
         identity_pb2.RemoveProjectMemberRequest(project_id=team.project_id, user_id=viewer.user_id),
-        metadata=team.owner.metadata(),
+        metadata=team.admin.metadata(),
     )
     removed_at = time.time()
     code, details, ended_at = await watch.end(within=REVOCATION_BOUND_SECONDS + 5)
@@ -208,8 +172,8 @@ async def test_a_stream_ends_with_unauthenticated_when_its_token_expires(
     strict_channel: aio.Channel, issuer: DevIssuer, artifacts_dir: Path
 ) -> None:
     team = await _team(strict_channel, issuer)
-    viewer = await login(strict_channel, issuer, _name("viewer"))
-    await _add(strict_channel, team, viewer, identity_pb2.PROJECT_ROLE_VIEWER)
+    viewer = await login(strict_channel, issuer, unique_name("viewer"))
+    await add_member(strict_channel, team.admin, team.project_id, viewer, VIEWER)
     study = f"1.2.826.{uuid.uuid4().int % 10**10}"
     exp = int(time.time()) + 4
     short = issuer.mint(viewer.username, extra_claims={"exp": exp})
@@ -238,8 +202,8 @@ async def test_a_viewer_keeps_watching_a_deactivated_project(
     # Deactivation stops changes, not reading: the recheck applies the rule that admitted
     # the stream, so it must not end it.
     team = await _team(strict_channel, issuer)
-    viewer = await login(strict_channel, issuer, _name("viewer"))
-    await _add(strict_channel, team, viewer, identity_pb2.PROJECT_ROLE_VIEWER)
+    viewer = await login(strict_channel, issuer, unique_name("viewer"))
+    await add_member(strict_channel, team.admin, team.project_id, viewer, VIEWER)
     study = f"1.2.826.{uuid.uuid4().int % 10**10}"
     watch = Watch(
         annotation_pb2_grpc.AnnotationServiceStub(strict_channel).WatchAnnotations(
@@ -250,7 +214,7 @@ async def test_a_viewer_keeps_watching_a_deactivated_project(
     await watch.until_live(strict_channel, team, study)
     await identity_pb2_grpc.IdentityServiceStub(strict_channel).DeactivateProject(
         identity_pb2.DeactivateProjectRequest(project_id=team.project_id),
-        metadata=team.owner.metadata(),
+        metadata=team.admin.metadata(),
     )
     with pytest.raises(TimeoutError):
         await watch.end(within=REVOCATION_BOUND_SECONDS)

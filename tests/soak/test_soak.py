@@ -29,7 +29,7 @@ from pacs.v1 import (
     mask_pb2_grpc,
 )
 
-from pacs_grpc.devstack.stack import LocalStack
+from pacs_devstack.stack import LocalStack
 from tests.support.png import png
 from tests.support.stacks import own_stack
 from tests.support.users import login

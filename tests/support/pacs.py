@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pydicom import Dataset
 
-from pacs_grpc.devstack.orthanc import INSTALL_HINT, Orthanc, orthanc_available
-from pacs_grpc.devstack.sample_ct import store_series, synthetic_ct
+from pacs_devstack.orthanc import INSTALL_HINT, Orthanc, orthanc_available
+from pacs_devstack.sample_ct import store_series, synthetic_ct
 
 
 @contextmanager

@@ -6,9 +6,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from pacs_grpc.devstack.ports import free_port
-from pacs_grpc.devstack.server import ServerProcess
-from pacs_grpc.devstack.stack import LocalStack, StackConfig
+from pacs_devstack.ports import free_port
+from pacs_devstack.server import ServerProcess
+from pacs_devstack.stack import LocalStack, StackConfig
 
 
 @contextmanager

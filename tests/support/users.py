@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from grpc import aio
 from pacs.v1 import identity_pb2, identity_pb2_grpc
 
-from pacs_grpc.devstack.issuer import DevIssuer
+from pacs_devstack.issuer import DevIssuer
 
 ADMIN_ROLE = "pacs-admin"
 
@@ -35,3 +36,8 @@ async def login(
         identity_pb2.LoginRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=10
     )
     return ApiUser(username=username, token=token, user_id=reply.user.id)
+
+
+def unique_name(prefix: str) -> str:
+    """A name no other test, nor an earlier run on the same database, has used."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
