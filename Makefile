@@ -12,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GOOGLEAPIS := .build/googleapis/google/api
-GENERATED_PY := clients/python/src/pacs/v1
+GENERATED_PY := clients/protos/src/pacs/v1
 DESCRIPTOR := deploy/envoy/pacs.binpb
 OPENAPI := deploy/envoy/openapi.json
 CONTRACT_BASELINE := .ci/contract-baseline.binpb
@@ -28,17 +28,21 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml
+# The server with its test tools, and what this repository builds beside it: the generated
+# stubs (clients/protos), the Python client (clients/python) and the development-only local
+# stack (devstack, `pacs-dev`), all editable.
+$(STAMP): pyproject.toml clients/protos/pyproject.toml clients/python/pyproject.toml \
+	devstack/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=...)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e clients/python -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e clients/protos -e clients/python -e devstack -e '.[test]'
 	touch $(STAMP)
 
 run: install
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory viewer; \
 	  else echo "npm not found: the viewer page is not built (needs Node.js 20 and npm)"; fi
-	$(BIN)/pacs-grpc dev
+	$(BIN)/pacs-dev run
 
 # The TypeScript client (tsc) and the viewer page `make run` serves.
 $(TS_DEPS): $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
@@ -92,6 +96,7 @@ lint: $(GOOGLEAPIS)/annotations.proto
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code protos
 
@@ -103,10 +108,12 @@ format: install
 # The image's runtime dependencies (Dockerfile), pinned with hashes from pyproject.toml and
 # requirements/runtime.in. Pins still allowed stay as they are; LOCK_ARGS=--upgrade moves
 # them all to the newest releases allowed. Needs PyPI.
+# The packages built from this repository (clients/protos, clients/python) stay out of it.
 RUNTIME_LOCK := requirements/runtime.lock
 LOCK_COMPILE = $(BIN)/uv pip compile --quiet pyproject.toml requirements/runtime.in \
 	--generate-hashes --python-version 3.11 --python-platform linux \
-	--no-emit-package pacs-extension-client --custom-compile-command "make lock"
+	--no-emit-package pacs-extension-protos --no-emit-package pacs-extension-client \
+	--custom-compile-command "make lock"
 
 lock: install
 	$(LOCK_COMPILE) $(LOCK_ARGS) -o $(RUNTIME_LOCK)
