@@ -75,7 +75,6 @@ with expired as (
     using expired e
     where u.upload_id = e.upload_id
     returning u.object_key
-)
 ), queued as (
     insert into storage_deletion_outbox (object_key)
     select r.object_key from removed r
