@@ -234,30 +234,6 @@ async def test_what_was_recorded_survives_an_overwrite_through_the_same_ticket(
     assert _http.request("GET", link.url).data == original
 
 
-async def test_an_expired_ticket_cannot_be_completed(
-    masks: mask_pb2_grpc.MaskServiceAsyncStub, setup: Setup
-) -> None:
-    image = png(16, 16, 3)
-    group = await _group(masks, setup, 1)
-    (ticket,) = (
-        await masks.CreateUploadUrls(
-            mask_pb2.CreateUploadUrlsRequest(
-                annotation_id=setup.annotation_id, group_id=group.id, slices=_slices([image]),
-                ttl_seconds=1,
-            ),
-            metadata=setup.writer.metadata(),
-        )
-    ).tickets  # fmt: skip
-    assert _upload(ticket, image) == 204
-    await asyncio.sleep(1.5)
-    with pytest.raises(aio.AioRpcError) as raised:
-        await masks.CompleteUpload(
-            _completion([ticket], setup, group.id), metadata=setup.writer.metadata()
-        )
-    assert raised.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "expired" in (raised.value.details() or "")
-
-
 @pytest.mark.parametrize(
     ("slices", "extra", "field"),
     [
