@@ -56,10 +56,15 @@ class _CallLog:
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
         self.error_id: str | None = None
+        self._finished = False
         # Returned on every outcome so a client can quote it in a bug report.
         context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
 
     def finish(self, metrics: RpcRecorder | None, *, streaming_response: bool) -> None:
+        """Count and log the outcome; once, whichever comes first: the abort or the end."""
+        if self._finished:
+            return
+        self._finished = True
         seconds = time.perf_counter() - self.started
         if metrics is not None:
             metrics.rpc_finished(self.method, self.code, None if streaming_response else seconds)
@@ -91,10 +96,20 @@ def _request_id(context: aio.ServicerContext[Any, Any]) -> str:
     return uuid.uuid4().hex
 
 
-async def _fail(call: _CallLog, context: aio.ServicerContext[Any, Any], error: Exception) -> None:
-    """Abort the RPC for an exception (status from _status_of); always raises."""
+async def _fail(
+    call: _CallLog,
+    context: aio.ServicerContext[Any, Any],
+    error: Exception,
+    settled: Callable[[], None],
+) -> None:
+    """Abort the RPC for an exception (status from _status_of); always raises.
+
+    `settled` runs just before the status goes out: grpc's abort sends it at once, so a
+    client could otherwise read the metrics before they count its call.
+    """
     call.code = _status_of(error)
     if isinstance(error, NotImplementedError):
+        settled()
         # The generated base servicers answer this way for an RPC with no
         # implementation; that is UNIMPLEMENTED, not a server fault.
         await context.abort(call.code, f"{call.method} is not implemented")
@@ -105,6 +120,7 @@ async def _fail(call: _CallLog, context: aio.ServicerContext[Any, Any], error: E
                 *trailing_metadata_for(error),
             )
         )
+        settled()
         await context.abort(call.code, error.message)
     call.error_id = uuid.uuid4().hex[:16]
     _log.error(
@@ -113,6 +129,7 @@ async def _fail(call: _CallLog, context: aio.ServicerContext[Any, Any], error: E
         extra={"request_id": call.request_id, "error_id": call.error_id, "method": call.method},
     )
     context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+    settled()
     await context.abort(call.code, f"internal error (error id {call.error_id})")
 
 
@@ -160,7 +177,12 @@ async def _served(
             log.code = _status_of(error)
             # The refusal's audit row is committed before the client hears the refusal.
             await gate.close(call, log.code)
-        await _fail(log, context, error)
+        await _fail(
+            log,
+            context,
+            error,
+            lambda: log.finish(edge.metrics, streaming_response=streaming_response),
+        )
     finally:
         deadlines.reset(deadline)
         if permit is not None:
