@@ -1,4 +1,5 @@
-"""The use cases: one class per group of RPCs, each call one audited transaction.
+"""The use cases: one class per group of RPCs; each call writes in one audited transaction
+(some read first, unaudited, so that no slow outside call holds a connection).
 
 What lives here: identity, annotations (and watch), mask groups, signed URLs, upload
 completion, the streaming push, SEG export and import, the PACS checks, the sweeper; the ports
