@@ -16,17 +16,13 @@ from pacs_grpc.services.annotations import AnnotationUseCases, NewAnnotation
 from pacs_grpc.services.context import AuditedTransactions, CallContext
 from pacs_grpc.services.identity import IdentityUseCases, UserDirectory
 from pacs_grpc.services.watch import WatchAccess
+from tests.fakes.annotations import FakeAnnotationStore, FakeEventRecorder, FakeEventSource
 from tests.fakes.clock import FakeClock
-from tests.fakes.stores import (
-    FakeAnnotationStore,
+from tests.fakes.database import FakeDatabase, FakeTransactions, FakeTx
+from tests.fakes.identity import (
     FakeAuditStore,
-    FakeDatabase,
-    FakeEventRecorder,
-    FakeEventSource,
     FakeIdempotencyStore,
     FakeProjectStore,
-    FakeTransactions,
-    FakeTx,
     FakeUserStore,
 )
 

@@ -30,6 +30,7 @@ from pacs_grpc.services.ports import SegmentationWriter
 from pacs_grpc.services.sweeper import Sweeper
 from tests.fakes import builders
 from tests.fakes.builders import World
+from tests.fakes.database import FakeTx
 from tests.fakes.masks import (
     FakeExportStore,
     FakeMaskStore,
@@ -41,7 +42,6 @@ from tests.fakes.masks import (
 from tests.fakes.outbox import FakeSweepOutbox
 from tests.fakes.pacs import FakePacs, FakeSegmentationReader
 from tests.fakes.storage import FakeObjectStorage
-from tests.fakes.stores import FakeTx
 
 VIEWER, ANNOTATOR, OWNER = ProjectRole.VIEWER, ProjectRole.ANNOTATOR, ProjectRole.OWNER
 STUDY, SERIES = "1.2.840.10.1", "1.2.840.10.1.1"

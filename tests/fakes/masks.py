@@ -1,7 +1,7 @@
 """In-memory mask groups, masks, upload tickets, SEG exports and the deletion outbox, with the
 semantics of pacs_grpc/adapters/postgres/masks.py, exports.py and imports.py.
 
-The rows live in MaskTables, a Tables (tests/fakes/stores.py) with the mask tables added, so
+The rows live in MaskTables, a Tables (tests/fakes/database.py) with the mask tables added, so
 FakeTransactions rolls them back with everything else; `install` puts it in place of a fresh
 FakeDatabase's tables. What the SQL does and these copy: the group row joined with its
 annotation, project and the caller's membership (group_with_access); completed_slices counted
@@ -31,7 +31,7 @@ from pacs_grpc.domain.masks import (
     PendingUpload,
     SliceDeclaration,
 )
-from tests.fakes.stores import FakeDatabase, FakeIntegrityError, FakeTx, Tables
+from tests.fakes.database import FakeDatabase, FakeIntegrityError, FakeTx, Tables
 
 
 @dataclass

@@ -23,8 +23,8 @@ from pacs_grpc.adapters.postgres.outbox import (
     MAX_ERROR_CHARS,
 )
 from pacs_grpc.services.ports import ExpiredTickets
+from tests.fakes.database import FakeDatabase, FakeTx
 from tests.fakes.masks import OutboxRow, install, queue, tables
-from tests.fakes.stores import FakeDatabase, FakeTx
 
 
 def backoff(attempts: int) -> timedelta:

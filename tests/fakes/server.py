@@ -1,10 +1,10 @@
 """The server's whole outside world as in-memory fakes: an Adapters for bootstrap.compose.
 
-ServerFakes joins the store fakes (tests/fakes/stores.py, masks.py, outbox.py), storage and
-the PACS (storage.py, pacs.py) over one FakeDatabase, and adds what only the assembled server
-needs: a token verifier that knows a fixed set of bearer strings, an event source with the
-EventHub's start and stop, health probes that always answer, and a SEG reader that knows the
-files a test registered.
+ServerFakes joins the store fakes (tests/fakes/identity.py, annotations.py, masks.py,
+outbox.py), storage and the PACS (storage.py, pacs.py) over one FakeDatabase (database.py), and
+adds what only the assembled server needs: a token verifier that knows a fixed set of bearer
+strings, an event source with the EventHub's start and stop, health probes that always answer,
+and a SEG reader that knows the files a test registered.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pacs_grpc.domain.errors import InvalidArgument, Unauthenticated
 from pacs_grpc.domain.identity import Principal
 from pacs_grpc.domain.segments import LabelMap, SegmentationRead
 from tests.fakes import builders
+from tests.fakes.annotations import FakeEventSource
 from tests.fakes.builders import World
+from tests.fakes.database import FakeTx
 from tests.fakes.mask_builders import fake_segmentation, png
 from tests.fakes.masks import (
     FakeExportStore,
@@ -32,7 +34,6 @@ from tests.fakes.masks import (
 from tests.fakes.outbox import FakeSweepOutbox
 from tests.fakes.pacs import FakePacs
 from tests.fakes.storage import FakeObjectStorage
-from tests.fakes.stores import FakeEventSource, FakeTx
 
 
 @dataclass

@@ -25,7 +25,7 @@ from pacs_grpc.services.annotations import AnnotationUseCases, ListRequest
 from pacs_grpc.services.context import CallContext
 from tests.fakes import builders
 from tests.fakes.builders import World
-from tests.fakes.stores import FakeTx, RecordedEvent
+from tests.fakes.database import FakeTx, RecordedEvent
 
 VIEWER, ANNOTATOR, OWNER = ProjectRole.VIEWER, ProjectRole.ANNOTATOR, ProjectRole.OWNER
 STUDY, OTHER_STUDY = "1.2.840.1", "1.2.840.2"

@@ -20,7 +20,7 @@ from pacs_grpc.services.context import CallContext
 from pacs_grpc.services.identity import IdentityUseCases
 from tests.fakes import builders
 from tests.fakes.builders import World
-from tests.fakes.stores import FakeTx
+from tests.fakes.database import FakeTx
 
 VIEWER, ANNOTATOR, OWNER = ProjectRole.VIEWER, ProjectRole.ANNOTATOR, ProjectRole.OWNER
 

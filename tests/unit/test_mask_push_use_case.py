@@ -20,10 +20,10 @@ from pacs_grpc.domain.masks import Mask, MaskGroup, SliceDeclaration
 from pacs_grpc.domain.pacs import PacsValidation
 from pacs_grpc.services.mask_push import MaskPush, PushedSlice, PushMessage, PushTarget
 from pacs_grpc.services.push_memory import PushMemoryBudget
+from tests.fakes.database import FakeTx
 from tests.fakes.mask_builders import SERIES, STUDY, MaskWorld, declaration, limits, png
 from tests.fakes.masks import queued_keys
 from tests.fakes.storage import md5
-from tests.fakes.stores import FakeTx
 
 CHUNK = 24
 

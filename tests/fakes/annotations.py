@@ -1,0 +1,260 @@
+"""In-memory annotations and their change events, with the semantics of
+pacs_grpc/adapters/postgres/annotations.py, annotation_event_feed.py and annotation_events.py.
+
+The rows live in the FakeDatabase's Tables (tests/fakes/database.py). What the adapters' SQL
+does and these copy: annotations newest first by (created_at, id), keyset positions, the
+`limit` the use case asks for (it asks limit + 1), `now()` as the transaction's start time,
+foreign keys and annotation_annotation_instance_needs_series refused as server errors, the
+member role joined into annotation reads, the byte budget of a list page, the masks' objects
+queued for deletion with their annotation. Not modelled: concurrency (one transaction at a
+time; locks are only recorded), savepoints, other CHECK constraints, jsonb's exact text form
+(sizes are those of json.dumps with jsonb's separators), the masks themselves (masks.py), and
+the live feed: FakeEventSource delivers only the events recorded before subscribing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from pacs_grpc.domain.annotation import (
+    Annotation,
+    AnnotationAccess,
+    AnnotationEvent,
+    EventType,
+    ListFilter,
+)
+from pacs_grpc.domain.annotation_rules import AnnotationContent, Location
+from pacs_grpc.domain.paging import BudgetedRows
+from tests.fakes.database import FakeDatabase, FakeIntegrityError, FakeTx, RecordedEvent
+
+_ANNOTATION_COLUMNS = frozenset(
+    {"annotation_type", "annotation_data", "measurement_values", "viewer_software"}
+)
+
+
+class FakeAnnotationStore:
+    """annotation_annotation (adapters/postgres/annotations.py)."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+
+    async def insert(
+        self,
+        conn: FakeTx,
+        *,
+        project_id: int,
+        user_id: int,
+        where: Location,
+        content: AnnotationContent,
+    ) -> Annotation:
+        tx = self._db.enter("annotations.insert", conn)
+        tables = self._db.tables
+        if project_id not in tables.projects or user_id not in tables.users:
+            raise FakeIntegrityError("insert violates a foreign key of annotation_annotation")
+        if where.instance_uid is not None and where.series_uid is None:
+            raise FakeIntegrityError("violates annotation_annotation_instance_needs_series")
+        annotation = Annotation(
+            id=self._db.next_id("annotations"),
+            project_id=project_id,
+            user_id=user_id,
+            study_uid=where.study_uid,
+            series_uid=where.series_uid,
+            instance_uid=where.instance_uid,
+            annotation_type=content.annotation_type,
+            annotation_data=copy.deepcopy(content.annotation_data),
+            measurement_values=copy.deepcopy(content.measurement_values),
+            viewer_software=content.viewer_software,
+            row_version=1,
+            created_at=tx.started_at,
+            updated_at=tx.started_at,
+        )
+        tables.annotations[annotation.id] = annotation
+        self._db.wrote(tx, "annotations")
+        return annotation
+
+    async def get_with_access(
+        self, conn: FakeTx, annotation_id: int, user_id: int, *, for_update: bool = False
+    ) -> AnnotationAccess | None:
+        tx = self._db.enter("annotations.get_with_access", conn)
+        tables = self._db.tables
+        annotation = tables.annotations.get(annotation_id)
+        if annotation is None:
+            return None
+        if for_update:
+            tx.locks.append(("annotation", annotation_id))
+        project = tables.projects.get(annotation.project_id)
+        if project is None:
+            return None
+        member = tables.members.get((annotation.project_id, user_id))
+        return AnnotationAccess(annotation, member.role if member else None, project.is_active)
+
+    async def update(
+        self, conn: FakeTx, annotation_id: int, changes: Mapping[str, Any]
+    ) -> Annotation:
+        tx = self._db.enter("annotations.update", conn)
+        if not changes or not set(changes) <= _ANNOTATION_COLUMNS:
+            raise ValueError(f"not updatable: {set(changes) - _ANNOTATION_COLUMNS}")
+        current = self._db.tables.annotations.get(annotation_id)
+        assert current is not None  # the adapter asserts that the row came back
+        updated = replace(
+            current,
+            **copy.deepcopy(dict(changes)),
+            row_version=current.row_version + 1,
+            updated_at=tx.started_at,
+        )
+        self._db.tables.annotations[annotation_id] = updated
+        self._db.wrote(tx, "annotations")
+        return updated
+
+    async def delete(self, conn: FakeTx, annotation_id: int) -> int:
+        tx = self._db.enter("annotations.delete", conn)
+        tables = self._db.tables
+        # The masks' objects go to the outbox first; the masks go with the annotation.
+        queued = tables.mask_objects.pop(annotation_id, [])
+        tables.deletion_outbox.extend(queued)
+        if tables.annotations.pop(annotation_id, None) is not None:
+            self._db.wrote(tx, "annotations")
+        return len(queued)
+
+    async def list_page(
+        self,
+        conn: FakeTx,
+        filters: ListFilter,
+        *,
+        after: tuple[datetime, int] | None,
+        limit: int,
+        budget_bytes: int,
+    ) -> BudgetedRows[Annotation]:
+        self._db.enter("annotations.list_page", conn)
+        matching = sorted(
+            (a for a in self._db.tables.annotations.values() if _matches(a, filters, after)),
+            key=lambda a: (a.created_at, a.id),
+            reverse=True,
+        )[:limit]
+        # A row's JSON is read while the rows before it stayed within the budget; the rows
+        # past it only say that more follow.
+        within: list[Annotation] = []
+        before_bytes = 0
+        for annotation in matching:
+            if before_bytes >= budget_bytes:
+                break
+            within.append(annotation)
+            before_bytes += json_bytes(annotation)
+        return BudgetedRows(within, cut=len(within) < len(matching))
+
+
+def _matches(a: Annotation, f: ListFilter, after: tuple[datetime, int] | None) -> bool:
+    equal = {
+        "study_uid": a.study_uid,
+        "series_uid": a.series_uid,
+        "instance_uid": a.instance_uid,
+        "annotation_type": a.annotation_type,
+        "user_id": a.user_id,
+    }
+    return (
+        (f.project_ids is None or a.project_id in f.project_ids)
+        and all(getattr(f, name) in (None, value) for name, value in equal.items())
+        and (f.created_after is None or a.created_at >= f.created_after)
+        and (f.created_before is None or a.created_at < f.created_before)
+        and (after is None or (a.created_at, a.id) < after)
+    )
+
+
+def json_bytes(annotation: Annotation) -> int:
+    """The generated column json_bytes (migration 0006), with jsonb's separators."""
+
+    def size(value: Any) -> int:
+        return len(json.dumps(value, ensure_ascii=False, separators=(", ", ": ")).encode())
+
+    measurements = annotation.measurement_values
+    return size(annotation.annotation_data) + (0 if measurements is None else size(measurements))
+
+
+class FakeEventRecorder:
+    """record_event: appends to annotation_event; must be the transaction's last write."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+
+    async def __call__(
+        self,
+        conn: FakeTx,
+        *,
+        project_id: int,
+        study_uid: str,
+        annotation_id: int,
+        event_type: EventType,
+    ) -> int:
+        tx = self._db.enter("events.record", conn)
+        event = RecordedEvent(
+            self._db.next_id("events"),
+            project_id,
+            study_uid,
+            annotation_id,
+            event_type,
+            tx.started_at,
+        )
+        self._db.tables.events.append(event)
+        tx.locks.append(("project_feed", project_id))
+        self._db.wrote(tx, "events")
+        return event.event_id
+
+
+@dataclass(frozen=True)
+class Subscription:
+    project_id: int
+    study_uid: str | None
+    after_event_id: int
+
+
+class FakeEventSource:
+    """subscribe(): the project's recorded events after the resume point, each with its
+    annotation as it is now (None once deleted), then the end of the stream. Events recorded
+    after subscribing are not delivered: the live feed is not modelled."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+        self.subscriptions: list[Subscription] = []
+        self.open_subscriptions = 0
+
+    @asynccontextmanager
+    async def subscribe(
+        self, project_id: int, *, study_uid: str | None, after_event_id: int
+    ) -> AsyncIterator[AsyncIterator[AnnotationEvent]]:
+        self.subscriptions.append(Subscription(project_id, study_uid, after_event_id))
+        annotations = self._db.tables.annotations
+        events = [
+            AnnotationEvent(
+                event_id=e.event_id,
+                project_id=e.project_id,
+                study_uid=e.study_uid,
+                annotation_id=e.annotation_id,
+                event_type=e.event_type,
+                occurred_at=e.occurred_at,
+                annotation=_same_project(annotations.get(e.annotation_id), e.project_id),
+            )
+            for e in self._db.tables.events
+            if e.project_id == project_id
+            and e.event_id > after_event_id
+            and study_uid in (None, e.study_uid)
+        ]
+        self.open_subscriptions += 1
+        try:
+            yield _iterate(events)
+        finally:
+            self.open_subscriptions -= 1
+
+
+def _same_project(annotation: Annotation | None, project_id: int) -> Annotation | None:
+    return annotation if annotation is not None and annotation.project_id == project_id else None
+
+
+async def _iterate(events: list[AnnotationEvent]) -> AsyncIterator[AnnotationEvent]:
+    for event in events:
+        yield event
