@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 
@@ -25,10 +25,10 @@ from pacs_grpc.api.rate_limits import NO_PERMIT_NEEDED, CallLimits, Permit
 from pacs_grpc.domain.access import Access
 from pacs_grpc.domain.audit import AuditEntry, AuditTrail, Outcome
 from pacs_grpc.domain.errors import PermissionDenied
-from pacs_grpc.domain.identity import Caller, Principal
+from pacs_grpc.domain.identity import Caller
 from pacs_grpc.services.context import CallContext
 from pacs_grpc.services.identity import UserDirectory
-from pacs_grpc.services.ports import AuditStore, Transactions
+from pacs_grpc.services.ports import AuditStore, TokenReader, Transactions, Verifier
 
 _log = logging.getLogger(__name__)
 
@@ -44,18 +44,6 @@ _DENIED = frozenset(
     }
 )
 _LOGIN = "/pacs.v1.IdentityService/Login"
-
-
-class Verifier(Protocol):
-    """A bearer token's Principal, or Unauthenticated (adapters.auth.verifier.TokenVerifier)."""
-
-    async def verify(self, token: str) -> Principal: ...
-
-
-class TokenReader(Protocol):
-    """The metadata's bearer token, or Unauthenticated (adapters.auth.verifier.bearer_token)."""
-
-    def __call__(self, metadata: Iterable[tuple[str, str | bytes]]) -> str: ...
 
 
 def current_call() -> CallContext:

@@ -16,12 +16,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Protocol
 
 from grpc_health.v1 import health_pb2
 
 # The asyncio servicer; `health.aio` re-exports it, but not visibly to mypy.
 from grpc_health.v1._async import HealthServicer
+
+from pacs_grpc.services.ports import Probe
 
 _log = logging.getLogger(__name__)
 
@@ -29,17 +30,6 @@ __all__ = ["HealthMonitor", "HealthServicer", "Probe"]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-class Probe(Protocol):
-    """One dependency's check, reported under `name`. Returning means it answers; raising, or not
-    returning within the monitor's timeout, means it does not.
-    """
-
-    name: str
-
-    async def check(self) -> None:
-        """Return when the dependency answers; raise otherwise."""
 
 
 class HealthMonitor:

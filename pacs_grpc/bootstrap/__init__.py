@@ -11,9 +11,12 @@ Nothing here runs at import. Start-up goes in three steps, each usable on its ow
 - `create_application` (application.py) joins the two, binds the gRPC port and the metrics
   endpoint, and returns an Application that `serve` runs until SIGTERM or SIGINT;
   Application.stop drains it and closes everything through that same exit stack.
+
+May import: every part of pacs_grpc (it is the one module that does), never the development
+stack (pacs_devstack).
 """
 
-from pacs_grpc.bootstrap.adapters import Adapters, LiveEvents
+from pacs_grpc.bootstrap.adapters import Adapters
 from pacs_grpc.bootstrap.application import (
     LIVENESS_SERVICE,
     Application,
@@ -23,6 +26,7 @@ from pacs_grpc.bootstrap.application import (
 )
 from pacs_grpc.bootstrap.production import StartupError, production_adapters
 from pacs_grpc.bootstrap.wiring import SERVICE_NAMES, Wiring, compose
+from pacs_grpc.services.ports import LiveEvents
 
 __all__ = [
     "LIVENESS_SERVICE",

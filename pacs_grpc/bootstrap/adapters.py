@@ -9,37 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol
+from typing import Generic
 
-from pacs_grpc.api.gate import TokenReader, Verifier
-from pacs_grpc.api.health import Probe
 from pacs_grpc.services.ports import (
     AnnotationStore,
     AuditStore,
     Clock,
     EventRecorder,
-    EventSource,
     ExportStore,
     IdempotencyStore,
+    LiveEvents,
     MaskStore,
     ObjectStorage,
     Pacs,
+    Probe,
     ProjectStore,
     ScheduledDeletions,
     SegmentationReader,
     SegmentationWriter,
     SweepOutbox,
+    TokenReader,
     Transactions,
     TxT,
     UserStore,
+    Verifier,
 )
-
-
-class LiveEvents(EventSource, Protocol):
-    """An event source that runs while the server serves; stopping it ends every stream."""
-
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from grpc_health.v1 import health_pb2
 
 from pacs_grpc.api.metrics import Metrics, MetricsEndpoint
-from pacs_grpc.bootstrap.adapters import Adapters, LiveEvents
+from pacs_grpc.bootstrap.adapters import Adapters
 from pacs_grpc.bootstrap.production import StartupError, production_adapters
 from pacs_grpc.bootstrap.wiring import Wiring, compose
 from pacs_grpc.config import Settings
-from pacs_grpc.services.ports import TxT
+from pacs_grpc.services.ports import LiveEvents, TxT
 
 _log = logging.getLogger("pacs_grpc.bootstrap")
 

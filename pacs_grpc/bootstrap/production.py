@@ -39,10 +39,10 @@ from pacs_grpc.adapters.postgres.users import UserRepository
 from pacs_grpc.adapters.storage.breaker import CircuitBreaker
 from pacs_grpc.adapters.storage.objects import ObjectStore
 from pacs_grpc.adapters.storage.s3 import StorageProbe
-from pacs_grpc.api.health import Probe
 from pacs_grpc.api.metrics import Metrics
 from pacs_grpc.bootstrap.adapters import Adapters
 from pacs_grpc.config import OidcSettings, Settings
+from pacs_grpc.services.ports import Probe
 
 _log = logging.getLogger("pacs_grpc.bootstrap")
 

@@ -2,6 +2,9 @@
 
 Every variable is declared once, on its settings field (settings.py, groups.py), and the
 README's configuration table is generated from those declarations.
+
+May import: pacs_grpc.domain (the value types it parses into) and the standard library; adapters, the edge and the composition root import it,
+the domain and the use cases never do (import-linter checks it).
 """
 
 from pacs_grpc.config.groups import (

@@ -20,6 +20,9 @@ MAX_SLICE_COUNT = 100_000
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 
+# The first bytes of every PNG file: what completion and the push check slices against.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
 @dataclass(frozen=True)
 class MaskGroup:
     """The mask slices of one annotation, `slice_count` of them expected; `completed_slices` counts
@@ -335,7 +338,8 @@ def slice_list(indexes: Sequence[int]) -> str:
 
 @dataclass(frozen=True)
 class MaskLimits:
-    """What one MaskService call may ask for and store (from Settings)."""
+    """What one MaskService call may ask for and store: from Settings, except
+    push_parallel_slices, a fixed tuning of the push."""
 
     max_slices_per_call: int
     max_mask_bytes: int
@@ -345,11 +349,11 @@ class MaskLimits:
     max_ttl: timedelta
     max_page_size: int
     check_png_signature: bool
-    # Slices of one push stored at once; each holds at most a few MiB of chunks in memory.
-    push_parallel_slices: int = 8
     # PUT tickets sign only the host, so storage that honours unsigned headers would let
     # one become a server-side copy (x-amz-copy-source); an operator must opt in.
-    allow_put_uploads: bool = False
+    allow_put_uploads: bool
     # Bytes of pushed slices in flight (declared size, at most 12 MiB a slice).
-    push_memory_per_process: int = 256 * 1024 * 1024
-    push_memory_per_user: int = 128 * 1024 * 1024
+    push_memory_per_process: int
+    push_memory_per_user: int
+    # Slices of one push stored at once; each holds at most a few MiB of chunks in memory.
+    push_parallel_slices: int = 8

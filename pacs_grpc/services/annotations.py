@@ -88,7 +88,7 @@ class AnnotationUseCases(Generic[TxT]):
         watch_access: WatchAccess[TxT],
         max_page_size: int,
         json_limits: annotation_rules.JsonLimits,
-        list_budget_bytes: int = 512 * 1024,
+        list_budget_bytes: int,
         pacs_checks: PacsChecks | None = None,
     ) -> None:
         self._transaction = transaction

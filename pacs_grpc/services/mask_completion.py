@@ -13,6 +13,7 @@ from pacs_grpc.domain.masks import (
     CompletedSlice,
     Mask,
     MaskGroup,
+    PNG_SIGNATURE,
     MaskLimits,
     NewMask,
     PendingUpload,
@@ -28,7 +29,6 @@ from pacs_grpc.services.pacs_checks import PacsChecks, bind_masks
 from pacs_grpc.services.ports import Clock, MaskStore, ObjectStorage, Transactions, TxT
 
 _log = logging.getLogger(__name__)
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # CompleteUpload's uploads as the client reported them: (upload_id, width, height, md5).
 ReportedUpload = tuple[str, int, int, str]

@@ -21,6 +21,7 @@ from pacs_grpc.domain.errors import (
     ResourceExhausted,
 )
 from pacs_grpc.domain.masks import (
+    PNG_SIGNATURE,
     GroupAccess,
     Mask,
     MaskGroup,
@@ -33,7 +34,6 @@ from pacs_grpc.domain.masks import (
 )
 from pacs_grpc.services.context import AuditedTransactions, CallContext
 from pacs_grpc.services.mask_access import authorized_group, discard_objects
-from pacs_grpc.services.mask_completion import PNG_SIGNATURE
 from pacs_grpc.services.pacs_checks import PacsChecks, bind_masks
 from pacs_grpc.services.ports import Clock, MaskStore, ObjectStorage, Transactions, TxT
 from pacs_grpc.services.push_memory import PushMemoryBudget

@@ -28,27 +28,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Generic, Protocol
+from typing import Generic
 
 from pacs_grpc.domain.errors import DomainError
-from pacs_grpc.services.ports import SweepOutbox, Transactions, TxT
+from pacs_grpc.services.ports import DeletesObjects, SweepOutbox, Transactions, TxT
 
 _log = logging.getLogger("pacs_grpc.sweeper")
 
 # last_error texts: ours only, because exception texts may quote keys or presigned URLs.
 _REFUSED = "storage did not delete the object"
 _TIMED_OUT = "storage delete timed out"
-
-
-class DeletesObjects(Protocol):
-    """The part of ObjectStorage the sweeper needs."""
-
-    async def delete(self, keys: Sequence[str]) -> list[str]:
-        """Delete the keys; return those that failed (a missing key counts as deleted)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -95,9 +87,9 @@ class Sweeper(Generic[TxT]):
         outbox: SweepOutbox[TxT],
         storage: DeletesObjects,
         *,
-        interval_seconds: float = 5.0,
+        interval_seconds: float,
+        upload_grace: timedelta,
         batch_size: int = 500,
-        upload_grace: timedelta = timedelta(minutes=10),
         delete_timeout_seconds: float = 60.0,
         on_backlog: Callable[[int], None] | None = None,
     ) -> None:

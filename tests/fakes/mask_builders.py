@@ -21,7 +21,8 @@ from pacs_grpc.domain.pacs import PacsValidation
 from pacs_grpc.services.context import CallContext
 from pacs_grpc.services.exports import ExportLimits, ExportUseCases
 from pacs_grpc.services.imports import ImportLimits, ImportUseCases
-from pacs_grpc.services.mask_completion import PNG_SIGNATURE, UploadCompletion
+from pacs_grpc.domain.masks import PNG_SIGNATURE
+from pacs_grpc.services.mask_completion import UploadCompletion
 from pacs_grpc.services.mask_groups import MaskGroupUseCases, NewGroup
 from pacs_grpc.services.mask_push import MaskPush
 from pacs_grpc.services.mask_urls import MaskUrlUseCases
@@ -53,6 +54,7 @@ def limits(**changes: Any) -> MaskLimits:
         max_slices_per_call=10, max_mask_bytes=MIB, allowed_content_types=frozenset({"image/png"}),
         upload_ttl=timedelta(minutes=5), download_ttl=timedelta(minutes=10),
         max_ttl=timedelta(hours=1), max_page_size=50, check_png_signature=True,
+        allow_put_uploads=False, push_memory_per_process=256 * MIB, push_memory_per_user=128 * MIB,
         push_parallel_slices=4,
     )  # fmt: skip
     return replace(defaults, **changes)
@@ -238,6 +240,8 @@ class MaskWorld:
         )  # fmt: skip
 
     def sweeper(self, **options: Any) -> Sweeper[FakeTx]:
+        options.setdefault("interval_seconds", 5.0)
+        options.setdefault("upload_grace", timedelta(minutes=10))
         return Sweeper(self.w.transactions, self.outbox, self.storage, **options)
 
 

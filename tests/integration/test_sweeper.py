@@ -28,7 +28,8 @@ from pacs_grpc.adapters.postgres import outbox
 from pacs_grpc.adapters.postgres.database import Database
 from pacs_grpc.adapters.postgres.outbox import DeletionOutbox
 from pacs_grpc.logs import JsonFormatter
-from pacs_grpc.services.sweeper import DeletesObjects, Sweeper, SweepResult
+from pacs_grpc.services.ports import DeletesObjects
+from pacs_grpc.services.sweeper import Sweeper, SweepResult
 
 BUCKET = "pacs-sweeper-test"
 STUDY = "1.2.826.0.1.3680043.9"
@@ -86,6 +87,15 @@ def _config(data_dir: Path) -> SeaweedConfig:
         bucket=BUCKET,
         s3_port=0,
     )
+
+
+def _sweeper(
+    db: Database, outbox: DeletionOutbox, storage: DeletesObjects, **options: Any
+) -> Sweeper[Any]:
+    """A sweeper with the server's default interval and grace unless a test sets its own."""
+    options.setdefault("interval_seconds", 5.0)
+    options.setdefault("upload_grace", timedelta(minutes=10))
+    return Sweeper(db, outbox, storage, **options)
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +270,7 @@ async def test_queued_objects_are_deleted_and_their_rows_removed(
     await _enqueue(db, [*keys, never_uploaded])
     caplog.set_level(logging.INFO, logger="pacs_grpc.sweeper")
 
-    result = await Sweeper(db, DeletionOutbox(), store).sweep_once()
+    result = await _sweeper(db, DeletionOutbox(), store).sweep_once()
 
     assert result == SweepResult(expired_enqueued=0, deleted=4, failed=0)
     assert not any(_exists(client, key) for key in keys)
@@ -278,7 +288,7 @@ async def test_a_round_with_nothing_to_do_logs_nothing(
 ) -> None:
     caplog.set_level(logging.INFO, logger="pacs_grpc.sweeper")
 
-    assert await Sweeper(db, DeletionOutbox(), store).sweep_once() == SweepResult()
+    assert await _sweeper(db, DeletionOutbox(), store).sweep_once() == SweepResult()
     assert not [r for r in caplog.records if r.name == "pacs_grpc.sweeper"]
 
 
@@ -289,7 +299,7 @@ async def test_a_key_queued_twice_is_deleted_once_and_both_rows_go(
     await _enqueue(db, [key, key])
     recording = RecordingStore(store)
 
-    result = await Sweeper(db, DeletionOutbox(), recording).sweep_once()
+    result = await _sweeper(db, DeletionOutbox(), recording).sweep_once()
 
     assert result.deleted == 2
     assert recording.keys == [key]
@@ -304,7 +314,7 @@ async def test_large_backlogs_are_drained_in_batches(
     await _enqueue(db, keys)
     recording = RecordingStore(store)
 
-    result = await Sweeper(db, DeletionOutbox(), recording, batch_size=5).sweep_once()
+    result = await _sweeper(db, DeletionOutbox(), recording, batch_size=5).sweep_once()
 
     assert result.deleted == 12
     assert [len(call) for call in recording.calls] == [5, 5, 2]
@@ -325,7 +335,7 @@ async def test_expired_uploads_past_the_grace_period_are_cleaned_up(
     )
     await _add_mask(db, group_id, completed, 3, completed_id)
 
-    result = await Sweeper(
+    result = await _sweeper(
         db, DeletionOutbox(), store, upload_grace=timedelta(minutes=10)
     ).sweep_once()
 
@@ -345,7 +355,7 @@ async def test_an_object_a_mask_references_is_never_deleted(
     await _add_mask(db, group_id, key, 0, None)
     await _add_upload(db, group_id, key, expires_in=timedelta(days=-1))
 
-    result = await Sweeper(db, DeletionOutbox(), store).sweep_once()
+    result = await _sweeper(db, DeletionOutbox(), store).sweep_once()
 
     assert result == SweepResult()
     assert _exists(client, key)
@@ -383,7 +393,7 @@ async def test_storage_outage_reschedules_rows_and_loses_nothing(
         client = server.client(http)
         keys = _objects(client, 3)
         await _enqueue(db, keys)
-        sweeper = Sweeper(db, DeletionOutbox(), SeaweedStore(client))
+        sweeper = _sweeper(db, DeletionOutbox(), SeaweedStore(client))
         server.kill()
 
         down = await sweeper.sweep_once()
@@ -422,8 +432,8 @@ async def test_concurrent_sweepers_delete_each_object_once(
     # The pause keeps each batch's rows locked while the other sweeper looks for work.
     first, second = RecordingStore(store, pause=0.05), RecordingStore(store, pause=0.05)
     sweepers = [
-        Sweeper(db, DeletionOutbox(1001), first, batch_size=7),
-        Sweeper(db, DeletionOutbox(1001 if shared_lock else 1002), second, batch_size=7),
+        _sweeper(db, DeletionOutbox(1001), first, batch_size=7),
+        _sweeper(db, DeletionOutbox(1001 if shared_lock else 1002), second, batch_size=7),
     ]
 
     results: list[SweepResult] = []
@@ -449,13 +459,13 @@ async def test_while_one_sweeper_holds_the_lock_another_skips_its_round(
     await _enqueue(db, keys)
     gate = asyncio.Event()
     busy, idle = RecordingStore(store, gate=gate), RecordingStore(store)
-    first = asyncio.create_task(Sweeper(db, DeletionOutbox(1001), busy, batch_size=5).sweep_once())
+    first = asyncio.create_task(_sweeper(db, DeletionOutbox(1001), busy, batch_size=5).sweep_once())
     try:
         async with asyncio.timeout(10):
             await busy.entered.wait()
 
         async with asyncio.timeout(5):
-            skipped = await Sweeper(db, DeletionOutbox(1001), idle, batch_size=5).sweep_once()
+            skipped = await _sweeper(db, DeletionOutbox(1001), idle, batch_size=5).sweep_once()
 
         backlog_meanwhile = await _backlog(db)
     finally:
@@ -478,14 +488,14 @@ async def test_sweepers_without_a_shared_lock_skip_each_others_rows(
     gate = asyncio.Event()
     busy, other = RecordingStore(store, gate=gate), RecordingStore(store)
     # One batch only for the first: it stops after its five rows.
-    first = asyncio.create_task(Sweeper(db, DeletionOutbox(1001), busy, batch_size=5).sweep_once())
+    first = asyncio.create_task(_sweeper(db, DeletionOutbox(1001), busy, batch_size=5).sweep_once())
     try:
         async with asyncio.timeout(10):
             await busy.entered.wait()
 
         # Does not wait for the rows the first holds: it takes the others.
         async with asyncio.timeout(5):
-            second = await Sweeper(db, DeletionOutbox(1002), other, batch_size=5).sweep_once()
+            second = await _sweeper(db, DeletionOutbox(1002), other, batch_size=5).sweep_once()
     finally:
         gate.set()
         first_result = await first
@@ -498,7 +508,7 @@ async def test_sweepers_without_a_shared_lock_skip_each_others_rows(
 
 
 async def test_stop_returns_promptly_when_idle(db: Database, store: SeaweedStore) -> None:
-    sweeper = Sweeper(db, DeletionOutbox(), store, interval_seconds=60)
+    sweeper = _sweeper(db, DeletionOutbox(), store, interval_seconds=60)
     await sweeper.start()
     await asyncio.sleep(0.2)
 
@@ -515,7 +525,7 @@ async def test_stop_during_a_storage_call_releases_the_rows_untouched(
     keys = _objects(client, 2)
     await _enqueue(db, keys)
     stuck = RecordingStore(store, gate=asyncio.Event())
-    sweeper = Sweeper(db, DeletionOutbox(), stuck)
+    sweeper = _sweeper(db, DeletionOutbox(), stuck)
     await sweeper.start()
     async with asyncio.timeout(10):
         await stuck.entered.wait()
@@ -528,7 +538,7 @@ async def test_stop_during_a_storage_call_releases_the_rows_untouched(
     assert set(rows) == set(keys)
     assert all(attempts == 0 for attempts, _, _ in rows.values())
     # Released, not stuck behind a lock: the next sweeper deletes them.
-    assert await Sweeper(db, DeletionOutbox(), store).sweep_once() == SweepResult(deleted=2)
+    assert await _sweeper(db, DeletionOutbox(), store).sweep_once() == SweepResult(deleted=2)
     assert not any(_exists(client, key) for key in keys)
 
 
@@ -547,7 +557,7 @@ async def test_the_loop_survives_database_errors(
     ) as owner:
         await owner.execute("alter table storage_deletion_outbox rename to outbox_away")
         caplog.set_level(logging.INFO, logger="pacs_grpc.sweeper")
-        sweeper = Sweeper(db, DeletionOutbox(), store, interval_seconds=0.05)
+        sweeper = _sweeper(db, DeletionOutbox(), store, interval_seconds=0.05)
         await sweeper.start()
         try:
             await _eventually(lambda: _failures_logged(caplog))

@@ -157,7 +157,12 @@ def test_the_descriptor_and_migrations_reach_the_build() -> None:
         for i in _stages()[0]
         if i.keyword == "COPY" and not i.arguments.startswith("--from")
     ]
-    assert {"deploy/envoy", "migrations", "pacs_grpc", "clients/python"} <= set(copied)
+    assert {"deploy/envoy", "migrations", "pacs_grpc", "clients/python", "clients/protos"} <= set(
+        copied
+    )
+    # The local stack is a development tool: never copied, never in the build context.
+    assert not [source for source in copied if source.startswith("devstack")]
+    assert not _in_build_context("devstack/src/pacs_devstack/stack.py")
     for source in copied:
         assert _in_build_context(source + "/probe"), source
     for local_only in (

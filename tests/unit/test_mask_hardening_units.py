@@ -141,6 +141,7 @@ def _use_cases(storage: object) -> UploadCompletion[Any]:
         max_slices_per_call=10, max_mask_bytes=MIB, allowed_content_types=frozenset({"image/png"}),
         upload_ttl=timedelta(minutes=5), download_ttl=timedelta(minutes=5),
         max_ttl=timedelta(hours=1), max_page_size=50, check_png_signature=True,
+        allow_put_uploads=False, push_memory_per_process=256 * MIB, push_memory_per_user=128 * MIB,
     )  # fmt: skip
     unused = cast(Any, None)
     return UploadCompletion(

@@ -54,3 +54,13 @@ def test_every_package_says_what_lives_there() -> None:
     for init in [SERVER / "__init__.py", *sorted(SERVER.rglob("*/__init__.py"))]:
         docstring = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         assert docstring, f"{init.relative_to(ROOT)} has no docstring"
+
+
+def test_every_layer_package_says_what_it_may_import() -> None:
+    """The layers' packages state their import rule in words (import-linter enforces it)."""
+    silent = []
+    for init in [SERVER / "__init__.py", *sorted(SERVER.rglob("*/__init__.py"))]:
+        docstring = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
+        if "import" not in docstring.lower():
+            silent.append(str(init.relative_to(ROOT)))
+    assert not silent, f"package docstrings that do not say what they may import: {silent}"

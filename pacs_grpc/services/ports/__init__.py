@@ -1,10 +1,11 @@
 """Every port of the use cases: what they need from the outside world, as protocols.
 
 The adapters implement them (pacs_grpc.adapters: PostgreSQL stores, object storage, the PACS,
-the SEG codec, the clock); unit tests implement them with in-memory fakes (tests/fakes). Stores
-take the transaction handle their Transactions port opened; use cases only pass it on, and are
-generic in its type (TxT), so the composition root can only join stores and transactions of
-one kind.
+the SEG codec, the clock, the token verifier, health probes); unit tests implement them with
+in-memory fakes (tests/fakes). Stores take the transaction handle their Transactions port
+opened; use cases only pass it on, and are generic in its type (TxT), so the composition root
+can only join stores and transactions of one kind. The access gate and the health monitor
+(pacs_grpc.api) use the token and probe ports.
 
 May import: pacs_grpc.domain only.
 """
@@ -14,7 +15,10 @@ from pacs_grpc.services.ports.annotations import (
     AnnotationStore,
     EventRecorder,
     EventSource,
+    LiveEvents,
 )
+from pacs_grpc.services.ports.auth import TokenReader, Verifier
+from pacs_grpc.services.ports.health import Probe
 from pacs_grpc.services.ports.identity import AuditStore, IdempotencyStore, ProjectStore, UserStore
 from pacs_grpc.services.ports.masks import (
     DeletionQueue,
@@ -25,7 +29,7 @@ from pacs_grpc.services.ports.masks import (
 )
 from pacs_grpc.services.ports.outbox import ExpiredTickets, SweepOutbox
 from pacs_grpc.services.ports.pacs import Pacs, SegmentationReader, SegmentationWriter
-from pacs_grpc.services.ports.storage import ObjectStorage
+from pacs_grpc.services.ports.storage import DeletesObjects, ObjectStorage
 from pacs_grpc.services.ports.transactions import (
     Clock,
     Transactions,
@@ -39,6 +43,7 @@ __all__ = [
     "AnnotationStore",
     "AuditStore",
     "Clock",
+    "DeletesObjects",
     "DeletionQueue",
     "EventRecorder",
     "EventSource",
@@ -46,17 +51,21 @@ __all__ = [
     "ExportStore",
     "GroupAccessLookup",
     "IdempotencyStore",
+    "LiveEvents",
     "MaskStore",
     "ObjectStorage",
     "Pacs",
+    "Probe",
     "ProjectStore",
     "ScheduledDeletions",
     "SegmentationReader",
     "SegmentationWriter",
     "SweepOutbox",
+    "TokenReader",
     "Transactions",
     "TxT",
     "TxT_co",
     "TxT_contra",
     "UserStore",
+    "Verifier",
 ]

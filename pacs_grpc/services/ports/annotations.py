@@ -75,3 +75,10 @@ class EventSource(Protocol):
     def subscribe(
         self, project_id: int, *, study_uid: str | None, after_event_id: int
     ) -> AbstractAsyncContextManager[AsyncIterator[AnnotationEvent]]: ...
+
+
+class LiveEvents(EventSource, Protocol):
+    """An event source that runs while the server serves; stopping it ends every stream."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...

@@ -62,3 +62,11 @@ class ObjectStorage(Protocol):
         ...
 
     async def versioning_enabled(self) -> bool: ...
+
+
+class DeletesObjects(Protocol):
+    """The part of ObjectStorage the sweeper needs."""
+
+    async def delete(self, keys: Sequence[str]) -> list[str]:
+        """Delete the keys; return those that failed (a missing key counts as deleted)."""
+        ...
