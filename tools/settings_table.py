@@ -1,8 +1,10 @@
-"""Writes the README's configuration table from the settings' own declarations.
+"""Writes the README's configuration tables from the settings' own declarations.
 
-Each settings field declares its variable, default, bounds and help once
-(pacs_grpc/config); this renders them between the README's `settings:begin` and
-`settings:end` markers, so the table never states a default the server does not use.
+Each settings field declares its variable, default, bounds and help once (the server's in
+pacs_grpc/config, the Envoy sidecar's in pacs_grpc/edge/envoy_config.py); this renders
+them between the README's `settings:begin` and `settings:end` markers (the server) and
+`envoy-settings:begin` and `envoy-settings:end` (the sidecar), so no table states a
+default that is not used.
 
 Usage, from the repository root: python -m tools.settings_table [--check]
 (--check changes nothing and exits 1 when the table is stale).
@@ -13,25 +15,52 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from pacs_grpc.config import Setting, documented_settings
-from pacs_grpc.config.variables import REQUIRED
+from pacs_grpc.config.variables import REQUIRED, settings_of
+from pacs_grpc.edge.envoy_config import EnvoySettings
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BEGIN = "<!-- settings:begin -->"
 END = "<!-- settings:end -->"
 COMMAND = "python -m tools.settings_table"
-_NOTE = (
-    "<!-- Generated from the settings' declarations in pacs_grpc/config by "
-    f"`{COMMAND}`: edit those, not this table. -->"
-)
 _UNITS = (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
 
 
-def render_table(settings: Iterable[Setting] | None = None) -> str:
+@dataclass(frozen=True)
+class Table:
+    """One generated table: its markers in the README and where its rows are declared."""
+
+    begin: str
+    end: str
+    declared_in: str
+    settings: Callable[[], Iterable[Setting]]
+
+    def render(self) -> str:
+        return render_table(self.settings(), declared_in=self.declared_in)
+
+
+SERVER = Table(BEGIN, END, "pacs_grpc/config", documented_settings)
+ENVOY = Table(
+    "<!-- envoy-settings:begin -->",
+    "<!-- envoy-settings:end -->",
+    "pacs_grpc/edge/envoy_config.py",
+    lambda: settings_of(EnvoySettings),
+)
+TABLES = (SERVER, ENVOY)
+
+
+def render_table(
+    settings: Iterable[Setting] | None = None, *, declared_in: str = SERVER.declared_in
+) -> str:
+    note = (
+        f"<!-- Generated from the settings' declarations in {declared_in} by "
+        f"`{COMMAND}`: edit those, not this table. -->"
+    )
     rows = [
-        _NOTE,
+        note,
         "| variable | default | allowed | meaning |",
         "|---|---|---|---|",
     ]
@@ -42,19 +71,26 @@ def render_table(settings: Iterable[Setting] | None = None) -> str:
     return "\n".join(rows) + "\n"
 
 
-def replace_section(text: str, table: str) -> str:
+def replace_section(text: str, table: str, markers: Table = SERVER) -> str:
     """`text` with what lies between the markers replaced by `table`."""
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"the README has no {BEGIN} ... {END} section")
-    return text[: start + len(BEGIN)] + "\n" + table + text[end:]
+    start, end = _section(text, markers)
+    return text[: start + len(markers.begin)] + "\n" + table + text[end:]
 
 
-def current_section(text: str) -> str:
-    start, end = text.find(BEGIN), text.find(END)
+def current_section(text: str, markers: Table = SERVER) -> str:
+    start, end = _section(text, markers)
+    return text[start + len(markers.begin) : end].removeprefix("\n")
+
+
+def has_section(text: str, markers: Table) -> bool:
+    return markers.begin in text or markers.end in text
+
+
+def _section(text: str, markers: Table) -> tuple[int, int]:
+    start, end = text.find(markers.begin), text.find(markers.end)
     if start < 0 or end < start:
-        raise ValueError(f"the README has no {BEGIN} ... {END} section")
-    return text[start + len(BEGIN) : end].removeprefix("\n")
+        raise ValueError(f"the README has no {markers.begin} ... {markers.end} section")
+    return start, end
 
 
 def _default(setting: Setting) -> str:
@@ -103,14 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=pathlib.Path, default=README)
     args = parser.parse_args(argv)
     text = args.readme.read_text(encoding="utf-8")
-    updated = replace_section(text, render_table())
+    # The server's table must be there; the sidecar's is rewritten where it is (its own
+    # test requires it in the project's README).
+    updated = replace_section(text, SERVER.render(), SERVER)
+    if has_section(updated, ENVOY):
+        updated = replace_section(updated, ENVOY.render(), ENVOY)
     if updated == text:
         return 0
     if args.check:
-        print(f"{args.readme}: the configuration table is stale: run `{COMMAND}`", file=sys.stderr)
+        print(f"{args.readme}: a configuration table is stale: run `{COMMAND}`", file=sys.stderr)
         return 1
     args.readme.write_text(updated, encoding="utf-8")
-    print(f"{args.readme}: configuration table rewritten")
+    print(f"{args.readme}: configuration tables rewritten")
     return 0
 
 

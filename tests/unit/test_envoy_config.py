@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
-from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
+from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2, options_pb2
 
 from pacs_grpc.config import ConfigError
+from pacs_grpc.edge.contract_routes import (
+    DEADLINE_MARGIN_SECONDS,
+    UPSTREAM_CLUSTER,
+    ContractMethod,
+    contract_methods,
+    method_routes,
+)
 from pacs_grpc.edge.envoy_config import EnvoyAssets, EnvoySettings, render_envoy_config
 
 TEMPLATE = EnvoyAssets.shipped().template.read_text()
@@ -220,12 +228,122 @@ def test_access_logs_never_carry_a_query_string_or_request_headers() -> None:
         assert "AUTHORIZATION" not in value.upper(), name
 
 
-def test_streams_have_no_overall_timeout_and_pushes_skip_the_body_limit() -> None:
-    routes = {r["match"].get("path"): r for r in _routes(_render())}
-    watch = routes["/pacs.v1.AnnotationService/WatchAnnotations"]
-    push = routes["/pacs.v1.MaskService/PushMasks"]
-    assert watch["route"]["timeout"] == push["route"]["timeout"] == "0s"
-    assert push["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
+def _methods_in_the_descriptors() -> list[ContractMethod]:
+    return [
+        ContractMethod(
+            path=f"/{service.full_name}/{method.name}",
+            client_streaming=method.client_streaming,
+            server_streaming=method.server_streaming,
+            default_timeout_seconds=method.GetOptions()
+            .Extensions[options_pb2.rpc]
+            .default_timeout_seconds,
+        )
+        for module in (identity_pb2, annotation_pb2, mask_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
+
+
+METHODS = _methods_in_the_descriptors()
+STREAMS = [m for m in METHODS if m.streaming]
+LONG_CALLS = [m for m in METHODS if not m.streaming and m.default_timeout_seconds]
+
+
+def _route_for(config: dict[str, Any], path: str) -> dict[str, Any]:
+    """The route Envoy picks for a gRPC path: the first that matches (REST calls are
+    transcoded to that path before the router picks)."""
+    for route in _routes(config):
+        match = route["match"]
+        if match.get("path") == path or ("prefix" in match and path.startswith(match["prefix"])):
+            return route
+    raise AssertionError(f"no route matches {path}")
+
+
+def test_the_contract_has_streams_and_long_calls_to_route() -> None:
+    assert contract_methods() == tuple(METHODS)
+    assert any(m.server_streaming for m in STREAMS)
+    assert any(m.client_streaming for m in STREAMS)
+    assert LONG_CALLS
+    assert all(
+        m.default_timeout_seconds > EnvoySettings().request_timeout_seconds for m in LONG_CALLS
+    )
+
+
+@pytest.mark.parametrize("method", STREAMS, ids=lambda m: m.path)
+def test_every_stream_has_no_overall_timeout(method: ContractMethod) -> None:
+    route = _route_for(_render(), method.path)
+    assert route["match"] == {"path": method.path}
+    assert route["route"]["cluster"] == UPSTREAM_CLUSTER
+    assert route["route"]["timeout"] == "0s"
+    # The client's grpc-timeout, if any, applies uncapped.
+    assert route["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
+    filters = route.get("typed_per_filter_config", {})
+    # A client stream is not buffered whole (each message is bounded by the server)...
+    buffered = not filters.get("envoy.filters.http.buffer", {}).get("disabled", False)
+    assert buffered is not method.client_streaming
+    # ...and a server stream may stay quiet for long while nothing changes.
+    if method.server_streaming:
+        assert route["route"]["idle_timeout"] == "3600s"
+
+
+@pytest.mark.parametrize("method", LONG_CALLS, ids=lambda m: m.path)
+def test_every_long_call_gets_its_contract_deadline_and_a_margin(method: ContractMethod) -> None:
+    route = _route_for(_render(), method.path)
+    seconds = method.default_timeout_seconds + DEADLINE_MARGIN_SECONDS
+    assert route["match"] == {"path": method.path}
+    assert route["route"] == {
+        "cluster": UPSTREAM_CLUSTER,
+        "timeout": f"{seconds}s",
+        # Longer than the stream idle timeout's 5 minutes, which would cut it first.
+        "idle_timeout": f"{seconds}s",
+    }
+
+
+def test_other_calls_get_the_request_timeout_and_long_ones_never_less() -> None:
+    config = _render(EnvoySettings(request_timeout_seconds=9))
+    ordinary = [m for m in METHODS if not m.streaming and m not in LONG_CALLS]
+    assert ordinary
+    for method in ordinary:
+        assert _route_for(config, method.path)["route"]["timeout"] == "9s", method.path
+    # A request timeout above a contract deadline covers the call without a route of its own.
+    generous = _render(EnvoySettings(request_timeout_seconds=3600))
+    for method in LONG_CALLS:
+        assert _route_for(generous, method.path)["match"] == {"prefix": "/"}
+    # A request timeout equal to a contract deadline would race the server: Envoy waits longer.
+    longest = max(m.default_timeout_seconds for m in LONG_CALLS)
+    near = _render(EnvoySettings(request_timeout_seconds=longest))
+    for method in (m for m in LONG_CALLS if m.default_timeout_seconds == longest):
+        timeout = _route_for(near, method.path)["route"]["timeout"]
+        assert timeout == f"{longest + DEADLINE_MARGIN_SECONDS}s"
+
+
+def test_method_routes_come_before_the_catch_all_and_reach_the_server() -> None:
+    config = _render()
+    routes = _routes(config)
+    assert routes[-1]["match"] == {"prefix": "/"}
+    assert [r["name"] for r in routes if "name" in r] == [
+        m.path for m in METHODS if m in STREAMS or m in LONG_CALLS
+    ]
+    (cluster,) = config["static_resources"]["clusters"]
+    assert {r["route"]["cluster"] for r in routes if "route" in r} == {cluster["name"]}
+
+
+def test_the_rules_hold_for_any_method_shape() -> None:
+    both = ContractMethod(
+        "/x.S/Chat", client_streaming=True, server_streaming=True, default_timeout_seconds=0
+    )
+    quick = ContractMethod("/x.S/Quick", False, False, default_timeout_seconds=30)
+    slow = ContractMethod("/x.S/Slow", False, False, default_timeout_seconds=60)
+    chat, slow_route = method_routes([both, quick, slow], request_timeout_seconds=60)
+    assert chat["route"]["idle_timeout"] == "3600s"
+    assert chat["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
+    assert slow_route["route"]["timeout"] == f"{60 + DEADLINE_MARGIN_SECONDS}s"
+
+
+def test_no_method_is_named_in_the_template() -> None:
+    names = {m.path.rsplit("/", 1)[1] for m in METHODS}
+    assert not {name for name in names if re.search(rf"\b{name}\b", TEMPLATE)}
+    assert "pacs.v1." not in TEMPLATE
 
 
 def test_settings_from_the_environment() -> None:
@@ -253,21 +371,42 @@ def test_settings_from_the_environment() -> None:
 
 
 @pytest.mark.parametrize(
-    ("env", "named"),
+    ("env", "message"),
     [
-        ({"ENVOY_LISTEN_PORT": "http"}, "ENVOY_LISTEN_PORT"),
-        ({"ENVOY_LISTEN_PORT": "70000"}, "ENVOY_LISTEN_PORT"),
-        ({"GRPC_PORT": "-1"}, "GRPC_PORT"),
-        ({"ENVOY_UPSTREAM_ADDRESS": "server.local"}, "ENVOY_UPSTREAM_ADDRESS"),
-        ({"ENVOY_RATE_LIMIT_BURST": "0"}, "ENVOY_RATE_LIMIT_BURST"),
-        ({"ENVOY_ANONYMOUS_RATE_LIMIT_BURST": "0"}, "ENVOY_ANONYMOUS_RATE_LIMIT_BURST"),
-        ({"ENVOY_RATE_LIMIT_MAX_CLIENTS": "0"}, "ENVOY_RATE_LIMIT_MAX_CLIENTS"),
-        ({"ENVOY_XFF_TRUSTED_HOPS": "11"}, "ENVOY_XFF_TRUSTED_HOPS"),
-        ({"CORS_ALLOWED_ORIGINS": "https://viewer.example/app"}, "CORS_ALLOWED_ORIGINS"),
-        ({"CORS_ALLOWED_ORIGINS": "*"}, "CORS_ALLOWED_ORIGINS"),
-        ({"ENVOY_CONFIG_DIR": "etc/envoy"}, "ENVOY_CONFIG_DIR"),
+        ({"ENVOY_LISTEN_PORT": "http"}, "ENVOY_LISTEN_PORT must be an integer, got 'http'"),
+        ({"ENVOY_LISTEN_PORT": "70000"}, "ENVOY_LISTEN_PORT must be between 1 and 65535, got"),
+        ({"GRPC_PORT": "-1"}, "GRPC_PORT must be between 1 and 65535, got -1"),
+        ({"ENVOY_UPSTREAM_ADDRESS": "server.local"}, "ENVOY_UPSTREAM_ADDRESS must be an IP"),
+        ({"ENVOY_RATE_LIMIT_BURST": "0"}, "ENVOY_RATE_LIMIT_BURST must be at least 1, got 0"),
+        ({"ENVOY_ANONYMOUS_RATE_LIMIT_BURST": "0"}, "ENVOY_ANONYMOUS_RATE_LIMIT_BURST must be"),
+        ({"ENVOY_RATE_LIMIT_MAX_CLIENTS": "0"}, "ENVOY_RATE_LIMIT_MAX_CLIENTS must be at least"),
+        ({"ENVOY_XFF_TRUSTED_HOPS": "11"}, "ENVOY_XFF_TRUSTED_HOPS must be between 0 and 10"),
+        ({"ENVOY_REQUEST_TIMEOUT_SECONDS": "0"}, "ENVOY_REQUEST_TIMEOUT_SECONDS must be at"),
+        ({"CORS_ALLOWED_ORIGINS": "https://viewer.example/app"}, "CORS_ALLOWED_ORIGINS has"),
+        ({"CORS_ALLOWED_ORIGINS": "*"}, "CORS_ALLOWED_ORIGINS has '*', which is not"),
+        ({"ENVOY_CONFIG_DIR": "etc/envoy"}, "ENVOY_CONFIG_DIR must be an absolute path"),
     ],
 )
-def test_a_bad_variable_is_named_in_the_error(env: dict[str, str], named: str) -> None:
-    with pytest.raises(ConfigError, match=named):
+def test_a_bad_variable_is_named_in_the_error_with_what_is_allowed(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
         EnvoySettings.from_env(env)
+    assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"listen_port": 70000}, "ENVOY_LISTEN_PORT"),
+        ({"admin_address": "localhost"}, "ENVOY_ADMIN_ADDRESS"),
+        ({"xff_trusted_hops": 11}, "ENVOY_XFF_TRUSTED_HOPS"),
+        ({"config_dir": PurePosixPath("etc/envoy")}, "ENVOY_CONFIG_DIR"),
+        ({"cors_allowed_origins": ("*",)}, "CORS_ALLOWED_ORIGINS"),
+        # Browsers send lower case, and Envoy compares exactly.
+        ({"cors_allowed_origins": ("https://A.example",)}, "CORS_ALLOWED_ORIGINS"),
+    ],
+)
+def test_values_given_in_code_obey_the_variables_rules(values: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        EnvoySettings(**values)

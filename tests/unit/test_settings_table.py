@@ -19,6 +19,7 @@ from pacs_grpc.config import (
     documented_settings,
 )
 from pacs_grpc.config.variables import REQUIRED, Setting, all_settings, nested_groups, settings_of
+from pacs_grpc.edge.envoy_config import EnvoySettings
 from tools import settings_table
 
 GROUPS = (
@@ -137,3 +138,62 @@ def _rows(table: str) -> dict[str, list[str]]:
             cells = [cell.strip() for cell in line.strip("|").split(" | ")]
             rows[cells[0].strip("`")] = cells
     return rows
+
+
+ENVOY_SETTINGS = settings_of(EnvoySettings)
+
+
+def test_the_readme_envoy_table_is_the_generated_one() -> None:
+    readme = settings_table.README.read_text(encoding="utf-8")
+    assert settings_table.current_section(readme, settings_table.ENVOY) == (
+        settings_table.ENVOY.render()
+    ), (
+        "README.md's Envoy settings table differs from the settings declared in "
+        f"pacs_grpc/edge/envoy_config.py: run `.venv/bin/{settings_table.COMMAND}`"
+    )
+
+
+def test_every_envoy_field_is_a_variable_but_the_fixed_openapi_bound() -> None:
+    declared = {s.attribute for s in ENVOY_SETTINGS}
+    fields = {field.name for field in dataclasses.fields(EnvoySettings)}
+    assert fields - declared == {"openapi_max_bytes"}
+    names = [s.name for s in ENVOY_SETTINGS]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("setting", ENVOY_SETTINGS, ids=lambda s: s.name)
+def test_an_envoy_default_lies_within_its_bounds_and_reads_back(setting: Setting) -> None:
+    if setting.kind.bounded:
+        assert setting.within_bounds(setting.default), setting.describe_bounds()
+    assert setting.read({setting.name: _as_text(setting.default)}) == setting.default
+
+
+def test_envoy_rows_show_defaults_and_allowed_values() -> None:
+    rows = _rows(settings_table.ENVOY.render())
+    assert rows["ENVOY_LISTEN_PORT"][1:3] == ["8080", "between 1 and 65535"]
+    assert rows["ENVOY_XFF_TRUSTED_HOPS"][1:3] == ["0", "between 0 and 10"]
+    assert rows["ENVOY_MAX_RESPONSE_BYTES"][1:3] == ["33554432 (32 MiB)", "at least 1"]
+    assert rows["ENVOY_CONFIG_DIR"][1:3] == ["`/etc/envoy`", "an absolute path"]
+    assert rows["CORS_ALLOWED_ORIGINS"][1] == "none"
+    assert "pacs_grpc/edge/envoy_config.py" in settings_table.ENVOY.render().splitlines()[0]
+
+
+def test_the_tool_rewrites_both_tables_and_check_reports_a_stale_envoy_one(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = tmp_path / "README.md"
+    envoy = settings_table.ENVOY
+    stale = (
+        f"{settings_table.BEGIN}\n{settings_table.render_table()}{settings_table.END}\n"
+        f"between\n{envoy.begin}\n| old |\n{envoy.end}\nafter\n"
+    )
+    readme.write_text(stale, encoding="utf-8")
+
+    assert settings_table.main(["--check", "--readme", str(readme)]) == 1
+    assert settings_table.COMMAND in capsys.readouterr().err
+    assert settings_table.main(["--readme", str(readme)]) == 0
+    text = readme.read_text(encoding="utf-8")
+    assert settings_table.current_section(text, envoy) == envoy.render()
+    assert "| old |" not in text
+    assert text.endswith(f"{envoy.end}\nafter\n")
+    assert settings_table.main(["--check", "--readme", str(readme)]) == 0
