@@ -3,8 +3,9 @@
 Every variable is declared once, on its settings field (settings.py, groups.py), and the
 README's configuration table is generated from those declarations.
 
-May import: pacs_grpc.domain (the value types it parses into) and the standard library; adapters, the edge and the composition root import it,
-the domain and the use cases never do (import-linter checks it).
+May import: pacs_grpc.domain (the value types it parses into) and the standard library.
+Adapters, the edge and the composition root import it; the domain, the use cases and the
+gRPC edge never do (import-linter checks it).
 """
 
 from pacs_grpc.config.groups import (

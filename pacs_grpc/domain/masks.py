@@ -23,6 +23,7 @@ _MD5 = re.compile(r"^[0-9a-f]{32}$")
 # The first bytes of every PNG file: what completion and the push check slices against.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+
 @dataclass(frozen=True)
 class MaskGroup:
     """The mask slices of one annotation, `slice_count` of them expected; `completed_slices` counts
@@ -53,7 +54,9 @@ class MaskGroup:
 @dataclass(frozen=True)
 class Mask:
     """One recorded slice: `file_path` and `object_version` name the exact bytes checked when it was
-    recorded, and downloads are signed for them; `checksum` is storage's ETag of those bytes.
+    recorded, and downloads are signed for them; `checksum` is the MD5 of those bytes (storage's
+    ETag for a single-part upload through a ticket; computed by the server for pushed and imported
+    slices, whose stored ETag differs past 5 MiB).
     `sop_instance_uid` is its source image as declared or bound; None when neither.
     """
 
@@ -135,7 +138,7 @@ class GroupAccess:
 @dataclass(frozen=True)
 class NewMask:
     """A slice to record: the ticket it completes (or an in-memory one) and the stored object as
-    checked; `file_path` and `object_version` name its exact bytes, `checksum` their ETag.
+    checked; `file_path` and `object_version` name its exact bytes, `checksum` their MD5.
     """
 
     upload: PendingUpload

@@ -47,7 +47,6 @@ from pacs_grpc.domain.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    Unavailable,
 )
 from pacs_grpc.domain.masks import (
     GroupFields,
@@ -433,8 +432,7 @@ class ImportUseCases(Generic[TxT]):
                 info = await self._storage.put_stream(
                     key, _once(png), size=len(png), content_type=_PNG, upload_id=str(upload_id)
                 )
-            if info.etag != md5:
-                raise Unavailable("object storage stored other bytes than sent; retry")
+            # put_stream's etag is the MD5 of the bytes it read from `png`: equal to `md5`.
             return NewMask(
                 upload=PendingUpload(
                     upload_id, 0, slice_index, sop_uid, None, _PNG, len(png), md5, "IMPORT",

@@ -10,10 +10,10 @@ from typing import Generic
 
 from pacs_grpc.domain.errors import FailedPrecondition, NotFound, Unavailable
 from pacs_grpc.domain.masks import (
+    PNG_SIGNATURE,
     CompletedSlice,
     Mask,
     MaskGroup,
-    PNG_SIGNATURE,
     MaskLimits,
     NewMask,
     PendingUpload,

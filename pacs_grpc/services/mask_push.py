@@ -92,7 +92,11 @@ class MaskPush(Generic[TxT]):
             )
             new = await bind_masks(self._pacs_checks, source, new)
             async with self._transaction(call) as conn:
-                await authorized_group(self._masks, conn, call, first.annotation_id, first.group_id)
+                # Locked, so a concurrent DeleteMaskGroup either waits or has already made
+                # this NOT_FOUND: the masks never meet a group deleted under them.
+                await authorized_group(
+                    self._masks, conn, call, first.annotation_id, first.group_id, for_update=True
+                )
                 masks = await self._masks.record_masks(
                     conn, first.group_id, new, from_tickets=False
                 )

@@ -5,11 +5,13 @@ The rows live in the FakeDatabase's Tables (tests/fakes/database.py). What the a
 does and these copy: annotations newest first by (created_at, id), keyset positions, the
 `limit` the use case asks for (it asks limit + 1), `now()` as the transaction's start time,
 foreign keys and annotation_annotation_instance_needs_series refused as server errors, the
-member role joined into annotation reads, the byte budget of a list page, the masks' objects
-queued for deletion with their annotation. Not modelled: concurrency (one transaction at a
-time; locks are only recorded), savepoints, other CHECK constraints, jsonb's exact text form
-(sizes are those of json.dumps with jsonb's separators), the masks themselves (masks.py), and
-the live feed: FakeEventSource delivers only the events recorded before subscribing.
+member role joined into annotation reads, the byte budget of a list page, and a delete that
+queues every object of the annotation's mask groups (masks, tickets not completed, exports)
+and cascades the groups, as delete_group does (tests/fakes/masks.py, whose tables every
+FakeAnnotationStore installs, as every database has them). Not modelled: concurrency (one
+transaction at a time; locks are only recorded), savepoints, other CHECK constraints, jsonb's
+exact text form (sizes are those of json.dumps with jsonb's separators), and the live feed:
+FakeEventSource delivers only the events recorded before subscribing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from pacs_grpc.domain.annotation import (
 from pacs_grpc.domain.annotation_rules import AnnotationContent, Location
 from pacs_grpc.domain.paging import BudgetedRows
 from tests.fakes.database import FakeDatabase, FakeIntegrityError, FakeTx, RecordedEvent
+from tests.fakes.masks import drop_groups, install
+from tests.fakes.masks import tables as mask_tables
 
 _ANNOTATION_COLUMNS = frozenset(
     {"annotation_type", "annotation_data", "measurement_values", "viewer_software"}
@@ -43,6 +47,7 @@ class FakeAnnotationStore:
 
     def __init__(self, db: FakeDatabase) -> None:
         self._db = db
+        install(db)
 
     async def insert(
         self,
@@ -114,13 +119,13 @@ class FakeAnnotationStore:
 
     async def delete(self, conn: FakeTx, annotation_id: int) -> int:
         tx = self._db.enter("annotations.delete", conn)
-        tables = self._db.tables
-        # The masks' objects go to the outbox first; the masks go with the annotation.
-        queued = tables.mask_objects.pop(annotation_id, [])
-        tables.deletion_outbox.extend(queued)
-        if tables.annotations.pop(annotation_id, None) is not None:
+        t = mask_tables(self._db)
+        # The groups' objects go to the outbox first; the groups go with the annotation.
+        groups = [g.id for g in t.groups.values() if g.annotation_id == annotation_id]
+        queued = drop_groups(self._db, tx, groups)
+        if t.annotations.pop(annotation_id, None) is not None:
             self._db.wrote(tx, "annotations")
-        return len(queued)
+        return queued
 
     async def list_page(
         self,

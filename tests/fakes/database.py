@@ -1,6 +1,7 @@
 """One in-memory database for the store fakes, with the transactions of the PostgreSQL adapters.
 
-FakeDatabase holds every table (Tables) and their id sequences; each fake store
+FakeDatabase holds every table (Tables, and the mask tables tests/fakes/masks.py adds) and
+their id sequences; each fake store
 (tests/fakes/identity.py, annotations.py, masks.py, outbox.py) reads and writes it through the
 open FakeTx, as the adapters do through a connection. FakeTransactions snapshots the tables
 when a transaction opens and restores them when its block raises, so a test can assert that a
@@ -79,9 +80,6 @@ class Tables:
     audit: list[AuditEntry] = field(default_factory=list)
     annotations: dict[int, Annotation] = field(default_factory=dict)
     events: list[RecordedEvent] = field(default_factory=list)
-    # Object keys of each annotation's masks and pending uploads (the masks are not modelled).
-    mask_objects: dict[int, list[str]] = field(default_factory=dict)
-    deletion_outbox: list[str] = field(default_factory=list)
 
 
 class FakeDatabase:

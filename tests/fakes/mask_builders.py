@@ -16,12 +16,17 @@ from pacs_grpc.domain.annotation import Annotation
 from pacs_grpc.domain.audit import AuditEntry
 from pacs_grpc.domain.exports import SegmentationBuild
 from pacs_grpc.domain.identity import ProjectRole, User
-from pacs_grpc.domain.masks import GroupFields, Mask, MaskGroup, MaskLimits, SliceDeclaration
+from pacs_grpc.domain.masks import (
+    PNG_SIGNATURE,
+    Mask,
+    MaskGroup,
+    MaskLimits,
+    SliceDeclaration,
+)
 from pacs_grpc.domain.pacs import PacsValidation
 from pacs_grpc.services.context import CallContext
 from pacs_grpc.services.exports import ExportLimits, ExportUseCases
 from pacs_grpc.services.imports import ImportLimits, ImportUseCases
-from pacs_grpc.domain.masks import PNG_SIGNATURE
 from pacs_grpc.services.mask_completion import UploadCompletion
 from pacs_grpc.services.mask_groups import MaskGroupUseCases, NewGroup
 from pacs_grpc.services.mask_push import MaskPush
@@ -38,6 +43,8 @@ from tests.fakes.masks import (
     FakeScheduledDeletions,
     MaskTables,
     install,
+    seed_group,
+    seed_mask,
     tables,
 )
 from tests.fakes.outbox import FakeSweepOutbox
@@ -132,41 +139,23 @@ class MaskWorld:
         self, slice_count: int = 3, *, annotation: Annotation | None = None, **fields: Any
     ) -> MaskGroup:
         """A group written straight into the tables, outside any transaction."""
-        now = self.w.clock.now()
-        values = GroupFields(
-            group_name=fields.get("group_name", "lungs"), model_name=fields.get("model_name"),
-            version=None, modality=None, slice_count=slice_count, mask_type="segmentation",
-            description=None, segments=fields.get("segments", ()),
+        return seed_group(
+            self.w.db, (annotation or self.annotation).id, slice_count=slice_count,
+            created_by=self.annotator.id, **fields,
         )  # fmt: skip
-        group = MaskGroup(
-            id=self.w.db.next_id("mask_groups"),
-            annotation_id=(annotation or self.annotation).id,
-            created_by=self.annotator.id,
-            created_at=now,
-            updated_at=now,
-            completed_slices=0,
-            **values.__dict__,
-        )
-        self.tables.groups[group.id] = group
-        return group
 
     def seed_masks(
         self, group: MaskGroup, indexes: Sequence[int], *, sop_uids: Sequence[str | None] = ()
     ) -> list[Mask]:
         """Slices stored in storage and recorded, as a completed upload leaves them."""
-        now = self.w.clock.now()
         recorded = []
         for position, index in enumerate(indexes):
             key = f"masks/p{self.project.id}/a{group.annotation_id}/g{group.id}/seeded/{index}"
             stored = self.storage.overwrite(key, png(index))
-            mask = Mask(
-                id=self.w.db.next_id("masks"), mask_group_id=group.id, slice_index=index,
-                sop_instance_uid=sop_uids[position] if sop_uids else None, label_name=None,
-                file_path=key, mime_type="image/png", file_size=len(stored.data),
-                checksum=stored.etag, width=8, height=8, created_at=now,
-                object_version=stored.version_id,
+            mask = seed_mask(
+                self.w.db, group.id, index, key, size=len(stored.data), checksum=stored.etag,
+                version=stored.version_id, sop_uid=sop_uids[position] if sop_uids else None,
             )  # fmt: skip
-            self.tables.masks[mask.id] = (mask, None)
             recorded.append(mask)
         return recorded
 

@@ -7,18 +7,20 @@ FakeDatabase's tables. What the SQL does and these copy: the group row joined wi
 annotation, project and the caller's membership (group_with_access); completed_slices counted
 from the masks; lists by id or slice_index after a position, with the `limit` asked for;
 record_masks completing only tickets still pending, in slice order, and refusing a second mask
-on one slice (FailedPrecondition, as the unique-violation mapping does); delete_group queueing
-every mask, every pending ticket and every export before the rows go (cascade); exports newest
-first. Not modelled: row locks between concurrent transactions (locks are only recorded), the
-cascade from an annotation's deletion into these tables, CHECK constraints.
+on one slice (FailedPrecondition, as the unique-violation mapping does), and a missing group
+failing its foreign key only when a row is inserted; delete_group, and an annotation's delete
+(tests/fakes/annotations.py) through drop_groups, queueing every mask, every pending ticket and
+every export before the rows go (cascade); exports newest first. Not modelled: row locks
+between concurrent transactions (locks are only recorded), CHECK constraints.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from pacs_grpc.domain.errors import FailedPrecondition
 from pacs_grpc.domain.exports import MaskGroupExport, NewExport
@@ -78,10 +80,68 @@ def queue(db: FakeDatabase, keys: Sequence[str], due_at: datetime) -> None:
 
 
 def queued_keys(db: FakeDatabase) -> list[str]:
-    """Every object key in the outbox, due or not, in the order queued (an annotation's
-    deletion queues through Tables.deletion_outbox; those come last)."""
+    """Every object key in the outbox, due or not, in the order queued."""
+    return [row.object_key for row in tables(db).outbox]
+
+
+def drop_groups(db: FakeDatabase, tx: FakeTx, group_ids: Collection[int]) -> int:
+    """What deleting groups does, alone (delete_group) or with their annotation: queue every
+    mask, every ticket not completed and every export of the groups (in that order, as the
+    adapters' `union all`), then the cascade removes the groups with those rows. Returns how
+    many keys were queued."""
     t = tables(db)
-    return [row.object_key for row in t.outbox] + list(t.deletion_outbox)
+    gone = set(group_ids)
+    keys = [m.file_path for m, _ in t.masks.values() if m.mask_group_id in gone]
+    keys += [
+        u.object_key
+        for u in t.uploads.values()
+        if u.mask_group_id in gone and u.completed_at is None
+    ]
+    keys += [e.object_key for e in t.exports.values() if e.mask_group_id in gone]
+    queue(db, keys, tx.started_at)
+    t.masks = {i: row for i, row in t.masks.items() if row[0].mask_group_id not in gone}
+    t.uploads = {i: u for i, u in t.uploads.items() if u.mask_group_id not in gone}
+    t.exports = {i: e for i, e in t.exports.items() if e.mask_group_id not in gone}
+    removed = [t.groups.pop(group_id, None) for group_id in gone]
+    if any(group is not None for group in removed):
+        db.wrote(tx, "mask_groups")
+    if keys:
+        db.wrote(tx, "outbox")
+    return len(keys)
+
+
+def seed_group(
+    db: FakeDatabase, annotation_id: int, *, slice_count: int = 3, created_by: int | None = None,
+    **fields: Any,
+) -> MaskGroup:  # fmt: skip
+    """A group written straight into the tables, outside any transaction."""
+    now = db.clock.now()
+    values = GroupFields(
+        group_name=fields.get("group_name", "lungs"), model_name=fields.get("model_name"),
+        version=None, modality=None, slice_count=slice_count, mask_type="segmentation",
+        description=None, segments=fields.get("segments", ()),
+    )  # fmt: skip
+    group = MaskGroup(
+        id=db.next_id("mask_groups"), annotation_id=annotation_id, created_by=created_by,
+        created_at=now, updated_at=now, completed_slices=0, **values.__dict__,
+    )  # fmt: skip
+    tables(db).groups[group.id] = group
+    return group
+
+
+def seed_mask(
+    db: FakeDatabase, group_id: int, slice_index: int, key: str, *, size: int = 8,
+    checksum: str | None = None, version: str | None = None, sop_uid: str | None = None,
+) -> Mask:  # fmt: skip
+    """A mask recorded straight into the tables (as pushed: no ticket), outside any transaction."""
+    mask = Mask(
+        id=db.next_id("masks"), mask_group_id=group_id, slice_index=slice_index,
+        sop_instance_uid=sop_uid, label_name=None, file_path=key, mime_type="image/png",
+        file_size=size, checksum=checksum, width=8, height=8, created_at=db.clock.now(),
+        object_version=version,
+    )  # fmt: skip
+    tables(db).masks[mask.id] = (mask, None)
+    return mask
 
 
 class FakeMaskStore:
@@ -164,24 +224,7 @@ class FakeMaskStore:
 
     async def delete_group(self, conn: FakeTx, group_id: int) -> int:
         tx = self._db.enter("masks.delete_group", conn)
-        t = tables(self._db)
-        keys = [m.file_path for m, _ in t.masks.values() if m.mask_group_id == group_id]
-        keys += [
-            u.object_key
-            for u in t.uploads.values()
-            if u.mask_group_id == group_id and u.completed_at is None
-        ]
-        keys += [e.object_key for e in t.exports.values() if e.mask_group_id == group_id]
-        queue(self._db, keys, tx.started_at)
-        # The cascade: masks, tickets and exports go with their group.
-        t.masks = {i: row for i, row in t.masks.items() if row[0].mask_group_id != group_id}
-        t.uploads = {i: u for i, u in t.uploads.items() if u.mask_group_id != group_id}
-        t.exports = {i: e for i, e in t.exports.items() if e.mask_group_id != group_id}
-        if t.groups.pop(group_id, None) is not None:
-            self._db.wrote(tx, "mask_groups")
-        if keys:
-            self._db.wrote(tx, "outbox")
-        return len(keys)
+        return drop_groups(self._db, tx, [group_id])
 
     async def insert_uploads(
         self, conn: FakeTx, group_id: int,
@@ -235,8 +278,6 @@ class FakeMaskStore:
     ) -> list[Mask]:
         tx = self._db.enter("masks.record_masks", conn)
         t = tables(self._db)
-        if group_id not in t.groups:
-            raise FakeIntegrityError("insert violates annotation_mask_mask_group_id_fkey")
         if from_tickets:
             # Only tickets of this group still pending complete (and get a mask).
             chosen = [
@@ -248,6 +289,12 @@ class FakeMaskStore:
             ]
         else:
             chosen = list(new)
+        if group_id not in t.groups:
+            # A group that is gone has no tickets left: the statement inserts nothing, and the
+            # foreign key fails only a row that is inserted.
+            if chosen:
+                raise FakeIntegrityError("insert violates annotation_mask_mask_group_id_fkey")
+            return []
         taken = {m.slice_index for m, _ in t.masks.values() if m.mask_group_id == group_id}
         paths = {m.file_path for m, _ in t.masks.values()}
         slices = [n.upload.slice_index for n in chosen]

@@ -5,8 +5,7 @@ transaction's start (now()); claimed oldest due first, then by id. Expired ticke
 never completed whose expiry is more than `grace` before now(): their rows go and their keys are
 queued, unless a recorded mask references the key. A failed row is rescheduled from the
 FakeClock's present (clock_timestamp()) with the adapter's backoff, without its jitter, so
-tests can name the time. Keys an annotation's deletion queued in Tables.deletion_outbox are
-taken in as rows due at once.
+tests can name the time.
 
 Switches: `held_elsewhere` (another replica holds the advisory lock), `locked_elsewhere` (row
 ids another sweeper's transaction holds: SKIP LOCKED passes them by).
@@ -72,7 +71,6 @@ class FakeSweepOutbox:
 
     async def claim_due(self, conn: FakeTx, limit: int) -> list[tuple[int, str]]:
         tx = self._db.enter("outbox.claim_due", conn)
-        self._take_in(tx)
         due = sorted(
             (
                 r
@@ -106,14 +104,7 @@ class FakeSweepOutbox:
 
     async def backlog(self, conn: FakeTx) -> int:
         self._db.enter("outbox.backlog", conn)
-        t = tables(self._db)
-        return len(t.outbox) + len(t.deletion_outbox)
+        return len(tables(self._db).outbox)
 
     def rows(self) -> list[OutboxRow]:
         return list(tables(self._db).outbox)
-
-    def _take_in(self, tx: FakeTx) -> None:
-        t = tables(self._db)
-        if t.deletion_outbox:
-            queue(self._db, t.deletion_outbox, tx.started_at)
-            t.deletion_outbox = []

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pacs_grpc.domain.errors import InvalidArgument, ResourceExhausted, Unavailable
+from pacs_grpc.domain.masks import PNG_SIGNATURE
 from pacs_grpc.domain.pacs import SourceInstance, SourceSeries
 from pacs_grpc.domain.segments import LabelMap, SegmentationRead
-from pacs_grpc.domain.masks import PNG_SIGNATURE
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)

@@ -1,10 +1,14 @@
 """An in-memory versioned bucket with the semantics of pacs_grpc.adapters.storage.objects.
 
-Objects keep every version (etag: the MD5 of the bytes; version ids "v1", "v2", ... or None
-when the bucket is not versioned); listings carry no content type; read and read_head honour
-a version id; put_stream consumes its iterator and stores nothing when it raises or carries
-another length than declared; delete removes every version and returns the keys it was told
-to refuse. Signing is local and deterministic: fake URLs that name key, version and lifetime.
+Objects keep every version (version ids "v1", "v2", ... or None when the bucket is not
+versioned) with storage's ETag: the MD5 of the bytes, except for an object put_stream sent in
+parts (more than PART_SIZE bytes), whose ETag is S3's multipart one, "<md5 of the parts'
+md5s>-<parts>". Listings carry no content type; read and read_head honour a version id;
+put_stream consumes its iterator (and closes it), stores nothing when it raises or carries
+another length than declared, and, as the adapter does, returns as etag the MD5 of the bytes
+it read, never storage's ETag; delete removes every version and returns the keys it was told
+to refuse, and makes no call at all for no keys. Signing is local and deterministic: fake
+URLs that name key, version and lifetime.
 
 Tests act as clients and as storage's own enforcement with `post`, `put` (a ticket's upload,
 refused once the FakeClock passes its expiry, or when it breaks the POST policy) and
@@ -12,8 +16,9 @@ refused once the FakeClock passes its expiry, or when it breaks the POST policy)
 `delete_error` makes delete raise (TimeoutError: what asyncio.wait_for raises); `refuse_delete`
 lists keys a delete leaves; `hold_puts` makes put_stream wait, after reading its stream, until
 the event is set (a slice "in flight"); `put_error` makes put_stream raise once it has read
-its stream; `corrupt_puts` stores other bytes than were sent.
-Not modelled: multipart parts, the circuit breaker, policy signatures, S3 error codes.
+its stream, after `puts_before_error` puts have succeeded (storage failing mid-import).
+Not modelled: multipart parts (only their ETag), the circuit breaker, policy signatures, S3
+error codes.
 """
 
 from __future__ import annotations
@@ -32,10 +37,19 @@ from tests.fakes.clock import FakeClock
 
 ENDPOINT = "https://storage.test/pacs-masks"
 UPLOAD_ID_FIELD = "x-amz-meta-upload-id"
+# The adapter's multipart part size: put_stream sends a larger object in parts of this size.
+PART_SIZE = 5 * 1024 * 1024
 
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def multipart_etag(data: bytes, part_size: int = PART_SIZE) -> str:
+    """S3's ETag of an object uploaded in parts: not the MD5 of its bytes."""
+    parts = [data[i : i + part_size] for i in range(0, len(data), part_size)]
+    digests = b"".join(hashlib.md5(p, usedforsecurity=False).digest() for p in parts)
+    return f"{md5(digests)}-{len(parts)}"
 
 
 @dataclass(frozen=True)
@@ -44,10 +58,8 @@ class StoredVersion:
     data: bytes
     content_type: str
     upload_id: str | None
-
-    @property
-    def etag(self) -> str:
-        return md5(self.data)
+    # Storage's ETag, as stat and listings report it.
+    etag: str
 
 
 class PostForm(Protocol):
@@ -85,8 +97,8 @@ class FakeObjectStorage:
     delete_error: BaseException | None = None
     refuse_delete: set[str] = field(default_factory=set)
     hold_puts: asyncio.Event | None = None
-    corrupt_puts: bool = False
     put_error: Exception | None = None
+    puts_before_error: int = 0
     objects: dict[str, list[StoredVersion]] = field(default_factory=dict)
     # Every call to storage (signing is not one), by method name.
     calls: list[str] = field(default_factory=list)
@@ -171,24 +183,37 @@ class FakeObjectStorage:
         self, key: str, chunks: AsyncIterator[bytes], *, size: int, content_type: str,
         upload_id: str | None = None,
     ) -> ObjectInfo:  # fmt: skip
+        if size < 0:
+            raise InvalidArgument("size", "must not be negative")
         self._call("put_stream")
         received = bytearray()
-        async for chunk in chunks:
-            received += chunk
-            if len(received) > size:
-                break
+        try:
+            async for chunk in chunks:
+                received += chunk
+                if len(received) > size:
+                    break
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
         if len(received) != size:
             raise InvalidArgument("size", f"the stream carried other than {size} bytes")
         if self.hold_puts is not None:
             await self.hold_puts.wait()
         self._check_up()
         if self.put_error is not None:
-            raise self.put_error
-        data = bytes(received) + (b"!" if self.corrupt_puts else b"")
-        stored = self._store(key, data, content_type, upload_id)
-        return ObjectInfo(key, size, stored.etag, content_type, stored.version_id, upload_id)
+            if self.puts_before_error <= 0:
+                raise self.put_error
+            self.puts_before_error -= 1
+        data = bytes(received)
+        etag = multipart_etag(data) if size > PART_SIZE else md5(data)
+        stored = self._store(key, data, content_type, upload_id, etag=etag)
+        # The MD5 of the bytes read and sent, as the adapter hashes them: never storage's ETag.
+        return ObjectInfo(key, size, md5(data), content_type, stored.version_id, upload_id)
 
     async def delete(self, keys: Sequence[str]) -> list[str]:
+        if not keys:
+            return []
         self._call("delete")
         self.deletes.append(list(keys))
         if self.delete_error is not None:
@@ -246,10 +271,11 @@ class FakeObjectStorage:
     # -- inside -----------------------------------------------------------------------------
 
     def _store(
-        self, key: str, data: bytes, content_type: str, upload_id: str | None
-    ) -> StoredVersion:
+        self, key: str, data: bytes, content_type: str, upload_id: str | None, *,
+        etag: str | None = None,
+    ) -> StoredVersion:  # fmt: skip
         version_id = f"v{next(self._version_ids)}" if self.versioned else None
-        stored = StoredVersion(version_id, data, content_type, upload_id)
+        stored = StoredVersion(version_id, data, content_type, upload_id, etag or md5(data))
         if self.versioned:
             self.objects.setdefault(key, []).append(stored)
         else:

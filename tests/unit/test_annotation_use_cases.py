@@ -20,12 +20,15 @@ from pacs_grpc.domain.errors import (
     Unavailable,
 )
 from pacs_grpc.domain.identity import ProjectRole, User
+from pacs_grpc.domain.masks import MaskGroup
 from pacs_grpc.domain.paging import Page
 from pacs_grpc.services.annotations import AnnotationUseCases, ListRequest
 from pacs_grpc.services.context import CallContext
 from tests.fakes import builders
 from tests.fakes.builders import World
 from tests.fakes.database import FakeTx, RecordedEvent
+from tests.fakes.masks import queued_keys, seed_group, seed_mask
+from tests.fakes.masks import tables as mask_tables
 
 VIEWER, ANNOTATOR, OWNER = ProjectRole.VIEWER, ProjectRole.ANNOTATOR, ProjectRole.OWNER
 STUDY, OTHER_STUDY = "1.2.840.1", "1.2.840.2"
@@ -619,13 +622,22 @@ async def test_update_needs_the_annotator_role_in_an_active_project(s: Setup) ->
 # DeleteAnnotation
 
 
+def _with_masks(s: Setup, annotation: Annotation, keys: list[str]) -> MaskGroup:
+    """A mask group of the annotation with a recorded mask under each key."""
+    group = seed_group(s.w.db, annotation.id, slice_count=len(keys), created_by=s.annotator.id)
+    for index, key in enumerate(keys):
+        seed_mask(s.w.db, group.id, index, key)
+    return group
+
+
 async def test_delete_queues_the_masks_objects_and_records_the_event(s: Setup) -> None:
     created = await s.create()
-    s.w.db.tables.mask_objects[created.id] = ["masks/a.png", "masks/b.png"]
+    _with_masks(s, created, ["masks/a.png", "masks/b.png"])
     call = s.call("DeleteAnnotation", s.annotator)
     assert await s.use_cases.delete(call, created.id, created.etag) == 2
     assert s.w.db.tables.annotations == {}
-    assert s.w.db.tables.deletion_outbox == ["masks/a.png", "masks/b.png"]
+    assert queued_keys(s.w.db) == ["masks/a.png", "masks/b.png"]
+    assert (mask_tables(s.w.db).groups, mask_tables(s.w.db).masks) == ({}, {})
     assert s.w.db.tables.events[-1] == RecordedEvent(
         2, s.project.id, STUDY, created.id, EventType.DELETED, s.w.clock.now()
     )
@@ -642,7 +654,7 @@ async def test_delete_queues_the_masks_objects_and_records_the_event(s: Setup) -
 
 async def test_delete_with_a_stale_etag_keeps_the_annotation(s: Setup) -> None:
     created = await s.create()
-    s.w.db.tables.mask_objects[created.id] = ["masks/a.png"]
+    group = _with_masks(s, created, ["masks/a.png"])
     await s.use_cases.update(
         s.call("UpdateAnnotation", s.annotator), created.id, "", ["annotation_type"], {
             "annotation_type": "line"
@@ -651,7 +663,8 @@ async def test_delete_with_a_stale_etag_keeps_the_annotation(s: Setup) -> None:
     with pytest.raises(Conflict):
         await s.use_cases.delete(s.call("DeleteAnnotation", s.annotator), created.id, "v1")
     assert created.id in s.w.db.tables.annotations
-    assert s.w.db.tables.deletion_outbox == []
+    assert list(mask_tables(s.w.db).groups) == [group.id]
+    assert queued_keys(s.w.db) == []
     assert [e for e, _ in s.events] == [EventType.CREATED, EventType.UPDATED]
 
 
@@ -668,13 +681,14 @@ async def test_delete_needs_the_annotator_role(s: Setup) -> None:
 
 async def test_a_failed_delete_leaves_the_objects_unqueued(s: Setup) -> None:
     created = await s.create()
-    s.w.db.tables.mask_objects[created.id] = ["masks/a.png"]
+    group = _with_masks(s, created, ["masks/a.png"])
     s.w.db.fail_next_commit(Conflict("a concurrent change interfered; retry"))
     with pytest.raises(Conflict):
         await s.use_cases.delete(s.call("DeleteAnnotation", s.annotator), created.id, "")
     assert s.w.db.tables.annotations[created.id] == created
-    assert s.w.db.tables.mask_objects[created.id] == ["masks/a.png"]
-    assert s.w.db.tables.deletion_outbox == []
+    assert list(mask_tables(s.w.db).groups) == [group.id]
+    assert [m.file_path for m, _ in mask_tables(s.w.db).masks.values()] == ["masks/a.png"]
+    assert queued_keys(s.w.db) == []
     assert len(s.audit) == 1
 
 

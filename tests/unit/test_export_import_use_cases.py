@@ -343,15 +343,25 @@ async def test_an_import_that_cannot_be_read_is_refused_and_stores_nothing(
     assert m.storage.stored_keys("masks/") == []
 
 
-async def test_slices_storage_stored_wrong_are_removed_and_nothing_recorded(
+async def test_slices_stored_before_storage_fails_are_removed_and_nothing_recorded(
     m: MaskWorld,
 ) -> None:
     reader = _reader()
     ticket = await _ticket(m, reader)
     m.storage.post(ticket, SEG_FILE)
-    m.storage.corrupt_puts = True
-    with pytest.raises(Unavailable, match="other bytes"):
+    # The first slice is stored, the second write fails.
+    m.storage.put_error = Unavailable("object storage unavailable, retry shortly")
+    m.storage.puts_before_error = 1
+    with pytest.raises(Unavailable):
         await _import(m, reader, SourceRequest("upload_id", upload_id=str(ticket.upload_id)))
+    assert m.storage.calls.count("put_stream") == 2
     assert m.tables.groups == {}
+    assert m.masks.all_masks() == []
+    # Both keys are deleted at once and queued for the sweeper too.
+    written = sorted(m.storage.deletes[-1])
+    assert len(written) == 2
+    assert all(
+        key.startswith(f"masks/p{m.project.id}/a{m.annotation.id}/imports/") for key in written
+    )
     assert m.storage.stored_keys("masks/") == []
-    assert len([k for k in queued_keys(m.w.db) if k.startswith("masks/")]) == 2
+    assert sorted(k for k in queued_keys(m.w.db) if k.startswith("masks/")) == written

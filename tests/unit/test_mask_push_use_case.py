@@ -378,3 +378,13 @@ async def test_at_most_the_parallel_limit_of_slices_is_stored_at_once(m: MaskWor
     m.storage.hold_puts.set()
     _, masks, _ = await pushing
     assert [x.slice_index for x in masks] == [0, 1, 2, 3, 4]
+
+
+async def test_the_recording_transaction_locks_the_group_against_a_concurrent_delete(
+    m: MaskWorld,
+) -> None:
+    """Without the lock, a DeleteMaskGroup committed between the check and the insert would
+    leave the insert a foreign-key violation (INTERNAL) instead of NOT_FOUND."""
+    group = m.seed_group(1)
+    await _push(m, Stream(_messages(group, [png(0)])))
+    assert ("mask_group", group.id) in m.w.db.committed[-1].locks

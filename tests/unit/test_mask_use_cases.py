@@ -14,10 +14,13 @@ from pacs_grpc.domain.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unavailable,
 )
 from pacs_grpc.domain.exports import NewExport, PacsStatus
 from pacs_grpc.domain.identity import User
-from pacs_grpc.domain.masks import MaskGroup, UploadMethod
+from pacs_grpc.domain.masks import MaskGroup, NewMask, UploadMethod
+from tests.fakes import builders
+from tests.fakes.database import FakeIntegrityError
 from tests.fakes.mask_builders import (
     ANNOTATOR,
     STUDY,
@@ -28,7 +31,7 @@ from tests.fakes.mask_builders import (
     png,
 )
 from tests.fakes.masks import queued_keys
-from tests.fakes.storage import ENDPOINT, UPLOAD_ID_FIELD
+from tests.fakes.storage import ENDPOINT, UPLOAD_ID_FIELD, md5
 
 
 @pytest.fixture
@@ -366,6 +369,81 @@ async def test_deleting_a_group_queues_its_masks_pending_tickets_and_exports(m: 
     assert "delete" not in m.storage.calls
     assert m.audit[before:] == [m.ok(call, resource_type="mask_group", resource_ids=(group.id,))]
     assert ("mask_group", group.id) in m.w.db.committed[-1].locks
+
+
+async def test_deleting_the_annotation_queues_every_groups_objects_and_removes_them(
+    m: MaskWorld,
+) -> None:
+    group, other = m.seed_group(3), m.seed_group(1)
+    masks = m.seed_masks(group, [0]) + m.seed_masks(other, [0])
+    urls = m.urls()
+    tickets = await urls.create_upload_urls(
+        m.call("CreateUploadUrls"), m.annotation.id, group.id,
+        [declaration(1, png(1)), declaration(2, png(2))], ttl_seconds=0,
+        method=UploadMethod.POST,
+    )  # fmt: skip
+    # Slice 1's ticket is completed: its object is its mask's, queued once, as the mask.
+    assert m.storage.post(tickets[0], png(1)) == 204
+    _, completed = await m.completion().complete_upload(
+        m.call("CompleteUpload"), m.annotation.id, group.id, [(str(tickets[0].upload_id), 8, 8, "")]
+    )
+    async with m.w.transactions.transaction() as conn:
+        export = await m.exports.insert(conn, other.id, _export("exports/o.dcm"), m.annotator.id)
+    elsewhere = m.w.db.seed_annotation(m.project, m.annotator, study_uid=STUDY)
+    kept = m.seed_group(1, annotation=elsewhere)
+    m.seed_masks(kept, [0])
+
+    annotations = builders.annotation_use_cases(m.w)
+    queued = await annotations.delete(m.call("DeleteAnnotation"), m.annotation.id, "")
+
+    expected = [*(x.file_path for x in masks + completed), tickets[1].object_key, export.object_key]
+    assert sorted(queued_keys(m.w.db)) == sorted(expected)
+    assert queued == len(expected) == 5
+    # Due at once, like any deletion's rows: the sweeper's next round deletes the objects.
+    assert {row.next_attempt_at for row in m.tables.outbox} == {m.w.clock.now()}
+    await m.sweeper().sweep_once()
+    assert queued_keys(m.w.db) == []
+    assert sorted(m.storage.deletes[-1]) == sorted(expected)
+    assert m.storage.stored_keys("masks/") == [x.file_path for x in m.masks.all_masks()]
+    assert list(m.tables.groups) == [kept.id]
+    assert {mask.mask_group_id for mask, _ in m.tables.masks.values()} == {kept.id}
+    assert (m.tables.uploads, m.tables.exports) == ({}, {})
+    for gone in (group, other):
+        with pytest.raises(NotFound, match="mask group not found"):
+            await _get(m, m.annotator, m.annotation.id, gone.id)
+
+
+async def test_a_failed_annotation_delete_keeps_its_groups_and_queues_nothing(
+    m: MaskWorld,
+) -> None:
+    group = m.seed_group(1)
+    m.seed_masks(group, [0])
+    m.w.db.fail_next("events.record", Unavailable("database unavailable"))
+    annotations = builders.annotation_use_cases(m.w)
+    with pytest.raises(Unavailable):
+        await annotations.delete(m.call("DeleteAnnotation"), m.annotation.id, "")
+    assert list(m.tables.groups) == [group.id]
+    assert queued_keys(m.w.db) == []
+    assert (await _get(m, m.annotator, m.annotation.id, group.id)).completed_slices == 1
+
+
+async def test_masks_for_a_group_that_is_gone_record_nothing_rather_than_fail(
+    m: MaskWorld,
+) -> None:
+    # What CompleteUpload meets when the group is deleted between its checks and its record:
+    # the tickets went with the group, so the statement inserts no row and breaks no key.
+    group = m.seed_group(1)
+    tickets = await m.urls().create_upload_urls(
+        m.call("CreateUploadUrls"), m.annotation.id, group.id, [declaration(0, png(0))],
+        ttl_seconds=0, method=UploadMethod.POST,
+    )  # fmt: skip
+    pending = m.tables.uploads[tickets[0].upload_id]
+    new = NewMask(pending, pending.object_key, 10, md5(png(0)), 8, 8, "v1")
+    async with m.w.transactions.transaction() as conn:
+        await m.masks.delete_group(conn, group.id)
+        assert await m.masks.record_masks(conn, group.id, [new]) == []
+        with pytest.raises(FakeIntegrityError):
+            await m.masks.record_masks(conn, group.id, [new], from_tickets=False)
 
 
 def _export(key: str) -> NewExport:
