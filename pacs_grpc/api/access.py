@@ -4,9 +4,9 @@ Every pacs.v1 RPC declares its policy once, as its (pacs.v1.rpc) option
 (protos/pacs/v1/options.proto): the access it needs, its rate-limit budget and
 its audit resource type here on the server, its retry rule and default
 deadline in the Python client (pacs.client.retry). A method that declares no
-access and is not public is refused before any handler runs. Project-scoped requirements are checked
-inside the use case, against the project of the resource, in the same query
-that reads it.
+access and is not public is refused before any handler runs. Project-scoped
+requirements are checked inside the use case, against the project of the
+resource, in the same query that reads it.
 """
 
 from __future__ import annotations
