@@ -15,18 +15,9 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from google.protobuf.descriptor import FileDescriptor
-from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2, options_pb2
 
+from pacs_grpc.contract import CONTRACT_FILES, RpcPolicy, declared_methods
 from pacs_grpc.domain.access import Access
-
-RpcPolicy = options_pb2.RpcPolicy
-
-# The files whose services the server serves.
-CONTRACT_FILES: tuple[FileDescriptor, ...] = (
-    identity_pb2.DESCRIPTOR,
-    annotation_pb2.DESCRIPTOR,
-    mask_pb2.DESCRIPTOR,
-)
 
 _ACCESS: Mapping[RpcPolicy.Access.ValueType, Access] = {
     RpcPolicy.ACCESS_AUTHENTICATED: Access.AUTHENTICATED,
@@ -40,16 +31,7 @@ _ACCESS: Mapping[RpcPolicy.Access.ValueType, Access] = {
 def declared_policies(files: Iterable[FileDescriptor]) -> dict[str, RpcPolicy]:
     """Method path ("/pacs.v1.MaskService/PushMasks") to the policy it declares; a method
     without the option is left out."""
-    found: dict[str, RpcPolicy] = {}
-    for file in files:
-        for service in file.services_by_name.values():
-            for method in service.methods:
-                options = method.GetOptions()
-                if options.HasExtension(options_pb2.rpc):
-                    policy = RpcPolicy()
-                    policy.CopyFrom(options.Extensions[options_pb2.rpc])
-                    found[f"/{service.full_name}/{method.name}"] = policy
-    return found
+    return {m.path: m.policy for m in declared_methods(files) if m.policy is not None}
 
 
 def access_by_method(policies: Mapping[str, RpcPolicy]) -> dict[str, Access]:

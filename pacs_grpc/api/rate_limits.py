@@ -22,7 +22,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from pacs_grpc.api.access import POLICY_BY_METHOD, RpcPolicy
+from pacs_grpc.api.access import POLICY_BY_METHOD
+from pacs_grpc.contract import RpcPolicy
 from pacs_grpc.domain.errors import ResourceExhausted
 
 # Budget -> (name, what it counts). The name is a metric label and part of the bucket's key;

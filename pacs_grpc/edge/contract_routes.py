@@ -17,14 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from google.protobuf.descriptor import FileDescriptor
-from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2, options_pb2
 
-# The files whose services the server serves and Envoy transcodes.
-CONTRACT_FILES: Final[tuple[FileDescriptor, ...]] = (
-    identity_pb2.DESCRIPTOR,
-    annotation_pb2.DESCRIPTOR,
-    mask_pb2.DESCRIPTOR,
-)
+from pacs_grpc.contract import CONTRACT_FILES, declared_methods
+
 # The template's cluster: the gRPC server.
 UPSTREAM_CLUSTER: Final = "pacs_grpc"
 # Envoy waits this much longer than a client's default deadline, so that the server's own
@@ -66,20 +61,15 @@ class ContractMethod:
 def contract_methods(
     files: Iterable[FileDescriptor] = CONTRACT_FILES,
 ) -> tuple[ContractMethod, ...]:
-    found = []
-    for file in files:
-        for service in file.services_by_name.values():
-            for method in service.methods:
-                policy = method.GetOptions().Extensions[options_pb2.rpc]
-                found.append(
-                    ContractMethod(
-                        path=f"/{service.full_name}/{method.name}",
-                        client_streaming=method.client_streaming,
-                        server_streaming=method.server_streaming,
-                        default_timeout_seconds=policy.default_timeout_seconds,
-                    )
-                )
-    return tuple(found)
+    return tuple(
+        ContractMethod(
+            path=m.path,
+            client_streaming=m.descriptor.client_streaming,
+            server_streaming=m.descriptor.server_streaming,
+            default_timeout_seconds=m.policy.default_timeout_seconds if m.policy else 0,
+        )
+        for m in declared_methods(files)
+    )
 
 
 def contract_services(files: Iterable[FileDescriptor] = CONTRACT_FILES) -> list[str]:
