@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -87,9 +88,11 @@ class Session:
         )
         return reply.project.id
 
-    async def create_annotation(self, project_id: int, study_uid: str) -> annotation_pb2.Annotation:
+    async def create_annotation(
+        self, project_id: int, study_uid: str, data: Mapping[str, Any] | None = None
+    ) -> annotation_pb2.Annotation:
         reply = await self.annotations.CreateAnnotation(
-            new_annotation(project_id, study_uid), metadata=self.metadata
+            new_annotation(project_id, study_uid, data), metadata=self.metadata
         )
         return reply.annotation
 
@@ -109,13 +112,39 @@ def annotation_data() -> dict[str, Any]:
     return {"type": "polygon", "label": "lesion", "points": points, "closed": True}
 
 
-def new_annotation(project_id: int, study_uid: str) -> annotation_pb2.CreateAnnotationRequest:
-    data = struct_pb2.Struct()
-    data.update(annotation_data())
+def realistic_annotation_data(index: int) -> dict[str, Any]:
+    """A drawing as a viewer saves it, about 1 KiB of JSON: a 48-point polygon with
+    two-decimal coordinates, a label and reader metadata; `index` varies shape and fields."""
+    cx, cy = 256.0 + (index % 7) * 11.5, 240.0 + (index % 5) * 9.25
+    radius = 38.0 + (index % 3) * 4.5
+    angles = (2 * math.pi * i / 48 for i in range(48))
+    points = [
+        [round(cx + radius * math.cos(a), 2), round(cy + radius * 0.8 * math.sin(a), 2)]
+        for a in angles
+    ]
+    return {
+        "type": "polygon",
+        "label": f"lesion {index % 12 + 1}",
+        "points": points,
+        "closed": True,
+        "meta": {
+            "reader_role": ("radiologist", "resident", "technologist")[index % 3],
+            "confidence": round(0.55 + (index % 9) * 0.05, 2),
+            "tags": ["liver", "follow-up", f"series-{index % 4 + 1}"],
+        },
+    }
+
+
+def new_annotation(
+    project_id: int, study_uid: str, data: Mapping[str, Any] | None = None
+) -> annotation_pb2.CreateAnnotationRequest:
+    """A polygon annotation carrying `data`, by default `annotation_data()`."""
+    struct = struct_pb2.Struct()
+    struct.update(annotation_data() if data is None else data)
     return annotation_pb2.CreateAnnotationRequest(
         annotation=annotation_pb2.Annotation(
             project_id=project_id, study_uid=study_uid, annotation_type="polygon",
-            annotation_data=data, viewer_software="bench-viewer 1.0",
+            annotation_data=struct, viewer_software="bench-viewer 1.0",
         )
     )  # fmt: skip
 

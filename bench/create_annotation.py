@@ -81,6 +81,7 @@ async def _raw(
         await psycopg.AsyncConnection.connect(database_url, autocommit=True) for _ in range(clients)
     ]
     data = Jsonb(annotation_data())
+    encoded = new_annotation(project_id, STUDY_ROOT).annotation.annotation_data.SerializeToString()
 
     async def insert(worker: int) -> object:
         return await connections[worker].execute(
@@ -90,6 +91,8 @@ async def _raw(
                 "study_uid": f"{STUDY_ROOT}.{worker + 1}", "series_uid": None,
                 "instance_uid": None, "annotation_type": "polygon", "annotation_data": data,
                 "measurement_values": None, "viewer_software": "bench-viewer 1.0",
+                # The service keeps the request's Struct bytes too (migration 0010).
+                "annotation_data_encoded": encoded, "measurement_values_encoded": None,
             },
         )  # fmt: skip
 
