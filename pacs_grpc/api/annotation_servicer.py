@@ -47,6 +47,8 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
             else None,
             viewer_software=given.viewer_software,
             request_id=request.request_id,
+            annotation_data_encoded=convert.encoded(given, "annotation_data"),
+            measurement_values_encoded=convert.encoded(given, "measurement_values"),
         )
         created = await self._use_cases.create(current_call(), new)
         return annotation_pb2.CreateAnnotationResponse(annotation=convert.annotation(created))
@@ -101,6 +103,8 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
             if given.HasField("measurement_values")
             else None,
             "viewer_software": given.viewer_software,
+            "annotation_data_encoded": convert.encoded(given, "annotation_data"),
+            "measurement_values_encoded": convert.encoded(given, "measurement_values"),
         }
         updated = await self._use_cases.update(
             current_call(),

@@ -19,10 +19,16 @@ from pacs_grpc.domain.masks import Mask, MaskGroup
 from pacs_grpc.domain.segments import AlgorithmType, CodedConcept, Segment, SegmentInput
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime) -> Timestamp:
-    message = Timestamp()
-    message.FromDatetime(value)
-    return message
+    """Timestamp.FromDatetime, in integers: it costs a fifth, and a page holds a hundred."""
+    if value.tzinfo is None:
+        # What FromDatetime assumes of a naive value; PostgreSQL's timestamptz never is.
+        value = value.replace(tzinfo=UTC)
+    since = value - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def user(value: User) -> identity_pb2.User:
@@ -75,10 +81,28 @@ def annotation(value: Annotation) -> annotation_pb2.Annotation:
         created_at=timestamp(value.created_at),
         updated_at=timestamp(value.updated_at),
     )
-    message.annotation_data.update(value.annotation_data)
-    if value.measurement_values is not None:
+    # The bytes kept from the write parse in C; building the Struct from JSON costs about
+    # 0.2 ms per KiB in Python (migration 0010).
+    if value.annotation_data_encoded is not None:
+        message.annotation_data.MergeFromString(value.annotation_data_encoded)
+    elif value.annotation_data is not None:
+        message.annotation_data.update(value.annotation_data)
+    if value.measurement_values_encoded is not None:
+        message.measurement_values.MergeFromString(value.measurement_values_encoded)
+    elif value.measurement_values is not None:
         json_format.ParseDict(value.measurement_values, message.measurement_values)
     return message
+
+
+def encoded(
+    given: annotation_pb2.Annotation, name: Literal["annotation_data", "measurement_values"]
+) -> bytes | None:
+    """A JSON field of the request as it arrived, to be kept and answered with (see
+    annotation); None when the field is absent."""
+    if not given.HasField(name):
+        return None
+    field: Struct | Value = getattr(given, name)
+    return field.SerializeToString()
 
 
 _EVENT_TYPES = {

@@ -168,7 +168,7 @@ class AccessGate:
         deadline = deadlines.start(None)
         try:
             async with asyncio.timeout(self._audit_timeout):
-                async with self._db.transaction() as conn:
+                async with self._db.autocommit() as conn:
                     await self._audit.insert(conn, entry)
         except Exception:  # noqa: BLE001 - the RPC's outcome stands; the gap is logged
             _log_gap(entry)

@@ -78,6 +78,15 @@ class DatabaseSettings:
         default=5.0,
         metadata=env("DATABASE_POOL_TIMEOUT_SECONDS", "longest wait for a pooled connection"),
     )
+    pool_check_idle_seconds: float = field(
+        default=5.0,
+        metadata=env(
+            "DATABASE_POOL_CHECK_IDLE_SECONDS",
+            "a pooled connection idle this long is pinged before it is handed out; busier "
+            "ones are not (a ping per call costs a round trip)",
+            minimum=0,
+        ),
+    )
     statement_timeout_ms: int = field(
         default=10_000,
         metadata=env(

@@ -21,12 +21,19 @@ class Annotation:
     series_uid: str | None
     instance_uid: str | None
     annotation_type: str
-    annotation_data: dict[str, Any]
+    # None only where a read that merely answers skipped it for its encoding (below).
+    annotation_data: dict[str, Any] | None
     measurement_values: Any
     viewer_software: str | None
     row_version: int
     created_at: datetime
     updated_at: datetime
+    # The JSON fields as the API encoded them when they were written, opaque to everything
+    # but the edge, which answers reads with them instead of encoding the JSON again. None:
+    # none was kept (written by other means); the JSON fields above are the truth. Reads
+    # that only answer leave out the JSON where its encoding is here.
+    annotation_data_encoded: bytes | None = None
+    measurement_values_encoded: bytes | None = None
 
     @property
     def etag(self) -> str:

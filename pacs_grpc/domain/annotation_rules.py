@@ -114,6 +114,9 @@ class AnnotationContent:
     annotation_data: dict[str, Any]
     measurement_values: Any
     viewer_software: str | None
+    # As the edge encoded them, kept with the row (see Annotation); None: none supplied.
+    annotation_data_encoded: bytes | None = None
+    measurement_values_encoded: bytes | None = None
 
 
 def content(
@@ -124,6 +127,8 @@ def content(
     measurements: Any,
     viewer_software: str,
     limits: JsonLimits,
+    data_encoded: bytes | None = None,
+    measurements_encoded: bytes | None = None,
 ) -> AnnotationContent:
     kind = annotation_type(f"{prefix}.annotation_type", annotation_type_value)
     if data is None:
@@ -132,7 +137,10 @@ def content(
     software = validation.text(
         f"{prefix}.viewer_software", viewer_software, max_length=MAX_VIEWER_SOFTWARE
     )
-    return AnnotationContent(kind, data, measurements, software)
+    return AnnotationContent(
+        kind, data, measurements, software, data_encoded,
+        measurements_encoded if measurements is not None else None,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,15 @@ class AuditedTransactions(Generic[TxT]):
                 await self.write_audit(conn, call)
         call.audit.recorded = True
 
+    @asynccontextmanager
+    async def read(self, call: CallContext) -> AsyncIterator[TxT]:
+        """For use cases that only read: no transaction, and the audit row commits by itself
+        when the block ends (a block that raises writes nothing, as above)."""
+        async with self._db.autocommit() as conn:
+            yield conn
+            await self.write_audit(conn, call)
+        call.audit.recorded = True
+
     async def write_audit(self, conn: TxT, call: CallContext) -> None:
         """Write the call's audit row now, e.g. before statements that must come last."""
         await self._audit.insert(conn, call.audit.entry("ok"))

@@ -254,7 +254,7 @@ class ExportUseCases(Generic[TxT]):
         limit = validation.page_size("page_size", page_size, self.limits.max_page_size)
         fingerprint = paging.filters_fingerprint("exports", group_id)
         position = paging.decode(page_token, fingerprint, arity=1)
-        async with self._transaction(call) as conn:
+        async with self._transaction.read(call) as conn:
             await self._group(conn, call, annotation_id, group_id)
             rows = await self._exports.list_exports(
                 conn, group_id, before_id=int(position[0]) if position else 2**63 - 1,

@@ -95,7 +95,7 @@ class IdentityUseCases(Generic[TxT]):
     async def login(self, call: CallContext) -> tuple[User, list[ProjectMember]]:
         """The caller's profile (refreshed from the token by the gate) and memberships."""
         call.audit.touch(resource_ids=[call.caller.user_id])
-        async with self._transaction(call) as conn:
+        async with self._transaction.read(call) as conn:
             user = await self._users.get(conn, call.caller.user_id)
             if user is None:
                 raise NotFound("user not found")
@@ -104,7 +104,7 @@ class IdentityUseCases(Generic[TxT]):
 
     async def current_user(self, call: CallContext) -> User:
         call.audit.touch(resource_ids=[call.caller.user_id])
-        async with self._transaction(call) as conn:
+        async with self._transaction.read(call) as conn:
             user = await self._users.get(conn, call.caller.user_id)
             if user is None:
                 raise NotFound("user not found")
@@ -157,7 +157,7 @@ class IdentityUseCases(Generic[TxT]):
     async def get_project(self, call: CallContext, project_id: int) -> Project:
         validation.positive_id("project_id", project_id)
         call.audit.touch(resource_ids=[project_id])
-        async with self._transaction(call) as conn:
+        async with self._transaction.read(call) as conn:
             project, _ = await authorize_project(self._projects, conn, call, project_id)
         return project
 
@@ -169,7 +169,7 @@ class IdentityUseCases(Generic[TxT]):
         position = paging.decode(page_token, fingerprint, arity=1)
         after_id = int(position[0]) if position else 0
         member_id = None if call.caller.platform_admin else call.caller.user_id
-        async with self._transaction(call) as conn:
+        async with self._transaction.read(call) as conn:
             rows = await self._projects.list_projects(
                 conn,
                 member_id=member_id,
@@ -212,7 +212,7 @@ class IdentityUseCases(Generic[TxT]):
         limit = validation.page_size("page_size", page_size, self._max_page_size)
         fingerprint = paging.filters_fingerprint("members", project_id)
         position = paging.decode(page_token, fingerprint, arity=1)
-        async with self._transaction(call) as conn:
+        async with self._transaction.read(call) as conn:
             await authorize_project(self._projects, conn, call, project_id)
             rows = await self._projects.list_members(
                 conn, project_id, after_id=int(position[0]) if position else 0, limit=limit + 1

@@ -82,7 +82,7 @@ class MaskGroupUseCases(Generic[TxT]):
         if self._pacs_checks.active:
             # The annotation's images must still be in the PACS. Read (and authorised) first,
             # and the PACS asked outside any transaction, so a slow PACS holds no connection.
-            async with self._database.transaction() as conn:
+            async with self._database.autocommit() as conn:
                 annotation = await authorized_annotation(
                     self._annotations, conn, call, annotation_id
                 )
@@ -115,7 +115,7 @@ class MaskGroupUseCases(Generic[TxT]):
         limit = validation.page_size("page_size", page_size, self._limits.max_page_size)
         fingerprint = paging.filters_fingerprint("groups", annotation_id)
         position = paging.decode(page_token, fingerprint, arity=1)
-        async with self._transaction(call) as conn:
+        async with self._transaction.read(call) as conn:
             await authorized_annotation(self._annotations, conn, call, annotation_id)
             rows = await self._masks.list_groups(
                 conn, annotation_id, after_id=int(position[0]) if position else 0, limit=limit + 1
@@ -125,7 +125,7 @@ class MaskGroupUseCases(Generic[TxT]):
         return page
 
     async def get_group(self, call: CallContext, annotation_id: int, group_id: int) -> MaskGroup:
-        async with self._transaction(call) as conn:
+        async with self._transaction.read(call) as conn:
             access = await authorized_group(self._masks, conn, call, annotation_id, group_id)
         return access.group
 
@@ -143,7 +143,7 @@ class MaskGroupUseCases(Generic[TxT]):
         limit = validation.page_size("page_size", page_size, self._limits.max_page_size)
         fingerprint = paging.filters_fingerprint("masks", group_id)
         position = paging.decode(page_token, fingerprint, arity=1)
-        async with self._transaction(call) as conn:
+        async with self._transaction.read(call) as conn:
             await authorized_group(self._masks, conn, call, annotation_id, group_id)
             rows = await self._masks.list_masks(
                 conn, group_id, after_slice=int(position[0]) if position else -1, limit=limit + 1
@@ -156,7 +156,7 @@ class MaskGroupUseCases(Generic[TxT]):
         self, call: CallContext, annotation_id: int, group_id: int, mask_id: int
     ) -> Mask:
         validation.positive_id("mask_id", mask_id)
-        async with self._transaction(call) as conn:
+        async with self._transaction.read(call) as conn:
             await authorized_group(self._masks, conn, call, annotation_id, group_id)
             mask = await self._masks.get_mask(conn, group_id, mask_id)
             if mask is None:

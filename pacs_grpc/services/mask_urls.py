@@ -161,7 +161,7 @@ class MaskUrlUseCases(Generic[TxT]):
             raise InvalidArgument("page_token", "continues a whole group; not with mask_ids")
         after = _slice_position(paging.decode(page_token, fingerprint, arity=1))
         next_page_token = ""
-        async with self._transaction(call) as conn:
+        async with self._transaction.read(call) as conn:
             await authorized_group(self._masks, conn, call, annotation_id, group_id)
             if mask_ids:
                 masks = await self._masks.masks_of_group(

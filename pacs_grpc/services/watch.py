@@ -60,8 +60,8 @@ class WatchAccess(Generic[TxT]):
         subscription: AbstractAsyncContextManager[AsyncIterator[T]],
     ) -> AbstractAsyncContextManager[AsyncIterator[T]]:
         async def still_readable() -> None:
-            # A plain transaction, not an audited one: the stream has its row already.
-            async with self._db.transaction() as conn:
+            # Not audited: the stream has its row already.
+            async with self._db.autocommit() as conn:
                 found = await self._projects.with_role(conn, project_id, call.caller.user_id)
             if found is None:
                 raise NotFound("project not found")

@@ -38,8 +38,16 @@ from tests.fakes.masks import drop_groups, install
 from tests.fakes.masks import tables as mask_tables
 
 _ANNOTATION_COLUMNS = frozenset(
-    {"annotation_type", "annotation_data", "measurement_values", "viewer_software"}
-)
+    {
+        "annotation_type", "annotation_data", "measurement_values", "viewer_software",
+        "annotation_data_encoded", "measurement_values_encoded",
+    }
+)  # fmt: skip
+# Migration 0010's trigger: a JSON column changed without its encoding drops the old one.
+_ENCODED_COLUMN = {
+    "annotation_data": "annotation_data_encoded",
+    "measurement_values": "measurement_values_encoded",
+}
 
 
 class FakeAnnotationStore:
@@ -78,6 +86,8 @@ class FakeAnnotationStore:
             row_version=1,
             created_at=tx.started_at,
             updated_at=tx.started_at,
+            annotation_data_encoded=content.annotation_data_encoded,
+            measurement_values_encoded=content.measurement_values_encoded,
         )
         tables.annotations[annotation.id] = annotation
         self._db.wrote(tx, "annotations")
@@ -107,8 +117,14 @@ class FakeAnnotationStore:
             raise ValueError(f"not updatable: {set(changes) - _ANNOTATION_COLUMNS}")
         current = self._db.tables.annotations.get(annotation_id)
         assert current is not None  # the adapter asserts that the row came back
+        stale: dict[str, Any] = {
+            encoded: None
+            for column, encoded in _ENCODED_COLUMN.items()
+            if column in changes and encoded not in changes
+        }
         updated = replace(
             current,
+            **stale,
             **copy.deepcopy(dict(changes)),
             row_version=current.row_version + 1,
             updated_at=tx.started_at,

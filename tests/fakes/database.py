@@ -41,6 +41,8 @@ class FakeTx:
     number: int
     started_at: datetime
     open: bool = True
+    # Opened by autocommit(): each write committed as it was made.
+    autocommit: bool = False
     writes: list[str] = field(default_factory=list)
     locks: list[tuple[str, Any]] = field(default_factory=list)
 
@@ -188,7 +190,8 @@ class FakeDatabase:
 
 
 class FakeTransactions:
-    """transaction(): a FakeTx; the tables as they were when the block raises."""
+    """transaction(): a FakeTx; the tables as they were when the block raises. autocommit():
+    a FakeTx whose writes stay."""
 
     def __init__(self, db: FakeDatabase) -> None:
         self._db = db
@@ -213,5 +216,20 @@ class FakeTransactions:
         else:
             db.committed.append(tx)
         finally:
+            tx.open = False
+            db.open_tx = None
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[FakeTx]:
+        """Every write stays, whatever the block raises: nothing is rolled back."""
+        db = self._db
+        if db.open_tx is not None:
+            raise RuntimeError("the fake database runs one transaction at a time")
+        tx = FakeTx(number=db.transactions_opened + 1, started_at=db.clock.now(), autocommit=True)
+        db.open_tx = tx
+        try:
+            yield tx
+        finally:
+            db.committed.append(tx)
             tx.open = False
             db.open_tx = None

@@ -327,11 +327,16 @@ async def test_events_from_another_replica_reach_every_hub(
         assert _ids(await _take(on_second, 1)) == ids[1:]
 
 
+@pytest.mark.parametrize(("writers", "per_writer"), [(4, 30), (32, 8)])
 async def test_concurrent_writers_are_seen_in_commit_order_with_none_missing(
-    app_database_url: str, db: Database, seed: Seed, make_hub: MakeHub
+    app_database_url: str,
+    db: Database,
+    seed: Seed,
+    make_hub: MakeHub,
+    writers: int,
+    per_writer: int,
 ) -> None:
     hub = await make_hub()
-    per_writer = 30
 
     async def writer(study: str) -> None:
         async with await psycopg.AsyncConnection.connect(app_database_url) as conn:
@@ -347,8 +352,9 @@ async def test_concurrent_writers_are_seen_in_commit_order_with_none_missing(
         # comes from the hub's fan-out, which is where a late commit would be skipped.
         warm_up = await _write(db, seed, seed.project, STUDY_A)
         assert _ids(await _take(events, 1)) == [warm_up]
-        receiving = asyncio.create_task(_take(events, 4 * per_writer))
-        await asyncio.gather(*(writer(study) for study in (STUDY_A, STUDY_B, STUDY_A, STUDY_B)))
+        receiving = asyncio.create_task(_take(events, writers * per_writer))
+        studies = [(STUDY_A, STUDY_B)[n % 2] for n in range(writers)]
+        await asyncio.gather(*(writer(study) for study in studies))
         received = [warm_up, *_ids(await receiving)]
         await _assert_quiet(events)
 

@@ -33,6 +33,10 @@ class _Database:
     async def transaction(self) -> AsyncIterator[object]:
         yield object()
 
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[object]:
+        yield object()
+
 
 def _gate(audit: _SlowAuditStore) -> AccessGate:
     return AccessGate(

@@ -53,6 +53,10 @@ class _Database:
     async def transaction(self) -> AsyncIterator[str]:
         yield "tx"
 
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[str]:
+        yield "tx"
+
 
 class _Pacs:
     """Holds every WADO-RS read until the test lets it go, counting those under way."""

@@ -249,6 +249,10 @@ class _Queue:
     async def transaction(self) -> AsyncIterator[object]:
         yield object()
 
+    @contextlib.asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[object]:
+        yield object()
+
     async def enqueue_deletions(self, conn: object, keys: list[str]) -> None:
         self.queued.extend(keys)
 

@@ -218,6 +218,11 @@ class Transactions:
         self.opened += 1
         yield "tx"
 
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[str]:
+        self.opened += 1
+        yield "tx"
+
 
 def _call(*, admin: bool = False, valid_until: float | None = None) -> CallContext:
     trail = AuditTrail(action="WatchAnnotations", subject="s", client_id=None, request_id="r")

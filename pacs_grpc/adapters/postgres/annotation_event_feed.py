@@ -29,17 +29,13 @@ def project_lock_key(project_id: int) -> int:
     return (_LOCK_NAMESPACE << 32) | (project_id & 0xFFFF_FFFF)
 
 
-LOCK_PROJECT_FEED = "select pg_advisory_xact_lock(%(lock_key)s)"
-
-INSERT_EVENT = """
-insert into annotation_event (project_id, study_uid, annotation_id, event_type)
-values (%(project_id)s, %(study_uid)s, %(annotation_id)s, %(event_type)s)
-returning event_id
-"""
-
-# The payload is the project id only: UIDs are client-chosen and may identify patients, and
+# Migration 0011: the project's feed lock, the insert and the NOTIFY, in that order. The
+# NOTIFY's payload is the project id only (UIDs are client-chosen and may identify patients);
 # listeners re-read the table anyway.
-NOTIFY_PROJECT = "select pg_notify(%(channel)s, %(project_id)s::text)"
+APPEND_EVENT = """
+select annotation_event_append(%(lock_key)s, %(project_id)s, %(study_uid)s, %(annotation_id)s,
+                               %(event_type)s, %(channel)s)
+"""
 
 
 async def record_event(
@@ -52,7 +48,7 @@ async def record_event(
 ) -> int:
     """Append an event to the project's feed; return its event_id.
 
-    Must be the LAST statements of the writer's transaction, just before it commits. The
+    Must be the LAST statement of the writer's transaction, just before it commits. The
     per-project lock taken here is held until commit, so that a later event_id can only
     exist once every earlier one of the project has committed (readers never skip one
     that commits late); every writer of the project waits while it is held, so nothing
@@ -69,20 +65,23 @@ async def record_event(
         "event_type": event_type.value,
         "channel": CHANNEL,
     }
-    # One round trip for all three: once the lock is granted, each further round trip
+    # One statement, one round trip: once the lock is granted, each further round trip
     # would lengthen the wait of every other writer of the project.
-    async with conn.pipeline():
-        await conn.execute(LOCK_PROJECT_FEED, params)
-        inserted = await conn.execute(INSERT_EVENT, params)
-        await conn.execute(NOTIFY_PROJECT, params)
-    row = await inserted.fetchone()
-    if row is None:  # pragma: no cover - INSERT ... RETURNING always returns the row
-        raise RuntimeError("insert into annotation_event returned nothing")
+    async with conn.cursor() as cur:
+        await cur.execute(APPEND_EVENT, params)
+        row = await cur.fetchone()
+    if row is None:  # pragma: no cover - a select of a function returns one row
+        raise RuntimeError("annotation_event_append returned nothing")
     return int(row[0])
 
 
 _ANNOTATION_FIELDS = [field.name for field in fields(Annotation)]
-_JSON_FIELDS = frozenset({"annotation_data", "measurement_values"})
+_JSON_FIELDS = frozenset(
+    {
+        "annotation_data", "measurement_values",
+        "annotation_data_encoded", "measurement_values_encoded",
+    }
+)  # fmt: skip
 _EVENT_COLUMN_COUNT = 6
 
 

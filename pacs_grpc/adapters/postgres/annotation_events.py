@@ -267,7 +267,7 @@ class EventHub:
     async def _read(
         self, project_id: int, after_event_id: int, study_uid: str | None
     ) -> BudgetedRows[AnnotationEvent]:
-        async with self._db.transaction() as conn:
+        async with self._db.autocommit() as conn:
             return await self._feed.after(
                 conn,
                 project_id,
@@ -278,7 +278,7 @@ class EventHub:
             )
 
     async def _latest(self, project_id: int) -> int:
-        async with self._db.transaction() as conn:
+        async with self._db.autocommit() as conn:
             return await self._feed.latest_event_id(conn, project_id)
 
     def _wake_up(self, project_ids: set[int]) -> None:

@@ -19,35 +19,57 @@ from pacs_grpc.domain.paging import BudgetedRows
 COLUMNS = (
     "a.id, a.project_id, a.user_id, a.study_uid, a.series_uid, a.instance_uid,"
     " a.annotation_type, a.annotation_data, a.measurement_values, a.viewer_software,"
-    " a.row_version, a.created_at, a.updated_at"
+    " a.row_version, a.created_at, a.updated_at,"
+    " a.annotation_data_encoded, a.measurement_values_encoded"
+)
+
+# COLUMNS for reads that only answer: where a JSON field's encoding was kept, the JSON is not
+# read (decoding it would cost more than all else in a row), and comes back None.
+ANSWER_COLUMNS = (
+    "a.id, a.project_id, a.user_id, a.study_uid, a.series_uid, a.instance_uid, a.annotation_type,"
+    " case when a.annotation_data_encoded is null then a.annotation_data end"
+    " as annotation_data,"
+    " case when a.measurement_values_encoded is null then a.measurement_values end"
+    " as measurement_values,"
+    " a.viewer_software, a.row_version, a.created_at, a.updated_at,"
+    " a.annotation_data_encoded, a.measurement_values_encoded"
 )
 
 # COLUMNS over a budgeted page `p`: the JSON only where the page's budget still allows it.
 BUDGETED_COLUMNS = (
     "p.id, p.project_id, p.user_id, p.study_uid, p.series_uid, p.instance_uid,"
     " p.annotation_type,"
-    " case when p.before_bytes < %(budget_bytes)s then p.annotation_data end,"
-    " case when p.before_bytes < %(budget_bytes)s then p.measurement_values end,"
-    " p.viewer_software, p.row_version, p.created_at, p.updated_at"
+    " case when p.before_bytes < %(budget_bytes)s and p.annotation_data_encoded is null"
+    " then p.annotation_data end,"
+    " case when p.before_bytes < %(budget_bytes)s and p.measurement_values_encoded is null"
+    " then p.measurement_values end,"
+    " p.viewer_software, p.row_version, p.created_at, p.updated_at,"
+    " case when p.before_bytes < %(budget_bytes)s then p.annotation_data_encoded end,"
+    " case when p.before_bytes < %(budget_bytes)s then p.measurement_values_encoded end"
 )
 
 INSERT_ANNOTATION = f"""
 insert into annotation_annotation as a (
     user_id, project_id, study_uid, series_uid, instance_uid, annotation_type,
-    annotation_data, measurement_values, viewer_software)
+    annotation_data, measurement_values, viewer_software,
+    annotation_data_encoded, measurement_values_encoded)
 values (%(user_id)s, %(project_id)s, %(study_uid)s, %(series_uid)s, %(instance_uid)s,
-        %(annotation_type)s, %(annotation_data)s, %(measurement_values)s, %(viewer_software)s)
-returning {COLUMNS}
+        %(annotation_type)s, %(annotation_data)s, %(measurement_values)s, %(viewer_software)s,
+        %(annotation_data_encoded)s, %(measurement_values_encoded)s)
+returning {ANSWER_COLUMNS}
 """
 
 # The annotation, its project's state and the caller's role there, in one round trip.
-GET_WITH_ACCESS = f"""
-select {COLUMNS}, m.role as caller_role, p.is_active as project_active
+_GET_WITH_ACCESS = """
+select {columns}, m.role as caller_role, p.is_active as project_active
 from annotation_annotation a
 join security_project p on p.id = a.project_id
 left join security_project_member m on m.project_id = a.project_id and m.user_id = %(user_id)s
 where a.id = %(annotation_id)s
 """
+GET_WITH_ACCESS = _GET_WITH_ACCESS.format(columns=ANSWER_COLUMNS)
+# A change reads the JSON whole: the use case checks the combined size against its limits.
+GET_WITH_ACCESS_FOR_UPDATE = _GET_WITH_ACCESS.format(columns=COLUMNS) + " for update of a"
 
 # Pending uploads count too: their objects may exist although no mask row does. So do the
 # groups' exported SEGs.
@@ -83,8 +105,11 @@ _FILTERS: Mapping[str, str] = {
 }
 _JSON_COLUMNS = frozenset({"annotation_data", "measurement_values"})
 UPDATABLE_COLUMNS = frozenset(
-    {"annotation_type", "annotation_data", "measurement_values", "viewer_software"}
-)
+    {
+        "annotation_type", "annotation_data", "measurement_values", "viewer_software",
+        "annotation_data_encoded", "measurement_values_encoded",
+    }
+)  # fmt: skip
 
 
 class AnnotationRepository:
@@ -94,6 +119,8 @@ class AnnotationRepository:
     No database error is mapped here: the use cases validate first, and `update` refuses a column
     outside UPDATABLE_COLUMNS with ValueError (a bug, not input). `delete` queues the objects of
     the annotation's groups in the same transaction, so they go only if the delete commits.
+    What is read to answer (list pages, get_with_access without for_update, the rows insert and
+    update return) leaves out each JSON field whose encoding was kept: see ANSWER_COLUMNS.
     """
 
     async def insert(
@@ -110,6 +137,8 @@ class AnnotationRepository:
             "annotation_data": Jsonb(content.annotation_data),
             "measurement_values": _json_or_null(content.measurement_values),
             "viewer_software": content.viewer_software,
+            "annotation_data_encoded": content.annotation_data_encoded,
+            "measurement_values_encoded": content.measurement_values_encoded,
         }
         async with conn.cursor(row_factory=class_row(Annotation)) as cur:
             await cur.execute(INSERT_ANNOTATION, params)
@@ -120,8 +149,12 @@ class AnnotationRepository:
     async def get_with_access(
         self, conn: Connection, annotation_id: int, user_id: int, *, for_update: bool = False
     ) -> AnnotationAccess | None:
-        """The annotation and the caller's access to it; locked for a change when asked."""
-        query = GET_WITH_ACCESS + (" for update of a" if for_update else "")
+        """The annotation and the caller's access to it; locked for a change when asked.
+
+        Without for_update, JSON fields whose encoding was kept come back None (see
+        ANSWER_COLUMNS); with it, everything is read.
+        """
+        query = GET_WITH_ACCESS_FOR_UPDATE if for_update else GET_WITH_ACCESS
         async with conn.cursor() as cur:
             await cur.execute(query, {"annotation_id": annotation_id, "user_id": user_id})
             row = await cur.fetchone()
@@ -146,7 +179,7 @@ class AnnotationRepository:
             "update annotation_annotation a set {assignments},"
             " row_version = a.row_version + 1, updated_at = now()"
             " where a.id = %(annotation_id)s returning {columns}"
-        ).format(assignments=assignments, columns=sql.SQL(COLUMNS))
+        ).format(assignments=assignments, columns=sql.SQL(ANSWER_COLUMNS))
         params = {c: (_json_or_null(v) if c in _JSON_COLUMNS else v) for c, v in changes.items()}
         async with conn.cursor(row_factory=class_row(Annotation)) as cur:
             await cur.execute(query, {**params, "annotation_id": annotation_id})

@@ -22,6 +22,11 @@ class Transactions(Protocol[TxT_co]):
 
     def transaction(self) -> AbstractAsyncContextManager[TxT_co]: ...
 
+    def autocommit(self) -> AbstractAsyncContextManager[TxT_co]:
+        """A handle on which every write commits at once, for blocks that only read (and then
+        write their audit row): the same reads as in a transaction, minus its round trips."""
+        ...
+
 
 class Clock(Protocol):
     """The time, for use cases that stamp or compare it (ticket expiry, token lifetimes)."""
