@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+import uvloop
+
 from pacs_grpc import logs
 from pacs_grpc.config import ConfigError, Settings, migration_database_url_from_env
 
@@ -51,7 +53,8 @@ def _serve() -> int:
     settings = Settings.from_env(os.environ)
     logs.configure(settings.log_level)
     try:
-        asyncio.run(serve(settings))
+        # grpc.aio runs on any asyncio loop; uvloop's costs less CPU per call.
+        uvloop.run(serve(settings))
     except StartupError as error:
         # One line for the operator; the cause was already logged where known.
         print(f"pacs-grpc: {error}", file=sys.stderr)

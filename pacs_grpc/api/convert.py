@@ -18,7 +18,6 @@ from pacs_grpc.domain.identity import Project, ProjectMember, User
 from pacs_grpc.domain.masks import Mask, MaskGroup
 from pacs_grpc.domain.segments import AlgorithmType, CodedConcept, Segment, SegmentInput
 
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -298,6 +298,9 @@ class EdgeInterceptor(_ServerInterceptor):
         self, gate: AccessGate | None = None, *, metrics: RpcRecorder | None = None
     ) -> None:
         self._edge = _Edge(gate, metrics)
+        # The servicers' handlers never change once the server runs, so each method's
+        # wrapper is built on its first call and reused, not rebuilt per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], Any]] = {}
 
     async def intercept_service(
         self,
@@ -310,6 +313,16 @@ class EdgeInterceptor(_ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]  # type: ignore[no-any-return]
+        wrapped = self._wrap_handler(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         kwargs = {
             "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,

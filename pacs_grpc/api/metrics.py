@@ -91,6 +91,10 @@ class Metrics:
             "pacs_rpc_duration_seconds", "Time to answer an RPC (not server streams)", ["method"],
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        # labels() validates and locks on every call; the children, once made, are reused
+        # (methods come from RPC_METHODS and codes from grpc.StatusCode: bounded).
+        self._rpc_children: dict[tuple[str, grpc.StatusCode], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
         self._rate_limited = Counter(
             "pacs_rate_limited", "Calls refused by a per-user limit", ["limit"], registry=r
         )
@@ -126,9 +130,17 @@ class Metrics:
     def rpc_finished(self, method: str, code: grpc.StatusCode, seconds: float | None) -> None:
         """`seconds` is None for server streams, whose duration is how long a client watched."""
         label = method_label(method)
-        self._rpcs.labels(method=label, code=code.name).inc()
+        counter = self._rpc_children.get((label, code))
+        if counter is None:
+            counter = self._rpc_children[label, code] = self._rpcs.labels(
+                method=label, code=code.name
+            )
+        counter.inc()
         if seconds is not None:
-            self._latency.labels(method=label).observe(seconds)
+            latency = self._latency_children.get(label)
+            if latency is None:
+                latency = self._latency_children[label] = self._latency.labels(method=label)
+            latency.observe(seconds)
 
     def rate_limited(self, limit: str) -> None:
         self._rate_limited.labels(limit=limit).inc()
