@@ -51,13 +51,17 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
             measurement_values_encoded=convert.encoded(given, "measurement_values"),
         )
         created = await self._use_cases.create(current_call(), new)
-        return annotation_pb2.CreateAnnotationResponse(annotation=convert.annotation(created))
+        response = annotation_pb2.CreateAnnotationResponse()
+        convert.write_annotation(response.annotation, created)
+        return response
 
     async def GetAnnotation(
         self, request: annotation_pb2.GetAnnotationRequest, context: Context
     ) -> annotation_pb2.GetAnnotationResponse:
         found = await self._use_cases.get(current_call(), request.annotation_id)
-        return annotation_pb2.GetAnnotationResponse(annotation=convert.annotation(found))
+        response = annotation_pb2.GetAnnotationResponse()
+        convert.write_annotation(response.annotation, found)
+        return response
 
     async def ListAnnotations(
         self, request: annotation_pb2.ListAnnotationsRequest, context: Context
@@ -81,10 +85,10 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
                 page_token=request.page_token,
             ),
         )
-        return annotation_pb2.ListAnnotationsResponse(
-            annotations=[convert.annotation(a) for a in page.items],
-            next_page_token=page.next_page_token,
-        )
+        response = annotation_pb2.ListAnnotationsResponse(next_page_token=page.next_page_token)
+        for item in page.items:
+            convert.write_annotation(response.annotations.add(), item)
+        return response
 
     async def UpdateAnnotation(
         self, request: annotation_pb2.UpdateAnnotationRequest, context: Context
@@ -114,7 +118,9 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
             values,
             resource_etag=given.etag,
         )
-        return annotation_pb2.UpdateAnnotationResponse(annotation=convert.annotation(updated))
+        response = annotation_pb2.UpdateAnnotationResponse()
+        convert.write_annotation(response.annotation, updated)
+        return response
 
     async def DeleteAnnotation(
         self, request: annotation_pb2.DeleteAnnotationRequest, context: Context

@@ -22,12 +22,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def timestamp(value: datetime) -> Timestamp:
-    """Timestamp.FromDatetime, in integers: it costs a fifth, and a page holds a hundred."""
+    message = Timestamp()
+    write_time(message, value)
+    return message
+
+
+def write_time(message: Timestamp, value: datetime) -> None:
+    """Timestamp.FromDatetime, in integers: it costs a third, and a page holds a hundred."""
     if value.tzinfo is None:
         # What FromDatetime assumes of a naive value; PostgreSQL's timestamptz never is.
         value = value.replace(tzinfo=UTC)
     since = value - _EPOCH
-    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
+    message.seconds = since.days * 86_400 + since.seconds
+    message.nanos = since.microseconds * 1000
 
 
 def user(value: User) -> identity_pb2.User:
@@ -66,20 +73,21 @@ def member(value: ProjectMember) -> identity_pb2.ProjectMember:
     )
 
 
-def annotation(value: Annotation) -> annotation_pb2.Annotation:
-    message = annotation_pb2.Annotation(
-        id=value.id,
-        project_id=value.project_id,
-        user_id=value.user_id,
-        study_uid=value.study_uid,
-        series_uid=value.series_uid or "",
-        instance_uid=value.instance_uid or "",
-        annotation_type=value.annotation_type,
-        viewer_software=value.viewer_software or "",
-        etag=value.etag,
-        created_at=timestamp(value.created_at),
-        updated_at=timestamp(value.updated_at),
-    )
+def write_annotation(message: annotation_pb2.Annotation, value: Annotation) -> None:
+    """`value` written into `message` where it stands, such as an element just added to a
+    reply's repeated field: a message built apart would be copied in whole, which costs as
+    much again as building it."""
+    message.id = value.id
+    message.project_id = value.project_id
+    message.user_id = value.user_id
+    message.study_uid = value.study_uid
+    message.series_uid = value.series_uid or ""
+    message.instance_uid = value.instance_uid or ""
+    message.annotation_type = value.annotation_type
+    message.viewer_software = value.viewer_software or ""
+    message.etag = value.etag
+    write_time(message.created_at, value.created_at)
+    write_time(message.updated_at, value.updated_at)
     # The bytes kept from the write parse in C; building the Struct from JSON costs about
     # 0.2 ms per KiB in Python (migration 0010).
     if value.annotation_data_encoded is not None:
@@ -90,7 +98,6 @@ def annotation(value: Annotation) -> annotation_pb2.Annotation:
         message.measurement_values.MergeFromString(value.measurement_values_encoded)
     elif value.measurement_values is not None:
         json_format.ParseDict(value.measurement_values, message.measurement_values)
-    return message
 
 
 def encoded(
@@ -119,7 +126,7 @@ def annotation_event(value: AnnotationEvent) -> annotation_pb2.WatchAnnotationsR
         occurred_at=timestamp(value.occurred_at),
     )
     if value.annotation is not None and value.event_type is not EventType.DELETED:
-        message.annotation.CopyFrom(annotation(value.annotation))
+        write_annotation(message.annotation, value.annotation)
     else:
         message.annotation.id = value.annotation_id
         message.annotation.project_id = value.project_id

@@ -123,10 +123,11 @@ class AnnotationUseCases(Generic[TxT]):
         )
         request_id = validation.request_id("request_id", request.request_id)
         call.audit.touch(study_uid=where.study_uid)
+        # Hashing the JSON is only worth it for a create that can be retried.
         fingerprint = paging.filters_fingerprint(
             project_id, where, content.annotation_type, content.annotation_data,
             content.measurement_values, content.viewer_software,
-        )  # fmt: skip
+        ) if request_id is not None else ""  # fmt: skip
         # Asked before the transaction, so a slow PACS holds no connection.
         lookup = await self._pacs_checks.look_up(
             where.study_uid, where.series_uid, where.instance_uid

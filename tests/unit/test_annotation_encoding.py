@@ -1,4 +1,4 @@
-"""convert.annotation answers with the bytes kept from the write, else encodes the JSON; its
+"""convert.write_annotation answers with the bytes kept from the write, else encodes the JSON; its
 timestamps are protobuf's own."""
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ def _annotation(data: dict[str, Any], measurements: Any, **encoded: bytes | None
     )  # fmt: skip
 
 
+def _written(value: Annotation) -> annotation_pb2.Annotation:
+    message = annotation_pb2.Annotation()
+    convert.write_annotation(message, value)
+    return message
+
+
 def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
     message.update(values)
@@ -34,7 +40,7 @@ def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
 def test_the_kept_bytes_are_what_a_read_answers_with() -> None:
     kept = _struct({"label": "as sent", "points": [[1, 2]]})
     value = struct_pb2.Value(number_value=4.5)
-    message = convert.annotation(
+    message = _written(
         _annotation(
             {"label": "the json"}, 9,
             annotation_data_encoded=kept.SerializeToString(),
@@ -47,13 +53,13 @@ def test_the_kept_bytes_are_what_a_read_answers_with() -> None:
 
 
 def test_without_kept_bytes_the_json_is_encoded() -> None:
-    message = convert.annotation(_annotation({"label": "the json", "n": None}, [1, "a"]))
+    message = _written(_annotation({"label": "the json", "n": None}, [1, "a"]))
     assert message.annotation_data == _struct({"label": "the json", "n": None})
     assert [v.WhichOneof("kind") for v in message.measurement_values.list_value.values] == [
         "number_value",
         "string_value",
     ]
-    assert not convert.annotation(_annotation({}, None)).HasField("measurement_values")
+    assert not _written(_annotation({}, None)).HasField("measurement_values")
 
 
 def test_encoded_gives_the_fields_as_received_or_none() -> None:
