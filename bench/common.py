@@ -45,14 +45,17 @@ STUDY_ROOT = "1.2.826.0.1.3680043.10.999"
 
 
 @contextlib.contextmanager
-def local_stack(name: str, *, environment: Mapping[str, str] | None = None) -> Iterator[LocalStack]:
+def local_stack(
+    name: str, *, environment: Mapping[str, str] | None = None, durable: bool = False
+) -> Iterator[LocalStack]:
     """The stack in a scratch directory, torn down afterwards; call from sync code only
-    (migrations run their own event loop)."""
+    (migrations run their own event loop). Not `durable` unless asked: PostgreSQL then runs
+    without fsync, as the test suite's does."""
     scratch = Path(tempfile.mkdtemp(prefix=f"pacs-bench-{name}-"))
     # The embedded PostgreSQL runs as an unprivileged user when we are root.
     scratch.chmod(0o755)
     stack = LocalStack(
-        StackConfig(data_dir=scratch, durable=False, environment=dict(environment or {}))
+        StackConfig(data_dir=scratch, durable=durable, environment=dict(environment or {}))
     )
     try:
         stack.start_dependencies()

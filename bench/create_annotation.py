@@ -193,10 +193,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the server in an extra per-client run"
     )
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="PostgreSQL with fsync and synchronous_commit on, as in production: a commit then "
+        "waits for the disk, and so does every writer queued on the project's feed lock",
+    )
     args = parser.parse_args(argv)
-    with local_stack(NAME) as stack:
+    with local_stack(NAME, durable=args.durable) as stack:
         results = asyncio.run(_measure(stack, args))
-    write_results(NAME, results)
+    results["durable"] = args.durable
+    write_results(NAME + ("_durable" if args.durable else ""), results)
     _report(results)
 
 
@@ -216,9 +223,11 @@ def _report(results: dict[str, Any]) -> None:
             for name, r in runs.items()
         ],
     )  # fmt: skip
+    durable = results.get("durable", False)
     chart = write_chart(
-        NAME,
-        f"CreateAnnotation at {results['clients']} clients vs raw INSERTs",
+        NAME + ("_durable" if durable else ""),
+        f"CreateAnnotation at {results['clients']} clients vs raw INSERTs"
+        + (" (durable commits)" if durable else ""),
         [
             Panel(
                 "throughput",
@@ -237,7 +246,7 @@ def _report(results: dict[str, Any]) -> None:
             ),
         ],
     )
-    print(f"results: {RESULTS / (NAME + '.json')}, chart: {chart}")
+    print(f"results: {RESULTS / (chart.stem + '.json')}, chart: {chart}")
     if results["profile"] is not None:
         hotspots.report(results["profile"])
 
