@@ -5,7 +5,9 @@
 Starts the local stack (embedded PostgreSQL, SeaweedFS, the server) in a scratch directory and
 measures, per series size:
   raw      N parallel POSTs of the slices straight to storage (policies signed by the bench)
-  service  CreateUploadUrls + the same N parallel POSTs with the tickets + CompleteUpload
+  service  CreateUploadUrls + the same N parallel POSTs with the tickets + CompleteUpload, one
+           call each and one after another: the cost of each phase
+  client   what pipelines run: pacs.client's MaskUploader, N parallel
   push     PushMasks of the same slices through the server (one stream)
 Rounds alternate raw and service, and the medians are compared: these machines are noisy, so only
 ratios measured side by side mean anything. Results go to bench/results/mask_upload.json and
@@ -27,9 +29,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import urllib3
 from google.protobuf import struct_pb2
 from grpc import aio
+from pacs.client.slices import Slice, from_bytes
+from pacs.client.transfer import SignedUrlTransport
+from pacs.client.uploads import MaskUploader, UploadOptions
 from pacs.v1 import (
     annotation_pb2,
     annotation_pb2_grpc,
@@ -62,6 +68,71 @@ def _post(url: str, fields: dict[str, str], body: bytes) -> None:
     response = _http.request("POST", url, fields={**fields, "file": ("m.png", body, "image/png")})
     if response.status != 204:
         raise RuntimeError(f"upload refused: {response.status}")
+
+
+class _Authorized:
+    """The two calls MaskUploader makes, on a blocking channel, with the bench user's token."""
+
+    def __init__(self, channel: grpc.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._stub = mask_pb2_grpc.MaskServiceStub(channel)
+        self._metadata = metadata
+
+    def CreateUploadUrls(  # noqa: N802 - the RPC's name
+        self, request: mask_pb2.CreateUploadUrlsRequest
+    ) -> mask_pb2.CreateUploadUrlsResponse:
+        return self._stub.CreateUploadUrls(request, metadata=self._metadata)
+
+    def CompleteUpload(  # noqa: N802 - the RPC's name
+        self, request: mask_pb2.CompleteUploadRequest
+    ) -> mask_pb2.CompleteUploadResponse:
+        return self._stub.CompleteUpload(request, metadata=self._metadata)
+
+
+async def _raw_round(store: ObjectStore, pool: ThreadPoolExecutor, bodies: list[bytes]) -> float:
+    """Seconds to sign and POST `bodies` straight to storage: the same bytes, the same
+    parallelism, no service."""
+    started = time.perf_counter()
+    tickets = []
+    for _ in bodies:
+        ticket = store.presign_post(
+            f"bench/raw/{uuid.uuid4()}", content_type="image/png", size=len(bodies[0]),
+            ttl=timedelta(minutes=10),
+        )  # fmt: skip
+        tickets.append((ticket.url, ticket.fields))
+    await asyncio.get_running_loop().run_in_executor(None, _upload_all, pool, tickets, bodies)
+    return time.perf_counter() - started
+
+
+async def _new_group(
+    masks: mask_pb2_grpc.MaskServiceAsyncStub,
+    annotation_id: int,
+    count: int,
+    meta: tuple[tuple[str, str], ...],
+) -> mask_pb2.CreateMaskGroupResponse:
+    """An empty group for one timed upload: set up outside the timing."""
+    return await masks.CreateMaskGroup(
+        mask_pb2.CreateMaskGroupRequest(
+            annotation_id=annotation_id, mask_group=mask_pb2.MaskGroup(slice_count=count)
+        ),
+        metadata=meta,
+    )
+
+
+def _client_upload(
+    calls: _Authorized, annotation_id: int, group_id: int, items: list[Slice]
+) -> float:
+    """Seconds for pacs.client to upload and complete `items`, as a pipeline would."""
+    started = time.perf_counter()
+    transport = SignedUrlTransport(concurrency=PARALLEL)
+    try:
+        uploader = MaskUploader(calls, transport, UploadOptions(concurrency=PARALLEL))
+        stats = uploader.upload(annotation_id, group_id, items)
+    finally:
+        transport.close()
+    seconds = time.perf_counter() - started
+    assert stats.group is not None
+    assert stats.group.completed_slices == len(items)
+    return seconds
 
 
 def _upload_all(
@@ -117,40 +188,28 @@ async def _measure(stack: LocalStack, slice_counts: list[int], rounds: int) -> d
             masks = mask_pb2_grpc.MaskServiceStub(channel)
             annotation_id = annotation.annotation.id
             loop = asyncio.get_running_loop()
-            with ThreadPoolExecutor(PARALLEL) as pool:
+            blocking = grpc.insecure_channel(server.address)
+            calls = _Authorized(blocking, meta)
+            with blocking, ThreadPoolExecutor(PARALLEL) as pool:
                 for count in slice_counts:
                     bodies = [_slice(seed) for seed in range(count)]
                     # A pipeline has each mask's digest from when it encoded the image, as it
                     # has the bytes: neither is part of the timed upload.
                     digests = [hashlib.md5(b).hexdigest() for b in bodies]  # noqa: S324 - S3 ETag
+                    items = [from_bytes(index, body) for index, body in enumerate(bodies)]
                     timings: dict[str, list[float]] = {
                         "raw": [],
                         "service": [],
                         "push": [],
+                        "client": [],
                         "tickets": [],
                         "uploads": [],
                         "complete": [],
                     }
                     for _ in range(rounds):
-                        # raw: the same bytes, the same parallelism, no service.
-                        started = time.perf_counter()
-                        raw_tickets = []
-                        for _ in bodies:
-                            ticket = raw_store.presign_post(
-                                f"bench/raw/{uuid.uuid4()}", content_type="image/png",
-                                size=len(bodies[0]), ttl=timedelta(minutes=10),
-                            )  # fmt: skip
-                            raw_tickets.append((ticket.url, ticket.fields))
-                        await loop.run_in_executor(None, _upload_all, pool, raw_tickets, bodies)
-                        timings["raw"].append(time.perf_counter() - started)
+                        timings["raw"].append(await _raw_round(raw_store, pool, bodies))
 
-                        group = await masks.CreateMaskGroup(
-                            mask_pb2.CreateMaskGroupRequest(
-                                annotation_id=annotation_id,
-                                mask_group=mask_pb2.MaskGroup(slice_count=count),
-                            ),
-                            metadata=meta,
-                        )
+                        group = await _new_group(masks, annotation_id, count, meta)
                         # Timed as the issue defines it: one ticket call, the parallel
                         # uploads, one completion (the group is set up beforehand).
                         started = time.perf_counter()
@@ -189,13 +248,7 @@ async def _measure(stack: LocalStack, slice_counts: list[int], rounds: int) -> d
                         timings["uploads"].append(uploaded - ticketed)
                         timings["complete"].append(finished - uploaded)
 
-                        push_group = await masks.CreateMaskGroup(
-                            mask_pb2.CreateMaskGroupRequest(
-                                annotation_id=annotation_id,
-                                mask_group=mask_pb2.MaskGroup(slice_count=count),
-                            ),
-                            metadata=meta,
-                        )
+                        push_group = await _new_group(masks, annotation_id, count, meta)
                         started = time.perf_counter()
                         pushed = await masks.PushMasks(
                             _push(annotation_id, push_group.mask_group.id, bodies, digests),
@@ -203,12 +256,21 @@ async def _measure(stack: LocalStack, slice_counts: list[int], rounds: int) -> d
                         )
                         assert pushed.mask_group.completed_slices == count
                         timings["push"].append(time.perf_counter() - started)
+
+                        client_group = await _new_group(masks, annotation_id, count, meta)
+                        timings["client"].append(
+                            await asyncio.to_thread(
+                                _client_upload, calls, annotation_id,
+                                client_group.mask_group.id, items,
+                            )
+                        )  # fmt: skip
                     medians = {k: statistics.median(v) for k, v in timings.items()}
                     results["series"][str(count)] = {
                         "seconds": timings,
                         "median_seconds": medians,
                         "service_over_raw": medians["service"] / medians["raw"],
                         "push_over_raw": medians["push"] / medians["raw"],
+                        "client_over_raw": medians["client"] / medians["raw"],
                     }
         raw_store.close()
     return results
@@ -236,13 +298,18 @@ def main(argv: list[str] | None = None) -> None:
     results = _run(args.slices, args.rounds)
     write_results("mask_upload", results)
     print(f"slices x {SLICE_BYTES // 1024} KiB, {PARALLEL} parallel, median of rounds")
-    print(f"{'slices':>7} {'raw s':>8} {'service s':>10} {'ratio':>6} {'push s':>8} {'ratio':>6}")
+    print(
+        f"{'slices':>7} {'raw s':>8} {'client s':>9} {'ratio':>6} {'service s':>10} {'ratio':>6}"
+        f" {'push s':>8} {'ratio':>6}"
+    )
     for count, row in results["series"].items():
         m = row["median_seconds"]
         print(
-            f"{count:>7} {m['raw']:>8.3f} {m['service']:>10.3f} {row['service_over_raw']:>6.2f}"
+            f"{count:>7} {m['raw']:>8.3f} {m['client']:>9.3f} {row['client_over_raw']:>6.2f}"
+            f" {m['service']:>10.3f} {row['service_over_raw']:>6.2f}"
             f" {m['push']:>8.3f} {row['push_over_raw']:>6.2f}"
         )
+    print("(client: pacs.client's MaskUploader; service: the bench's own calls, one per phase)")
     print("service path by phase (median s): tickets / uploads / completion")
     for count, row in results["series"].items():
         m = row["median_seconds"]
@@ -267,6 +334,7 @@ def _chart(results: dict[str, Any]) -> Path:
                 groups,
                 {
                     "raw uploads": medians("raw"),
+                    "pacs.client": medians("client"),
                     "service path": medians("service"),
                     "PushMasks": medians("push"),
                 },
@@ -276,6 +344,7 @@ def _chart(results: dict[str, Any]) -> Path:
                 "time / raw time",
                 groups,
                 {
+                    "pacs.client": [row["client_over_raw"] for row in series.values()],
                     "service path": [row["service_over_raw"] for row in series.values()],
                     "PushMasks": [row["push_over_raw"] for row in series.values()],
                 },

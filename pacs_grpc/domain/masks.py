@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+import posixpath
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -304,9 +305,26 @@ def uploads_prefix(project_id: int, annotation_id: int, group_id: int) -> str:
     return f"masks/p{project_id}/a{annotation_id}/g{group_id}/uploads/"
 
 
-def upload_key(project_id: int, annotation_id: int, group_id: int, upload_id: uuid.UUID) -> str:
-    """Where a ticket lets a client write. Server-chosen ids only: nothing about the patient."""
-    return uploads_prefix(project_id, annotation_id, group_id) + str(upload_id)
+def upload_key(
+    project_id: int, annotation_id: int, group_id: int, batch_id: uuid.UUID, upload_id: uuid.UUID
+) -> str:
+    """Where a ticket lets a client write. Server-chosen ids only: nothing about the patient.
+
+    The tickets of one CreateUploadUrls call share a folder (`batch_id`), so completing them
+    lists just that folder, not every upload the group has had (see listing_prefix).
+    """
+    return f"{uploads_prefix(project_id, annotation_id, group_id)}{batch_id}/{upload_id}"
+
+
+def listing_prefix(keys: Iterable[str], *, within: str) -> str:
+    """The deepest folder under `within` that holds every one of `keys`: what completing them
+    needs to list. Listing costs storage time per object listed, and a series uploaded in
+    batches would otherwise have each completion list the batches before it too."""
+    folders = [key.rsplit("/", 1)[0] for key in keys if key.startswith(within)]
+    if not folders:
+        return within
+    folder = posixpath.commonpath(folders) + "/"
+    return folder if folder.startswith(within) else within
 
 
 def pushed_key(project_id: int, annotation_id: int, group_id: int, upload_id: uuid.UUID) -> str:

@@ -19,6 +19,7 @@ from pacs_grpc.domain.masks import (
     PendingUpload,
     UploadMethod,
     completions,
+    listing_prefix,
     slice_list,
     uploads_prefix,
 )
@@ -81,9 +82,12 @@ class UploadCompletion(Generic[TxT]):
                 f"tickets expired for slices {slice_list(expired)}; ask for new ones"
             )
         listed: dict[str, ObjectInfo] = {}
-        if any(u.method == UploadMethod.POST.value for u in pending):
+        posted = [u.object_key for u in pending if u.method == UploadMethod.POST.value]
+        if posted:
             listed = await self._storage.latest_versions(
-                uploads_prefix(access.project_id, annotation_id, group_id)
+                listing_prefix(
+                    posted, within=uploads_prefix(access.project_id, annotation_id, group_id)
+                )
             )
         checked = await asyncio.gather(
             *(self._check(u, wanted[u.upload_id], listed) for u in pending)

@@ -99,9 +99,10 @@ class MaskUrlUseCases(Generic[TxT]):
                 _require_md5(checked)
             expires_at = self._clock.now() + ttl
             planned = []
+            batch_id = uuid.uuid4()
             for item in checked:
                 upload_id = uuid.uuid4()
-                key = upload_key(access.project_id, annotation_id, group_id, upload_id)
+                key = upload_key(access.project_id, annotation_id, group_id, batch_id, upload_id)
                 planned.append((upload_id, key, item))
             await self._masks.insert_uploads(
                 conn,

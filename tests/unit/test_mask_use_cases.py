@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -18,7 +19,7 @@ from pacs_grpc.domain.errors import (
 )
 from pacs_grpc.domain.exports import NewExport, PacsStatus
 from pacs_grpc.domain.identity import User
-from pacs_grpc.domain.masks import MaskGroup, NewMask, UploadMethod
+from pacs_grpc.domain.masks import MaskGroup, NewMask, UploadMethod, listing_prefix
 from tests.fakes import builders
 from tests.fakes.database import FakeIntegrityError
 from tests.fakes.mask_builders import (
@@ -469,8 +470,11 @@ async def test_post_tickets_are_recorded_and_signed_for_key_type_size_and_upload
     expires_at = m.w.clock.now() + timedelta(seconds=60)
     assert [t.slice_index for t in tickets] == [2, 0]
     prefix = f"masks/p{m.project.id}/a{m.annotation.id}/g{group.id}/uploads/"
+    # One folder per call: completing these lists that folder alone.
+    batch = tickets[0].object_key.removeprefix(prefix).split("/")[0]
+    assert UUID(batch)
     for ticket, item in zip(tickets, declared, strict=True):
-        assert ticket.object_key == prefix + str(ticket.upload_id)
+        assert ticket.object_key == f"{prefix}{batch}/{ticket.upload_id}"
         assert (ticket.url, ticket.expires_at, ticket.headers) == (ENDPOINT, expires_at, {})
         assert ticket.fields[UPLOAD_ID_FIELD] == str(ticket.upload_id)
         recorded = m.tables.uploads[ticket.upload_id]
@@ -650,3 +654,23 @@ async def test_a_download_page_token_of_another_group_is_refused(m: MaskWorld) -
             page_token=page.next_page_token,
         )  # fmt: skip
     assert refused.value.field == "page_token"
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        # One call's tickets: their folder alone.
+        (["u/b1/x", "u/b1/y"], "u/b1/"),
+        (["u/b1/x"], "u/b1/"),
+        # Two calls' tickets, or keys from before batches had folders: the whole group.
+        (["u/b1/x", "u/b2/y"], "u/"),
+        (["u/x", "u/b1/y"], "u/"),
+        # Nothing to narrow it by, or keys outside the group: never past the group's folder.
+        ([], "u/"),
+        (["elsewhere/b1/x"], "u/"),
+    ],
+)
+def test_completion_lists_the_deepest_folder_holding_every_upload(
+    keys: list[str], expected: str
+) -> None:
+    assert listing_prefix(keys, within="u/") == expected
