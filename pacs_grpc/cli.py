@@ -8,8 +8,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-import uvloop
-
 from pacs_grpc import logs
 from pacs_grpc.config import ConfigError, Settings, migration_database_url_from_env
 
@@ -53,8 +51,13 @@ def _serve() -> int:
     settings = Settings.from_env(os.environ)
     logs.configure(settings.log_level)
     try:
-        # grpc.aio runs on any asyncio loop; uvloop's costs less CPU per call.
-        uvloop.run(serve(settings))
+        if sys.platform == "win32":
+            asyncio.run(serve(settings))
+        else:
+            # grpc.aio runs on any asyncio loop; uvloop's costs less CPU per call (POSIX only).
+            import uvloop
+
+            uvloop.run(serve(settings))
     except StartupError as error:
         # One line for the operator; the cause was already logged where known.
         print(f"pacs-grpc: {error}", file=sys.stderr)

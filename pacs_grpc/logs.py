@@ -7,14 +7,13 @@ into its DETAIL text): callers log identifiers, codes and durations only.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import traceback
 import warnings
 from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -37,8 +36,7 @@ class JsonFormatter(logging.Formatter):
         )
         if record.exc_info and record.exc_info[1] is not None:
             entry["error"] = redacted_traceback(record.exc_info[1])
-        # One line per RPC: orjson writes it in a fifth of json's time.
-        return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        return json.dumps(entry, default=str)
 
 
 def redacted_traceback(error: BaseException) -> str:

@@ -103,11 +103,16 @@ def write_annotation(message: annotation_pb2.Annotation, value: Annotation) -> N
 def encoded(
     given: annotation_pb2.Annotation, name: Literal["annotation_data", "measurement_values"]
 ) -> bytes | None:
-    """A JSON field of the request as it arrived, to be kept and answered with (see
-    annotation); None when the field is absent."""
+    """A JSON field of the request, to be kept and answered with (see write_annotation); None
+    when the field is absent.
+
+    Fields unknown to Struct and Value are dropped first: the JSON checks never see them, so
+    kept they would let a client attach megabytes that every reader of the annotation gets.
+    """
     if not given.HasField(name):
         return None
     field: Struct | Value = getattr(given, name)
+    field.DiscardUnknownFields()
     return field.SerializeToString()
 
 

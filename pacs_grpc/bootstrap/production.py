@@ -32,7 +32,7 @@ from pacs_grpc.adapters.postgres.idempotency import IdempotencyRepository
 from pacs_grpc.adapters.postgres.imports import ScheduledDeletionRepository
 from pacs_grpc.adapters.postgres.masks import MaskRepository
 from pacs_grpc.adapters.postgres.outbox import DeletionOutbox
-from pacs_grpc.adapters.postgres.pool import PostgresProbe, create_pool
+from pacs_grpc.adapters.postgres.pool import PingWhenIdle, PostgresProbe, create_pool
 from pacs_grpc.adapters.postgres.projects import ProjectRepository
 from pacs_grpc.adapters.postgres.roles import ServerRoleError, verify_server_role
 from pacs_grpc.adapters.postgres.users import UserRepository
@@ -76,7 +76,8 @@ async def production_adapters(
     )
     resources.callback(storage.close)
 
-    pool = create_pool(settings.database)
+    freshness = PingWhenIdle(settings.database.pool_check_idle_seconds)
+    pool = create_pool(settings.database, freshness)
     resources.push_async_callback(pool.close)
     try:
         await pool.open(wait=True, timeout=settings.database.connect_timeout_seconds * 2)
@@ -86,7 +87,7 @@ async def production_adapters(
     metrics.watch_pool(pool.get_stats)
     verifier = await _token_verifier(settings.oidc)
 
-    database = Database(pool)
+    database = Database(pool, on_connection_lost=freshness.distrust)
     timeout = settings.health_probe_timeout_seconds
     optional: list[Probe] = []
     if pacs is not None:

@@ -82,8 +82,9 @@ class DatabaseSettings:
         default=5.0,
         metadata=env(
             "DATABASE_POOL_CHECK_IDLE_SECONDS",
-            "a pooled connection idle this long is pinged before it is handed out; busier "
-            "ones are not (a ping per call costs a round trip)",
+            "a pooled connection not handed out for this long is pinged before it is; busier "
+            "ones are not (a ping per call costs a round trip), except for this long after a "
+            "connection was found dead",
             minimum=0,
         ),
     )

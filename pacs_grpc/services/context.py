@@ -25,10 +25,12 @@ class CallContext:
 
 
 class AuditedTransactions(Generic[TxT]):
-    """One transaction per use case, committed together with its audit row.
+    """One block per use case, and its audit row committed before the use case returns.
 
-    The row is written at the end of the block, in the same transaction, unless the use case
-    wrote it earlier (write_audit); a block that raises writes nothing, and the edge (the
+    A use case that writes runs in one transaction (`__call__`), and its row goes in the same
+    transaction, at the end of the block unless the use case wrote it earlier (write_audit). A
+    use case that only reads (`read`) runs without a transaction, and its row commits on its
+    own after the reads. Either way a block that raises writes nothing, and the edge (the
     access gate) records the refusal instead.
     """
 
@@ -50,7 +52,8 @@ class AuditedTransactions(Generic[TxT]):
         when the block ends (a block that raises writes nothing, as above)."""
         async with self._db.autocommit() as conn:
             yield conn
-            await self.write_audit(conn, call)
+            if not call.audit.written:
+                await self.write_audit(conn, call)
         call.audit.recorded = True
 
     async def write_audit(self, conn: TxT, call: CallContext) -> None:

@@ -91,7 +91,7 @@ class FakeAnnotationStore:
         )
         tables.annotations[annotation.id] = annotation
         self._db.wrote(tx, "annotations")
-        return annotation
+        return _as_answered(annotation)
 
     async def get_with_access(
         self, conn: FakeTx, annotation_id: int, user_id: int, *, for_update: bool = False
@@ -102,7 +102,11 @@ class FakeAnnotationStore:
         if annotation is None:
             return None
         if for_update:
+            if tx.autocommit:
+                raise AssertionError("FOR UPDATE outside a transaction locks nothing")
             tx.locks.append(("annotation", annotation_id))
+        else:
+            annotation = _as_answered(annotation)
         project = tables.projects.get(annotation.project_id)
         if project is None:
             return None
@@ -131,7 +135,7 @@ class FakeAnnotationStore:
         )
         self._db.tables.annotations[annotation_id] = updated
         self._db.wrote(tx, "annotations")
-        return updated
+        return _as_answered(updated)
 
     async def delete(self, conn: FakeTx, annotation_id: int) -> int:
         tx = self._db.enter("annotations.delete", conn)
@@ -165,7 +169,7 @@ class FakeAnnotationStore:
         for annotation in matching:
             if before_bytes >= budget_bytes:
                 break
-            within.append(annotation)
+            within.append(_as_answered(annotation))
             before_bytes += json_bytes(annotation)
         return BudgetedRows(within, cut=len(within) < len(matching))
 
@@ -279,3 +283,16 @@ def _same_project(annotation: Annotation | None, project_id: int) -> Annotation 
 async def _iterate(events: list[AnnotationEvent]) -> AsyncIterator[AnnotationEvent]:
     for event in events:
         yield event
+
+
+def _as_answered(annotation: Annotation) -> Annotation:
+    """What the adapter's ANSWER_COLUMNS read: no JSON where its encoding was kept."""
+    return replace(
+        annotation,
+        annotation_data=None
+        if annotation.annotation_data_encoded is not None
+        else annotation.annotation_data,
+        measurement_values=None
+        if annotation.measurement_values_encoded is not None
+        else annotation.measurement_values,
+    )

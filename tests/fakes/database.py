@@ -122,6 +122,9 @@ class FakeDatabase:
         return conn
 
     def wrote(self, conn: FakeTx, table: str) -> None:
+        if conn.autocommit and table != "audit":
+            # Only a read's audit row may commit on its own; data changes need a transaction.
+            raise AssertionError(f"{table} written outside a transaction")
         conn.writes.append(table)
 
     def take_commit_failure(self) -> Exception | None:

@@ -83,3 +83,23 @@ def test_timestamps_are_what_protobuf_makes_of_them(value: datetime) -> None:
     expected = Timestamp()
     expected.FromDatetime(value)
     assert convert.timestamp(value) == expected
+
+
+def test_fields_unknown_to_struct_and_value_are_not_kept() -> None:
+    known = _struct({"a": [1, {"b": "c"}]})
+    # Field 99 (varint) at the top and inside a nested Value: invisible to the JSON checks.
+    hidden = b"\x98\x06\x01"
+    data = struct_pb2.Struct.FromString(known.SerializeToString() + hidden)
+    nested = data.fields["a"].list_value.values[1]
+    nested.MergeFromString(hidden)
+    given = annotation_pb2.Annotation(annotation_data=data)
+    given.measurement_values.MergeFromString(
+        struct_pb2.Value(number_value=2).SerializeToString() + hidden
+    )
+
+    assert len(given.annotation_data.SerializeToString()) > len(known.SerializeToString())
+
+    kept = convert.encoded(given, "annotation_data")
+    kept_measurements = convert.encoded(given, "measurement_values")
+    assert kept == known.SerializeToString()
+    assert kept_measurements == struct_pb2.Value(number_value=2).SerializeToString()

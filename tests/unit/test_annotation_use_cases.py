@@ -517,6 +517,41 @@ async def test_update_with_the_current_etag_applies_and_moves_the_etag_on(s: Set
     )
 
 
+async def test_kept_encodings_answer_reads_and_follow_every_change_of_their_json(
+    s: Setup,
+) -> None:
+    new = replace(
+        builders.new_annotation(s.project.id, study_uid=STUDY, data={"x": 1}, measurements=2),
+        annotation_data_encoded=b"data-v1",
+        measurement_values_encoded=b"measurements-v1",
+    )
+    created = await s.use_cases.create(s.call("CreateAnnotation", s.annotator), new)
+    # What reads answer with: the encodings, and no JSON decoded beside them.
+    got = await s.use_cases.get(s.call("GetAnnotation", s.viewer), created.id)
+    assert (got.annotation_data, got.annotation_data_encoded) == (None, b"data-v1")
+    assert (got.measurement_values, got.measurement_values_encoded) == (None, b"measurements-v1")
+
+    # A change of the measurements alone is checked against the whole stored JSON (read for
+    # update), replaces their encoding and keeps the data's.
+    await s.use_cases.update(
+        s.call("UpdateAnnotation", s.annotator), created.id, "", ["measurement_values"],
+        {"measurement_values": [3], "measurement_values_encoded": b"measurements-v2"},
+    )  # fmt: skip
+    stored = s.w.db.tables.annotations[created.id]
+    assert (stored.annotation_data, stored.annotation_data_encoded) == ({"x": 1}, b"data-v1")
+    assert (stored.measurement_values, stored.measurement_values_encoded) == (
+        [3],
+        b"measurements-v2",
+    )
+    # New JSON that came without an encoding leaves none behind.
+    await s.use_cases.update(
+        s.call("UpdateAnnotation", s.annotator), created.id, "", ["annotation_data"],
+        {"annotation_data": {"x": 2}},
+    )  # fmt: skip
+    stored = s.w.db.tables.annotations[created.id]
+    assert (stored.annotation_data, stored.annotation_data_encoded) == ({"x": 2}, None)
+
+
 async def test_a_stale_etag_is_a_conflict_and_changes_nothing(s: Setup) -> None:
     created = await s.create()
     current = await s.use_cases.update(

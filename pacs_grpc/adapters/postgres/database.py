@@ -7,9 +7,8 @@ there right now" becomes Unavailable here, once, so clients can retry.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeAlias
 
@@ -35,9 +34,12 @@ class Database:
     becomes Conflict. Errors about the data are the repositories' to map.
     """
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, *, on_connection_lost: Callable[[], None] = lambda: None
+    ) -> None:
         self._pool = pool
-        self._pool_check: asyncio.Task[None] | None = None
+        # PingWhenIdle.distrust in production: the other pooled connections may be dead too.
+        self._on_connection_lost = on_connection_lost
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -78,21 +80,13 @@ class Database:
             raise Unavailable("database timed out, retry shortly") from None
         except psycopg.OperationalError as error:
             _log.warning("database unavailable", extra={"sqlstate": error.sqlstate})
-            self._check_idle_connections()
+            if _connection_lost(error):
+                self._on_connection_lost()
             raise Unavailable("database unavailable, retry shortly") from None
 
-    def _check_idle_connections(self) -> None:
-        """Have the pool ping its idle connections, once at a time, after one was found dead.
 
-        Checkouts ping only connections that idled (PingWhenIdle); after a restart of the
-        server every connection is dead, and this spares the next callers finding that out
-        one failed call at a time.
-        """
-        if self._pool_check is None or self._pool_check.done():
-            self._pool_check = asyncio.ensure_future(self._pool.check())
-            self._pool_check.add_done_callback(_log_check_failure)
-
-
-def _log_check_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        _log.warning("checking the pool's idle connections failed", exc_info=task.exception())
+def _connection_lost(error: psycopg.OperationalError) -> bool:
+    """No server answer at all (sqlstate None), a connection exception (class 08), or the
+    server shutting down or restarting (57P01-57P03): not a lock timeout or a full disk."""
+    state = error.sqlstate
+    return state is None or state.startswith("08") or state in {"57P01", "57P02", "57P03"}

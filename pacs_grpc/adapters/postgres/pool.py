@@ -14,9 +14,9 @@ from psycopg_pool import AsyncConnectionPool
 from pacs_grpc.config import DatabaseSettings
 
 
-def create_pool(settings: DatabaseSettings) -> AsyncConnectionPool:
-    """A pool that is not open yet: opening it is I/O and belongs to start-up."""
-    freshness = PingWhenIdle(settings.pool_check_idle_seconds)
+def create_pool(settings: DatabaseSettings, freshness: PingWhenIdle) -> AsyncConnectionPool:
+    """A pool that is not open yet: opening it is I/O and belongs to start-up. `freshness`
+    decides which checkouts ping (give Database its `distrust`)."""
     return AsyncConnectionPool(
         settings.url,
         min_size=settings.pool_min_size,
@@ -25,7 +25,6 @@ def create_pool(settings: DatabaseSettings) -> AsyncConnectionPool:
         timeout=settings.pool_timeout_seconds,
         open=False,
         check=freshness.check,
-        reset=freshness.returned,
         configure=_use_orjson,
         name="pacs",
         kwargs={
@@ -51,26 +50,30 @@ class PingWhenIdle:
 
     Without a check, a restarted server leaves dead connections in the pool and the first
     query on each fails. Pinging every checkout (psycopg_pool's check_connection) costs a
-    round trip per call, a fifth of a read's. A connection handed back moments ago was
-    working then; one that idled longer is pinged. Connections that die while busy are
-    found by the call that uses them, and Database then has the pool check the idle rest.
+    round trip per call, a fifth of a read's. A connection handed out moments ago was working
+    then; one idle longer than `idle_seconds` since its last checkout is pinged. Once a call
+    finds a connection dead (`distrust`), every checkout pings for the next `idle_seconds`,
+    so the other dead ones are replaced by the pool instead of failing a call each.
     """
 
     def __init__(self, idle_seconds: float) -> None:
         self._idle_seconds = idle_seconds
-        self._returned_at: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        self._checked_out_at: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        self._distrust_until = 0.0
 
     async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if conn.broken or conn.closed:
             raise psycopg.OperationalError("the connection is closed")
-        returned_at = self._returned_at.get(conn)
-        if returned_at is not None and time.monotonic() - returned_at < self._idle_seconds:
-            return
-        await AsyncConnectionPool.check_connection(conn)
+        now = time.monotonic()
+        last = self._checked_out_at.get(conn)
+        fresh = last is not None and now - last < self._idle_seconds
+        if not fresh or now < self._distrust_until:
+            await AsyncConnectionPool.check_connection(conn)
+        self._checked_out_at[conn] = now
 
-    async def returned(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """The pool's reset callback, run on every connection handed back."""
-        self._returned_at[conn] = time.monotonic()
+    def distrust(self) -> None:
+        """A connection was found dead: ping every checkout for a while."""
+        self._distrust_until = time.monotonic() + self._idle_seconds
 
 
 class PostgresProbe:
