@@ -93,12 +93,7 @@ def _events_after(condition: str) -> str:
     within %(budget_bytes)s. The last column says whether the event did.
     """
     inner = ", ".join(f"a.{name} as a_{name}" for name in _ANNOTATION_FIELDS)
-    outer = ", ".join(
-        f"case when b.before_bytes < %(budget_bytes)s then b.a_{name} end"
-        if name in _JSON_FIELDS
-        else f"b.a_{name}"
-        for name in _ANNOTATION_FIELDS
-    )
+    outer = ", ".join(_within_budget(name) for name in _ANNOTATION_FIELDS)
     return f"""
 select b.event_id, b.project_id, b.study_uid, b.annotation_id, b.event_type, b.occurred_at,
        {outer}, b.before_bytes < %(budget_bytes)s
@@ -114,6 +109,17 @@ from (
     order by e.event_id limit %(limit)s
 ) b
 """
+
+
+def _within_budget(name: str) -> str:
+    """Column `name` of the batch: JSON only within the byte budget, and (as for the
+    annotations' own reads) not where its kept encoding answers instead."""
+    if name not in _JSON_FIELDS:
+        return f"b.a_{name}"
+    condition = "b.before_bytes < %(budget_bytes)s"
+    if not name.endswith("_encoded"):
+        condition += f" and b.a_{name}_encoded is null"
+    return f"case when {condition} then b.a_{name} end"
 
 
 # Two statements rather than "study_uid is null or ...": each matches one index exactly,
