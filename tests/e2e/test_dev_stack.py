@@ -71,12 +71,27 @@ def _wait_for_banner(process: subprocess.Popen[bytes], log_path: Path, timeout: 
 
 
 def _stop(process: subprocess.Popen[bytes]) -> tuple[int, set[int]]:
-    children = {c.pid for c in psutil.Process(process.pid).children(recursive=True)}
+    children = _descendants(process.pid)
     process.send_signal(signal.SIGINT)
     code = process.wait(60)
-    survivors = {pid for pid in children if psutil.pid_exists(pid)}
-    survivors = {pid for pid in survivors if psutil.Process(pid).status() != "zombie"}
-    return code, survivors
+    return code, {pid for pid in children if _running(pid)}
+
+
+def _descendants(pid: int) -> set[int]:
+    # A short-lived grandchild can end while psutil walks the tree; walk it again.
+    for _ in range(5):
+        try:
+            return {c.pid for c in psutil.Process(pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            time.sleep(0.1)
+    return {c.pid for c in psutil.Process(pid).children(recursive=True)}
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_dev_starts_everything_and_ctrl_c_stops_every_child(
