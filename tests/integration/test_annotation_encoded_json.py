@@ -52,6 +52,27 @@ def _stored(database_url: str, annotation_id: int) -> tuple[bytes | None, bytes 
     return row[0], row[1]
 
 
+def _point(project_id: int) -> annotation_pb2.Annotation:
+    """A point whose data and measurements both come with the bytes kept."""
+    sent = annotation_pb2.Annotation(
+        project_id=project_id, study_uid=STUDY, annotation_type="point",
+        annotation_data=_struct({"x": 1}),
+    )  # fmt: skip
+    sent.measurement_values.number_value = 3
+    return sent
+
+
+async def _create(
+    stub: annotation_pb2_grpc.AnnotationServiceAsyncStub,
+    user: ApiUser,
+    sent: annotation_pb2.Annotation,
+) -> annotation_pb2.Annotation:
+    reply = await stub.CreateAnnotation(
+        annotation_pb2.CreateAnnotationRequest(annotation=sent), metadata=user.metadata()
+    )
+    return reply.annotation
+
+
 async def _get(
     stub: annotation_pb2_grpc.AnnotationServiceAsyncStub, user: ApiUser, annotation_id: int
 ) -> annotation_pb2.Annotation:
@@ -72,11 +93,7 @@ async def test_a_create_keeps_the_bytes_it_received_and_reads_answer_with_them(
         project_id=project_id, study_uid=STUDY, annotation_type="polygon", annotation_data=data
     )
     sent.measurement_values.list_value.values.add().number_value = 7.5
-    created = (
-        await stub.CreateAnnotation(
-            annotation_pb2.CreateAnnotationRequest(annotation=sent), metadata=user.metadata()
-        )
-    ).annotation
+    created = await _create(stub, user, sent)
 
     data_bytes, measurement_bytes = _stored(live_stack.database_url, created.id)
     assert data_bytes is not None
@@ -100,16 +117,7 @@ async def test_updates_replace_or_keep_the_bytes_with_their_json(
     live_stack: LocalStack,
 ) -> None:
     project_id, user = team
-    sent = annotation_pb2.Annotation(
-        project_id=project_id, study_uid=STUDY, annotation_type="point",
-        annotation_data=_struct({"x": 1}),
-    )  # fmt: skip
-    sent.measurement_values.number_value = 3
-    created = (
-        await stub.CreateAnnotation(
-            annotation_pb2.CreateAnnotationRequest(annotation=sent), metadata=user.metadata()
-        )
-    ).annotation
+    created = await _create(stub, user, _point(project_id))
     kept_data, kept_measurements = _stored(live_stack.database_url, created.id)
 
     async def update(paths: list[str], annotation: annotation_pb2.Annotation) -> None:
@@ -147,16 +155,7 @@ async def test_json_changed_by_another_writer_drops_the_stale_bytes(
     live_stack: LocalStack,
 ) -> None:
     project_id, user = team
-    sent = annotation_pb2.Annotation(
-        project_id=project_id, study_uid=STUDY, annotation_type="point",
-        annotation_data=_struct({"x": 1}),
-    )  # fmt: skip
-    sent.measurement_values.number_value = 3
-    created = (
-        await stub.CreateAnnotation(
-            annotation_pb2.CreateAnnotationRequest(annotation=sent), metadata=user.metadata()
-        )
-    ).annotation
+    created = await _create(stub, user, _point(project_id))
 
     # A data fix in SQL, say, that knows nothing of the encoded columns.
     with psycopg.connect(live_stack.database_url) as conn:
