@@ -300,7 +300,9 @@ class EdgeInterceptor(_ServerInterceptor):
         self._edge = _Edge(gate, metrics)
         # The servicers' handlers never change once the server runs, so each method's
         # wrapper is built on its first call and reused, not rebuilt per call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], Any]] = {}
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
 
     async def intercept_service(
         self,
@@ -315,7 +317,7 @@ class EdgeInterceptor(_ServerInterceptor):
         method = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
-            return cached[1]  # type: ignore[no-any-return]
+            return cached[1]
         wrapped = self._wrap_handler(method, handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
