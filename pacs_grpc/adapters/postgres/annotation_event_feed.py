@@ -6,11 +6,11 @@ re-exports record_event, AnnotationEventFeed, CHANNEL and project_lock_key.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 from psycopg import pq
 
+from pacs_grpc.adapters.postgres.annotations import ANNOTATION_FIELDS, answer_columns
 from pacs_grpc.adapters.postgres.database import Connection
 from pacs_grpc.domain.annotation import Annotation, AnnotationEvent, EventType
 from pacs_grpc.domain.paging import BudgetedRows
@@ -75,13 +75,6 @@ async def record_event(
     return int(row[0])
 
 
-_ANNOTATION_FIELDS = [field.name for field in fields(Annotation)]
-_JSON_FIELDS = frozenset(
-    {
-        "annotation_data", "measurement_values",
-        "annotation_data_encoded", "measurement_values_encoded",
-    }
-)  # fmt: skip
 _EVENT_COLUMN_COUNT = 6
 
 
@@ -92,8 +85,8 @@ def _events_after(condition: str) -> str:
     limit; an event's annotation JSON is only read while the events before it stayed
     within %(budget_bytes)s. The last column says whether the event did.
     """
-    inner = ", ".join(f"a.{name} as a_{name}" for name in _ANNOTATION_FIELDS)
-    outer = ", ".join(_within_budget(name) for name in _ANNOTATION_FIELDS)
+    inner = ", ".join(f"a.{name} as a_{name}" for name in ANNOTATION_FIELDS)
+    outer = answer_columns("b", prefix="a_", within="b.before_bytes < %(budget_bytes)s")
     return f"""
 select b.event_id, b.project_id, b.study_uid, b.annotation_id, b.event_type, b.occurred_at,
        {outer}, b.before_bytes < %(budget_bytes)s
@@ -109,17 +102,6 @@ from (
     order by e.event_id limit %(limit)s
 ) b
 """
-
-
-def _within_budget(name: str) -> str:
-    """Column `name` of the batch: JSON only within the byte budget, and (as for the
-    annotations' own reads) not where its kept encoding answers instead."""
-    if name not in _JSON_FIELDS:
-        return f"b.a_{name}"
-    condition = "b.before_bytes < %(budget_bytes)s"
-    if not name.endswith("_encoded"):
-        condition += f" and b.a_{name}_encoded is null"
-    return f"case when {condition} then b.a_{name} end"
 
 
 # Two statements rather than "study_uid is null or ...": each matches one index exactly,
@@ -182,7 +164,7 @@ def _event(row: tuple[Any, ...]) -> AnnotationEvent:
     annotation_values = row[_EVENT_COLUMN_COUNT:]
     annotation = None
     if annotation_values[0] is not None:
-        annotation = Annotation(**dict(zip(_ANNOTATION_FIELDS, annotation_values, strict=True)))
+        annotation = Annotation(**dict(zip(ANNOTATION_FIELDS, annotation_values, strict=True)))
     return AnnotationEvent(
         event_id=row[0],
         project_id=row[1],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -16,37 +17,35 @@ from pacs_grpc.domain.annotation_rules import AnnotationContent, Location
 from pacs_grpc.domain.identity import ProjectRole
 from pacs_grpc.domain.paging import BudgetedRows
 
-COLUMNS = (
-    "a.id, a.project_id, a.user_id, a.study_uid, a.series_uid, a.instance_uid,"
-    " a.annotation_type, a.annotation_data, a.measurement_values, a.viewer_software,"
-    " a.row_version, a.created_at, a.updated_at,"
-    " a.annotation_data_encoded, a.measurement_values_encoded"
-)
+ANNOTATION_FIELDS = [f.name for f in fields(Annotation)]
+# A JSON field and the column that keeps its encoding (migration 0010).
+_ENCODING_OF = {
+    "annotation_data": "annotation_data_encoded",
+    "measurement_values": "measurement_values_encoded",
+}
+_JSON_READS = frozenset(_ENCODING_OF) | frozenset(_ENCODING_OF.values())
 
-# COLUMNS for reads that only answer: where a JSON field's encoding was kept, the JSON is not
-# read (decoding it would cost more than all else in a row), and comes back None.
-ANSWER_COLUMNS = (
-    "a.id, a.project_id, a.user_id, a.study_uid, a.series_uid, a.instance_uid, a.annotation_type,"
-    " case when a.annotation_data_encoded is null then a.annotation_data end"
-    " as annotation_data,"
-    " case when a.measurement_values_encoded is null then a.measurement_values end"
-    " as measurement_values,"
-    " a.viewer_software, a.row_version, a.created_at, a.updated_at,"
-    " a.annotation_data_encoded, a.measurement_values_encoded"
-)
 
-# COLUMNS over a budgeted page `p`: the JSON only where the page's budget still allows it.
-BUDGETED_COLUMNS = (
-    "p.id, p.project_id, p.user_id, p.study_uid, p.series_uid, p.instance_uid,"
-    " p.annotation_type,"
-    " case when p.before_bytes < %(budget_bytes)s and p.annotation_data_encoded is null"
-    " then p.annotation_data end,"
-    " case when p.before_bytes < %(budget_bytes)s and p.measurement_values_encoded is null"
-    " then p.measurement_values end,"
-    " p.viewer_software, p.row_version, p.created_at, p.updated_at,"
-    " case when p.before_bytes < %(budget_bytes)s then p.annotation_data_encoded end,"
-    " case when p.before_bytes < %(budget_bytes)s then p.measurement_values_encoded end"
-)
+def answer_columns(alias: str, *, prefix: str = "", within: str | None = None) -> str:
+    """Annotation's fields in order, as reads that only answer take them: a JSON field is
+    left out (None) where its encoding was kept, since decoding it would cost more than all
+    else in a row; with `within`, JSON of either kind only where that condition holds (a
+    byte budget). Columns are `alias.prefix<field>`."""
+
+    def column(name: str) -> str:
+        conditions = [within] if within and name in _JSON_READS else []
+        if name in _ENCODING_OF:
+            conditions.append(f"{alias}.{prefix}{_ENCODING_OF[name]} is null")
+        read = f"{alias}.{prefix}{name}"
+        return f"case when {' and '.join(conditions)} then {read} end" if conditions else read
+
+    return ", ".join(f"{column(name)} as {name}" for name in ANNOTATION_FIELDS)
+
+
+COLUMNS = ", ".join(f"a.{name}" for name in ANNOTATION_FIELDS)
+ANSWER_COLUMNS = answer_columns("a")
+# Over a budgeted page `p`: the JSON only where the page's budget still allows it.
+BUDGETED_COLUMNS = answer_columns("p", within="p.before_bytes < %(budget_bytes)s")
 
 INSERT_ANNOTATION = f"""
 insert into annotation_annotation as a (
