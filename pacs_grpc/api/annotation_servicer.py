@@ -58,7 +58,7 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
     async def GetAnnotation(
         self, request: annotation_pb2.GetAnnotationRequest, context: Context
     ) -> annotation_pb2.GetAnnotationResponse:
-        found = await self._use_cases.get(current_call(), request.annotation_id)
+        found = await self._use_cases.get(current_call(), request.annotation_id, request.revision)
         response = annotation_pb2.GetAnnotationResponse()
         convert.write_annotation(response.annotation, found)
         return response
@@ -127,6 +127,29 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
     ) -> annotation_pb2.DeleteAnnotationResponse:
         await self._use_cases.delete(current_call(), request.annotation_id, request.etag)
         return annotation_pb2.DeleteAnnotationResponse()
+
+    async def ListAnnotationRevisions(
+        self, request: annotation_pb2.ListAnnotationRevisionsRequest, context: Context
+    ) -> annotation_pb2.ListAnnotationRevisionsResponse:
+        page = await self._use_cases.list_revisions(
+            current_call(), request.annotation_id, request.page_size, request.page_token
+        )
+        response = annotation_pb2.ListAnnotationRevisionsResponse(
+            next_page_token=page.next_page_token
+        )
+        for item in page.items:
+            convert.write_revision(response.revisions.add(), item)
+        return response
+
+    async def RestoreAnnotationRevision(
+        self, request: annotation_pb2.RestoreAnnotationRevisionRequest, context: Context
+    ) -> annotation_pb2.RestoreAnnotationRevisionResponse:
+        restored = await self._use_cases.restore(
+            current_call(), request.annotation_id, request.revision, request.etag
+        )
+        response = annotation_pb2.RestoreAnnotationRevisionResponse()
+        convert.write_annotation(response.annotation, restored)
+        return response
 
     async def WatchAnnotations(
         self, request: annotation_pb2.WatchAnnotationsRequest, context: Context

@@ -11,7 +11,13 @@ from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
 
-from pacs_grpc.domain.annotation import Annotation, AnnotationEvent, EventType
+from pacs_grpc.domain.annotation import (
+    Annotation,
+    AnnotationEvent,
+    AnnotationRevision,
+    EventType,
+    RevisionAction,
+)
 from pacs_grpc.domain.errors import InvalidArgument
 from pacs_grpc.domain.exports import MaskGroupExport, PacsStatus
 from pacs_grpc.domain.identity import Project, ProjectMember, User
@@ -86,6 +92,7 @@ def write_annotation(message: annotation_pb2.Annotation, value: Annotation) -> N
     message.annotation_type = value.annotation_type
     message.viewer_software = value.viewer_software or ""
     message.etag = value.etag
+    message.revision = value.row_version
     write_time(message.created_at, value.created_at)
     write_time(message.updated_at, value.updated_at)
     # The bytes kept from the write parse in C; building the Struct from JSON costs about
@@ -137,6 +144,24 @@ def annotation_event(value: AnnotationEvent) -> annotation_pb2.WatchAnnotationsR
         message.annotation.project_id = value.project_id
         message.annotation.study_uid = value.study_uid
     return message
+
+
+_REVISION_ACTIONS = {
+    RevisionAction.CREATED: annotation_pb2.ANNOTATION_REVISION_ACTION_CREATED,
+    RevisionAction.UPDATED: annotation_pb2.ANNOTATION_REVISION_ACTION_UPDATED,
+    RevisionAction.RESTORED: annotation_pb2.ANNOTATION_REVISION_ACTION_RESTORED,
+    RevisionAction.DELETED: annotation_pb2.ANNOTATION_REVISION_ACTION_DELETED,
+    RevisionAction.UNDELETED: annotation_pb2.ANNOTATION_REVISION_ACTION_UNDELETED,
+}
+
+
+def write_revision(message: annotation_pb2.AnnotationRevision, value: AnnotationRevision) -> None:
+    message.revision = value.revision
+    message.action = _REVISION_ACTIONS[value.action]
+    message.changed_fields.extend(value.changed_fields)
+    message.user_id = value.user_id or 0
+    message.restored_from_revision = value.restored_from or 0
+    write_time(message.created_at, value.created_at)
 
 
 def json_object(message: Struct, field: str) -> dict[str, Any]:

@@ -41,6 +41,42 @@ class Annotation:
         return f"v{self.row_version}"
 
 
+class RevisionAction(enum.Enum):
+    """The write that made a revision; the value is annotation_revision.action."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    RESTORED = "restored"
+    DELETED = "deleted"
+    UNDELETED = "undeleted"
+
+
+@dataclass(frozen=True)
+class AnnotationRevision:
+    """What one write of an annotation left, from annotation_revision; never changed after.
+    `revision` is the annotation's row_version after the write, so the etag's number."""
+
+    annotation_id: int
+    revision: int
+    action: RevisionAction
+    # The content fields (MUTABLE_FIELDS) the write changed; for a creation, those it set.
+    changed_fields: tuple[str, ...]
+    # None: unknown (changes made before the server kept history).
+    user_id: int | None
+    # For RESTORED: the revision whose content was written back.
+    restored_from: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RevisionNote:
+    """Who made a write and how, recorded with the revision the write appends."""
+
+    action: RevisionAction
+    user_id: int
+    changed_fields: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class AnnotationAccess:
     """An annotation with what the caller may do to it, read in one query."""

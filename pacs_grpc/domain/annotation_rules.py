@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,22 @@ MAX_VIEWER_SOFTWARE = 128
 MUTABLE_FIELDS = frozenset(
     {"annotation_type", "annotation_data", "measurement_values", "viewer_software"}
 )
+
+
+def changed_fields(current: object, changes: Mapping[str, Any]) -> tuple[str, ...]:
+    """The content fields among `changes` whose value differs from the same-named attribute of
+    `current` (an Annotation), in a fixed order. JSON compares by value, so writing equal JSON
+    back changes nothing."""
+    return tuple(
+        name
+        for name in sorted(MUTABLE_FIELDS)
+        if name in changes and changes[name] != getattr(current, name)
+    )
+
+
+def created_fields(content: AnnotationContent) -> tuple[str, ...]:
+    """The content fields a creation set: the required ones and those given a value."""
+    return tuple(name for name in sorted(MUTABLE_FIELDS) if getattr(content, name) is not None)
 
 
 def dicom_uid(field: str, value: str, *, required: bool) -> str | None:

@@ -13,8 +13,11 @@ from pacs_grpc.domain import annotation_rules, paging, validation
 from pacs_grpc.domain.annotation import (
     Annotation,
     AnnotationEvent,
+    AnnotationRevision,
     EventType,
     ListFilter,
+    RevisionAction,
+    RevisionNote,
 )
 from pacs_grpc.domain.errors import Conflict, InvalidArgument, NotFound
 from pacs_grpc.domain.pacs import PacsValidation
@@ -170,11 +173,55 @@ class AnnotationUseCases(Generic[TxT]):
                 await self._event(conn, call, annotation, EventType.CREATED)
         return annotation
 
-    async def get(self, call: CallContext, annotation_id: int) -> Annotation:
+    async def get(self, call: CallContext, annotation_id: int, revision: int = 0) -> Annotation:
+        """The annotation now or, given a revision, as that revision left it."""
         validation.positive_id("annotation_id", annotation_id)
+        if revision < 0:
+            raise InvalidArgument("revision", "must be a revision number, or 0 for the current")
         call.audit.touch(resource_ids=[annotation_id])
         async with self._transaction.read(call) as conn:
-            return await self._accessible(conn, call, annotation_id)
+            current = await self._accessible(conn, call, annotation_id)
+            if not revision or revision == current.row_version:
+                return current
+            found = await self._annotations.get_revision(conn, annotation_id, revision)
+            if found is None:
+                raise NotFound("revision not found")
+            return found
+
+    async def list_revisions(
+        self, call: CallContext, annotation_id: int, page_size: int, page_token: str
+    ) -> Page[AnnotationRevision]:
+        """The annotation's history, newest first."""
+        validation.positive_id("annotation_id", annotation_id)
+        limit = validation.page_size("page_size", page_size, self._max_page_size)
+        fingerprint = paging.filters_fingerprint("revisions", annotation_id)
+        position = paging.decode(page_token, fingerprint, arity=1)
+        call.audit.touch(resource_ids=[annotation_id])
+        async with self._transaction.read(call) as conn:
+            await self._accessible(conn, call, annotation_id)
+            rows = await self._annotations.list_revisions(
+                conn, annotation_id, before=position[0] if position else None, limit=limit + 1
+            )
+        return Page.of(rows, limit, fingerprint, lambda r: [r.revision])
+
+    async def restore(
+        self, call: CallContext, annotation_id: int, revision: int, etag: str
+    ) -> Annotation:
+        """Write an earlier revision's content back as a new revision; history stays as it is."""
+        validation.positive_id("annotation_id", annotation_id)
+        validation.positive_id("revision", revision)
+        expected_version = annotation_rules.etag("etag", etag)
+        call.audit.touch(resource_ids=[annotation_id])
+        async with self._transaction(call) as conn:
+            current = await self._accessible(conn, call, annotation_id, for_update=True)
+            _check_version(current, expected_version)
+            annotation = await self._annotations.restore(
+                conn, annotation_id, revision, call.caller.user_id
+            )
+            if annotation is None:
+                raise NotFound("revision not found")
+            await self._event(conn, call, annotation, EventType.UPDATED)
+        return annotation
 
     async def list_annotations(self, call: CallContext, request: ListRequest) -> Page[Annotation]:
         limit = validation.page_size("page_size", request.page_size, self._max_page_size)
@@ -263,7 +310,12 @@ class AnnotationUseCases(Generic[TxT]):
                     changes.get("measurement_values", current.measurement_values),
                     self._json_limits,
                 )
-            annotation = await self._annotations.update(conn, annotation_id, changes)
+            note = RevisionNote(
+                RevisionAction.UPDATED,
+                call.caller.user_id,
+                annotation_rules.changed_fields(current, changes),
+            )
+            annotation = await self._annotations.update(conn, annotation_id, changes, note)
             await self._event(conn, call, annotation, EventType.UPDATED)
         return annotation
 

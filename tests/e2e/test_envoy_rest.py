@@ -121,6 +121,28 @@ def test_every_route_of_the_contract_works_with_json_in_and_out(
     )["annotation"]
     assert updated["viewer_software"] == "OHIF 3"
     assert updated["etag"] != annotation["etag"]
+    history = rest.ok(
+        "GET", ANNOTATION + "/revisions", annotation_id=annotation_id, token=writer,
+        query={"page_size": "10"},
+    )["revisions"]  # fmt: skip
+    assert [(r["revision"], r["action"]) for r in history] == [
+        ("2", "ANNOTATION_REVISION_ACTION_UPDATED"),
+        ("1", "ANNOTATION_REVISION_ACTION_CREATED"),
+    ]
+    first = rest.ok(
+        "GET", ANNOTATION, annotation_id=annotation_id, token=writer, query={"revision": "1"}
+    )["annotation"]
+    assert first.get("viewer_software", "") == ""
+    restored = rest.ok(
+        "POST",
+        ANNOTATION + "/revisions/{revision}/restore",
+        annotation_id=annotation_id,
+        revision=1,
+        token=writer,
+        body={"etag": updated["etag"]},
+    )["annotation"]
+    assert (restored["revision"], restored["etag"]) == ("3", "v3")
+    assert restored.get("viewer_software", "") == ""
 
     _masks_through_every_route(rest, http, writer, annotation_id)
 

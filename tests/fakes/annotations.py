@@ -28,10 +28,18 @@ from pacs_grpc.domain.annotation import (
     Annotation,
     AnnotationAccess,
     AnnotationEvent,
+    AnnotationRevision,
     EventType,
     ListFilter,
+    RevisionAction,
+    RevisionNote,
 )
-from pacs_grpc.domain.annotation_rules import AnnotationContent, Location
+from pacs_grpc.domain.annotation_rules import (
+    AnnotationContent,
+    Location,
+    changed_fields,
+    created_fields,
+)
 from pacs_grpc.domain.paging import BudgetedRows
 from tests.fakes.database import FakeDatabase, FakeIntegrityError, FakeTx, RecordedEvent
 from tests.fakes.masks import drop_groups, install
@@ -91,7 +99,27 @@ class FakeAnnotationStore:
         )
         tables.annotations[annotation.id] = annotation
         self._db.wrote(tx, "annotations")
+        note = RevisionNote(RevisionAction.CREATED, user_id, created_fields(content))
+        self._append_revision(annotation, note)
         return _as_answered(annotation)
+
+    def _append_revision(
+        self, annotation: Annotation, note: RevisionNote, restored_from: int | None = None
+    ) -> None:
+        revision = AnnotationRevision(
+            annotation_id=annotation.id,
+            revision=annotation.row_version,
+            action=note.action,
+            changed_fields=note.changed_fields,
+            user_id=note.user_id,
+            restored_from=restored_from,
+            created_at=annotation.updated_at,
+        )
+        history = self._db.tables.revisions.setdefault(annotation.id, [])
+        # The primary key (annotation_id, revision).
+        if any(kept.revision == revision.revision for kept, _ in history):
+            raise FakeIntegrityError("duplicate key value violates annotation_revision_pkey")
+        history.append((revision, copy.deepcopy(annotation)))
 
     async def get_with_access(
         self, conn: FakeTx, annotation_id: int, user_id: int, *, for_update: bool = False
@@ -114,7 +142,7 @@ class FakeAnnotationStore:
         return AnnotationAccess(annotation, member.role if member else None, project.is_active)
 
     async def update(
-        self, conn: FakeTx, annotation_id: int, changes: Mapping[str, Any]
+        self, conn: FakeTx, annotation_id: int, changes: Mapping[str, Any], note: RevisionNote
     ) -> Annotation:
         tx = self._db.enter("annotations.update", conn)
         if not changes or not set(changes) <= _ANNOTATION_COLUMNS:
@@ -135,7 +163,56 @@ class FakeAnnotationStore:
         )
         self._db.tables.annotations[annotation_id] = updated
         self._db.wrote(tx, "annotations")
+        self._append_revision(updated, note)
         return _as_answered(updated)
+
+    async def restore(
+        self, conn: FakeTx, annotation_id: int, revision: int, user_id: int
+    ) -> Annotation | None:
+        self._db.enter("annotations.restore", conn)
+        source = self._revision(annotation_id, revision)
+        current = self._db.tables.annotations.get(annotation_id)
+        if source is None or current is None:
+            return None
+        content = {name: getattr(source[1], name) for name in _ANNOTATION_COLUMNS}
+        note = RevisionNote(RevisionAction.RESTORED, user_id, changed_fields(current, content))
+        tx = self._db.enter("annotations.update", conn)
+        restored = replace(
+            current,
+            **copy.deepcopy(content),
+            row_version=current.row_version + 1,
+            updated_at=tx.started_at,
+        )
+        self._db.tables.annotations[annotation_id] = restored
+        self._db.wrote(tx, "annotations")
+        self._append_revision(restored, note, restored_from=revision)
+        return _as_answered(restored)
+
+    async def get_revision(
+        self, conn: FakeTx, annotation_id: int, revision: int
+    ) -> Annotation | None:
+        self._db.enter("annotations.get_revision", conn)
+        found = self._revision(annotation_id, revision)
+        if found is None:
+            return None
+        kept, annotation = found
+        return _as_answered(
+            replace(annotation, row_version=kept.revision, updated_at=kept.created_at)
+        )
+
+    async def list_revisions(
+        self, conn: FakeTx, annotation_id: int, *, before: int | None, limit: int
+    ) -> list[AnnotationRevision]:
+        self._db.enter("annotations.list_revisions", conn)
+        history = self._db.tables.revisions.get(annotation_id, [])
+        newest_first = sorted((kept for kept, _ in history), key=lambda r: -r.revision)
+        return [r for r in newest_first if before is None or r.revision < before][:limit]
+
+    def _revision(
+        self, annotation_id: int, revision: int
+    ) -> tuple[AnnotationRevision, Annotation] | None:
+        history = self._db.tables.revisions.get(annotation_id, [])
+        return next((kept for kept in history if kept[0].revision == revision), None)
 
     async def delete(self, conn: FakeTx, annotation_id: int) -> int:
         tx = self._db.enter("annotations.delete", conn)
@@ -145,6 +222,8 @@ class FakeAnnotationStore:
         queued = drop_groups(self._db, tx, groups)
         if t.annotations.pop(annotation_id, None) is not None:
             self._db.wrote(tx, "annotations")
+            # The revisions go by their foreign key's cascade.
+            self._db.tables.revisions.pop(annotation_id, None)
         return queued
 
     async def list_page(

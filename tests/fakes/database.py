@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pacs_grpc.domain.annotation import Annotation, EventType
+from pacs_grpc.domain.annotation import Annotation, AnnotationRevision, EventType
 from pacs_grpc.domain.audit import AuditEntry
 from pacs_grpc.domain.identity import Project, ProjectRole, User
 from tests.fakes.clock import FakeClock
@@ -81,6 +81,8 @@ class Tables:
     idempotency: dict[tuple[int, str, str], tuple[int, str]] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
     annotations: dict[int, Annotation] = field(default_factory=dict)
+    # annotation_revision: per annotation, oldest first, each with the annotation it left.
+    revisions: dict[int, list[tuple[AnnotationRevision, Annotation]]] = field(default_factory=dict)
     events: list[RecordedEvent] = field(default_factory=list)
 
 

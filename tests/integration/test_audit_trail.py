@@ -194,6 +194,18 @@ async def test_every_audited_rpc_records_its_project_study_type_and_ids(
         ),
         metadata=meta(owner, "UpdateAnnotation", Expected(pid, "annotation", [first], STUDY)),
     )
+    await annotations.ListAnnotationRevisions(
+        annotation_pb2.ListAnnotationRevisionsRequest(annotation_id=first),
+        metadata=meta(
+            owner, "ListAnnotationRevisions", Expected(pid, "annotation", [first], STUDY)
+        ),
+    )
+    await annotations.RestoreAnnotationRevision(
+        annotation_pb2.RestoreAnnotationRevisionRequest(annotation_id=first, revision=1),
+        metadata=meta(
+            owner, "RestoreAnnotationRevision", Expected(pid, "annotation", [first], STUDY)
+        ),
+    )
     watch_request = uuid.uuid4().hex
     stream = annotations.WatchAnnotations(
         annotation_pb2.WatchAnnotationsRequest(project_id=pid, study_uid=STUDY, after_event_id=1),

@@ -47,6 +47,7 @@ EXPECTED_GRANTS: dict[str, set[str]] = {
     # Exports are written once; the cascade from their group runs as the table's owner.
     "mask_group_export": {"SELECT", "INSERT"},
     "annotation_event": {"SELECT", "INSERT"},
+    "annotation_revision": {"SELECT", "INSERT"},
     "schema_migrations": {"SELECT"},
 }
 

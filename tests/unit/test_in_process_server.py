@@ -248,13 +248,34 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
             metadata=anna,
         ),
     )
+    history = await c.call(
+        "ListAnnotationRevisions",
+        notes.ListAnnotationRevisions(
+            annotation_pb2.ListAnnotationRevisionsRequest(annotation_id=annotation.id),
+            metadata=anna,
+        ),
+    )
+    assert [(r.revision, list(r.changed_fields)) for r in history.revisions] == [
+        (2, ["viewer_software"]),
+        (1, ["annotation_data", "annotation_type"]),
+    ]
+    restored = await c.call(
+        "RestoreAnnotationRevision",
+        notes.RestoreAnnotationRevision(
+            annotation_pb2.RestoreAnnotationRevisionRequest(
+                annotation_id=annotation.id, revision=1, etag=changed.annotation.etag
+            ),
+            metadata=anna,
+        ),
+    )
+    assert (restored.annotation.revision, restored.annotation.viewer_software) == (3, "")
     watch = notes.WatchAnnotations(
         annotation_pb2.WatchAnnotationsRequest(project_id=project_id), metadata=anna
     )
     # The fake feed replays the recorded events, then ends as the event hub does when the
     # server stops: the stream's documented end is UNAVAILABLE, to resume elsewhere.
     events = await c.call("WatchAnnotations", _until_the_feed_ends(watch))
-    assert [e.annotation_id for e in events] == [annotation.id, annotation.id]
+    assert [e.annotation_id for e in events] == [annotation.id] * 3
     assert await watch.code() is grpc.StatusCode.UNAVAILABLE
 
     # MaskService: a group of two slices, one uploaded through a ticket, one pushed.
@@ -415,7 +436,7 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
         "DeleteAnnotation",
         notes.DeleteAnnotation(
             annotation_pb2.DeleteAnnotationRequest(
-                annotation_id=annotation.id, etag=changed.annotation.etag
+                annotation_id=annotation.id, etag=restored.annotation.etag
             ),
             metadata=anna,
         ),

@@ -12,7 +12,15 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from pacs_grpc.adapters.postgres.database import Connection
-from pacs_grpc.domain.annotation import Annotation, AnnotationAccess, ListFilter
+from pacs_grpc.domain import annotation_rules
+from pacs_grpc.domain.annotation import (
+    Annotation,
+    AnnotationAccess,
+    AnnotationRevision,
+    ListFilter,
+    RevisionAction,
+    RevisionNote,
+)
 from pacs_grpc.domain.annotation_rules import AnnotationContent, Location
 from pacs_grpc.domain.identity import ProjectRole
 from pacs_grpc.domain.paging import BudgetedRows
@@ -47,15 +55,94 @@ ANSWER_COLUMNS = answer_columns("a")
 # Over a budgeted page `p`: the JSON only where the page's budget still allows it.
 BUDGETED_COLUMNS = answer_columns("p", within="p.before_bytes < %(budget_bytes)s")
 
+# The content a revision keeps, in annotation_revision's column order.
+_REVISION_CONTENT = (
+    "annotation_type", "annotation_data", "measurement_values", "viewer_software",
+    "annotation_data_encoded", "measurement_values_encoded",
+)  # fmt: skip
+
+
+def append_revision(written: str, *, changed_fields: str = "%(changed_fields)s") -> str:
+    """An insert of the revision that the write in CTE `written` (its rows as `annotation_annotation
+    returning *`) leaves: under the row's new row_version, with the note's action and author."""
+    content = ", ".join(_REVISION_CONTENT)
+    taken = ", ".join(f"w.{name}" for name in _REVISION_CONTENT)
+    return (
+        "insert into annotation_revision (annotation_id, revision, action, changed_fields,"
+        f" user_id, restored_from, {content}, created_at)"
+        f" select w.id, w.row_version, %(action)s, {changed_fields}, %(actor)s,"
+        f" %(restored_from)s, {taken}, w.updated_at from {written} w"
+    )
+
+
 INSERT_ANNOTATION = f"""
-insert into annotation_annotation as a (
-    user_id, project_id, study_uid, series_uid, instance_uid, annotation_type,
-    annotation_data, measurement_values, viewer_software,
-    annotation_data_encoded, measurement_values_encoded)
-values (%(user_id)s, %(project_id)s, %(study_uid)s, %(series_uid)s, %(instance_uid)s,
-        %(annotation_type)s, %(annotation_data)s, %(measurement_values)s, %(viewer_software)s,
-        %(annotation_data_encoded)s, %(measurement_values_encoded)s)
-returning {ANSWER_COLUMNS}
+with written as (
+    insert into annotation_annotation as a (
+        user_id, project_id, study_uid, series_uid, instance_uid, annotation_type,
+        annotation_data, measurement_values, viewer_software,
+        annotation_data_encoded, measurement_values_encoded)
+    values (%(user_id)s, %(project_id)s, %(study_uid)s, %(series_uid)s, %(instance_uid)s,
+            %(annotation_type)s, %(annotation_data)s, %(measurement_values)s,
+            %(viewer_software)s, %(annotation_data_encoded)s, %(measurement_values_encoded)s)
+    returning a.*
+), revision as ({append_revision("written")})
+select {answer_columns("written")} from written
+"""
+
+# An earlier revision's content written back over the current one, as a new revision that names
+# its source. Which fields change is decided here, against the locked current row.
+RESTORE_REVISION = f"""
+with source as (
+    select {", ".join(f"r.{name}" for name in _REVISION_CONTENT)},
+           array_remove(array[
+               case when r.annotation_data is distinct from a.annotation_data
+                    then 'annotation_data' end,
+               case when r.annotation_type is distinct from a.annotation_type
+                    then 'annotation_type' end,
+               case when r.measurement_values is distinct from a.measurement_values
+                    then 'measurement_values' end,
+               case when r.viewer_software is distinct from a.viewer_software
+                    then 'viewer_software' end], null) as changed_fields
+    from annotation_revision r
+    join annotation_annotation a on a.id = r.annotation_id
+    where r.annotation_id = %(annotation_id)s and r.revision = %(restored_from)s
+), written as (
+    update annotation_annotation a
+    set {", ".join(f"{name} = s.{name}" for name in _REVISION_CONTENT)},
+        row_version = a.row_version + 1, updated_at = now()
+    from source s
+    where a.id = %(annotation_id)s
+    returning a.*, s.changed_fields
+), revision as ({append_revision("written", changed_fields="w.changed_fields")})
+select {answer_columns("written")} from written
+"""
+
+
+def _revision_column(name: str) -> str:
+    """Annotation field `name` as revision `r` of annotation `a` left it, for an answer."""
+    if name in _REVISION_CONTENT:
+        read = f"r.{name}"
+    else:
+        read = {"row_version": "r.revision", "updated_at": "r.created_at"}.get(name, f"a.{name}")
+    if name in _ENCODING_OF:
+        read = f"case when r.{_ENCODING_OF[name]} is null then {read} end"
+    return f"{read} as {name}"
+
+
+GET_REVISION = f"""
+select {", ".join(_revision_column(name) for name in ANNOTATION_FIELDS)}
+from annotation_revision r
+join annotation_annotation a on a.id = r.annotation_id
+where r.annotation_id = %(annotation_id)s and r.revision = %(revision)s
+"""
+
+LIST_REVISIONS = """
+select annotation_id, revision, action, changed_fields, user_id, restored_from, created_at
+from annotation_revision
+where annotation_id = %(annotation_id)s
+  and (%(before)s::bigint is null or revision < %(before)s::bigint)
+order by revision desc
+limit %(limit)s
 """
 
 # The annotation, its project's state and the caller's role there, in one round trip.
@@ -138,6 +225,11 @@ class AnnotationRepository:
             "viewer_software": content.viewer_software,
             "annotation_data_encoded": content.annotation_data_encoded,
             "measurement_values_encoded": content.measurement_values_encoded,
+            **_note_params(
+                RevisionNote(
+                    RevisionAction.CREATED, user_id, annotation_rules.created_fields(content)
+                )
+            ),
         }
         async with conn.cursor(row_factory=class_row(Annotation)) as cur:
             await cur.execute(INSERT_ANNOTATION, params)
@@ -165,9 +257,9 @@ class AnnotationRepository:
         )
 
     async def update(
-        self, conn: Connection, annotation_id: int, changes: Mapping[str, Any]
+        self, conn: Connection, annotation_id: int, changes: Mapping[str, Any], note: RevisionNote
     ) -> Annotation:
-        """Set whitelisted columns, bump the row version (the etag)."""
+        """Set whitelisted columns, bump the row version (the etag) and append its revision."""
         columns = sorted(changes)
         if not columns or not set(columns) <= UPDATABLE_COLUMNS:
             raise ValueError(f"not updatable: {set(columns) - UPDATABLE_COLUMNS}")
@@ -175,16 +267,60 @@ class AnnotationRepository:
             sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder(c)) for c in columns
         )
         query = sql.SQL(
-            "update annotation_annotation a set {assignments},"
+            "with written as (update annotation_annotation a set {assignments},"
             " row_version = a.row_version + 1, updated_at = now()"
-            " where a.id = %(annotation_id)s returning {columns}"
-        ).format(assignments=assignments, columns=sql.SQL(ANSWER_COLUMNS))
+            " where a.id = %(annotation_id)s returning a.*),"
+            " revision as ({revision}) select {columns} from written"
+        ).format(
+            assignments=assignments,
+            revision=sql.SQL(append_revision("written")),
+            columns=sql.SQL(answer_columns("written")),
+        )
         params = {c: (_json_or_null(v) if c in _JSON_COLUMNS else v) for c, v in changes.items()}
         async with conn.cursor(row_factory=class_row(Annotation)) as cur:
-            await cur.execute(query, {**params, "annotation_id": annotation_id})
+            await cur.execute(
+                query, {**params, **_note_params(note), "annotation_id": annotation_id}
+            )
             row = await cur.fetchone()
         assert row is not None
         return row
+
+    async def restore(
+        self, conn: Connection, annotation_id: int, revision: int, user_id: int
+    ) -> Annotation | None:
+        """Write revision `revision`'s content back as a new revision; None if there is no
+        such revision. The caller holds the annotation's row lock."""
+        note = RevisionNote(RevisionAction.RESTORED, user_id, ())
+        params = {**_note_params(note), "annotation_id": annotation_id, "restored_from": revision}
+        async with conn.cursor(row_factory=class_row(Annotation)) as cur:
+            await cur.execute(RESTORE_REVISION, params)
+            return await cur.fetchone()
+
+    async def get_revision(
+        self, conn: Connection, annotation_id: int, revision: int
+    ) -> Annotation | None:
+        """The annotation as revision `revision` left it; JSON as in answers (ANSWER_COLUMNS)."""
+        async with conn.cursor(binary=True) as cur:
+            await cur.execute(GET_REVISION, {"annotation_id": annotation_id, "revision": revision})
+            row = await cur.fetchone()
+        return None if row is None else Annotation(*row)
+
+    async def list_revisions(
+        self, conn: Connection, annotation_id: int, *, before: int | None, limit: int
+    ) -> list[AnnotationRevision]:
+        """Newest first, from just below revision `before` (None: from the newest)."""
+        params = {"annotation_id": annotation_id, "before": before, "limit": limit}
+        async with conn.cursor() as cur:
+            await cur.execute(LIST_REVISIONS, params)
+            rows = await cur.fetchall()
+        return [
+            AnnotationRevision(
+                annotation_id=annotation, revision=number, action=RevisionAction(action),
+                changed_fields=tuple(changed), user_id=author, restored_from=source,
+                created_at=created_at,
+            )
+            for annotation, number, action, changed, author, source, created_at in rows
+        ]  # fmt: skip
 
     async def delete(self, conn: Connection, annotation_id: int) -> int:
         """Queue the objects of its masks for deletion, then delete (cascading to masks)."""
@@ -261,6 +397,15 @@ def build_list_query(
         " order by a.created_at desc, a.id desc limit %(limit)s) p"
     ).format(columns=sql.SQL(BUDGETED_COLUMNS), where=where)
     return query, params
+
+
+def _note_params(note: RevisionNote) -> dict[str, Any]:
+    return {
+        "action": note.action.value,
+        "changed_fields": list(note.changed_fields),
+        "actor": note.user_id,
+        "restored_from": None,
+    }
 
 
 def _json_or_null(value: Any) -> Jsonb | None:

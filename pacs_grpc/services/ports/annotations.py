@@ -11,8 +11,10 @@ from pacs_grpc.domain.annotation import (
     Annotation,
     AnnotationAccess,
     AnnotationEvent,
+    AnnotationRevision,
     EventType,
     ListFilter,
+    RevisionNote,
 )
 from pacs_grpc.domain.annotation_rules import AnnotationContent, Location
 from pacs_grpc.domain.paging import BudgetedRows
@@ -32,8 +34,10 @@ class AnnotationAccessLookup(Protocol[TxT_contra]):
 
 
 class AnnotationStore(AnnotationAccessLookup[TxT_contra], Protocol[TxT_contra]):
-    """Annotations, in the transaction the caller passes. `delete` queues the stored objects of the
-    annotation's groups in that transaction, so they are deleted only if it commits.
+    """Annotations and their revisions, in the transaction the caller passes. Every write
+    appends the revision it leaves in the same statement (insert: CREATED by its author).
+    `delete` queues the stored objects of the annotation's groups in that transaction, so they
+    are deleted only if it commits.
     """
 
     async def insert(
@@ -41,9 +45,29 @@ class AnnotationStore(AnnotationAccessLookup[TxT_contra], Protocol[TxT_contra]):
         content: AnnotationContent,
     ) -> Annotation: ...  # fmt: skip
     async def update(
-        self, conn: TxT_contra, annotation_id: int, changes: Mapping[str, Any]
+        self, conn: TxT_contra, annotation_id: int, changes: Mapping[str, Any], note: RevisionNote
     ) -> Annotation:
-        """Sets the whitelisted columns named in `changes` and moves the etag on."""
+        """Sets the whitelisted columns named in `changes`, moves the etag on and appends the
+        revision the write leaves, with `note`."""
+        ...
+
+    async def restore(
+        self, conn: TxT_contra, annotation_id: int, revision: int, user_id: int
+    ) -> Annotation | None:
+        """Writes revision `revision`'s content back as a new RESTORED revision by `user_id`;
+        None when the annotation has no such revision."""
+        ...
+
+    async def get_revision(
+        self, conn: TxT_contra, annotation_id: int, revision: int
+    ) -> Annotation | None:
+        """The annotation as that revision left it: its etag and updated_at are the revision's."""
+        ...
+
+    async def list_revisions(
+        self, conn: TxT_contra, annotation_id: int, *, before: int | None, limit: int
+    ) -> list[AnnotationRevision]:
+        """Up to `limit` revisions below `before` (None: from the newest), newest first."""
         ...
 
     async def delete(self, conn: TxT_contra, annotation_id: int) -> int:

@@ -42,6 +42,32 @@ ANNOTATION_EVENT_TYPE_UPDATED: AnnotationEventType.ValueType  # 2
 ANNOTATION_EVENT_TYPE_DELETED: AnnotationEventType.ValueType  # 3
 Global___AnnotationEventType: _TypeAlias = AnnotationEventType  # noqa: Y015
 
+class _AnnotationRevisionAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AnnotationRevisionActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AnnotationRevisionAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ANNOTATION_REVISION_ACTION_UNSPECIFIED: _AnnotationRevisionAction.ValueType  # 0
+    ANNOTATION_REVISION_ACTION_CREATED: _AnnotationRevisionAction.ValueType  # 1
+    ANNOTATION_REVISION_ACTION_UPDATED: _AnnotationRevisionAction.ValueType  # 2
+    ANNOTATION_REVISION_ACTION_RESTORED: _AnnotationRevisionAction.ValueType  # 3
+    """An earlier revision's content written back; restored_from_revision names it."""
+    ANNOTATION_REVISION_ACTION_DELETED: _AnnotationRevisionAction.ValueType  # 4
+    ANNOTATION_REVISION_ACTION_UNDELETED: _AnnotationRevisionAction.ValueType  # 5
+
+class AnnotationRevisionAction(_AnnotationRevisionAction, metaclass=_AnnotationRevisionActionEnumTypeWrapper):
+    """AnnotationRevisionAction is the write that made a revision."""
+
+ANNOTATION_REVISION_ACTION_UNSPECIFIED: AnnotationRevisionAction.ValueType  # 0
+ANNOTATION_REVISION_ACTION_CREATED: AnnotationRevisionAction.ValueType  # 1
+ANNOTATION_REVISION_ACTION_UPDATED: AnnotationRevisionAction.ValueType  # 2
+ANNOTATION_REVISION_ACTION_RESTORED: AnnotationRevisionAction.ValueType  # 3
+"""An earlier revision's content written back; restored_from_revision names it."""
+ANNOTATION_REVISION_ACTION_DELETED: AnnotationRevisionAction.ValueType  # 4
+ANNOTATION_REVISION_ACTION_UNDELETED: AnnotationRevisionAction.ValueType  # 5
+Global___AnnotationRevisionAction: _TypeAlias = AnnotationRevisionAction  # noqa: Y015
+
 @_typing.final
 class Annotation(_message.Message):
     """Annotation is one mark or measurement on a study, series or instance."""
@@ -61,6 +87,7 @@ class Annotation(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only."""
     project_id: _builtins.int
@@ -82,6 +109,8 @@ class Annotation(_message.Message):
     """The row version. Pass it back on update or delete to refuse the write
     when somebody else changed the annotation in between. Output only.
     """
+    revision: _builtins.int
+    """The revision this state is: the etag's number, counted from 1 at creation. Output only."""
     @_builtins.property
     def annotation_data(self) -> _struct_pb2.Struct:
         """The viewer's own representation of the annotation; a JSON object."""
@@ -114,10 +143,11 @@ class Annotation(_message.Message):
         etag: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["annotation_data", b"annotation_data", "created_at", b"created_at", "measurement_values", b"measurement_values", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_data", b"annotation_data", "annotation_type", b"annotation_type", "created_at", b"created_at", "etag", b"etag", "id", b"id", "instance_uid", b"instance_uid", "measurement_values", b"measurement_values", "project_id", b"project_id", "series_uid", b"series_uid", "study_uid", b"study_uid", "updated_at", b"updated_at", "user_id", b"user_id", "viewer_software", b"viewer_software"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_data", b"annotation_data", "annotation_type", b"annotation_type", "created_at", b"created_at", "etag", b"etag", "id", b"id", "instance_uid", b"instance_uid", "measurement_values", b"measurement_values", "project_id", b"project_id", "revision", b"revision", "series_uid", b"series_uid", "study_uid", b"study_uid", "updated_at", b"updated_at", "user_id", b"user_id", "viewer_software", b"viewer_software"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -182,15 +212,21 @@ class GetAnnotationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     annotation_id: _builtins.int
+    revision: _builtins.int
+    """Optional: the annotation as this revision left it (see ListAnnotationRevisions); its etag
+    and updated_at are the revision's. 0 or absent: the current state.
+    """
     def __init__(
         self,
         *,
         annotation_id: _builtins.int = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -478,3 +514,153 @@ class WatchAnnotationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchAnnotationsResponse: _TypeAlias = WatchAnnotationsResponse  # noqa: Y015
+
+@_typing.final
+class ListAnnotationRevisionsRequest(_message.Message):
+    """ListAnnotationRevisionsRequest pages an annotation's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    page_size: _builtins.int
+    """Default 50, at most 500."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAnnotationRevisionsRequest: _TypeAlias = ListAnnotationRevisionsRequest  # noqa: Y015
+
+@_typing.final
+class ListAnnotationRevisionsResponse(_message.Message):
+    """ListAnnotationRevisionsResponse is one page, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def revisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AnnotationRevision]: ...
+    def __init__(
+        self,
+        *,
+        revisions: _abc.Iterable[Global___AnnotationRevision] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "revisions", b"revisions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAnnotationRevisionsResponse: _TypeAlias = ListAnnotationRevisionsResponse  # noqa: Y015
+
+@_typing.final
+class AnnotationRevision(_message.Message):
+    """AnnotationRevision is what one write of an annotation left; immutable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    RESTORED_FROM_REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The etag's number after the write; gap-free from 1."""
+    action: Global___AnnotationRevisionAction.ValueType
+    user_id: _builtins.int
+    """Who wrote it; 0 when unknown (changes made before the server kept history)."""
+    restored_from_revision: _builtins.int
+    """For RESTORED: the revision whose content was written back."""
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The content fields the write changed (annotation_type, annotation_data,
+        measurement_values, viewer_software); for a creation, those it set.
+        """
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        action: Global___AnnotationRevisionAction.ValueType = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        user_id: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        restored_from_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "changed_fields", b"changed_fields", "created_at", b"created_at", "restored_from_revision", b"restored_from_revision", "revision", b"revision", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnnotationRevision: _TypeAlias = AnnotationRevision  # noqa: Y015
+
+@_typing.final
+class RestoreAnnotationRevisionRequest(_message.Message):
+    """RestoreAnnotationRevisionRequest names the revision to write back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    revision: _builtins.int
+    etag: _builtins.str
+    """As in UpdateAnnotationRequest: a stale etag fails with ABORTED."""
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        revision: _builtins.int = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "etag", b"etag", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreAnnotationRevisionRequest: _TypeAlias = RestoreAnnotationRevisionRequest  # noqa: Y015
+
+@_typing.final
+class RestoreAnnotationRevisionResponse(_message.Message):
+    """RestoreAnnotationRevisionResponse is the annotation after the restore."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def annotation(self) -> Global___Annotation: ...
+    def __init__(
+        self,
+        *,
+        annotation: Global___Annotation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreAnnotationRevisionResponse: _TypeAlias = RestoreAnnotationRevisionResponse  # noqa: Y015

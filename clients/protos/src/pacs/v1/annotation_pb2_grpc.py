@@ -66,6 +66,16 @@ class AnnotationServiceStub:
                 request_serializer=pacs_dot_v1_dot_annotation__pb2.WatchAnnotationsRequest.SerializeToString,
                 response_deserializer=pacs_dot_v1_dot_annotation__pb2.WatchAnnotationsResponse.FromString,
                 _registered_method=True)
+        self.ListAnnotationRevisions = channel.unary_unary(
+                '/pacs.v1.AnnotationService/ListAnnotationRevisions',
+                request_serializer=pacs_dot_v1_dot_annotation__pb2.ListAnnotationRevisionsRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_annotation__pb2.ListAnnotationRevisionsResponse.FromString,
+                _registered_method=True)
+        self.RestoreAnnotationRevision = channel.unary_unary(
+                '/pacs.v1.AnnotationService/RestoreAnnotationRevision',
+                request_serializer=pacs_dot_v1_dot_annotation__pb2.RestoreAnnotationRevisionRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_annotation__pb2.RestoreAnnotationRevisionResponse.FromString,
+                _registered_method=True)
 
 
 class AnnotationServiceServicer:
@@ -116,6 +126,22 @@ class AnnotationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAnnotationRevisions(self, request, context):
+        """ListAnnotationRevisions lists what each write of an annotation left, newest first: who,
+        when, how and which fields changed. GetAnnotation with a revision returns its content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreAnnotationRevision(self, request, context):
+        """RestoreAnnotationRevision writes an earlier revision's content back as a new revision.
+        History is never rewritten: the restore is one more revision, naming its source.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnnotationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +174,16 @@ def add_AnnotationServiceServicer_to_server(servicer, server):
                     servicer.WatchAnnotations,
                     request_deserializer=pacs_dot_v1_dot_annotation__pb2.WatchAnnotationsRequest.FromString,
                     response_serializer=pacs_dot_v1_dot_annotation__pb2.WatchAnnotationsResponse.SerializeToString,
+            ),
+            'ListAnnotationRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAnnotationRevisions,
+                    request_deserializer=pacs_dot_v1_dot_annotation__pb2.ListAnnotationRevisionsRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_annotation__pb2.ListAnnotationRevisionsResponse.SerializeToString,
+            ),
+            'RestoreAnnotationRevision': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreAnnotationRevision,
+                    request_deserializer=pacs_dot_v1_dot_annotation__pb2.RestoreAnnotationRevisionRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_annotation__pb2.RestoreAnnotationRevisionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +350,60 @@ class AnnotationService:
             '/pacs.v1.AnnotationService/WatchAnnotations',
             pacs_dot_v1_dot_annotation__pb2.WatchAnnotationsRequest.SerializeToString,
             pacs_dot_v1_dot_annotation__pb2.WatchAnnotationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAnnotationRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.AnnotationService/ListAnnotationRevisions',
+            pacs_dot_v1_dot_annotation__pb2.ListAnnotationRevisionsRequest.SerializeToString,
+            pacs_dot_v1_dot_annotation__pb2.ListAnnotationRevisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreAnnotationRevision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.AnnotationService/RestoreAnnotationRevision',
+            pacs_dot_v1_dot_annotation__pb2.RestoreAnnotationRevisionRequest.SerializeToString,
+            pacs_dot_v1_dot_annotation__pb2.RestoreAnnotationRevisionResponse.FromString,
             options,
             channel_credentials,
             insecure,

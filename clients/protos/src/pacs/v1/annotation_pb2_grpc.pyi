@@ -49,6 +49,14 @@ class AnnotationServiceStub:
     """WatchAnnotations streams changes to a project's or a study's annotations
     as they are written through any server replica. gRPC and gRPC-web only.
     """
+    ListAnnotationRevisions: _grpc.UnaryUnaryMultiCallable[_annotation_pb2.ListAnnotationRevisionsRequest, _annotation_pb2.ListAnnotationRevisionsResponse]
+    """ListAnnotationRevisions lists what each write of an annotation left, newest first: who,
+    when, how and which fields changed. GetAnnotation with a revision returns its content.
+    """
+    RestoreAnnotationRevision: _grpc.UnaryUnaryMultiCallable[_annotation_pb2.RestoreAnnotationRevisionRequest, _annotation_pb2.RestoreAnnotationRevisionResponse]
+    """RestoreAnnotationRevision writes an earlier revision's content back as a new revision.
+    History is never rewritten: the restore is one more revision, naming its source.
+    """
 
 @_typing.type_check_only
 class AnnotationServiceAsyncStub(AnnotationServiceStub):
@@ -70,6 +78,14 @@ class AnnotationServiceAsyncStub(AnnotationServiceStub):
     WatchAnnotations: _aio.UnaryStreamMultiCallable[_annotation_pb2.WatchAnnotationsRequest, _annotation_pb2.WatchAnnotationsResponse]  # type: ignore[assignment]
     """WatchAnnotations streams changes to a project's or a study's annotations
     as they are written through any server replica. gRPC and gRPC-web only.
+    """
+    ListAnnotationRevisions: _aio.UnaryUnaryMultiCallable[_annotation_pb2.ListAnnotationRevisionsRequest, _annotation_pb2.ListAnnotationRevisionsResponse]  # type: ignore[assignment]
+    """ListAnnotationRevisions lists what each write of an annotation left, newest first: who,
+    when, how and which fields changed. GetAnnotation with a revision returns its content.
+    """
+    RestoreAnnotationRevision: _aio.UnaryUnaryMultiCallable[_annotation_pb2.RestoreAnnotationRevisionRequest, _annotation_pb2.RestoreAnnotationRevisionResponse]  # type: ignore[assignment]
+    """RestoreAnnotationRevision writes an earlier revision's content back as a new revision.
+    History is never rewritten: the restore is one more revision, naming its source.
     """
 
 class AnnotationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -125,6 +141,26 @@ class AnnotationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_annotation_pb2.WatchAnnotationsResponse], _abc.AsyncIterator[_annotation_pb2.WatchAnnotationsResponse]]:
         """WatchAnnotations streams changes to a project's or a study's annotations
         as they are written through any server replica. gRPC and gRPC-web only.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAnnotationRevisions(
+        self,
+        request: _annotation_pb2.ListAnnotationRevisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_annotation_pb2.ListAnnotationRevisionsResponse, _abc.Awaitable[_annotation_pb2.ListAnnotationRevisionsResponse]]:
+        """ListAnnotationRevisions lists what each write of an annotation left, newest first: who,
+        when, how and which fields changed. GetAnnotation with a revision returns its content.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreAnnotationRevision(
+        self,
+        request: _annotation_pb2.RestoreAnnotationRevisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_annotation_pb2.RestoreAnnotationRevisionResponse, _abc.Awaitable[_annotation_pb2.RestoreAnnotationRevisionResponse]]:
+        """RestoreAnnotationRevision writes an earlier revision's content back as a new revision.
+        History is never rewritten: the restore is one more revision, naming its source.
         """
 
 def add_AnnotationServiceServicer_to_server(servicer: AnnotationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file pacs/v1/annotation.proto.
  */
 export const file_pacs_v1_annotation: GenFile = /*@__PURE__*/
-  fileDesc("ChhwYWNzL3YxL2Fubm90YXRpb24ucHJvdG8SB3BhY3MudjEigAMKCkFubm90YXRpb24SCgoCaWQYASABKAMSEgoKcHJvamVjdF9pZBgCIAEoAxIPCgd1c2VyX2lkGAMgASgDEhEKCXN0dWR5X3VpZBgEIAEoCRISCgpzZXJpZXNfdWlkGAUgASgJEhQKDGluc3RhbmNlX3VpZBgGIAEoCRIXCg9hbm5vdGF0aW9uX3R5cGUYByABKAkSMAoPYW5ub3RhdGlvbl9kYXRhGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIyChJtZWFzdXJlbWVudF92YWx1ZXMYCSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPdmlld2VyX3NvZnR3YXJlGAogASgJEgwKBGV0YWcYCyABKAkSLgoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVgoXQ3JlYXRlQW5ub3RhdGlvblJlcXVlc3QSJwoKYW5ub3RhdGlvbhgBIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhISCgpyZXF1ZXN0X2lkGAIgASgJIkMKGENyZWF0ZUFubm90YXRpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uIi0KFEdldEFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMiQAoVR2V0QW5ub3RhdGlvblJlc3BvbnNlEicKCmFubm90YXRpb24YASABKAsyEy5wYWNzLnYxLkFubm90YXRpb24ioQIKFkxpc3RBbm5vdGF0aW9uc1JlcXVlc3QSEgoKcHJvamVjdF9pZBgBIAEoAxIRCglzdHVkeV91aWQYAiABKAkSEgoKc2VyaWVzX3VpZBgDIAEoCRIUCgxpbnN0YW5jZV91aWQYBCABKAkSFwoPYW5ub3RhdGlvbl90eXBlGAUgASgJEg8KB3VzZXJfaWQYBiABKAMSMQoNY3JlYXRlZF9hZnRlchgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgJIAEoBRISCgpwYWdlX3Rva2VuGAogASgJIlwKF0xpc3RBbm5vdGF0aW9uc1Jlc3BvbnNlEigKC2Fubm90YXRpb25zGAEgAygLMhMucGFjcy52MS5Bbm5vdGF0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKYAQoXVXBkYXRlQW5ub3RhdGlvblJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxInCgphbm5vdGF0aW9uGAIgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uEi8KC3VwZGF0ZV9tYXNrGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzaxIMCgRldGFnGAQgASgJIkMKGFVwZGF0ZUFubm90YXRpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uIj4KF0RlbGV0ZUFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSDAoEZXRhZxgCIAEoCSIaChhEZWxldGVBbm5vdGF0aW9uUmVzcG9uc2UiWAoXV2F0Y2hBbm5vdGF0aW9uc1JlcXVlc3QSEgoKcHJvamVjdF9pZBgBIAEoAxIRCglzdHVkeV91aWQYAiABKAkSFgoOYWZ0ZXJfZXZlbnRfaWQYAyABKAMizwEKGFdhdGNoQW5ub3RhdGlvbnNSZXNwb25zZRIQCghldmVudF9pZBgBIAEoAxIwCgpldmVudF90eXBlGAIgASgOMhwucGFjcy52MS5Bbm5vdGF0aW9uRXZlbnRUeXBlEhUKDWFubm90YXRpb25faWQYAyABKAMSJwoKYW5ub3RhdGlvbhgEIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhIvCgtvY2N1cnJlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqpQEKE0Fubm90YXRpb25FdmVudFR5cGUSJQohQU5OT1RBVElPTl9FVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASIQodQU5OT1RBVElPTl9FVkVOVF9UWVBFX0NSRUFURUQQARIhCh1BTk5PVEFUSU9OX0VWRU5UX1RZUEVfVVBEQVRFRBACEiEKHUFOTk9UQVRJT05fRVZFTlRfVFlQRV9ERUxFVEVEEAMy9AYKEUFubm90YXRpb25TZXJ2aWNlEpMBChBDcmVhdGVBbm5vdGF0aW9uEiAucGFjcy52MS5DcmVhdGVBbm5vdGF0aW9uUmVxdWVzdBohLnBhY3MudjEuQ3JlYXRlQW5ub3RhdGlvblJlc3BvbnNlIjrqxxgSCAQQAhgBKgphbm5vdGF0aW9ugtPkkwIeOgphbm5vdGF0aW9uIhAvYXBpL2Fubm90YXRpb25zEo4BCg1HZXRBbm5vdGF0aW9uEh0ucGFjcy52MS5HZXRBbm5vdGF0aW9uUmVxdWVzdBoeLnBhY3MudjEuR2V0QW5ub3RhdGlvblJlc3BvbnNlIj7qxxgSCAMQARgBKgphbm5vdGF0aW9ugtPkkwIiEiAvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfRKEAQoPTGlzdEFubm90YXRpb25zEh8ucGFjcy52MS5MaXN0QW5ub3RhdGlvbnNSZXF1ZXN0GiAucGFjcy52MS5MaXN0QW5ub3RhdGlvbnNSZXNwb25zZSIu6scYEggDEAEYASoKYW5ub3RhdGlvboLT5JMCEhIQL2FwaS9hbm5vdGF0aW9ucxKaAQoQVXBkYXRlQW5ub3RhdGlvbhIgLnBhY3MudjEuVXBkYXRlQW5ub3RhdGlvblJlcXVlc3QaIS5wYWNzLnYxLlVwZGF0ZUFubm90YXRpb25SZXNwb25zZSJB6scYEggEEAMYASoKYW5ub3RhdGlvboLT5JMCJToBKjIgL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0SlwEKEERlbGV0ZUFubm90YXRpb24SIC5wYWNzLnYxLkRlbGV0ZUFubm90YXRpb25SZXF1ZXN0GiEucGFjcy52MS5EZWxldGVBbm5vdGF0aW9uUmVzcG9uc2UiPurHGBIIBBADGAEqCmFubm90YXRpb26C0+STAiIqIC9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9EnoKEFdhdGNoQW5ub3RhdGlvbnMSIC5wYWNzLnYxLldhdGNoQW5ub3RhdGlvbnNSZXF1ZXN0GiEucGFjcy52MS5XYXRjaEFubm90YXRpb25zUmVzcG9uc2UiH+rHGBsIAxADGAYgASoRYW5ub3RhdGlvbl9ldmVudHMwAWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_pacs_v1_options]);
+  fileDesc("ChhwYWNzL3YxL2Fubm90YXRpb24ucHJvdG8SB3BhY3MudjEikgMKCkFubm90YXRpb24SCgoCaWQYASABKAMSEgoKcHJvamVjdF9pZBgCIAEoAxIPCgd1c2VyX2lkGAMgASgDEhEKCXN0dWR5X3VpZBgEIAEoCRISCgpzZXJpZXNfdWlkGAUgASgJEhQKDGluc3RhbmNlX3VpZBgGIAEoCRIXCg9hbm5vdGF0aW9uX3R5cGUYByABKAkSMAoPYW5ub3RhdGlvbl9kYXRhGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIyChJtZWFzdXJlbWVudF92YWx1ZXMYCSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPdmlld2VyX3NvZnR3YXJlGAogASgJEgwKBGV0YWcYCyABKAkSLgoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YDiABKAMiVgoXQ3JlYXRlQW5ub3RhdGlvblJlcXVlc3QSJwoKYW5ub3RhdGlvbhgBIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhISCgpyZXF1ZXN0X2lkGAIgASgJIkMKGENyZWF0ZUFubm90YXRpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uIj8KFEdldEFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIcmV2aXNpb24YAiABKAMiQAoVR2V0QW5ub3RhdGlvblJlc3BvbnNlEicKCmFubm90YXRpb24YASABKAsyEy5wYWNzLnYxLkFubm90YXRpb24ioQIKFkxpc3RBbm5vdGF0aW9uc1JlcXVlc3QSEgoKcHJvamVjdF9pZBgBIAEoAxIRCglzdHVkeV91aWQYAiABKAkSEgoKc2VyaWVzX3VpZBgDIAEoCRIUCgxpbnN0YW5jZV91aWQYBCABKAkSFwoPYW5ub3RhdGlvbl90eXBlGAUgASgJEg8KB3VzZXJfaWQYBiABKAMSMQoNY3JlYXRlZF9hZnRlchgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgJIAEoBRISCgpwYWdlX3Rva2VuGAogASgJIlwKF0xpc3RBbm5vdGF0aW9uc1Jlc3BvbnNlEigKC2Fubm90YXRpb25zGAEgAygLMhMucGFjcy52MS5Bbm5vdGF0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKYAQoXVXBkYXRlQW5ub3RhdGlvblJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxInCgphbm5vdGF0aW9uGAIgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uEi8KC3VwZGF0ZV9tYXNrGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzaxIMCgRldGFnGAQgASgJIkMKGFVwZGF0ZUFubm90YXRpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uIj4KF0RlbGV0ZUFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSDAoEZXRhZxgCIAEoCSIaChhEZWxldGVBbm5vdGF0aW9uUmVzcG9uc2UiWAoXV2F0Y2hBbm5vdGF0aW9uc1JlcXVlc3QSEgoKcHJvamVjdF9pZBgBIAEoAxIRCglzdHVkeV91aWQYAiABKAkSFgoOYWZ0ZXJfZXZlbnRfaWQYAyABKAMizwEKGFdhdGNoQW5ub3RhdGlvbnNSZXNwb25zZRIQCghldmVudF9pZBgBIAEoAxIwCgpldmVudF90eXBlGAIgASgOMhwucGFjcy52MS5Bbm5vdGF0aW9uRXZlbnRUeXBlEhUKDWFubm90YXRpb25faWQYAyABKAMSJwoKYW5ub3RhdGlvbhgEIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhIvCgtvY2N1cnJlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXgoeTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiagofTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXNwb25zZRIuCglyZXZpc2lvbnMYASADKAsyGy5wYWNzLnYxLkFubm90YXRpb25SZXZpc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki0gEKEkFubm90YXRpb25SZXZpc2lvbhIQCghyZXZpc2lvbhgBIAEoAxIxCgZhY3Rpb24YAiABKA4yIS5wYWNzLnYxLkFubm90YXRpb25SZXZpc2lvbkFjdGlvbhIWCg5jaGFuZ2VkX2ZpZWxkcxgDIAMoCRIPCgd1c2VyX2lkGAQgASgDEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh4KFnJlc3RvcmVkX2Zyb21fcmV2aXNpb24YBiABKAMiWQogUmVzdG9yZUFubm90YXRpb25SZXZpc2lvblJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghyZXZpc2lvbhgCIAEoAxIMCgRldGFnGAMgASgJIkwKIVJlc3RvcmVBbm5vdGF0aW9uUmV2aXNpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uKqUBChNBbm5vdGF0aW9uRXZlbnRUeXBlEiUKIUFOTk9UQVRJT05fRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEiEKHUFOTk9UQVRJT05fRVZFTlRfVFlQRV9DUkVBVEVEEAESIQodQU5OT1RBVElPTl9FVkVOVF9UWVBFX1VQREFURUQQAhIhCh1BTk5PVEFUSU9OX0VWRU5UX1RZUEVfREVMRVRFRBADKpECChhBbm5vdGF0aW9uUmV2aXNpb25BY3Rpb24SKgomQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fVU5TUEVDSUZJRUQQABImCiJBTk5PVEFUSU9OX1JFVklTSU9OX0FDVElPTl9DUkVBVEVEEAESJgoiQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fVVBEQVRFRBACEicKI0FOTk9UQVRJT05fUkVWSVNJT05fQUNUSU9OX1JFU1RPUkVEEAMSJgoiQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fREVMRVRFRBAEEigKJEFOTk9UQVRJT05fUkVWSVNJT05fQUNUSU9OX1VOREVMRVRFRBAFMoIKChFBbm5vdGF0aW9uU2VydmljZRKTAQoQQ3JlYXRlQW5ub3RhdGlvbhIgLnBhY3MudjEuQ3JlYXRlQW5ub3RhdGlvblJlcXVlc3QaIS5wYWNzLnYxLkNyZWF0ZUFubm90YXRpb25SZXNwb25zZSI66scYEggEEAIYASoKYW5ub3RhdGlvboLT5JMCHjoKYW5ub3RhdGlvbiIQL2FwaS9hbm5vdGF0aW9ucxKOAQoNR2V0QW5ub3RhdGlvbhIdLnBhY3MudjEuR2V0QW5ub3RhdGlvblJlcXVlc3QaHi5wYWNzLnYxLkdldEFubm90YXRpb25SZXNwb25zZSI+6scYEggDEAEYASoKYW5ub3RhdGlvboLT5JMCIhIgL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0ShAEKD0xpc3RBbm5vdGF0aW9ucxIfLnBhY3MudjEuTGlzdEFubm90YXRpb25zUmVxdWVzdBogLnBhY3MudjEuTGlzdEFubm90YXRpb25zUmVzcG9uc2UiLurHGBIIAxABGAEqCmFubm90YXRpb26C0+STAhISEC9hcGkvYW5ub3RhdGlvbnMSmgEKEFVwZGF0ZUFubm90YXRpb24SIC5wYWNzLnYxLlVwZGF0ZUFubm90YXRpb25SZXF1ZXN0GiEucGFjcy52MS5VcGRhdGVBbm5vdGF0aW9uUmVzcG9uc2UiQerHGBIIBBADGAEqCmFubm90YXRpb26C0+STAiU6ASoyIC9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9EpcBChBEZWxldGVBbm5vdGF0aW9uEiAucGFjcy52MS5EZWxldGVBbm5vdGF0aW9uUmVxdWVzdBohLnBhY3MudjEuRGVsZXRlQW5ub3RhdGlvblJlc3BvbnNlIj7qxxgSCAQQAxgBKgphbm5vdGF0aW9ugtPkkwIiKiAvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfRJ6ChBXYXRjaEFubm90YXRpb25zEiAucGFjcy52MS5XYXRjaEFubm90YXRpb25zUmVxdWVzdBohLnBhY3MudjEuV2F0Y2hBbm5vdGF0aW9uc1Jlc3BvbnNlIh/qxxgbCAMQAxgGIAEqEWFubm90YXRpb25fZXZlbnRzMAEStgEKF0xpc3RBbm5vdGF0aW9uUmV2aXNpb25zEicucGFjcy52MS5MaXN0QW5ub3RhdGlvblJldmlzaW9uc1JlcXVlc3QaKC5wYWNzLnYxLkxpc3RBbm5vdGF0aW9uUmV2aXNpb25zUmVzcG9uc2UiSOrHGBIIAxABGAEqCmFubm90YXRpb26C0+STAiwSKi9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L3JldmlzaW9ucxLSAQoZUmVzdG9yZUFubm90YXRpb25SZXZpc2lvbhIpLnBhY3MudjEuUmVzdG9yZUFubm90YXRpb25SZXZpc2lvblJlcXVlc3QaKi5wYWNzLnYxLlJlc3RvcmVBbm5vdGF0aW9uUmV2aXNpb25SZXNwb25zZSJe6scYEggEEAMYASoKYW5ub3RhdGlvboLT5JMCQjoBKiI9L2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vcmV2aXNpb25zL3tyZXZpc2lvbn0vcmVzdG9yZWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_pacs_v1_options]);
 
 /**
  * Annotation is one mark or measurement on a study, series or instance.
@@ -112,6 +112,13 @@ export type Annotation = Message<"pacs.v1.Annotation"> & {
    * @generated from field: google.protobuf.Timestamp updated_at = 13;
    */
   updatedAt?: Timestamp | undefined;
+
+  /**
+   * The revision this state is: the etag's number, counted from 1 at creation. Output only.
+   *
+   * @generated from field: int64 revision = 14;
+   */
+  revision: bigint;
 };
 
 /**
@@ -179,6 +186,14 @@ export type GetAnnotationRequest = Message<"pacs.v1.GetAnnotationRequest"> & {
    * @generated from field: int64 annotation_id = 1;
    */
   annotationId: bigint;
+
+  /**
+   * Optional: the annotation as this revision left it (see ListAnnotationRevisions); its etag
+   * and updated_at are the revision's. 0 or absent: the current state.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
 };
 
 /**
@@ -489,6 +504,168 @@ export const WatchAnnotationsResponseSchema: GenMessage<WatchAnnotationsResponse
   messageDesc(file_pacs_v1_annotation, 12);
 
 /**
+ * ListAnnotationRevisionsRequest pages an annotation's history.
+ *
+ * @generated from message pacs.v1.ListAnnotationRevisionsRequest
+ */
+export type ListAnnotationRevisionsRequest = Message<"pacs.v1.ListAnnotationRevisionsRequest"> & {
+  /**
+   * @generated from field: int64 annotation_id = 1;
+   */
+  annotationId: bigint;
+
+  /**
+   * Default 50, at most 500.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message pacs.v1.ListAnnotationRevisionsRequest.
+ * Use `create(ListAnnotationRevisionsRequestSchema)` to create a new message.
+ */
+export const ListAnnotationRevisionsRequestSchema: GenMessage<ListAnnotationRevisionsRequest> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 13);
+
+/**
+ * ListAnnotationRevisionsResponse is one page, newest first.
+ *
+ * @generated from message pacs.v1.ListAnnotationRevisionsResponse
+ */
+export type ListAnnotationRevisionsResponse = Message<"pacs.v1.ListAnnotationRevisionsResponse"> & {
+  /**
+   * @generated from field: repeated pacs.v1.AnnotationRevision revisions = 1;
+   */
+  revisions: AnnotationRevision[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message pacs.v1.ListAnnotationRevisionsResponse.
+ * Use `create(ListAnnotationRevisionsResponseSchema)` to create a new message.
+ */
+export const ListAnnotationRevisionsResponseSchema: GenMessage<ListAnnotationRevisionsResponse> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 14);
+
+/**
+ * AnnotationRevision is what one write of an annotation left; immutable.
+ *
+ * @generated from message pacs.v1.AnnotationRevision
+ */
+export type AnnotationRevision = Message<"pacs.v1.AnnotationRevision"> & {
+  /**
+   * The etag's number after the write; gap-free from 1.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * @generated from field: pacs.v1.AnnotationRevisionAction action = 2;
+   */
+  action: AnnotationRevisionAction;
+
+  /**
+   * The content fields the write changed (annotation_type, annotation_data,
+   * measurement_values, viewer_software); for a creation, those it set.
+   *
+   * @generated from field: repeated string changed_fields = 3;
+   */
+  changedFields: string[];
+
+  /**
+   * Who wrote it; 0 when unknown (changes made before the server kept history).
+   *
+   * @generated from field: int64 user_id = 4;
+   */
+  userId: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 5;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * For RESTORED: the revision whose content was written back.
+   *
+   * @generated from field: int64 restored_from_revision = 6;
+   */
+  restoredFromRevision: bigint;
+};
+
+/**
+ * Describes the message pacs.v1.AnnotationRevision.
+ * Use `create(AnnotationRevisionSchema)` to create a new message.
+ */
+export const AnnotationRevisionSchema: GenMessage<AnnotationRevision> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 15);
+
+/**
+ * RestoreAnnotationRevisionRequest names the revision to write back.
+ *
+ * @generated from message pacs.v1.RestoreAnnotationRevisionRequest
+ */
+export type RestoreAnnotationRevisionRequest = Message<"pacs.v1.RestoreAnnotationRevisionRequest"> & {
+  /**
+   * @generated from field: int64 annotation_id = 1;
+   */
+  annotationId: bigint;
+
+  /**
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+
+  /**
+   * As in UpdateAnnotationRequest: a stale etag fails with ABORTED.
+   *
+   * @generated from field: string etag = 3;
+   */
+  etag: string;
+};
+
+/**
+ * Describes the message pacs.v1.RestoreAnnotationRevisionRequest.
+ * Use `create(RestoreAnnotationRevisionRequestSchema)` to create a new message.
+ */
+export const RestoreAnnotationRevisionRequestSchema: GenMessage<RestoreAnnotationRevisionRequest> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 16);
+
+/**
+ * RestoreAnnotationRevisionResponse is the annotation after the restore.
+ *
+ * @generated from message pacs.v1.RestoreAnnotationRevisionResponse
+ */
+export type RestoreAnnotationRevisionResponse = Message<"pacs.v1.RestoreAnnotationRevisionResponse"> & {
+  /**
+   * @generated from field: pacs.v1.Annotation annotation = 1;
+   */
+  annotation?: Annotation | undefined;
+};
+
+/**
+ * Describes the message pacs.v1.RestoreAnnotationRevisionResponse.
+ * Use `create(RestoreAnnotationRevisionResponseSchema)` to create a new message.
+ */
+export const RestoreAnnotationRevisionResponseSchema: GenMessage<RestoreAnnotationRevisionResponse> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 17);
+
+/**
  * AnnotationEventType says what happened to the annotation.
  *
  * @generated from enum pacs.v1.AnnotationEventType
@@ -520,6 +697,51 @@ export enum AnnotationEventType {
  */
 export const AnnotationEventTypeSchema: GenEnum<AnnotationEventType> = /*@__PURE__*/
   enumDesc(file_pacs_v1_annotation, 0);
+
+/**
+ * AnnotationRevisionAction is the write that made a revision.
+ *
+ * @generated from enum pacs.v1.AnnotationRevisionAction
+ */
+export enum AnnotationRevisionAction {
+  /**
+   * @generated from enum value: ANNOTATION_REVISION_ACTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: ANNOTATION_REVISION_ACTION_CREATED = 1;
+   */
+  CREATED = 1,
+
+  /**
+   * @generated from enum value: ANNOTATION_REVISION_ACTION_UPDATED = 2;
+   */
+  UPDATED = 2,
+
+  /**
+   * An earlier revision's content written back; restored_from_revision names it.
+   *
+   * @generated from enum value: ANNOTATION_REVISION_ACTION_RESTORED = 3;
+   */
+  RESTORED = 3,
+
+  /**
+   * @generated from enum value: ANNOTATION_REVISION_ACTION_DELETED = 4;
+   */
+  DELETED = 4,
+
+  /**
+   * @generated from enum value: ANNOTATION_REVISION_ACTION_UNDELETED = 5;
+   */
+  UNDELETED = 5,
+}
+
+/**
+ * Describes the enum pacs.v1.AnnotationRevisionAction.
+ */
+export const AnnotationRevisionActionSchema: GenEnum<AnnotationRevisionAction> = /*@__PURE__*/
+  enumDesc(file_pacs_v1_annotation, 1);
 
 /**
  * AnnotationService stores what radiologists and AI models draw or measure on
@@ -588,6 +810,28 @@ export const AnnotationService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchAnnotationsRequestSchema;
     output: typeof WatchAnnotationsResponseSchema;
+  },
+  /**
+   * ListAnnotationRevisions lists what each write of an annotation left, newest first: who,
+   * when, how and which fields changed. GetAnnotation with a revision returns its content.
+   *
+   * @generated from rpc pacs.v1.AnnotationService.ListAnnotationRevisions
+   */
+  listAnnotationRevisions: {
+    methodKind: "unary";
+    input: typeof ListAnnotationRevisionsRequestSchema;
+    output: typeof ListAnnotationRevisionsResponseSchema;
+  },
+  /**
+   * RestoreAnnotationRevision writes an earlier revision's content back as a new revision.
+   * History is never rewritten: the restore is one more revision, naming its source.
+   *
+   * @generated from rpc pacs.v1.AnnotationService.RestoreAnnotationRevision
+   */
+  restoreAnnotationRevision: {
+    methodKind: "unary";
+    input: typeof RestoreAnnotationRevisionRequestSchema;
+    output: typeof RestoreAnnotationRevisionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_pacs_v1_annotation, 0);
