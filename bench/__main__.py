@@ -24,6 +24,7 @@ BENCHMARKS = (
     "create_annotation",
     "export_seg",
     "pacs_check",
+    "update_annotation",
 )
 
 

@@ -83,6 +83,7 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
                 ),
                 page_size=request.page_size,
                 page_token=request.page_token,
+                show_deleted=request.show_deleted,
             ),
         )
         response = annotation_pb2.ListAnnotationsResponse(next_page_token=page.next_page_token)
@@ -125,8 +126,18 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
     async def DeleteAnnotation(
         self, request: annotation_pb2.DeleteAnnotationRequest, context: Context
     ) -> annotation_pb2.DeleteAnnotationResponse:
-        await self._use_cases.delete(current_call(), request.annotation_id, request.etag)
+        await self._use_cases.delete(
+            current_call(), request.annotation_id, request.etag, purge=request.purge
+        )
         return annotation_pb2.DeleteAnnotationResponse()
+
+    async def UndeleteAnnotation(
+        self, request: annotation_pb2.UndeleteAnnotationRequest, context: Context
+    ) -> annotation_pb2.UndeleteAnnotationResponse:
+        back = await self._use_cases.undelete(current_call(), request.annotation_id, request.etag)
+        response = annotation_pb2.UndeleteAnnotationResponse()
+        convert.write_annotation(response.annotation, back)
+        return response
 
     async def ListAnnotationRevisions(
         self, request: annotation_pb2.ListAnnotationRevisionsRequest, context: Context

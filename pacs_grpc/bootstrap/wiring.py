@@ -112,6 +112,8 @@ def compose(
             max_elements=settings.max_annotation_json_values,
         ),
         list_budget_bytes=settings.list_page_budget_bytes,
+        clock=a.clock,
+        trash_retention=timedelta(days=settings.trash_retention_days),
         pacs_checks=pacs_checks,
     )
     health = HealthServicer()
@@ -142,6 +144,8 @@ def compose(
             a.storage,
             interval_seconds=settings.sweeper_interval_seconds,
             upload_grace=timedelta(seconds=settings.upload_grace_seconds),
+            trash=a.annotations,
+            trash_retention=timedelta(days=settings.trash_retention_days),
             on_backlog=metrics.storage_backlog,
         ),
         metrics=metrics,

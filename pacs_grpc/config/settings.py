@@ -216,6 +216,16 @@ class Settings:
     sweeper_interval_seconds: float = field(
         default=5.0, metadata=env("SWEEPER_INTERVAL_SECONDS", "how often storage is cleaned up")
     )
+    trash_retention_days: int = field(
+        default=30,
+        metadata=env(
+            "TRASH_RETENTION_DAYS",
+            "how long a deleted annotation stays in the trash, where `UndeleteAnnotation` "
+            "brings it back, before the sweeper purges it with its history and stored objects",
+            minimum=1,
+            maximum=3650,
+        ),
+    )
     upload_grace_seconds: int = field(
         default=600,
         metadata=env(

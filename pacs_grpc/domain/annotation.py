@@ -34,6 +34,8 @@ class Annotation:
     # that only answer leave out the JSON where its encoding is here.
     annotation_data_encoded: bytes | None = None
     measurement_values_encoded: bytes | None = None
+    # When it went to the trash; None while it is live.
+    deleted_at: datetime | None = None
 
     @property
     def etag(self) -> str:
@@ -91,7 +93,10 @@ class EventType(enum.Enum):
 
     CREATED = "created"
     UPDATED = "updated"
+    # Moved to the trash, or purged.
     DELETED = "deleted"
+    # Brought back from the trash.
+    RESTORED = "restored"
 
 
 @dataclass(frozen=True)
@@ -123,3 +128,5 @@ class ListFilter:
     user_id: int | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    # Also annotations in the trash (ListAnnotations' show_deleted).
+    include_deleted: bool = False

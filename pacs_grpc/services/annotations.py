@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic
 
 from pacs_grpc.domain import annotation_rules, paging, validation
@@ -19,7 +19,14 @@ from pacs_grpc.domain.annotation import (
     RevisionAction,
     RevisionNote,
 )
-from pacs_grpc.domain.errors import Conflict, InvalidArgument, NotFound
+from pacs_grpc.domain.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from pacs_grpc.domain.identity import ProjectRole
 from pacs_grpc.domain.pacs import PacsValidation
 from pacs_grpc.domain.paging import Page
 from pacs_grpc.services.context import (
@@ -32,6 +39,7 @@ from pacs_grpc.services.idempotency import create_once
 from pacs_grpc.services.pacs_checks import PacsChecks
 from pacs_grpc.services.ports import (
     AnnotationStore,
+    Clock,
     EventRecorder,
     EventSource,
     IdempotencyStore,
@@ -76,6 +84,7 @@ class ListRequest:
     created_before: datetime | None
     page_size: int
     page_token: str
+    show_deleted: bool = False
 
 
 class AnnotationUseCases(Generic[TxT]):
@@ -95,6 +104,8 @@ class AnnotationUseCases(Generic[TxT]):
         max_page_size: int,
         json_limits: annotation_rules.JsonLimits,
         list_budget_bytes: int,
+        clock: Clock,
+        trash_retention: timedelta,
         pacs_checks: PacsChecks | None = None,
     ) -> None:
         self._transaction = transaction
@@ -108,6 +119,8 @@ class AnnotationUseCases(Generic[TxT]):
         self._max_page_size = max_page_size
         self._json_limits = json_limits
         self._list_budget_bytes = list_budget_bytes
+        self._clock = clock
+        self._trash_retention = trash_retention
 
     async def create(self, call: CallContext, request: NewAnnotation) -> Annotation:
         project_id = validation.positive_id("annotation.project_id", request.project_id)
@@ -229,6 +242,8 @@ class AnnotationUseCases(Generic[TxT]):
             raise InvalidArgument("project_id", "must be a positive id")
         if request.user_id < 0:
             raise InvalidArgument("user_id", "must be a positive id")
+        if request.show_deleted and not request.project_id:
+            raise InvalidArgument("show_deleted", "needs project_id: the trash is per project")
         kind = (
             annotation_rules.annotation_type("annotation_type", request.annotation_type)
             if request.annotation_type
@@ -245,13 +260,16 @@ class AnnotationUseCases(Generic[TxT]):
             user_id=request.user_id or None,
             created_after=request.created_after,
             created_before=request.created_before,
+            include_deleted=request.show_deleted,
         )
         fingerprint = paging.filters_fingerprint(request.project_id, dataclasses.asdict(criteria))
         position = paging.decode(request.page_token, fingerprint, 2, kinds=(datetime, int))
         after = (position[0], position[1]) if position else None
         call.audit.touch(study_uid=criteria.study_uid)
         async with self._transaction.read(call) as conn:
-            project_ids = await self._readable_projects(conn, call, request.project_id)
+            project_ids = await self._readable_projects(
+                conn, call, request.project_id, show_deleted=request.show_deleted
+            )
             if project_ids == ():
                 return Page([], "")
             read = await self._annotations.list_page(
@@ -269,11 +287,14 @@ class AnnotationUseCases(Generic[TxT]):
         return page
 
     async def _readable_projects(
-        self, conn: TxT, call: CallContext, project_id: int
+        self, conn: TxT, call: CallContext, project_id: int, *, show_deleted: bool
     ) -> tuple[int, ...] | None:
-        """The projects to list from: the one asked for, else all the caller may read."""
+        """The projects to list from: the one asked for, else all the caller may read. Only
+        a project's owners may see its trash."""
         if project_id:
-            await authorize_project(self._projects, conn, call, project_id)
+            _, role = await authorize_project(self._projects, conn, call, project_id)
+            if show_deleted and role < ProjectRole.OWNER:
+                raise PermissionDenied("show_deleted: only the project's owners see its trash")
             return (project_id,)
         if call.caller.platform_admin:
             return None
@@ -319,17 +340,56 @@ class AnnotationUseCases(Generic[TxT]):
             await self._event(conn, call, annotation, EventType.UPDATED)
         return annotation
 
-    async def delete(self, call: CallContext, annotation_id: int, etag: str) -> int:
-        """Delete; returns how many stored objects were queued for deletion."""
+    async def delete(
+        self, call: CallContext, annotation_id: int, etag: str, *, purge: bool = False
+    ) -> int:
+        """Move to the trash or, with `purge` (owners only), delete for good; returns how many
+        stored objects were queued for deletion (none for the trash, which keeps them)."""
+        validation.positive_id("annotation_id", annotation_id)
+        expected_version = annotation_rules.etag("etag", etag)
+        call.audit.touch(resource_ids=[annotation_id])
+        if purge:
+            # The audit row says this was the one hard delete, not a move to the trash.
+            call.audit.touch(resource_type="annotation_purge")
+        async with self._transaction(call) as conn:
+            current, role = await self._accessible_with_role(
+                conn, call, annotation_id, for_update=True, include_deleted=purge
+            )
+            _check_version(current, expected_version)
+            if not purge:
+                trashed = await self._annotations.move_to_trash(
+                    conn, annotation_id, call.caller.user_id, trash=True
+                )
+                await self._event(conn, call, trashed, EventType.DELETED)
+                return 0
+            if role < ProjectRole.OWNER:
+                raise PermissionDenied("purge: only the project's owners may purge")
+            queued = await self._annotations.purge(conn, [annotation_id])
+            if current.deleted_at is None:
+                await self._event(conn, call, current, EventType.DELETED)
+        return queued
+
+    async def undelete(self, call: CallContext, annotation_id: int, etag: str) -> Annotation:
+        """Bring an annotation back from the trash while its retention lasts."""
         validation.positive_id("annotation_id", annotation_id)
         expected_version = annotation_rules.etag("etag", etag)
         call.audit.touch(resource_ids=[annotation_id])
         async with self._transaction(call) as conn:
-            current = await self._accessible(conn, call, annotation_id, for_update=True)
+            current, _ = await self._accessible_with_role(
+                conn, call, annotation_id, for_update=True, include_deleted=True
+            )
+            if current.deleted_at is None:
+                raise FailedPrecondition("annotation_id: the annotation is not in the trash")
             _check_version(current, expected_version)
-            queued = await self._annotations.delete(conn, annotation_id)
-            await self._event(conn, call, current, EventType.DELETED)
-        return queued
+            if current.deleted_at <= self._clock.now() - self._trash_retention:
+                raise FailedPrecondition(
+                    "annotation_id: the annotation's time in the trash is up; it is being purged"
+                )
+            annotation = await self._annotations.move_to_trash(
+                conn, annotation_id, call.caller.user_id, trash=False
+            )
+            await self._event(conn, call, annotation, EventType.RESTORED)
+        return annotation
 
     async def watch(
         self, call: CallContext, project_id: int, study_uid: str, after_event_id: int
@@ -354,17 +414,29 @@ class AnnotationUseCases(Generic[TxT]):
     async def _accessible(
         self, conn: TxT, call: CallContext, annotation_id: int, *, for_update: bool = False
     ) -> Annotation:
-        found = await self._annotations.get_with_access(
-            conn, annotation_id, call.caller.user_id, for_update=for_update
+        annotation, _ = await self._accessible_with_role(
+            conn, call, annotation_id, for_update=for_update
         )
+        return annotation
+
+    async def _accessible_with_role(
+        self, conn: TxT, call: CallContext, annotation_id: int, *, for_update: bool = False,
+        include_deleted: bool = False,
+    ) -> tuple[Annotation, ProjectRole]:  # fmt: skip
+        """The annotation and the caller's effective role, if the RPC's access is met. One in
+        the trash is NOT_FOUND unless `include_deleted`."""
+        found = await self._annotations.get_with_access(
+            conn, annotation_id, call.caller.user_id, for_update=for_update,
+            include_deleted=include_deleted,
+        )  # fmt: skip
         if found is None:
             raise NotFound("annotation not found")
         annotation = found.annotation
         call.audit.touch(project_id=annotation.project_id, study_uid=annotation.study_uid)
-        check_access(
+        role = check_access(
             call, found.caller_role, project_active=found.project_active, what="annotation"
         )
-        return annotation
+        return annotation, role
 
     async def _event(
         self, conn: TxT, call: CallContext, annotation: Annotation, event_type: EventType

@@ -7,7 +7,8 @@ replica runs a Sweeper, and each round goes like this, batch by batch, one trans
 1. take ``pg_try_advisory_xact_lock(lock_key)``; a replica that does not get it ends its round at
    once. So at most one replica deletes at any moment, and when it dies its transaction (and the
    lock) goes with its connection, and the next replica to try takes over;
-2. move expired, never-completed upload tickets to the outbox;
+2. move expired, never-completed upload tickets to the outbox, and purge the annotations whose
+   time in the trash is up (their objects go to the outbox in the same transaction);
 3. claim due outbox rows (``FOR UPDATE SKIP LOCKED``), delete their objects, then remove the rows
    that succeeded and reschedule the others with exponential backoff, before committing.
 
@@ -34,7 +35,13 @@ from datetime import timedelta
 from typing import Generic
 
 from pacs_grpc.domain.errors import DomainError
-from pacs_grpc.services.ports import DeletesObjects, SweepOutbox, Transactions, TxT
+from pacs_grpc.services.ports import (
+    DeletesObjects,
+    SweepOutbox,
+    Transactions,
+    TrashPurger,
+    TxT,
+)
 
 _log = logging.getLogger("pacs_grpc.sweeper")
 
@@ -52,26 +59,32 @@ class SweepResult:
     expired_enqueued: int = 0
     deleted: int = 0
     failed: int = 0
+    # Annotations purged from the trash (their objects count in expired_enqueued's stead: they
+    # are queued, then deleted like any other).
+    purged: int = 0
 
     def __add__(self, other: SweepResult) -> SweepResult:
         return SweepResult(
             self.expired_enqueued + other.expired_enqueued,
             self.deleted + other.deleted,
             self.failed + other.failed,
+            self.purged + other.purged,
         )
 
     @property
     def did_work(self) -> bool:
-        return bool(self.expired_enqueued or self.deleted or self.failed)
+        return bool(self.expired_enqueued or self.deleted or self.failed or self.purged)
 
 
 @dataclass(frozen=True)
 class _Batch:
     result: SweepResult
     claimed: int
-    # Expired tickets removed, queued or not: a full batch means more may be waiting.
+    # Expired tickets removed, queued or not, and annotations purged: a full batch of either
+    # means more may be waiting.
     expired_removed: int
     storage_down: bool
+    purged: int = 0
 
 
 class Sweeper(Generic[TxT]):
@@ -89,6 +102,8 @@ class Sweeper(Generic[TxT]):
         *,
         interval_seconds: float,
         upload_grace: timedelta,
+        trash: TrashPurger[TxT],
+        trash_retention: timedelta,
         batch_size: int = 500,
         delete_timeout_seconds: float = 60.0,
         on_backlog: Callable[[int], None] | None = None,
@@ -98,6 +113,8 @@ class Sweeper(Generic[TxT]):
         `delete_timeout_seconds` bounds one storage call, and so how long a batch holds its rows.
         `on_backlog` hears the outbox's size after every round (for a metric); every replica
         reports it, the active one or not.
+        Annotations in the `trash` for longer than `trash_retention` are purged, their objects
+        queued in the same transaction and deleted like any others.
         """
         if interval_seconds <= 0 or batch_size <= 0 or delete_timeout_seconds <= 0:
             raise ValueError("interval_seconds, batch_size and delete_timeout_seconds must be > 0")
@@ -106,6 +123,8 @@ class Sweeper(Generic[TxT]):
         self._interval = interval_seconds
         self._batch_size = batch_size
         self._grace = upload_grace
+        self._trash = trash
+        self._trash_retention = trash_retention
         self._outbox = outbox
         self._delete_timeout = delete_timeout_seconds
         self._on_backlog = on_backlog
@@ -137,7 +156,7 @@ class Sweeper(Generic[TxT]):
                     break
                 total += batch.result
                 more_due = batch.claimed == self._batch_size
-                more_expired = batch.expired_removed == self._batch_size
+                more_expired = self._batch_size in (batch.expired_removed, batch.purged)
                 # An outage would fail every further batch too, each after a timeout.
                 if batch.storage_down or not (more_due or more_expired):
                     break
@@ -150,6 +169,7 @@ class Sweeper(Generic[TxT]):
                         "expired_enqueued": total.expired_enqueued,
                         "deleted": total.deleted,
                         "failed": total.failed,
+                        "purged": total.purged,
                     },
                 )
         return total
@@ -171,10 +191,15 @@ class Sweeper(Generic[TxT]):
                 conn, self._grace, self._batch_size
             )
             enqueued = expired.queued
+            purged = await self._purge_expired_trash(conn)
             claimed = await self._outbox.claim_due(conn, self._batch_size)
             if not claimed:
                 return _Batch(
-                    SweepResult(expired_enqueued=enqueued), 0, expired.removed, storage_down=False
+                    SweepResult(expired_enqueued=enqueued, purged=purged),
+                    0,
+                    expired.removed,
+                    storage_down=False,
+                    purged=purged,
                 )
 
             # The same key may be queued twice (say, by an expired ticket and by its group's
@@ -196,8 +221,17 @@ class Sweeper(Generic[TxT]):
             retry = {row_id: reason for row_id, key in claimed if key in failed_keys}
             await self._outbox.finish(conn, done)
             await self._outbox.retry_later(conn, retry)
-            result = SweepResult(expired_enqueued=enqueued, deleted=len(done), failed=len(retry))
-            return _Batch(result, len(claimed), expired.removed, storage_down)
+            result = SweepResult(
+                expired_enqueued=enqueued, deleted=len(done), failed=len(retry), purged=purged
+            )
+            return _Batch(result, len(claimed), expired.removed, storage_down, purged)
+
+    async def _purge_expired_trash(self, conn: TxT) -> int:
+        """Purge a batch of annotations whose time in the trash is up; how many."""
+        expired = await self._trash.expired_trash(conn, self._trash_retention, self._batch_size)
+        if expired:
+            await self._trash.purge(conn, expired)
+        return len(expired)
 
     async def _run(self) -> None:
         while True:

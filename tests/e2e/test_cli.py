@@ -17,7 +17,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+from google.protobuf import field_mask_pb2
+from pacs.client import PacsClient
 from pacs.client.cli import build_parser
+from pacs.v1 import annotation_pb2
 
 from pacs_devstack.issuer import DevIssuer
 from pacs_devstack.stack import LocalStack
@@ -69,8 +72,6 @@ def pacs(address: str, token: str, config_home: Path) -> Run:
 
 @pytest.fixture(scope="module")
 def project_id(address: str, token: str) -> Iterator[int]:
-    from pacs.client import PacsClient
-
     with PacsClient(address, token, insecure=True) as client:
         yield client.create_project(f"cli-{uuid.uuid4().hex[:8]}").id
 
@@ -99,7 +100,9 @@ def test_every_command_has_help(pacs: Run) -> None:
     paths = command_paths()
     assert ["masks", "push"] in paths
     assert ["annotations", "create"] in paths
-    assert len(paths) >= 18
+    for history_command in ("history", "restore", "delete", "undelete"):
+        assert ["annotations", history_command] in paths
+    assert len(paths) >= 22
     for path in paths:
         done = pacs(*path, "--help")
         assert done.returncode == 0, (path, done.stderr)
@@ -145,6 +148,94 @@ def test_a_failing_call_prints_one_line_and_exits_1(pacs: Run) -> None:
     assert done.stderr == "error: NOT_FOUND: annotation not found\n"
 
 
+def create_polygon(pacs: Run, project_id: int, points: list[list[int]]) -> int:
+    created = ok(
+        pacs("annotations", "create", "--project", str(project_id), "--study", "1.2.3.7",
+             "--type", "polygon", "--data", json.dumps({"points": points}), "--json")
+    )  # fmt: skip
+    return int(json.loads(created)["id"])
+
+
+def update_points(address: str, token: str, annotation_id: int, points: list[list[int]]) -> None:
+    # The CLI has no update command; the client's stub makes the second revision.
+    change = annotation_pb2.Annotation()
+    change.annotation_data.update({"points": points})
+    with PacsClient(address, token, insecure=True) as client:
+        client.annotations.UpdateAnnotation(
+            annotation_pb2.UpdateAnnotationRequest(
+                annotation_id=annotation_id, annotation=change,
+                update_mask=field_mask_pb2.FieldMask(paths=["annotation_data"]),
+            )
+        )  # fmt: skip
+
+
+def test_annotations_history_get_revision_and_restore(
+    pacs: Run, project_id: int, address: str, token: str
+) -> None:
+    old, new = [[1, 1], [2, 2], [3, 1]], [[5, 5], [6, 6], [7, 5]]
+    annotation_id = create_polygon(pacs, project_id, old)
+    update_points(address, token, annotation_id, new)
+    user_id = str(json.loads(ok(pacs("whoami", "--json")))["user"]["id"])
+
+    history = ok(pacs("annotations", "history", str(annotation_id)))
+    rows = [line.split() for line in history.splitlines()]
+    assert [row[:4] for row in rows] == [["2", "updated", "user", user_id],
+                                         ["1", "created", "user", user_id]]  # fmt: skip
+    assert rows[0][5] == "annotation_data"
+    assert "annotation_data" in rows[1][5].split(",")
+    as_json = json.loads(ok(pacs("annotations", "history", str(annotation_id), "--json")))
+    assert [(r["revision"], r["action"]) for r in as_json] == [
+        ("2", "ANNOTATION_REVISION_ACTION_UPDATED"), ("1", "ANNOTATION_REVISION_ACTION_CREATED"),
+    ]  # fmt: skip
+
+    first = json.loads(
+        ok(pacs("annotations", "get", str(annotation_id), "--revision", "1", "--json"))
+    )
+    assert (first["revision"], first["annotation_data"]) == ("1", {"points": old})
+    shown = ok(pacs("annotations", "get", str(annotation_id), "--revision", "1"))
+    fields = dict(line.split(": ", 1) for line in shown.splitlines())
+    assert (fields["revision"], json.loads(fields["annotation_data"])) == ("1", {"points": old})
+    now = json.loads(ok(pacs("annotations", "get", str(annotation_id), "--json")))
+    assert (now["revision"], now["annotation_data"]) == ("2", {"points": new})
+
+    restored = ok(pacs("annotations", "restore", str(annotation_id), "1", "--etag", now["etag"]))
+    assert restored == (
+        f"restored revision 1 of annotation {annotation_id} as revision 3 (etag v3)\n"
+    )
+    after = json.loads(ok(pacs("annotations", "get", str(annotation_id), "--json")))
+    assert (after["revision"], after["annotation_data"]) == ("3", {"points": old})
+    newest = ok(pacs("annotations", "history", str(annotation_id))).splitlines()[0].split()
+    assert newest[:2] == ["3", "restored"]
+    assert newest[-3:] == ["restored", "from", "1"]
+
+
+def test_restoring_with_a_stale_etag_fails_as_aborted(
+    pacs: Run, project_id: int, address: str, token: str
+) -> None:
+    annotation_id = create_polygon(pacs, project_id, [[1, 1], [2, 2], [3, 1]])
+    update_points(address, token, annotation_id, [[4, 4], [5, 5], [6, 4]])
+    done = pacs("annotations", "restore", str(annotation_id), "1", "--etag", "v1")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: ABORTED: ")
+    assert done.stderr.count("\n") == 1
+    unchanged = json.loads(ok(pacs("annotations", "get", str(annotation_id), "--json")))
+    assert unchanged["revision"] == "2"
+
+
+def test_a_deleted_annotation_comes_back_with_undelete(pacs: Run, project_id: int) -> None:
+    points = [[1, 1], [2, 2], [3, 1]]
+    annotation_id = create_polygon(pacs, project_id, points)
+    deleted = ok(pacs("annotations", "delete", str(annotation_id)))
+    assert deleted.startswith(f"moved annotation {annotation_id} to the trash")
+    gone = pacs("annotations", "get", str(annotation_id))
+    assert (gone.returncode, gone.stderr) == (1, "error: NOT_FOUND: annotation not found\n")
+    back = json.loads(ok(pacs("annotations", "undelete", str(annotation_id), "--json")))
+    assert (int(back["id"]), back["annotation_data"]) == (annotation_id, {"points": points})
+    shown = json.loads(ok(pacs("annotations", "get", str(annotation_id), "--json")))
+    assert shown["annotation_data"] == {"points": points}
+
+
 def test_a_bad_token_is_one_line_too(pacs: Run, address: str, config_home: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
     env |= {"XDG_CONFIG_HOME": str(config_home), "PACS_SERVER": address, "PACS_INSECURE": "1"}
@@ -166,6 +257,11 @@ def test_without_a_login_the_cli_says_how_to_log_in(pacs: Run) -> None:
 def test_usage_errors_exit_2(pacs: Run) -> None:
     assert pacs("masks", "push", "somewhere").returncode == 2
     assert pacs("annotations", "get", "not-a-number").returncode == 2
+    negative = pacs("annotations", "get", "1", "--revision", "-1")
+    assert (negative.returncode, negative.stderr) == (
+        2, "error: --revision must be 0 (now) or a revision number\n"
+    )  # fmt: skip
+    assert pacs("annotations", "restore", "1").returncode == 2
     done = pacs("annotations", "create", "--project", "1", "--study", "1.2", "--type", "point",
                 "--data", "{not json")  # fmt: skip
     assert done.returncode == 2

@@ -149,6 +149,15 @@ def test_every_route_of_the_contract_works_with_json_in_and_out(
     rest.ok("DELETE", ANNOTATION, annotation_id=annotation_id, token=writer)
     gone = rest.call("GET", ANNOTATION, annotation_id=annotation_id, token=writer)
     assert gone.status == 404
+    back = rest.ok(
+        "POST", ANNOTATION + "/undelete", annotation_id=annotation_id, token=writer, body={}
+    )["annotation"]
+    assert (back["id"], back["revision"]) == (str(annotation_id), "5")
+    purged = rest.call(
+        "DELETE", ANNOTATION, annotation_id=annotation_id, token=admin, query={"purge": "true"}
+    )
+    assert purged.status == 200
+    assert rest.call("GET", ANNOTATION, annotation_id=annotation_id, token=admin).status == 404
     rest.ok(
         "DELETE",
         "/api/projects/{project_id}/members/{user_id}",

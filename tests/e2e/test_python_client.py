@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import field_mask_pb2
 from pacs.client import PacsClient, encode_png
 from pacs.client.slices import from_directory
 from pacs.client.transfer import SignedUrlTransport
@@ -214,3 +215,101 @@ def test_a_ticket_storage_refuses_is_replaced_by_a_new_one(
     assert stats.group.status == COMPLETE
     recorded = {m.slice_index for m in client.list_masks(annotation.id, group.id)}
     assert recorded == {0, 1, 2}
+
+
+REVISION = annotation_pb2.AnnotationRevisionAction
+
+
+@pytest.fixture
+def revised(client: PacsClient, annotation: annotation_pb2.Annotation) -> annotation_pb2.Annotation:
+    """A new annotation, created with {"model": "v1"} then updated to {"model": "v2"}."""
+    created = client.create_annotation(
+        project_id=annotation.project_id, study_uid=annotation.study_uid,
+        annotation_type="point", data={"model": "v1"},
+    )  # fmt: skip
+    change = annotation_pb2.Annotation()
+    change.annotation_data.update({"model": "v2"})
+    return client.annotations.UpdateAnnotation(
+        annotation_pb2.UpdateAnnotationRequest(
+            annotation_id=created.id, annotation=change, etag=created.etag,
+            update_mask=field_mask_pb2.FieldMask(paths=["annotation_data"]),
+        )
+    ).annotation  # fmt: skip
+
+
+def status_of(raised: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
+    error = raised.value
+    assert isinstance(error, grpc.Call)
+    return error.code()
+
+
+def test_history_lists_each_write_newest_first(
+    client: PacsClient, revised: annotation_pb2.Annotation
+) -> None:
+    me = client.login().user.id
+    revisions = list(client.history(revised.id))
+    assert [(r.revision, r.action, r.user_id) for r in revisions] == [
+        (2, REVISION.ANNOTATION_REVISION_ACTION_UPDATED, me),
+        (1, REVISION.ANNOTATION_REVISION_ACTION_CREATED, me),
+    ]
+    assert list(revisions[0].changed_fields) == ["annotation_data"]
+    assert "annotation_data" in revisions[1].changed_fields
+    assert revisions[0].created_at.ToDatetime() >= revisions[1].created_at.ToDatetime()
+    assert revisions[0].restored_from_revision == 0
+
+
+def test_get_annotation_with_a_revision_returns_that_revisions_content(
+    client: PacsClient, revised: annotation_pb2.Annotation
+) -> None:
+    first = client.get_annotation(revised.id, revision=1)
+    assert (first.revision, dict(first.annotation_data)) == (1, {"model": "v1"})
+    now = client.get_annotation(revised.id)
+    assert (now.revision, now.etag, dict(now.annotation_data)) == (2, revised.etag, {"model": "v2"})
+    with pytest.raises(grpc.RpcError) as raised:
+        client.get_annotation(revised.id, revision=9)
+    assert status_of(raised) is grpc.StatusCode.NOT_FOUND
+
+
+def test_restore_writes_an_old_revision_back_as_a_new_one(
+    client: PacsClient, revised: annotation_pb2.Annotation
+) -> None:
+    restored = client.restore(revised.id, 1, etag=revised.etag)
+    assert (restored.revision, dict(restored.annotation_data)) == (3, {"model": "v1"})
+    assert client.get_annotation(revised.id).etag == restored.etag
+    newest = next(client.history(revised.id))
+    assert (newest.revision, newest.action, newest.restored_from_revision) == (
+        3, REVISION.ANNOTATION_REVISION_ACTION_RESTORED, 1,
+    )  # fmt: skip
+    # Revision 2 is still there to go back to.
+    assert dict(client.get_annotation(revised.id, revision=2).annotation_data) == {"model": "v2"}
+
+
+def test_restore_with_a_stale_etag_is_aborted_and_changes_nothing(
+    client: PacsClient, revised: annotation_pb2.Annotation
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        client.restore(revised.id, 1, etag="v1")
+    assert status_of(raised) is grpc.StatusCode.ABORTED
+    assert [r.revision for r in client.history(revised.id)] == [2, 1]
+    assert dict(client.get_annotation(revised.id).annotation_data) == {"model": "v2"}
+
+
+def test_a_deleted_annotation_comes_back_with_undelete(
+    client: PacsClient, revised: annotation_pb2.Annotation
+) -> None:
+    client.delete_annotation(revised.id, etag=revised.etag)
+    with pytest.raises(grpc.RpcError) as raised:
+        client.get_annotation(revised.id)
+    assert status_of(raised) is grpc.StatusCode.NOT_FOUND
+    back = client.undelete(revised.id)
+    assert (back.id, dict(back.annotation_data)) == (revised.id, {"model": "v2"})
+    assert dict(client.get_annotation(revised.id).annotation_data) == {"model": "v2"}
+
+
+def test_a_purged_annotation_cannot_be_undeleted(
+    client: PacsClient, revised: annotation_pb2.Annotation
+) -> None:
+    client.delete_annotation(revised.id, purge=True)
+    with pytest.raises(grpc.RpcError) as raised:
+        client.undelete(revised.id)
+    assert status_of(raised) is grpc.StatusCode.NOT_FOUND

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pacs_grpc.domain.annotation import (
@@ -122,12 +122,18 @@ class FakeAnnotationStore:
         history.append((revision, copy.deepcopy(annotation)))
 
     async def get_with_access(
-        self, conn: FakeTx, annotation_id: int, user_id: int, *, for_update: bool = False
+        self,
+        conn: FakeTx,
+        annotation_id: int,
+        user_id: int,
+        *,
+        for_update: bool = False,
+        include_deleted: bool = False,
     ) -> AnnotationAccess | None:
         tx = self._db.enter("annotations.get_with_access", conn)
         tables = self._db.tables
         annotation = tables.annotations.get(annotation_id)
-        if annotation is None:
+        if annotation is None or (annotation.deleted_at is not None and not include_deleted):
             return None
         if for_update:
             if tx.autocommit:
@@ -214,17 +220,47 @@ class FakeAnnotationStore:
         history = self._db.tables.revisions.get(annotation_id, [])
         return next((kept for kept in history if kept[0].revision == revision), None)
 
-    async def delete(self, conn: FakeTx, annotation_id: int) -> int:
-        tx = self._db.enter("annotations.delete", conn)
+    async def move_to_trash(
+        self, conn: FakeTx, annotation_id: int, user_id: int, *, trash: bool
+    ) -> Annotation:
+        tx = self._db.enter("annotations.move_to_trash", conn)
+        current = self._db.tables.annotations.get(annotation_id)
+        assert current is not None  # the adapter asserts that the row came back
+        moved = replace(
+            current,
+            deleted_at=tx.started_at if trash else None,
+            row_version=current.row_version + 1,
+            updated_at=tx.started_at,
+        )
+        self._db.tables.annotations[annotation_id] = moved
+        self._db.wrote(tx, "annotations")
+        action = RevisionAction.DELETED if trash else RevisionAction.UNDELETED
+        self._append_revision(moved, RevisionNote(action, user_id, ()))
+        return _as_answered(moved)
+
+    async def purge(self, conn: FakeTx, annotation_ids: Sequence[int]) -> int:
+        tx = self._db.enter("annotations.purge", conn)
         t = mask_tables(self._db)
         # The groups' objects go to the outbox first; the groups go with the annotation.
-        groups = [g.id for g in t.groups.values() if g.annotation_id == annotation_id]
+        groups = [g.id for g in t.groups.values() if g.annotation_id in annotation_ids]
         queued = drop_groups(self._db, tx, groups)
-        if t.annotations.pop(annotation_id, None) is not None:
-            self._db.wrote(tx, "annotations")
-            # The revisions go by their foreign key's cascade.
-            self._db.tables.revisions.pop(annotation_id, None)
+        for annotation_id in annotation_ids:
+            if t.annotations.pop(annotation_id, None) is not None:
+                self._db.wrote(tx, "annotations")
+                # The revisions go by their foreign key's cascade.
+                self._db.tables.revisions.pop(annotation_id, None)
         return queued
+
+    async def expired_trash(self, conn: FakeTx, retention: timedelta, limit: int) -> list[int]:
+        tx = self._db.enter("annotations.expired_trash", conn)
+        cutoff = tx.started_at - retention
+        expired = sorted(
+            (a for a in self._db.tables.annotations.values()
+             if a.deleted_at is not None and a.deleted_at < cutoff),
+            key=lambda a: a.deleted_at or cutoff,
+        )[:limit]  # fmt: skip
+        tx.locks.extend(("annotation", a.id) for a in expired)
+        return [a.id for a in expired]
 
     async def list_page(
         self,
@@ -267,6 +303,7 @@ def _matches(a: Annotation, f: ListFilter, after: tuple[datetime, int] | None) -
         and (f.created_after is None or a.created_at >= f.created_after)
         and (f.created_before is None or a.created_at < f.created_before)
         and (after is None or (a.created_at, a.id) < after)
+        and (f.include_deleted or a.deleted_at is None)
     )
 
 
@@ -356,7 +393,10 @@ class FakeEventSource:
 
 
 def _same_project(annotation: Annotation | None, project_id: int) -> Annotation | None:
-    return annotation if annotation is not None and annotation.project_id == project_id else None
+    """The feed's join: the annotation while it is live and in the event's project."""
+    if annotation is None or annotation.deleted_at is not None:
+        return None
+    return annotation if annotation.project_id == project_id else None
 
 
 async def _iterate(events: list[AnnotationEvent]) -> AsyncIterator[AnnotationEvent]:

@@ -6,6 +6,7 @@ Every unit test builds its use cases here, so a constructor change touches this 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pacs_grpc.api.access import ACCESS_BY_METHOD, audit_resource_type
@@ -94,6 +95,7 @@ def annotation_use_cases(
     max_page_size: int = MAX_PAGE_SIZE,
     json_limits: JsonLimits | None = None,
     list_budget_bytes: int = 512 * 1024,
+    trash_retention: timedelta = timedelta(days=30),
 ) -> AnnotationUseCases[FakeTx]:
     return AnnotationUseCases(
         audited(w),
@@ -106,6 +108,8 @@ def annotation_use_cases(
         max_page_size=max_page_size,
         json_limits=json_limits or JsonLimits(max_bytes=64 * 1024),
         list_budget_bytes=list_budget_bytes,
+        clock=w.clock,
+        trash_retention=trash_retention,
     )
 
 

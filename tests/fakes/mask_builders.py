@@ -231,6 +231,8 @@ class MaskWorld:
     def sweeper(self, **options: Any) -> Sweeper[FakeTx]:
         options.setdefault("interval_seconds", 5.0)
         options.setdefault("upload_grace", timedelta(minutes=10))
+        options.setdefault("trash", self.w.annotations)
+        options.setdefault("trash_retention", timedelta(days=30))
         return Sweeper(self.w.transactions, self.outbox, self.storage, **options)
 
 

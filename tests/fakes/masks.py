@@ -161,6 +161,8 @@ class FakeMaskStore:
         if group is None or group.annotation_id != annotation_id:
             return None
         annotation = t.annotations.get(annotation_id)
+        if annotation is not None and annotation.deleted_at is not None:
+            return None  # the adapter joins live annotations only
         project = t.projects.get(annotation.project_id) if annotation else None
         if annotation is None or project is None:
             return None

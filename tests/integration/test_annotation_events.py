@@ -496,7 +496,10 @@ async def test_a_deleted_annotation_arrives_without_its_state(
         assert event.annotation.id == annotation_id
 
         async with db.transaction() as conn:
-            await conn.execute("delete from annotation_annotation where id = %s", (annotation_id,))
+            await conn.execute(
+                "update annotation_annotation set deleted_at = now() where id = %s",
+                (annotation_id,),
+            )
             deleted = await record_event(
                 conn,
                 project_id=seed.project,

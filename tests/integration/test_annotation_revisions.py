@@ -317,6 +317,8 @@ async def test_revisions_go_only_with_their_annotation(migrated_database_url: st
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
             _rows(url, change)
 
+    # Only from the trash (migration 0013), as the purge does.
+    _rows(url, "update annotation_annotation set deleted_at = now() where id = %s", annotation_id)
     _rows(url, "delete from annotation_annotation where id = %s", annotation_id)
 
     assert _rows(url, "select count(*) from annotation_revision") == [(0,)]

@@ -30,6 +30,8 @@ class Team:
     annotator: ApiUser
     viewer: ApiUser
     outsider: ApiUser
+    # A platform administrator: an owner of every project.
+    admin: ApiUser
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ async def team(live_stack: LocalStack, channel: aio.Channel) -> Team:
     )
     other_project_id = await create_project(channel, ct.admin, unique_name("other"))
     outsider = await login(channel, live_stack.issuer, unique_name("outsider"))
-    return Team(ct.project_id, other_project_id, ct["annotator"], ct["viewer"], outsider)
+    return Team(ct.project_id, other_project_id, ct["annotator"], ct["viewer"], outsider, ct.admin)
 
 
 def _annotation(project_id: int, **overrides: object) -> annotation_pb2.Annotation:
@@ -225,7 +227,7 @@ async def test_update_masks_are_checked(
         assert (raised.value.details() or "").startswith(field + ":")
 
 
-async def test_delete_cascades_and_queues_every_stored_object(
+async def test_a_purge_cascades_and_queues_every_stored_object(
     live_stack: LocalStack, stub: annotation_pb2_grpc.AnnotationServiceAsyncStub, team: Team
 ) -> None:
     created = await _create(stub, team.annotator, _annotation(team.project_id))
@@ -249,8 +251,10 @@ async def test_delete_cascades_and_queues_every_stored_object(
             [group_id, keys[2]],
         )
     await stub.DeleteAnnotation(
-        annotation_pb2.DeleteAnnotationRequest(annotation_id=created.id, etag=created.etag),
-        metadata=team.annotator.metadata(),
+        annotation_pb2.DeleteAnnotationRequest(
+            annotation_id=created.id, etag=created.etag, purge=True
+        ),
+        metadata=team.admin.metadata(),
     )
     with psycopg.connect(live_stack.database_url) as conn:
         queued = {

@@ -219,6 +219,10 @@ async def test_every_audited_rpc_records_its_project_study_type_and_ids(
         annotation_pb2.DeleteAnnotationRequest(annotation_id=second),
         metadata=meta(owner, "DeleteAnnotation", Expected(pid, "annotation", [second], STUDY)),
     )
+    await annotations.UndeleteAnnotation(
+        annotation_pb2.UndeleteAnnotationRequest(annotation_id=second),
+        metadata=meta(owner, "UndeleteAnnotation", Expected(pid, "annotation", [second], STUDY)),
+    )
 
     # Masks.
     group_request = uuid.uuid4().hex

@@ -179,6 +179,15 @@ async def test_deleting_an_annotation_cascades_to_groups_masks_and_uploads(
         (seed.group_id, seed.user_id),
     )
 
+    # Only an annotation in the trash may be deleted (migration 0013).
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="in the trash"):
+        async with conn.transaction():
+            await conn.execute(
+                "delete from annotation_annotation where id = %s", (seed.annotation_id,)
+            )
+    await conn.execute(
+        "update annotation_annotation set deleted_at = now() where id = %s", (seed.annotation_id,)
+    )
     await conn.execute("delete from annotation_annotation where id = %s", (seed.annotation_id,))
 
     for table in ("annotation_mask_group", "annotation_mask", "mask_upload"):

@@ -68,6 +68,8 @@ class People:
     writer: ApiUser
     viewer: ApiUser
     project_id: int
+    # A platform administrator: an owner of every project (purges, approvals).
+    admin: ApiUser
 
 
 @dataclass
@@ -105,7 +107,7 @@ async def people(live_stack: LocalStack, linked_channel: aio.Channel) -> People:
         linked_channel, live_stack.issuer, unique_name("seg"),
         {"exporter": ANNOTATOR, "reader": VIEWER},
     )  # fmt: skip
-    return People(team["exporter"], team["reader"], team.project_id)
+    return People(team["exporter"], team["reader"], team.project_id, team.admin)
 
 
 @pytest.fixture(scope="module")
@@ -477,9 +479,12 @@ async def test_deleting_the_group_or_annotation_deletes_its_exported_objects(
             metadata=people.writer.metadata(),
         )
     else:
+        # Only a purge deletes at once; the trash keeps everything until its retention ends.
         await annotation_pb2_grpc.AnnotationServiceStub(linked_channel).DeleteAnnotation(
-            annotation_pb2.DeleteAnnotationRequest(annotation_id=uploaded.annotation_id),
-            metadata=people.writer.metadata(),
+            annotation_pb2.DeleteAnnotationRequest(
+                annotation_id=uploaded.annotation_id, purge=True
+            ),
+            metadata=people.admin.metadata(),
         )
     assert _exports_of(live_stack, uploaded.group_id) == []
     # The sweepers remove what the outbox names: the .dcm goes with its group.

@@ -21,7 +21,9 @@ def _annotation(data: dict[str, Any], measurements: Any, **encoded: bytes | None
     return Annotation(
         id=1, project_id=2, user_id=3, study_uid="1.2.3", series_uid=None, instance_uid=None,
         annotation_type="point", annotation_data=data, measurement_values=measurements,
-        viewer_software=None, row_version=1, created_at=_AT, updated_at=_AT, **encoded,
+        viewer_software=None, row_version=1, created_at=_AT, updated_at=_AT,
+        annotation_data_encoded=encoded.get("annotation_data_encoded"),
+        measurement_values_encoded=encoded.get("measurement_values_encoded"),
     )  # fmt: skip
 
 

@@ -46,7 +46,7 @@ def _ok(call: CallContext, **fields: Any) -> AuditEntry:
 
 
 class Setup:
-    """A project with an annotator, a viewer and an outsider."""
+    """A project with an annotator, a viewer, an owner and an outsider."""
 
     def __init__(self, **options: Any) -> None:
         self.w: World = builders.world()
@@ -59,8 +59,10 @@ class Setup:
         self.viewer = db.seed_user("victor")
         self.outsider = db.seed_user("oscar")
         self.admin = db.seed_user("root")
+        self.owner = db.seed_user("olga")
         db.seed_member(self.project, self.annotator, ANNOTATOR)
         db.seed_member(self.project, self.viewer, VIEWER)
+        db.seed_member(self.project, self.owner, OWNER)
 
     def call(self, method: str, user: User, *, request_id: str = "rpc-1") -> CallContext:
         return builders.call(
@@ -207,7 +209,9 @@ async def test_a_retry_after_the_annotation_was_deleted_is_refused(s: Setup) -> 
     await s.use_cases.delete(s.call("DeleteAnnotation", s.annotator), first.id, first.etag)
     with pytest.raises(FailedPrecondition, match="no longer exists"):
         await s.create(request_id="req-1")
-    assert s.w.db.tables.annotations == {}
+    # Still in the trash, and no second one made.
+    assert [a.id for a in s.w.db.tables.annotations.values() if a.deleted_at] == [first.id]
+    assert len(s.w.db.tables.annotations) == 1
 
 
 async def test_create_needs_the_annotator_role_in_an_active_project(s: Setup) -> None:
@@ -665,14 +669,16 @@ def _with_masks(s: Setup, annotation: Annotation, keys: list[str]) -> MaskGroup:
     return group
 
 
-async def test_delete_queues_the_masks_objects_and_records_the_event(s: Setup) -> None:
+async def test_delete_moves_to_the_trash_keeping_masks_and_records_the_event(s: Setup) -> None:
     created = await s.create()
-    _with_masks(s, created, ["masks/a.png", "masks/b.png"])
+    group = _with_masks(s, created, ["masks/a.png", "masks/b.png"])
     call = s.call("DeleteAnnotation", s.annotator)
-    assert await s.use_cases.delete(call, created.id, created.etag) == 2
-    assert s.w.db.tables.annotations == {}
-    assert queued_keys(s.w.db) == ["masks/a.png", "masks/b.png"]
-    assert (mask_tables(s.w.db).groups, mask_tables(s.w.db).masks) == ({}, {})
+    assert await s.use_cases.delete(call, created.id, created.etag) == 0
+    trashed = s.w.db.tables.annotations[created.id]
+    assert (trashed.deleted_at, trashed.row_version) == (s.w.clock.now(), 2)
+    assert queued_keys(s.w.db) == []
+    assert list(mask_tables(s.w.db).groups) == [group.id]
+    assert len(mask_tables(s.w.db).masks) == 2
     assert s.w.db.tables.events[-1] == RecordedEvent(
         2, s.project.id, STUDY, created.id, EventType.DELETED, s.w.clock.now()
     )

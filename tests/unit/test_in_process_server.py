@@ -431,7 +431,8 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
         ),
     )
 
-    # The end of it all: the annotation, the member, the project.
+    # The end of it all: the annotation (to the trash, back, and to the trash for good), the
+    # member, the project.
     await c.call(
         "DeleteAnnotation",
         notes.DeleteAnnotation(
@@ -440,6 +441,17 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
             ),
             metadata=anna,
         ),
+    )
+    back = await c.call(
+        "UndeleteAnnotation",
+        notes.UndeleteAnnotation(
+            annotation_pb2.UndeleteAnnotationRequest(annotation_id=annotation.id, etag="v4"),
+            metadata=anna,
+        ),
+    )
+    assert (back.annotation.revision, back.annotation.HasField("deleted_at")) == (5, False)
+    await notes.DeleteAnnotation(
+        annotation_pb2.DeleteAnnotationRequest(annotation_id=annotation.id), metadata=anna
     )
     await c.call(
         "RemoveProjectMember",
@@ -456,7 +468,8 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
     )
 
     assert sorted(c.called) == sorted(_every_rpc())
-    assert len(fakes.world.audit.rows) == len(c.called)
+    # The second DeleteAnnotation above was called outside `c`, which counts each RPC once.
+    assert len(fakes.world.audit.rows) == len(c.called) + 1
 
 
 async def test_a_method_missing_from_the_access_table_is_refused_before_its_handler() -> None:

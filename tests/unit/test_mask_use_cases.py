@@ -372,7 +372,7 @@ async def test_deleting_a_group_queues_its_masks_pending_tickets_and_exports(m: 
     assert ("mask_group", group.id) in m.w.db.committed[-1].locks
 
 
-async def test_deleting_the_annotation_queues_every_groups_objects_and_removes_them(
+async def test_purging_the_annotation_queues_every_groups_objects_and_removes_them(
     m: MaskWorld,
 ) -> None:
     group, other = m.seed_group(3), m.seed_group(1)
@@ -395,7 +395,9 @@ async def test_deleting_the_annotation_queues_every_groups_objects_and_removes_t
     m.seed_masks(kept, [0])
 
     annotations = builders.annotation_use_cases(m.w)
-    queued = await annotations.delete(m.call("DeleteAnnotation"), m.annotation.id, "")
+    queued = await annotations.delete(
+        m.call("DeleteAnnotation", m.admin), m.annotation.id, "", purge=True
+    )
 
     expected = [*(x.file_path for x in masks + completed), tickets[1].object_key, export.object_key]
     assert sorted(queued_keys(m.w.db)) == sorted(expected)

@@ -97,7 +97,8 @@ from (
                rows between unbounded preceding and current row)
              - coalesce(a.json_bytes, 0) as before_bytes
     from annotation_event e
-    left join annotation_annotation a on a.id = e.annotation_id and a.project_id = e.project_id
+    left join annotation_annotation a
+        on a.id = e.annotation_id and a.project_id = e.project_id and a.deleted_at is null
     where {condition}
     order by e.event_id limit %(limit)s
 ) b

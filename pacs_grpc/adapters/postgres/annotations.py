@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import sql
@@ -151,11 +151,39 @@ select {columns}, m.role as caller_role, p.is_active as project_active
 from annotation_annotation a
 join security_project p on p.id = a.project_id
 left join security_project_member m on m.project_id = a.project_id and m.user_id = %(user_id)s
-where a.id = %(annotation_id)s
+where a.id = %(annotation_id)s and (a.deleted_at is null or %(include_deleted)s)
 """
 GET_WITH_ACCESS = _GET_WITH_ACCESS.format(columns=ANSWER_COLUMNS)
 # A change reads the JSON whole: the use case checks the combined size against its limits.
 GET_WITH_ACCESS_FOR_UPDATE = _GET_WITH_ACCESS.format(columns=COLUMNS) + " for update of a"
+
+# Into the trash or back out of it: a revision like any write, with no content changed.
+MOVE_TRASH = f"""
+with written as (
+    update annotation_annotation a
+    set deleted_at = case when %(trash)s then now() end,
+        row_version = a.row_version + 1, updated_at = now()
+    where a.id = %(annotation_id)s
+    returning a.*
+), revision as ({append_revision("written")})
+select {answer_columns("written")} from written
+"""
+
+# Purging marks the row as trashed first: only a trashed annotation may be deleted (0013).
+MARK_FOR_PURGE = """
+update annotation_annotation set deleted_at = coalesce(deleted_at, now())
+where id = any(%(annotation_ids)s)
+"""
+
+# Trashed for longer than the retention, oldest first; locked so that two sweepers, or an
+# undelete racing the sweeper, never both act on one row.
+EXPIRED_TRASH = """
+select id from annotation_annotation
+where deleted_at < now() - %(retention)s
+order by deleted_at
+limit %(limit)s
+for update skip locked
+"""
 
 # Pending uploads count too: their objects may exist although no mask row does. So do the
 # groups' exported SEGs.
@@ -163,18 +191,19 @@ ENQUEUE_ANNOTATION_OBJECTS = """
 insert into storage_deletion_outbox (object_key)
 select m.file_path from annotation_mask m
 join annotation_mask_group g on g.id = m.mask_group_id
-where g.annotation_id = %(annotation_id)s
+where g.annotation_id = any(%(annotation_ids)s)
 union all
 select u.object_key from mask_upload u
 join annotation_mask_group g on g.id = u.mask_group_id
-where g.annotation_id = %(annotation_id)s and u.completed_at is null
+where g.annotation_id = any(%(annotation_ids)s) and u.completed_at is null
 union all
 select e.object_key from mask_group_export e
 join annotation_mask_group g on g.id = e.mask_group_id
-where g.annotation_id = %(annotation_id)s
+where g.annotation_id = any(%(annotation_ids)s)
 """
 
-DELETE_ANNOTATION = "delete from annotation_annotation where id = %(annotation_id)s"
+# Revisions, groups and masks go by cascade.
+DELETE_ANNOTATIONS = "delete from annotation_annotation where id = any(%(annotation_ids)s)"
 
 # Filters ListAnnotations may use: request field -> SQL condition.
 _FILTERS: Mapping[str, str] = {
@@ -187,6 +216,7 @@ _FILTERS: Mapping[str, str] = {
     "user_id": "a.user_id = %(user_id)s",
     "created_after": "a.created_at >= %(created_after)s",
     "created_before": "a.created_at < %(created_before)s",
+    "live": "a.deleted_at is null",
     "after": "(a.created_at, a.id) < (%(after_created_at)s, %(after_id)s)",
 }
 _JSON_COLUMNS = frozenset({"annotation_data", "measurement_values"})
@@ -238,16 +268,21 @@ class AnnotationRepository:
         return row
 
     async def get_with_access(
-        self, conn: Connection, annotation_id: int, user_id: int, *, for_update: bool = False
-    ) -> AnnotationAccess | None:
-        """The annotation and the caller's access to it; locked for a change when asked.
+        self, conn: Connection, annotation_id: int, user_id: int, *, for_update: bool = False,
+        include_deleted: bool = False,
+    ) -> AnnotationAccess | None:  # fmt: skip
+        """The annotation and the caller's access to it; locked for a change when asked. One
+        in the trash is found only with include_deleted.
 
         Without for_update, JSON fields whose encoding was kept come back None (see
         ANSWER_COLUMNS); with it, everything is read.
         """
         query = GET_WITH_ACCESS_FOR_UPDATE if for_update else GET_WITH_ACCESS
+        params = {
+            "annotation_id": annotation_id, "user_id": user_id, "include_deleted": include_deleted
+        }  # fmt: skip
         async with conn.cursor(binary=True) as cur:
-            await cur.execute(query, {"annotation_id": annotation_id, "user_id": user_id})
+            await cur.execute(query, params)
             row = await cur.fetchone()
         if row is None:
             return None
@@ -322,13 +357,39 @@ class AnnotationRepository:
             for annotation, number, action, changed, author, source, created_at in rows
         ]  # fmt: skip
 
-    async def delete(self, conn: Connection, annotation_id: int) -> int:
-        """Queue the objects of its masks for deletion, then delete (cascading to masks)."""
+    async def move_to_trash(
+        self, conn: Connection, annotation_id: int, user_id: int, *, trash: bool
+    ) -> Annotation:
+        """Into the trash (trash=True) or back out, as a DELETED or UNDELETED revision."""
+        action = RevisionAction.DELETED if trash else RevisionAction.UNDELETED
+        params = {
+            **_note_params(RevisionNote(action, user_id, ())),
+            "annotation_id": annotation_id,
+            "trash": trash,
+        }
+        async with conn.cursor(row_factory=class_row(Annotation)) as cur:
+            await cur.execute(MOVE_TRASH, params)
+            row = await cur.fetchone()
+        assert row is not None
+        return row
+
+    async def purge(self, conn: Connection, annotation_ids: Sequence[int]) -> int:
+        """Delete for good, with history, groups and masks, queueing every stored object of
+        the groups in this transaction; how many objects were queued."""
+        params = {"annotation_ids": list(annotation_ids)}
         async with conn.cursor() as cur:
-            await cur.execute(ENQUEUE_ANNOTATION_OBJECTS, {"annotation_id": annotation_id})
+            await cur.execute(ENQUEUE_ANNOTATION_OBJECTS, params)
             queued = cur.rowcount
-            await cur.execute(DELETE_ANNOTATION, {"annotation_id": annotation_id})
+            await cur.execute(MARK_FOR_PURGE, params)
+            await cur.execute(DELETE_ANNOTATIONS, params)
         return queued
+
+    async def expired_trash(self, conn: Connection, retention: timedelta, limit: int) -> list[int]:
+        """Up to `limit` annotations trashed longer than `retention` ago, locked, oldest first;
+        rows another transaction holds are skipped."""
+        async with conn.cursor() as cur:
+            await cur.execute(EXPIRED_TRASH, {"retention": retention, "limit": limit})
+            return [annotation_id for (annotation_id,) in await cur.fetchall()]
 
     async def list_page(
         self,
@@ -381,6 +442,8 @@ def build_list_query(
         if value is not None:
             used.append(name)
             params[name] = value
+    if not filters.include_deleted:
+        used.append("live")
     if after is not None:
         used.append("after")
         params["after_created_at"], params["after_id"] = after

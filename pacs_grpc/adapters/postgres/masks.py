@@ -39,7 +39,8 @@ GROUP_WITH_ACCESS = f"""
 select {_GROUP_COLUMNS}, a.project_id, a.study_uid, mem.role as caller_role,
        p.is_active as project_active, a.series_uid
 from annotation_mask_group g
-join annotation_annotation a on a.id = g.annotation_id
+-- A group in the trash with its annotation is as gone as the annotation.
+join annotation_annotation a on a.id = g.annotation_id and a.deleted_at is null
 join security_project p on p.id = a.project_id
 left join security_project_member mem
        on mem.project_id = a.project_id and mem.user_id = %(user_id)s

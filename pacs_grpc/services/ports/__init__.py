@@ -16,6 +16,7 @@ from pacs_grpc.services.ports.annotations import (
     EventRecorder,
     EventSource,
     LiveEvents,
+    TrashPurger,
 )
 from pacs_grpc.services.ports.auth import TokenReader, Verifier
 from pacs_grpc.services.ports.health import Probe
@@ -63,6 +64,7 @@ __all__ = [
     "SweepOutbox",
     "TokenReader",
     "Transactions",
+    "TrashPurger",
     "TxT",
     "TxT_co",
     "TxT_contra",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pacs_grpc.domain.annotation import (
@@ -27,16 +27,33 @@ class AnnotationAccessLookup(Protocol[TxT_contra]):
     """
 
     async def get_with_access(
-        self, conn: TxT_contra, annotation_id: int, user_id: int, *, for_update: bool = False
-    ) -> AnnotationAccess | None:
-        """The annotation with the user's role in its project, read in one query."""
+        self, conn: TxT_contra, annotation_id: int, user_id: int, *, for_update: bool = False,
+        include_deleted: bool = False,
+    ) -> AnnotationAccess | None:  # fmt: skip
+        """The annotation with the user's role in its project, read in one query; one in the
+        trash only with include_deleted."""
         ...
 
 
-class AnnotationStore(AnnotationAccessLookup[TxT_contra], Protocol[TxT_contra]):
+class TrashPurger(Protocol[TxT_contra]):
+    """Hard deletes, the only ones: annotations whose time in the trash is up, and purges."""
+
+    async def expired_trash(self, conn: TxT_contra, retention: timedelta, limit: int) -> list[int]:
+        """Up to `limit` annotations in the trash for longer than `retention`, locked."""
+        ...
+
+    async def purge(self, conn: TxT_contra, annotation_ids: Sequence[int]) -> int:
+        """Deletes the annotations for good, with their history, groups and masks, and queues
+        the groups' stored objects for deletion; how many objects were queued."""
+        ...
+
+
+class AnnotationStore(
+    AnnotationAccessLookup[TxT_contra], TrashPurger[TxT_contra], Protocol[TxT_contra]
+):
     """Annotations and their revisions, in the transaction the caller passes. Every write
     appends the revision it leaves in the same statement (insert: CREATED by its author).
-    `delete` queues the stored objects of the annotation's groups in that transaction, so they
+    `purge` queues the stored objects of the annotations' groups in that transaction, so they
     are deleted only if it commits.
     """
 
@@ -70,9 +87,11 @@ class AnnotationStore(AnnotationAccessLookup[TxT_contra], Protocol[TxT_contra]):
         """Up to `limit` revisions below `before` (None: from the newest), newest first."""
         ...
 
-    async def delete(self, conn: TxT_contra, annotation_id: int) -> int:
-        """Deletes the annotation and its groups, queueing their stored objects for deletion;
-        how many objects were queued."""
+    async def move_to_trash(
+        self, conn: TxT_contra, annotation_id: int, user_id: int, *, trash: bool
+    ) -> Annotation:
+        """Into the trash (trash=True) or back out, as a DELETED or UNDELETED revision by
+        `user_id`; groups, history and objects stay."""
         ...
 
     async def list_page(

@@ -32,6 +32,9 @@ class _AnnotationEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_A
     ANNOTATION_EVENT_TYPE_CREATED: _AnnotationEventType.ValueType  # 1
     ANNOTATION_EVENT_TYPE_UPDATED: _AnnotationEventType.ValueType  # 2
     ANNOTATION_EVENT_TYPE_DELETED: _AnnotationEventType.ValueType  # 3
+    """Moved to the trash, or purged."""
+    ANNOTATION_EVENT_TYPE_RESTORED: _AnnotationEventType.ValueType  # 4
+    """Brought back from the trash."""
 
 class AnnotationEventType(_AnnotationEventType, metaclass=_AnnotationEventTypeEnumTypeWrapper):
     """AnnotationEventType says what happened to the annotation."""
@@ -40,6 +43,9 @@ ANNOTATION_EVENT_TYPE_UNSPECIFIED: AnnotationEventType.ValueType  # 0
 ANNOTATION_EVENT_TYPE_CREATED: AnnotationEventType.ValueType  # 1
 ANNOTATION_EVENT_TYPE_UPDATED: AnnotationEventType.ValueType  # 2
 ANNOTATION_EVENT_TYPE_DELETED: AnnotationEventType.ValueType  # 3
+"""Moved to the trash, or purged."""
+ANNOTATION_EVENT_TYPE_RESTORED: AnnotationEventType.ValueType  # 4
+"""Brought back from the trash."""
 Global___AnnotationEventType: _TypeAlias = AnnotationEventType  # noqa: Y015
 
 class _AnnotationRevisionAction:
@@ -88,6 +94,7 @@ class Annotation(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    DELETED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only."""
     project_id: _builtins.int
@@ -127,6 +134,12 @@ class Annotation(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
 
+    @_builtins.property
+    def deleted_at(self) -> _timestamp_pb2.Timestamp:
+        """When it went to the trash; only annotations listed with show_deleted have
+        it. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -144,10 +157,11 @@ class Annotation(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
+        deleted_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["annotation_data", b"annotation_data", "created_at", b"created_at", "measurement_values", b"measurement_values", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotation_data", b"annotation_data", "created_at", b"created_at", "deleted_at", b"deleted_at", "measurement_values", b"measurement_values", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_data", b"annotation_data", "annotation_type", b"annotation_type", "created_at", b"created_at", "etag", b"etag", "id", b"id", "instance_uid", b"instance_uid", "measurement_values", b"measurement_values", "project_id", b"project_id", "revision", b"revision", "series_uid", b"series_uid", "study_uid", b"study_uid", "updated_at", b"updated_at", "user_id", b"user_id", "viewer_software", b"viewer_software"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_data", b"annotation_data", "annotation_type", b"annotation_type", "created_at", b"created_at", "deleted_at", b"deleted_at", "etag", b"etag", "id", b"id", "instance_uid", b"instance_uid", "measurement_values", b"measurement_values", "project_id", b"project_id", "revision", b"revision", "series_uid", b"series_uid", "study_uid", b"study_uid", "updated_at", b"updated_at", "user_id", b"user_id", "viewer_software", b"viewer_software"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -272,6 +286,7 @@ class ListAnnotationsRequest(_message.Message):
     CREATED_BEFORE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SHOW_DELETED_FIELD_NUMBER: _builtins.int
     project_id: _builtins.int
     study_uid: _builtins.str
     series_uid: _builtins.str
@@ -283,6 +298,10 @@ class ListAnnotationsRequest(_message.Message):
     """Default 50, at most 500."""
     page_token: _builtins.str
     """From a previous response's next_page_token, with the same filters."""
+    show_deleted: _builtins.bool
+    """Owners only, and with project_id: include the annotations in the trash
+    (deleted_at set).
+    """
     @_builtins.property
     def created_after(self) -> _timestamp_pb2.Timestamp:
         """Only annotations created at or after this time."""
@@ -304,10 +323,11 @@ class ListAnnotationsRequest(_message.Message):
         created_before: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        show_deleted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_type", b"annotation_type", "created_after", b"created_after", "created_before", b"created_before", "instance_uid", b"instance_uid", "page_size", b"page_size", "page_token", b"page_token", "project_id", b"project_id", "series_uid", b"series_uid", "study_uid", b"study_uid", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_type", b"annotation_type", "created_after", b"created_after", "created_before", b"created_before", "instance_uid", b"instance_uid", "page_size", b"page_size", "page_token", b"page_token", "project_id", b"project_id", "series_uid", b"series_uid", "show_deleted", b"show_deleted", "study_uid", b"study_uid", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -410,18 +430,25 @@ class DeleteAnnotationRequest(_message.Message):
 
     ANNOTATION_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    PURGE_FIELD_NUMBER: _builtins.int
     annotation_id: _builtins.int
     etag: _builtins.str
     """As in UpdateAnnotationRequest."""
+    purge: _builtins.bool
+    """Owners only: delete at once and for good (annotation, history, mask groups
+    and their stored objects) instead of moving to the trash; also purges an
+    annotation already in the trash.
+    """
     def __init__(
         self,
         *,
         annotation_id: _builtins.int = ...,
         etag: _builtins.str = ...,
+        purge: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "etag", b"etag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "etag", b"etag", "purge", b"purge"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -443,6 +470,53 @@ class DeleteAnnotationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteAnnotationResponse: _TypeAlias = DeleteAnnotationResponse  # noqa: Y015
+
+@_typing.final
+class UndeleteAnnotationRequest(_message.Message):
+    """UndeleteAnnotationRequest names an annotation in the trash."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    etag: _builtins.str
+    """As in UpdateAnnotationRequest; the etag of the annotation in the trash."""
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "etag", b"etag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndeleteAnnotationRequest: _TypeAlias = UndeleteAnnotationRequest  # noqa: Y015
+
+@_typing.final
+class UndeleteAnnotationResponse(_message.Message):
+    """UndeleteAnnotationResponse is the annotation, back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def annotation(self) -> Global___Annotation: ...
+    def __init__(
+        self,
+        *,
+        annotation: Global___Annotation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndeleteAnnotationResponse: _TypeAlias = UndeleteAnnotationResponse  # noqa: Y015
 
 @_typing.final
 class WatchAnnotationsRequest(_message.Message):

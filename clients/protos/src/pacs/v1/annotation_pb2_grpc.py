@@ -61,6 +61,11 @@ class AnnotationServiceStub:
                 request_serializer=pacs_dot_v1_dot_annotation__pb2.DeleteAnnotationRequest.SerializeToString,
                 response_deserializer=pacs_dot_v1_dot_annotation__pb2.DeleteAnnotationResponse.FromString,
                 _registered_method=True)
+        self.UndeleteAnnotation = channel.unary_unary(
+                '/pacs.v1.AnnotationService/UndeleteAnnotation',
+                request_serializer=pacs_dot_v1_dot_annotation__pb2.UndeleteAnnotationRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_annotation__pb2.UndeleteAnnotationResponse.FromString,
+                _registered_method=True)
         self.WatchAnnotations = channel.unary_stream(
                 '/pacs.v1.AnnotationService/WatchAnnotations',
                 request_serializer=pacs_dot_v1_dot_annotation__pb2.WatchAnnotationsRequest.SerializeToString,
@@ -112,7 +117,17 @@ class AnnotationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAnnotation(self, request, context):
-        """DeleteAnnotation removes an annotation with its mask groups and masks.
+        """DeleteAnnotation moves an annotation, with its mask groups, to the trash:
+        reads answer NOT_FOUND, UndeleteAnnotation brings it back within the trash
+        retention, and after it the server purges it. With purge (owners only) it
+        is deleted at once and for good, history and stored objects included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeleteAnnotation(self, request, context):
+        """UndeleteAnnotation brings an annotation back from the trash, as it was.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +184,11 @@ def add_AnnotationServiceServicer_to_server(servicer, server):
                     servicer.DeleteAnnotation,
                     request_deserializer=pacs_dot_v1_dot_annotation__pb2.DeleteAnnotationRequest.FromString,
                     response_serializer=pacs_dot_v1_dot_annotation__pb2.DeleteAnnotationResponse.SerializeToString,
+            ),
+            'UndeleteAnnotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeleteAnnotation,
+                    request_deserializer=pacs_dot_v1_dot_annotation__pb2.UndeleteAnnotationRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_annotation__pb2.UndeleteAnnotationResponse.SerializeToString,
             ),
             'WatchAnnotations': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAnnotations,
@@ -323,6 +343,33 @@ class AnnotationService:
             '/pacs.v1.AnnotationService/DeleteAnnotation',
             pacs_dot_v1_dot_annotation__pb2.DeleteAnnotationRequest.SerializeToString,
             pacs_dot_v1_dot_annotation__pb2.DeleteAnnotationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeleteAnnotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.AnnotationService/UndeleteAnnotation',
+            pacs_dot_v1_dot_annotation__pb2.UndeleteAnnotationRequest.SerializeToString,
+            pacs_dot_v1_dot_annotation__pb2.UndeleteAnnotationResponse.FromString,
             options,
             channel_credentials,
             insecure,

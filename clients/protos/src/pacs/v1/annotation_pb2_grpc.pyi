@@ -44,7 +44,13 @@ class AnnotationServiceStub:
     UpdateAnnotation: _grpc.UnaryUnaryMultiCallable[_annotation_pb2.UpdateAnnotationRequest, _annotation_pb2.UpdateAnnotationResponse]
     """UpdateAnnotation changes the fields named in update_mask."""
     DeleteAnnotation: _grpc.UnaryUnaryMultiCallable[_annotation_pb2.DeleteAnnotationRequest, _annotation_pb2.DeleteAnnotationResponse]
-    """DeleteAnnotation removes an annotation with its mask groups and masks."""
+    """DeleteAnnotation moves an annotation, with its mask groups, to the trash:
+    reads answer NOT_FOUND, UndeleteAnnotation brings it back within the trash
+    retention, and after it the server purges it. With purge (owners only) it
+    is deleted at once and for good, history and stored objects included.
+    """
+    UndeleteAnnotation: _grpc.UnaryUnaryMultiCallable[_annotation_pb2.UndeleteAnnotationRequest, _annotation_pb2.UndeleteAnnotationResponse]
+    """UndeleteAnnotation brings an annotation back from the trash, as it was."""
     WatchAnnotations: _grpc.UnaryStreamMultiCallable[_annotation_pb2.WatchAnnotationsRequest, _annotation_pb2.WatchAnnotationsResponse]
     """WatchAnnotations streams changes to a project's or a study's annotations
     as they are written through any server replica. gRPC and gRPC-web only.
@@ -74,7 +80,13 @@ class AnnotationServiceAsyncStub(AnnotationServiceStub):
     UpdateAnnotation: _aio.UnaryUnaryMultiCallable[_annotation_pb2.UpdateAnnotationRequest, _annotation_pb2.UpdateAnnotationResponse]  # type: ignore[assignment]
     """UpdateAnnotation changes the fields named in update_mask."""
     DeleteAnnotation: _aio.UnaryUnaryMultiCallable[_annotation_pb2.DeleteAnnotationRequest, _annotation_pb2.DeleteAnnotationResponse]  # type: ignore[assignment]
-    """DeleteAnnotation removes an annotation with its mask groups and masks."""
+    """DeleteAnnotation moves an annotation, with its mask groups, to the trash:
+    reads answer NOT_FOUND, UndeleteAnnotation brings it back within the trash
+    retention, and after it the server purges it. With purge (owners only) it
+    is deleted at once and for good, history and stored objects included.
+    """
+    UndeleteAnnotation: _aio.UnaryUnaryMultiCallable[_annotation_pb2.UndeleteAnnotationRequest, _annotation_pb2.UndeleteAnnotationResponse]  # type: ignore[assignment]
+    """UndeleteAnnotation brings an annotation back from the trash, as it was."""
     WatchAnnotations: _aio.UnaryStreamMultiCallable[_annotation_pb2.WatchAnnotationsRequest, _annotation_pb2.WatchAnnotationsResponse]  # type: ignore[assignment]
     """WatchAnnotations streams changes to a project's or a study's annotations
     as they are written through any server replica. gRPC and gRPC-web only.
@@ -131,7 +143,19 @@ class AnnotationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _annotation_pb2.DeleteAnnotationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_annotation_pb2.DeleteAnnotationResponse, _abc.Awaitable[_annotation_pb2.DeleteAnnotationResponse]]:
-        """DeleteAnnotation removes an annotation with its mask groups and masks."""
+        """DeleteAnnotation moves an annotation, with its mask groups, to the trash:
+        reads answer NOT_FOUND, UndeleteAnnotation brings it back within the trash
+        retention, and after it the server purges it. With purge (owners only) it
+        is deleted at once and for good, history and stored objects included.
+        """
+
+    @_abc_1.abstractmethod
+    def UndeleteAnnotation(
+        self,
+        request: _annotation_pb2.UndeleteAnnotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_annotation_pb2.UndeleteAnnotationResponse, _abc.Awaitable[_annotation_pb2.UndeleteAnnotationResponse]]:
+        """UndeleteAnnotation brings an annotation back from the trash, as it was."""
 
     @_abc_1.abstractmethod
     def WatchAnnotations(

@@ -143,7 +143,9 @@ def _annotations(
     connection: argparse.ArgumentParser,
     output: argparse.ArgumentParser,
 ) -> None:
-    annotations = _group(commands, "annotations", "list, show and create annotations")
+    annotations = _group(
+        commands, "annotations", "list, show, create and delete annotations, and their history"
+    )
     parents = [connection, output]
     listing = annotations.add_parser(
         "list", parents=parents, help="annotations, newest first",
@@ -156,9 +158,12 @@ def _annotations(
     listing.add_argument("--limit", type=int, default=50, help="at most this many (50; 0: all)")
     listing.set_defaults(run="annotations_list")
     get = annotations.add_parser(
-        "get", parents=parents, help="one annotation", description="Show an annotation."
-    )
+        "get", parents=parents, help="one annotation",
+        description="Show an annotation, now or as one of its revisions left it.",
+    )  # fmt: skip
     get.add_argument("annotation_id", type=int, metavar="ANNOTATION_ID")
+    get.add_argument("--revision", type=int, default=0, metavar="N",
+                     help="as revision N left it (see 'history'; default: now)")  # fmt: skip
     get.set_defaults(run="annotations_get")
     create = annotations.add_parser(
         "create", parents=parents, help="create an annotation",
@@ -176,6 +181,43 @@ def _annotations(
     create.add_argument("--viewer-software", default="")
     create.add_argument("--request-id", help="idempotency key (default: a new one)")
     create.set_defaults(run="annotations_create")
+    history = annotations.add_parser(
+        "history", parents=parents, help="an annotation's revisions, newest first",
+        description="List what each write of an annotation left, newest first: revision, "
+        "action, user, time, the fields it changed and, for a restore, its source revision. "
+        "'get --revision N' shows a revision's content.",
+    )  # fmt: skip
+    history.add_argument("annotation_id", type=int, metavar="ANNOTATION_ID")
+    history.set_defaults(run="annotations_history")
+    etag = argparse.ArgumentParser(add_help=False)
+    etag.add_argument("--etag", default="", metavar="ETAG",
+                      help="refuse (ABORTED) if the annotation changed since this etag was "
+                           "read")  # fmt: skip
+    restore = annotations.add_parser(
+        "restore", parents=[*parents, etag], help="write an earlier revision back",
+        description="Write an earlier revision's content back as a new revision; the history "
+        "is kept.",
+    )  # fmt: skip
+    restore.add_argument("annotation_id", type=int, metavar="ANNOTATION_ID")
+    restore.add_argument("revision", type=int, metavar="REVISION")
+    restore.set_defaults(run="annotations_restore")
+    delete = annotations.add_parser(
+        "delete", parents=[connection, etag], help="move an annotation to the trash",
+        description="Move an annotation, with its mask groups, to the trash, where 'undelete' "
+        "brings it back until the server purges it. With --purge (project owners) it is "
+        "deleted at once and for good.",
+    )  # fmt: skip
+    delete.add_argument("annotation_id", type=int, metavar="ANNOTATION_ID")
+    delete.add_argument("--purge", action="store_true",
+                        help="delete for good, history and stored masks included "
+                             "(project owners)")  # fmt: skip
+    delete.set_defaults(run="annotations_delete")
+    undelete = annotations.add_parser(
+        "undelete", parents=[*parents, etag], help="bring an annotation back from the trash",
+        description="Bring an annotation back from the trash, as it was.",
+    )  # fmt: skip
+    undelete.add_argument("annotation_id", type=int, metavar="ANNOTATION_ID")
+    undelete.set_defaults(run="annotations_undelete")
 
 
 def _masks(

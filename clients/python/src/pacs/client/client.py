@@ -157,9 +157,53 @@ class PacsClient:
             lambda reply: reply.annotations,
         )  # fmt: skip
 
-    def get_annotation(self, annotation_id: int) -> annotation_pb2.Annotation:
-        request = annotation_pb2.GetAnnotationRequest(annotation_id=annotation_id)
+    def get_annotation(self, annotation_id: int, revision: int = 0) -> annotation_pb2.Annotation:
+        """The annotation now or, given a `revision` (see `history`), as that revision left it,
+        with that revision's etag and updated_at."""
+        request = annotation_pb2.GetAnnotationRequest(
+            annotation_id=annotation_id, revision=revision
+        )
         return self.annotations.GetAnnotation(request).annotation
+
+    def history(self, annotation_id: int) -> Iterator[annotation_pb2.AnnotationRevision]:
+        """What each write of the annotation left, newest first, across pages: who, when, which
+        action and which fields changed. `get_annotation(id, revision=n)` returns the content."""
+        return all_items(
+            lambda token: self.annotations.ListAnnotationRevisions(
+                annotation_pb2.ListAnnotationRevisionsRequest(
+                    annotation_id=annotation_id, page_size=PAGE_SIZE, page_token=token
+                )
+            ),
+            lambda reply: reply.revisions,
+        )
+
+    def restore(
+        self, annotation_id: int, revision: int, *, etag: str = ""
+    ) -> annotation_pb2.Annotation:
+        """Write an earlier revision's content back as a new revision (history is kept). With
+        `etag`, refused with ABORTED if the annotation changed since it was read. Never retried:
+        a repeat would add another revision."""
+        return self.annotations.RestoreAnnotationRevision(
+            annotation_pb2.RestoreAnnotationRevisionRequest(
+                annotation_id=annotation_id, revision=revision, etag=etag
+            )
+        ).annotation
+
+    def delete_annotation(self, annotation_id: int, *, etag: str = "", purge: bool = False) -> None:
+        """Move the annotation, with its mask groups, to the trash (`undelete` brings it back);
+        `purge` (project owners) deletes it at once and for good, history and stored objects
+        included. With `etag`, refused with ABORTED if it changed since it was read."""
+        self.annotations.DeleteAnnotation(
+            annotation_pb2.DeleteAnnotationRequest(
+                annotation_id=annotation_id, etag=etag, purge=purge
+            )
+        )
+
+    def undelete(self, annotation_id: int, *, etag: str = "") -> annotation_pb2.Annotation:
+        """Bring an annotation back from the trash, as it was."""
+        return self.annotations.UndeleteAnnotation(
+            annotation_pb2.UndeleteAnnotationRequest(annotation_id=annotation_id, etag=etag)
+        ).annotation
 
     def create_annotation(
         self,

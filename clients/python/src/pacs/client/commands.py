@@ -26,7 +26,7 @@ from pacs.client.progress import ProgressLine
 from pacs.client.segments import segments_from_spec
 from pacs.client.tokens import StaticToken, TokenError, keycloak_token_url
 from pacs.client.uploads import UploadError
-from pacs.v1 import identity_pb2, mask_pb2
+from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
 
 _ROLES = {
     "viewer": identity_pb2.PROJECT_ROLE_VIEWER,
@@ -204,8 +204,63 @@ def _annotations_list(args: argparse.Namespace) -> int:
 
 
 def _annotations_get(args: argparse.Namespace) -> int:
+    if args.revision < 0:
+        raise UsageError("--revision must be 0 (now) or a revision number")
     with _client(args) as client:
-        return _print_message(client.get_annotation(args.annotation_id), args.json)
+        annotation = client.get_annotation(args.annotation_id, revision=args.revision)
+    return _print_message(annotation, args.json)
+
+
+def _annotations_history(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        revisions = list(client.history(args.annotation_id))
+    if args.json:
+        return _print_json_list(revisions)
+    for r in revisions:
+        # "-" keeps every line the same number of words when a column has nothing to show.
+        user = str(r.user_id) if r.user_id else "-"
+        created = r.created_at.ToJsonString() if r.HasField("created_at") else "-"
+        changed = ",".join(r.changed_fields) or "-"
+        source = f"  restored from {r.restored_from_revision}" if r.restored_from_revision else ""
+        print(
+            f"{r.revision:>8}  {_revision_action(r.action):<10} user {user:<6} {created}  "
+            f"{changed}{source}"
+        )
+    return 0
+
+
+def _annotations_restore(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        annotation = client.restore(args.annotation_id, args.revision, etag=args.etag)
+    if args.json:
+        return _print_json(annotation)
+    print(
+        f"restored revision {args.revision} of annotation {annotation.id} as revision "
+        f"{annotation.revision} (etag {annotation.etag})"
+    )
+    return 0
+
+
+def _annotations_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.delete_annotation(args.annotation_id, etag=args.etag, purge=args.purge)
+    if args.purge:
+        print(f"purged annotation {args.annotation_id}")
+    else:
+        print(
+            f"moved annotation {args.annotation_id} to the trash "
+            f"('pacs annotations undelete {args.annotation_id}' brings it back)"
+        )
+    return 0
+
+
+def _annotations_undelete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        annotation = client.undelete(args.annotation_id, etag=args.etag)
+    if args.json:
+        return _print_json(annotation)
+    print(f"undeleted annotation {annotation.id} (revision {annotation.revision})")
+    return 0
 
 
 def _annotations_create(args: argparse.Namespace) -> int:
@@ -430,6 +485,11 @@ def _role(role: identity_pb2.ProjectRole.ValueType) -> str:
     return identity_pb2.ProjectRole.Name(role).removeprefix("PROJECT_ROLE_").lower()
 
 
+def _revision_action(action: annotation_pb2.AnnotationRevisionAction.ValueType) -> str:
+    name = annotation_pb2.AnnotationRevisionAction.Name(action)
+    return name.removeprefix("ANNOTATION_REVISION_ACTION_").lower()
+
+
 def _size(count: int) -> str:
     if count < 1024:
         return f"{count} B"
@@ -476,6 +536,10 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "annotations_list": _annotations_list,
     "annotations_get": _annotations_get,
     "annotations_create": _annotations_create,
+    "annotations_history": _annotations_history,
+    "annotations_restore": _annotations_restore,
+    "annotations_delete": _annotations_delete,
+    "annotations_undelete": _annotations_undelete,
     "masks_groups": _masks_groups,
     "masks_push": _masks_push,
     "masks_pull": _masks_pull,

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file pacs/v1/annotation.proto.
  */
 export const file_pacs_v1_annotation: GenFile = /*@__PURE__*/
-  fileDesc("ChhwYWNzL3YxL2Fubm90YXRpb24ucHJvdG8SB3BhY3MudjEikgMKCkFubm90YXRpb24SCgoCaWQYASABKAMSEgoKcHJvamVjdF9pZBgCIAEoAxIPCgd1c2VyX2lkGAMgASgDEhEKCXN0dWR5X3VpZBgEIAEoCRISCgpzZXJpZXNfdWlkGAUgASgJEhQKDGluc3RhbmNlX3VpZBgGIAEoCRIXCg9hbm5vdGF0aW9uX3R5cGUYByABKAkSMAoPYW5ub3RhdGlvbl9kYXRhGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIyChJtZWFzdXJlbWVudF92YWx1ZXMYCSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPdmlld2VyX3NvZnR3YXJlGAogASgJEgwKBGV0YWcYCyABKAkSLgoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YDiABKAMiVgoXQ3JlYXRlQW5ub3RhdGlvblJlcXVlc3QSJwoKYW5ub3RhdGlvbhgBIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhISCgpyZXF1ZXN0X2lkGAIgASgJIkMKGENyZWF0ZUFubm90YXRpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uIj8KFEdldEFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIcmV2aXNpb24YAiABKAMiQAoVR2V0QW5ub3RhdGlvblJlc3BvbnNlEicKCmFubm90YXRpb24YASABKAsyEy5wYWNzLnYxLkFubm90YXRpb24ioQIKFkxpc3RBbm5vdGF0aW9uc1JlcXVlc3QSEgoKcHJvamVjdF9pZBgBIAEoAxIRCglzdHVkeV91aWQYAiABKAkSEgoKc2VyaWVzX3VpZBgDIAEoCRIUCgxpbnN0YW5jZV91aWQYBCABKAkSFwoPYW5ub3RhdGlvbl90eXBlGAUgASgJEg8KB3VzZXJfaWQYBiABKAMSMQoNY3JlYXRlZF9hZnRlchgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgJIAEoBRISCgpwYWdlX3Rva2VuGAogASgJIlwKF0xpc3RBbm5vdGF0aW9uc1Jlc3BvbnNlEigKC2Fubm90YXRpb25zGAEgAygLMhMucGFjcy52MS5Bbm5vdGF0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKYAQoXVXBkYXRlQW5ub3RhdGlvblJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxInCgphbm5vdGF0aW9uGAIgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uEi8KC3VwZGF0ZV9tYXNrGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzaxIMCgRldGFnGAQgASgJIkMKGFVwZGF0ZUFubm90YXRpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uIj4KF0RlbGV0ZUFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSDAoEZXRhZxgCIAEoCSIaChhEZWxldGVBbm5vdGF0aW9uUmVzcG9uc2UiWAoXV2F0Y2hBbm5vdGF0aW9uc1JlcXVlc3QSEgoKcHJvamVjdF9pZBgBIAEoAxIRCglzdHVkeV91aWQYAiABKAkSFgoOYWZ0ZXJfZXZlbnRfaWQYAyABKAMizwEKGFdhdGNoQW5ub3RhdGlvbnNSZXNwb25zZRIQCghldmVudF9pZBgBIAEoAxIwCgpldmVudF90eXBlGAIgASgOMhwucGFjcy52MS5Bbm5vdGF0aW9uRXZlbnRUeXBlEhUKDWFubm90YXRpb25faWQYAyABKAMSJwoKYW5ub3RhdGlvbhgEIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhIvCgtvY2N1cnJlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXgoeTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiagofTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXNwb25zZRIuCglyZXZpc2lvbnMYASADKAsyGy5wYWNzLnYxLkFubm90YXRpb25SZXZpc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki0gEKEkFubm90YXRpb25SZXZpc2lvbhIQCghyZXZpc2lvbhgBIAEoAxIxCgZhY3Rpb24YAiABKA4yIS5wYWNzLnYxLkFubm90YXRpb25SZXZpc2lvbkFjdGlvbhIWCg5jaGFuZ2VkX2ZpZWxkcxgDIAMoCRIPCgd1c2VyX2lkGAQgASgDEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh4KFnJlc3RvcmVkX2Zyb21fcmV2aXNpb24YBiABKAMiWQogUmVzdG9yZUFubm90YXRpb25SZXZpc2lvblJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghyZXZpc2lvbhgCIAEoAxIMCgRldGFnGAMgASgJIkwKIVJlc3RvcmVBbm5vdGF0aW9uUmV2aXNpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uKqUBChNBbm5vdGF0aW9uRXZlbnRUeXBlEiUKIUFOTk9UQVRJT05fRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEiEKHUFOTk9UQVRJT05fRVZFTlRfVFlQRV9DUkVBVEVEEAESIQodQU5OT1RBVElPTl9FVkVOVF9UWVBFX1VQREFURUQQAhIhCh1BTk5PVEFUSU9OX0VWRU5UX1RZUEVfREVMRVRFRBADKpECChhBbm5vdGF0aW9uUmV2aXNpb25BY3Rpb24SKgomQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fVU5TUEVDSUZJRUQQABImCiJBTk5PVEFUSU9OX1JFVklTSU9OX0FDVElPTl9DUkVBVEVEEAESJgoiQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fVVBEQVRFRBACEicKI0FOTk9UQVRJT05fUkVWSVNJT05fQUNUSU9OX1JFU1RPUkVEEAMSJgoiQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fREVMRVRFRBAEEigKJEFOTk9UQVRJT05fUkVWSVNJT05fQUNUSU9OX1VOREVMRVRFRBAFMoIKChFBbm5vdGF0aW9uU2VydmljZRKTAQoQQ3JlYXRlQW5ub3RhdGlvbhIgLnBhY3MudjEuQ3JlYXRlQW5ub3RhdGlvblJlcXVlc3QaIS5wYWNzLnYxLkNyZWF0ZUFubm90YXRpb25SZXNwb25zZSI66scYEggEEAIYASoKYW5ub3RhdGlvboLT5JMCHjoKYW5ub3RhdGlvbiIQL2FwaS9hbm5vdGF0aW9ucxKOAQoNR2V0QW5ub3RhdGlvbhIdLnBhY3MudjEuR2V0QW5ub3RhdGlvblJlcXVlc3QaHi5wYWNzLnYxLkdldEFubm90YXRpb25SZXNwb25zZSI+6scYEggDEAEYASoKYW5ub3RhdGlvboLT5JMCIhIgL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0ShAEKD0xpc3RBbm5vdGF0aW9ucxIfLnBhY3MudjEuTGlzdEFubm90YXRpb25zUmVxdWVzdBogLnBhY3MudjEuTGlzdEFubm90YXRpb25zUmVzcG9uc2UiLurHGBIIAxABGAEqCmFubm90YXRpb26C0+STAhISEC9hcGkvYW5ub3RhdGlvbnMSmgEKEFVwZGF0ZUFubm90YXRpb24SIC5wYWNzLnYxLlVwZGF0ZUFubm90YXRpb25SZXF1ZXN0GiEucGFjcy52MS5VcGRhdGVBbm5vdGF0aW9uUmVzcG9uc2UiQerHGBIIBBADGAEqCmFubm90YXRpb26C0+STAiU6ASoyIC9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9EpcBChBEZWxldGVBbm5vdGF0aW9uEiAucGFjcy52MS5EZWxldGVBbm5vdGF0aW9uUmVxdWVzdBohLnBhY3MudjEuRGVsZXRlQW5ub3RhdGlvblJlc3BvbnNlIj7qxxgSCAQQAxgBKgphbm5vdGF0aW9ugtPkkwIiKiAvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfRJ6ChBXYXRjaEFubm90YXRpb25zEiAucGFjcy52MS5XYXRjaEFubm90YXRpb25zUmVxdWVzdBohLnBhY3MudjEuV2F0Y2hBbm5vdGF0aW9uc1Jlc3BvbnNlIh/qxxgbCAMQAxgGIAEqEWFubm90YXRpb25fZXZlbnRzMAEStgEKF0xpc3RBbm5vdGF0aW9uUmV2aXNpb25zEicucGFjcy52MS5MaXN0QW5ub3RhdGlvblJldmlzaW9uc1JlcXVlc3QaKC5wYWNzLnYxLkxpc3RBbm5vdGF0aW9uUmV2aXNpb25zUmVzcG9uc2UiSOrHGBIIAxABGAEqCmFubm90YXRpb26C0+STAiwSKi9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L3JldmlzaW9ucxLSAQoZUmVzdG9yZUFubm90YXRpb25SZXZpc2lvbhIpLnBhY3MudjEuUmVzdG9yZUFubm90YXRpb25SZXZpc2lvblJlcXVlc3QaKi5wYWNzLnYxLlJlc3RvcmVBbm5vdGF0aW9uUmV2aXNpb25SZXNwb25zZSJe6scYEggEEAMYASoKYW5ub3RhdGlvboLT5JMCQjoBKiI9L2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vcmV2aXNpb25zL3tyZXZpc2lvbn0vcmVzdG9yZWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_pacs_v1_options]);
+  fileDesc("ChhwYWNzL3YxL2Fubm90YXRpb24ucHJvdG8SB3BhY3MudjEiwgMKCkFubm90YXRpb24SCgoCaWQYASABKAMSEgoKcHJvamVjdF9pZBgCIAEoAxIPCgd1c2VyX2lkGAMgASgDEhEKCXN0dWR5X3VpZBgEIAEoCRISCgpzZXJpZXNfdWlkGAUgASgJEhQKDGluc3RhbmNlX3VpZBgGIAEoCRIXCg9hbm5vdGF0aW9uX3R5cGUYByABKAkSMAoPYW5ub3RhdGlvbl9kYXRhGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIyChJtZWFzdXJlbWVudF92YWx1ZXMYCSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPdmlld2VyX3NvZnR3YXJlGAogASgJEgwKBGV0YWcYCyABKAkSLgoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YDiABKAMSLgoKZGVsZXRlZF9hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVgoXQ3JlYXRlQW5ub3RhdGlvblJlcXVlc3QSJwoKYW5ub3RhdGlvbhgBIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhISCgpyZXF1ZXN0X2lkGAIgASgJIkMKGENyZWF0ZUFubm90YXRpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uIj8KFEdldEFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIcmV2aXNpb24YAiABKAMiQAoVR2V0QW5ub3RhdGlvblJlc3BvbnNlEicKCmFubm90YXRpb24YASABKAsyEy5wYWNzLnYxLkFubm90YXRpb24itwIKFkxpc3RBbm5vdGF0aW9uc1JlcXVlc3QSEgoKcHJvamVjdF9pZBgBIAEoAxIRCglzdHVkeV91aWQYAiABKAkSEgoKc2VyaWVzX3VpZBgDIAEoCRIUCgxpbnN0YW5jZV91aWQYBCABKAkSFwoPYW5ub3RhdGlvbl90eXBlGAUgASgJEg8KB3VzZXJfaWQYBiABKAMSMQoNY3JlYXRlZF9hZnRlchgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgJIAEoBRISCgpwYWdlX3Rva2VuGAogASgJEhQKDHNob3dfZGVsZXRlZBgLIAEoCCJcChdMaXN0QW5ub3RhdGlvbnNSZXNwb25zZRIoCgthbm5vdGF0aW9ucxgBIAMoCzITLnBhY3MudjEuQW5ub3RhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkimAEKF1VwZGF0ZUFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSJwoKYW5ub3RhdGlvbhgCIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhIvCgt1cGRhdGVfbWFzaxgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2sSDAoEZXRhZxgEIAEoCSJDChhVcGRhdGVBbm5vdGF0aW9uUmVzcG9uc2USJwoKYW5ub3RhdGlvbhgBIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbiJNChdEZWxldGVBbm5vdGF0aW9uUmVxdWVzdBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEgwKBGV0YWcYAiABKAkSDQoFcHVyZ2UYAyABKAgiGgoYRGVsZXRlQW5ub3RhdGlvblJlc3BvbnNlIkAKGVVuZGVsZXRlQW5ub3RhdGlvblJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIMCgRldGFnGAIgASgJIkUKGlVuZGVsZXRlQW5ub3RhdGlvblJlc3BvbnNlEicKCmFubm90YXRpb24YASABKAsyEy5wYWNzLnYxLkFubm90YXRpb24iWAoXV2F0Y2hBbm5vdGF0aW9uc1JlcXVlc3QSEgoKcHJvamVjdF9pZBgBIAEoAxIRCglzdHVkeV91aWQYAiABKAkSFgoOYWZ0ZXJfZXZlbnRfaWQYAyABKAMizwEKGFdhdGNoQW5ub3RhdGlvbnNSZXNwb25zZRIQCghldmVudF9pZBgBIAEoAxIwCgpldmVudF90eXBlGAIgASgOMhwucGFjcy52MS5Bbm5vdGF0aW9uRXZlbnRUeXBlEhUKDWFubm90YXRpb25faWQYAyABKAMSJwoKYW5ub3RhdGlvbhgEIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhIvCgtvY2N1cnJlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXgoeTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiagofTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXNwb25zZRIuCglyZXZpc2lvbnMYASADKAsyGy5wYWNzLnYxLkFubm90YXRpb25SZXZpc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki0gEKEkFubm90YXRpb25SZXZpc2lvbhIQCghyZXZpc2lvbhgBIAEoAxIxCgZhY3Rpb24YAiABKA4yIS5wYWNzLnYxLkFubm90YXRpb25SZXZpc2lvbkFjdGlvbhIWCg5jaGFuZ2VkX2ZpZWxkcxgDIAMoCRIPCgd1c2VyX2lkGAQgASgDEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh4KFnJlc3RvcmVkX2Zyb21fcmV2aXNpb24YBiABKAMiWQogUmVzdG9yZUFubm90YXRpb25SZXZpc2lvblJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghyZXZpc2lvbhgCIAEoAxIMCgRldGFnGAMgASgJIkwKIVJlc3RvcmVBbm5vdGF0aW9uUmV2aXNpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uKskBChNBbm5vdGF0aW9uRXZlbnRUeXBlEiUKIUFOTk9UQVRJT05fRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEiEKHUFOTk9UQVRJT05fRVZFTlRfVFlQRV9DUkVBVEVEEAESIQodQU5OT1RBVElPTl9FVkVOVF9UWVBFX1VQREFURUQQAhIhCh1BTk5PVEFUSU9OX0VWRU5UX1RZUEVfREVMRVRFRBADEiIKHkFOTk9UQVRJT05fRVZFTlRfVFlQRV9SRVNUT1JFRBAEKpECChhBbm5vdGF0aW9uUmV2aXNpb25BY3Rpb24SKgomQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fVU5TUEVDSUZJRUQQABImCiJBTk5PVEFUSU9OX1JFVklTSU9OX0FDVElPTl9DUkVBVEVEEAESJgoiQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fVVBEQVRFRBACEicKI0FOTk9UQVRJT05fUkVWSVNJT05fQUNUSU9OX1JFU1RPUkVEEAMSJgoiQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fREVMRVRFRBAEEigKJEFOTk9UQVRJT05fUkVWSVNJT05fQUNUSU9OX1VOREVMRVRFRBAFMq4LChFBbm5vdGF0aW9uU2VydmljZRKTAQoQQ3JlYXRlQW5ub3RhdGlvbhIgLnBhY3MudjEuQ3JlYXRlQW5ub3RhdGlvblJlcXVlc3QaIS5wYWNzLnYxLkNyZWF0ZUFubm90YXRpb25SZXNwb25zZSI66scYEggEEAIYASoKYW5ub3RhdGlvboLT5JMCHjoKYW5ub3RhdGlvbiIQL2FwaS9hbm5vdGF0aW9ucxKOAQoNR2V0QW5ub3RhdGlvbhIdLnBhY3MudjEuR2V0QW5ub3RhdGlvblJlcXVlc3QaHi5wYWNzLnYxLkdldEFubm90YXRpb25SZXNwb25zZSI+6scYEggDEAEYASoKYW5ub3RhdGlvboLT5JMCIhIgL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0ShAEKD0xpc3RBbm5vdGF0aW9ucxIfLnBhY3MudjEuTGlzdEFubm90YXRpb25zUmVxdWVzdBogLnBhY3MudjEuTGlzdEFubm90YXRpb25zUmVzcG9uc2UiLurHGBIIAxABGAEqCmFubm90YXRpb26C0+STAhISEC9hcGkvYW5ub3RhdGlvbnMSmgEKEFVwZGF0ZUFubm90YXRpb24SIC5wYWNzLnYxLlVwZGF0ZUFubm90YXRpb25SZXF1ZXN0GiEucGFjcy52MS5VcGRhdGVBbm5vdGF0aW9uUmVzcG9uc2UiQerHGBIIBBADGAEqCmFubm90YXRpb26C0+STAiU6ASoyIC9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9EpcBChBEZWxldGVBbm5vdGF0aW9uEiAucGFjcy52MS5EZWxldGVBbm5vdGF0aW9uUmVxdWVzdBohLnBhY3MudjEuRGVsZXRlQW5ub3RhdGlvblJlc3BvbnNlIj7qxxgSCAQQAxgBKgphbm5vdGF0aW9ugtPkkwIiKiAvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfRKpAQoSVW5kZWxldGVBbm5vdGF0aW9uEiIucGFjcy52MS5VbmRlbGV0ZUFubm90YXRpb25SZXF1ZXN0GiMucGFjcy52MS5VbmRlbGV0ZUFubm90YXRpb25SZXNwb25zZSJK6scYEggEEAMYASoKYW5ub3RhdGlvboLT5JMCLjoBKiIpL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vdW5kZWxldGUSegoQV2F0Y2hBbm5vdGF0aW9ucxIgLnBhY3MudjEuV2F0Y2hBbm5vdGF0aW9uc1JlcXVlc3QaIS5wYWNzLnYxLldhdGNoQW5ub3RhdGlvbnNSZXNwb25zZSIf6scYGwgDEAMYBiABKhFhbm5vdGF0aW9uX2V2ZW50czABErYBChdMaXN0QW5ub3RhdGlvblJldmlzaW9ucxInLnBhY3MudjEuTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXF1ZXN0GigucGFjcy52MS5MaXN0QW5ub3RhdGlvblJldmlzaW9uc1Jlc3BvbnNlIkjqxxgSCAMQARgBKgphbm5vdGF0aW9ugtPkkwIsEiovYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9yZXZpc2lvbnMS0gEKGVJlc3RvcmVBbm5vdGF0aW9uUmV2aXNpb24SKS5wYWNzLnYxLlJlc3RvcmVBbm5vdGF0aW9uUmV2aXNpb25SZXF1ZXN0GioucGFjcy52MS5SZXN0b3JlQW5ub3RhdGlvblJldmlzaW9uUmVzcG9uc2UiXurHGBIIBBADGAEqCmFubm90YXRpb26C0+STAkI6ASoiPS9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L3JldmlzaW9ucy97cmV2aXNpb259L3Jlc3RvcmViBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_pacs_v1_options]);
 
 /**
  * Annotation is one mark or measurement on a study, series or instance.
@@ -119,6 +119,14 @@ export type Annotation = Message<"pacs.v1.Annotation"> & {
    * @generated from field: int64 revision = 14;
    */
   revision: bigint;
+
+  /**
+   * When it went to the trash; only annotations listed with show_deleted have
+   * it. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp deleted_at = 15;
+   */
+  deletedAt?: Timestamp | undefined;
 };
 
 /**
@@ -288,6 +296,14 @@ export type ListAnnotationsRequest = Message<"pacs.v1.ListAnnotationsRequest"> &
    * @generated from field: string page_token = 10;
    */
   pageToken: string;
+
+  /**
+   * Owners only, and with project_id: include the annotations in the trash
+   * (deleted_at set).
+   *
+   * @generated from field: bool show_deleted = 11;
+   */
+  showDeleted: boolean;
 };
 
 /**
@@ -401,6 +417,15 @@ export type DeleteAnnotationRequest = Message<"pacs.v1.DeleteAnnotationRequest">
    * @generated from field: string etag = 2;
    */
   etag: string;
+
+  /**
+   * Owners only: delete at once and for good (annotation, history, mask groups
+   * and their stored objects) instead of moving to the trash; also purges an
+   * annotation already in the trash.
+   *
+   * @generated from field: bool purge = 3;
+   */
+  purge: boolean;
 };
 
 /**
@@ -424,6 +449,51 @@ export type DeleteAnnotationResponse = Message<"pacs.v1.DeleteAnnotationResponse
  */
 export const DeleteAnnotationResponseSchema: GenMessage<DeleteAnnotationResponse> = /*@__PURE__*/
   messageDesc(file_pacs_v1_annotation, 10);
+
+/**
+ * UndeleteAnnotationRequest names an annotation in the trash.
+ *
+ * @generated from message pacs.v1.UndeleteAnnotationRequest
+ */
+export type UndeleteAnnotationRequest = Message<"pacs.v1.UndeleteAnnotationRequest"> & {
+  /**
+   * @generated from field: int64 annotation_id = 1;
+   */
+  annotationId: bigint;
+
+  /**
+   * As in UpdateAnnotationRequest; the etag of the annotation in the trash.
+   *
+   * @generated from field: string etag = 2;
+   */
+  etag: string;
+};
+
+/**
+ * Describes the message pacs.v1.UndeleteAnnotationRequest.
+ * Use `create(UndeleteAnnotationRequestSchema)` to create a new message.
+ */
+export const UndeleteAnnotationRequestSchema: GenMessage<UndeleteAnnotationRequest> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 11);
+
+/**
+ * UndeleteAnnotationResponse is the annotation, back.
+ *
+ * @generated from message pacs.v1.UndeleteAnnotationResponse
+ */
+export type UndeleteAnnotationResponse = Message<"pacs.v1.UndeleteAnnotationResponse"> & {
+  /**
+   * @generated from field: pacs.v1.Annotation annotation = 1;
+   */
+  annotation?: Annotation | undefined;
+};
+
+/**
+ * Describes the message pacs.v1.UndeleteAnnotationResponse.
+ * Use `create(UndeleteAnnotationResponseSchema)` to create a new message.
+ */
+export const UndeleteAnnotationResponseSchema: GenMessage<UndeleteAnnotationResponse> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 12);
 
 /**
  * WatchAnnotationsRequest subscribes to a project or to one study in it.
@@ -457,7 +527,7 @@ export type WatchAnnotationsRequest = Message<"pacs.v1.WatchAnnotationsRequest">
  * Use `create(WatchAnnotationsRequestSchema)` to create a new message.
  */
 export const WatchAnnotationsRequestSchema: GenMessage<WatchAnnotationsRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_annotation, 11);
+  messageDesc(file_pacs_v1_annotation, 13);
 
 /**
  * WatchAnnotationsResponse is one change.
@@ -501,7 +571,7 @@ export type WatchAnnotationsResponse = Message<"pacs.v1.WatchAnnotationsResponse
  * Use `create(WatchAnnotationsResponseSchema)` to create a new message.
  */
 export const WatchAnnotationsResponseSchema: GenMessage<WatchAnnotationsResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_annotation, 12);
+  messageDesc(file_pacs_v1_annotation, 14);
 
 /**
  * ListAnnotationRevisionsRequest pages an annotation's history.
@@ -534,7 +604,7 @@ export type ListAnnotationRevisionsRequest = Message<"pacs.v1.ListAnnotationRevi
  * Use `create(ListAnnotationRevisionsRequestSchema)` to create a new message.
  */
 export const ListAnnotationRevisionsRequestSchema: GenMessage<ListAnnotationRevisionsRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_annotation, 13);
+  messageDesc(file_pacs_v1_annotation, 15);
 
 /**
  * ListAnnotationRevisionsResponse is one page, newest first.
@@ -560,7 +630,7 @@ export type ListAnnotationRevisionsResponse = Message<"pacs.v1.ListAnnotationRev
  * Use `create(ListAnnotationRevisionsResponseSchema)` to create a new message.
  */
 export const ListAnnotationRevisionsResponseSchema: GenMessage<ListAnnotationRevisionsResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_annotation, 14);
+  messageDesc(file_pacs_v1_annotation, 16);
 
 /**
  * AnnotationRevision is what one write of an annotation left; immutable.
@@ -613,7 +683,7 @@ export type AnnotationRevision = Message<"pacs.v1.AnnotationRevision"> & {
  * Use `create(AnnotationRevisionSchema)` to create a new message.
  */
 export const AnnotationRevisionSchema: GenMessage<AnnotationRevision> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_annotation, 15);
+  messageDesc(file_pacs_v1_annotation, 17);
 
 /**
  * RestoreAnnotationRevisionRequest names the revision to write back.
@@ -644,7 +714,7 @@ export type RestoreAnnotationRevisionRequest = Message<"pacs.v1.RestoreAnnotatio
  * Use `create(RestoreAnnotationRevisionRequestSchema)` to create a new message.
  */
 export const RestoreAnnotationRevisionRequestSchema: GenMessage<RestoreAnnotationRevisionRequest> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_annotation, 16);
+  messageDesc(file_pacs_v1_annotation, 18);
 
 /**
  * RestoreAnnotationRevisionResponse is the annotation after the restore.
@@ -663,7 +733,7 @@ export type RestoreAnnotationRevisionResponse = Message<"pacs.v1.RestoreAnnotati
  * Use `create(RestoreAnnotationRevisionResponseSchema)` to create a new message.
  */
 export const RestoreAnnotationRevisionResponseSchema: GenMessage<RestoreAnnotationRevisionResponse> = /*@__PURE__*/
-  messageDesc(file_pacs_v1_annotation, 17);
+  messageDesc(file_pacs_v1_annotation, 19);
 
 /**
  * AnnotationEventType says what happened to the annotation.
@@ -687,9 +757,18 @@ export enum AnnotationEventType {
   UPDATED = 2,
 
   /**
+   * Moved to the trash, or purged.
+   *
    * @generated from enum value: ANNOTATION_EVENT_TYPE_DELETED = 3;
    */
   DELETED = 3,
+
+  /**
+   * Brought back from the trash.
+   *
+   * @generated from enum value: ANNOTATION_EVENT_TYPE_RESTORED = 4;
+   */
+  RESTORED = 4,
 }
 
 /**
@@ -791,7 +870,10 @@ export const AnnotationService: GenService<{
     output: typeof UpdateAnnotationResponseSchema;
   },
   /**
-   * DeleteAnnotation removes an annotation with its mask groups and masks.
+   * DeleteAnnotation moves an annotation, with its mask groups, to the trash:
+   * reads answer NOT_FOUND, UndeleteAnnotation brings it back within the trash
+   * retention, and after it the server purges it. With purge (owners only) it
+   * is deleted at once and for good, history and stored objects included.
    *
    * @generated from rpc pacs.v1.AnnotationService.DeleteAnnotation
    */
@@ -799,6 +881,16 @@ export const AnnotationService: GenService<{
     methodKind: "unary";
     input: typeof DeleteAnnotationRequestSchema;
     output: typeof DeleteAnnotationResponseSchema;
+  },
+  /**
+   * UndeleteAnnotation brings an annotation back from the trash, as it was.
+   *
+   * @generated from rpc pacs.v1.AnnotationService.UndeleteAnnotation
+   */
+  undeleteAnnotation: {
+    methodKind: "unary";
+    input: typeof UndeleteAnnotationRequestSchema;
+    output: typeof UndeleteAnnotationResponseSchema;
   },
   /**
    * WatchAnnotations streams changes to a project's or a study's annotations
