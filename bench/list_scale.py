@@ -1,6 +1,7 @@
 """ListAnnotations of one study with 10 thousand, then 1 million rows in the table.
 
     .venv/bin/python -m bench.list_scale [--sizes 10000 1000000] [--calls 300] [--profile]
+                                         [--revisions-per-annotation 10]
 
 The rows go straight into annotation_annotation with one INSERT ... SELECT generate_series per
 size (the API would take hours for a million). Every study holds 50 annotations, all in the
@@ -8,6 +9,10 @@ benchmark's project (the harder case for the project-leading indexes); the targe
 of them. After each fill and ANALYZE, `calls` sequential ListAnnotations(project, study,
 page_size=50) are timed; each must return the study's 50 rows. The baseline is the smallest
 table measured in the same run. pg_stat_user_indexes shows which index served the calls.
+
+With --revisions-per-annotation N, the largest table is then given N revisions per annotation
+in annotation_revision (migration 0012; each a copy of its annotation's content) and measured
+again: the list must cost the same whether history is kept or not.
 """
 
 from __future__ import annotations
@@ -58,6 +63,16 @@ select %(user_id)s, %(project_id)s, %(study_root)s || '.' || (g / %(per_study)s:
 from generate_series(%(first)s::bigint, %(last)s::bigint) as g
 """
 
+# N revisions of every annotation, numbered 1..N, each holding the annotation's content.
+FILL_REVISIONS = """
+insert into annotation_revision (
+    annotation_id, revision, action, changed_fields, user_id, annotation_type, annotation_data,
+    viewer_software, created_at)
+select a.id, r, case when r = 1 then 'created' else 'updated' end, '{annotation_data}',
+       a.user_id, a.annotation_type, a.annotation_data, a.viewer_software, a.created_at
+from annotation_annotation a, generate_series(1, %(per_annotation)s) as r
+"""
+
 INDEX_SCANS = """
 select indexrelname, idx_scan from pg_stat_user_indexes
 where relname = 'annotation_annotation'
@@ -79,6 +94,19 @@ async def _fill(conn: psycopg.AsyncConnection[Any], fill: dict[str, Any], up_to:
     finally:
         await conn.execute("set session_replication_role = origin")
     await conn.execute("analyze annotation_annotation")
+    return time.perf_counter() - started
+
+
+async def _fill_revisions(conn: psycopg.AsyncConnection[Any], per_annotation: int) -> float:
+    """`per_annotation` revisions of every annotation; the seconds the insert and ANALYZE took."""
+    started = time.perf_counter()
+    # As in _fill: the benchmark's own rows, so the foreign-key triggers are skipped.
+    await conn.execute("set session_replication_role = replica")
+    try:
+        await conn.execute(FILL_REVISIONS, {"per_annotation": per_annotation})
+    finally:
+        await conn.execute("set session_replication_role = origin")
+    await conn.execute("analyze annotation_revision")
     return time.perf_counter() - started
 
 
@@ -126,7 +154,11 @@ async def _profile(session: Session, pid: int, project_id: int, seconds: float) 
 
 
 async def _measure(
-    stack: LocalStack, sizes: list[int], calls: int, profile_seconds: float | None
+    stack: LocalStack,
+    sizes: list[int],
+    calls: int,
+    profile_seconds: float | None,
+    revisions_per_annotation: int = 0,
 ) -> dict[str, Any]:
     assert stack.server is not None
     async with (
@@ -147,7 +179,16 @@ async def _measure(
         for size in sizes:
             fill_seconds = await _fill(conn, fill, size)
             print(f"  {size} rows in the table ({fill_seconds:.1f} s to fill and analyze)")
-            rows.append({"rows": size, "fill_seconds": fill_seconds})
+            rows.append({"rows": size, "revisions": 0, "fill_seconds": fill_seconds})
+            rows[-1].update(await _measure_size(session, conn, project_id, calls))
+        if revisions_per_annotation:
+            # Measured again first: the run above was the first on this table, and the cache
+            # it warmed would otherwise count in the revisions' favour.
+            rows[-1].update(await _measure_size(session, conn, project_id, calls))
+            fill_seconds = await _fill_revisions(conn, revisions_per_annotation)
+            revisions = sizes[-1] * revisions_per_annotation
+            print(f"  {revisions} revisions added ({fill_seconds:.1f} s to fill and analyze)")
+            rows.append({"rows": sizes[-1], "revisions": revisions, "fill_seconds": fill_seconds})
             rows[-1].update(await _measure_size(session, conn, project_id, calls))
         profile = None
         if profile_seconds:
@@ -156,11 +197,21 @@ async def _measure(
     for row in rows:
         row["p50_ratio"] = row["p50_ms"] / base["p50_ms"]
         row["p99_ratio"] = row["p99_ms"] / base["p99_ms"]
+    history = None
+    if revisions_per_annotation:
+        without, with_history = rows[-2], rows[-1]
+        history = {
+            "rows": sizes[-1],
+            "revisions": with_history["revisions"],
+            "p50_ratio": with_history["p50_ms"] / without["p50_ms"],
+            "p99_ratio": with_history["p99_ms"] / without["p99_ms"],
+        }
     return {
         "per_study": PER_STUDY,
         "page_size": PER_STUDY,
         "calls": calls,
         "sizes": rows,
+        "revisions_against_none": history,
         "profile": profile,
     }
 
@@ -181,13 +232,22 @@ def main(argv: list[str] | None = None) -> None:
         "--profile", action="store_true", help="py-spy the server listing at the largest size"
     )
     parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--revisions-per-annotation",
+        type=int,
+        default=0,
+        help="then give the largest table this many revisions per annotation and measure again",
+    )
     args = parser.parse_args(argv)
     if sorted(args.sizes) != args.sizes or args.sizes[0] < PER_STUDY:
         parser.error(f"--sizes must rise and start at {PER_STUDY} or more")
     with local_stack(NAME) as stack:
         results = asyncio.run(
-            _measure(stack, args.sizes, args.calls, args.profile_seconds if args.profile else None)
-        )
+            _measure(
+                stack, args.sizes, args.calls, args.profile_seconds if args.profile else None,
+                args.revisions_per_annotation,
+            )
+        )  # fmt: skip
     write_results(NAME, results)
     _report(results)
 
@@ -199,16 +259,27 @@ def _report(results: dict[str, Any]) -> None:
         f" {results['calls']} sequential calls per table size; baseline = {sizes[0]['rows']} rows"
     )
     print_table(
-        ["rows", "p50 ms", "p99 ms", "mean ms", "p50 ratio", "p99 ratio", "fill s", "index"],
+        ["rows", "revisions", "p50 ms", "p99 ms", "mean ms", "p50 ratio", "p99 ratio", "fill s",
+         "index"],
         [
             [
-                s["rows"], s["p50_ms"], s["p99_ms"], s["mean_ms"], s["p50_ratio"],
-                s["p99_ratio"], s["fill_seconds"], ",".join(s["index_scans"]) or "?",
+                s["rows"], s.get("revisions", 0), s["p50_ms"], s["p99_ms"], s["mean_ms"],
+                s["p50_ratio"], s["p99_ratio"], s["fill_seconds"],
+                ",".join(s["index_scans"]) or "?",
             ]
             for s in sizes
         ],
     )  # fmt: skip
-    groups = [f"{s['rows']:,} rows" for s in sizes]
+    history = results.get("revisions_against_none")
+    if history is not None:
+        print(
+            f"\n{history['rows']:,} rows with {history['revisions']:,} revisions, against none:"
+            f" p50 {history['p50_ratio']:.2f}x, p99 {history['p99_ratio']:.2f}x (target <= 1.1x)"
+        )
+    groups = [
+        f"{s['rows']:,} rows" + (f" + {s['revisions']:,} revisions" if s.get("revisions") else "")
+        for s in sizes
+    ]
     chart = write_chart(
         NAME,
         "ListAnnotations of one study (50 rows) as the table grows",
