@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.export_seg [--slices 100 1000] [--size 512] [--repeats 3]
 
 For each series length, a synthetic CT is stored in the stack's own Orthanc, a mask group of
-three coded segments is pushed to it (slices bound to the CT's images by position), and then:
+three coded segments is pushed to it (slices bound to the CT's images by position), submitted
+for review by the bench's administrator and approved by a reviewer (only approved groups are
+exported), and then:
   highdicom     the bench process builds the same SEG from the same source metadata (WADO-RS,
                 no pixels) and label maps with highdicom alone, and encodes it (Part 10)
   export        ExportMaskGroup, store_in_pacs false: read the slices from storage, the
@@ -37,7 +39,7 @@ import pydicom
 import urllib3
 from dicomweb_client import DICOMwebClient
 from google.protobuf import struct_pb2
-from pacs.v1 import annotation_pb2, mask_pb2, mask_pb2_grpc
+from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2, mask_pb2_grpc, review_pb2
 from PIL import Image
 
 from bench.common import (
@@ -50,6 +52,7 @@ from bench.common import (
 )
 from pacs_devstack.sample_ct import store_series, synthetic_ct
 from pacs_devstack.stack import LocalStack, StackConfig
+from tests.support.users import ApiUser, login
 
 NAME = "export_seg"
 SEGMENTS = (1, 2, 3)
@@ -156,6 +159,38 @@ async def push_group(
     return annotation_id, group_id
 
 
+async def add_reviewer(session: Session, stack: LocalStack, project_id: int) -> ApiUser:
+    """A user with the reviewer role in the project: nobody approves their own work, so the
+    administrator who pushes the groups cannot approve them."""
+    assert stack.issuer is not None, "benchmarks use the dev token issuer"
+    reviewer = await login(session.channel, stack.issuer, f"bench-reviewer-{uuid.uuid4().hex[:6]}")
+    await session.identity.AddProjectMember(
+        identity_pb2.AddProjectMemberRequest(
+            project_id=project_id, user_id=reviewer.user_id,
+            role=identity_pb2.PROJECT_ROLE_REVIEWER,
+        ),
+        metadata=session.metadata,
+    )  # fmt: skip
+    return reviewer
+
+
+async def approve_group(
+    session: Session, reviewer: ApiUser, annotation_id: int, group_id: int
+) -> None:
+    """Submitted by the administrator who pushed it, approved by the reviewer: exportable."""
+    masks = mask_pb2_grpc.MaskServiceStub(session.channel)
+    await masks.SubmitMaskGroupForReview(
+        mask_pb2.SubmitMaskGroupForReviewRequest(annotation_id=annotation_id, group_id=group_id),
+        metadata=session.metadata,
+    )
+    approved = await masks.ApproveMaskGroup(
+        mask_pb2.ApproveMaskGroupRequest(annotation_id=annotation_id, group_id=group_id),
+        metadata=reviewer.metadata(),
+    )
+    if approved.mask_group.review.state != review_pb2.REVIEW_STATE_APPROVED:
+        raise RuntimeError("the reviewer's approval did not leave the group APPROVED")
+
+
 def highdicom_alone(metadata: list[dict[str, Any]], bound: dict[str, np.ndarray]) -> bytes:
     """The same SEG built by highdicom from the same metadata and label maps, encoded."""
     sources = []
@@ -230,10 +265,12 @@ async def run(stack: LocalStack, lengths: list[int], size: int, repeats: int) ->
     results: dict[str, Any] = {}
     async with _session(stack) as session:
         project_id = await session.create_project(f"bench-export-{uuid.uuid4().hex[:6]}")
+        reviewer = await add_reviewer(session, stack, project_id)
         for slices in lengths:
             study, series = await asyncio.to_thread(store_ct, stack.pacs_url, slices, size)
             maps = label_maps(slices, size)
             annotation_id, group_id = await push_group(session, project_id, study, series, maps)
+            await approve_group(session, reviewer, annotation_id, group_id)
             listed = await mask_pb2_grpc.MaskServiceStub(session.channel).ListMasks(
                 mask_pb2.ListMasksRequest(
                     annotation_id=annotation_id, group_id=group_id, page_size=500

@@ -25,6 +25,7 @@ _ACCESS: Mapping[RpcPolicy.Access.ValueType, Access] = {
     RpcPolicy.ACCESS_PROJECT_VIEWER: Access.PROJECT_VIEWER,
     RpcPolicy.ACCESS_PROJECT_ANNOTATOR: Access.PROJECT_ANNOTATOR,
     RpcPolicy.ACCESS_PROJECT_OWNER: Access.PROJECT_OWNER,
+    RpcPolicy.ACCESS_PROJECT_REVIEWER: Access.PROJECT_REVIEWER,
 }
 
 

@@ -11,7 +11,16 @@ from pacs.v1 import annotation_pb2, annotation_pb2_grpc
 from pacs_grpc.api import convert
 from pacs_grpc.api.gate import current_call
 from pacs_grpc.domain.errors import Unavailable
+from pacs_grpc.domain.review import ReviewStep
+from pacs_grpc.services.annotation_history import AnnotationHistory
 from pacs_grpc.services.annotations import AnnotationUseCases, ListRequest, NewAnnotation
+from pacs_grpc.services.reviews import ReviewUseCases
+
+_ReviewRequest = (
+    annotation_pb2.SubmitAnnotationForReviewRequest
+    | annotation_pb2.ApproveAnnotationRequest
+    | annotation_pb2.RejectAnnotationRequest
+)
 
 # The servicer methods read nothing from it: the gate put the call's context in a contextvar.
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -24,8 +33,15 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
     naming its field. A WatchAnnotations stream ends with UNAVAILABLE only when the server stops.
     """
 
-    def __init__(self, use_cases: AnnotationUseCases[Any]) -> None:
+    def __init__(
+        self,
+        use_cases: AnnotationUseCases[Any],
+        history: AnnotationHistory[Any],
+        reviews: ReviewUseCases[Any],
+    ) -> None:
         self._use_cases = use_cases
+        self._history = history
+        self._reviews = reviews
 
     async def CreateAnnotation(
         self, request: annotation_pb2.CreateAnnotationRequest, context: Context
@@ -84,6 +100,7 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
                 page_size=request.page_size,
                 page_token=request.page_token,
                 show_deleted=request.show_deleted,
+                review_state=convert.review_state_filter(request.review_state),
             ),
         )
         response = annotation_pb2.ListAnnotationsResponse(next_page_token=page.next_page_token)
@@ -126,7 +143,7 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
     async def DeleteAnnotation(
         self, request: annotation_pb2.DeleteAnnotationRequest, context: Context
     ) -> annotation_pb2.DeleteAnnotationResponse:
-        await self._use_cases.delete(
+        await self._history.delete(
             current_call(), request.annotation_id, request.etag, purge=request.purge
         )
         return annotation_pb2.DeleteAnnotationResponse()
@@ -134,7 +151,7 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
     async def UndeleteAnnotation(
         self, request: annotation_pb2.UndeleteAnnotationRequest, context: Context
     ) -> annotation_pb2.UndeleteAnnotationResponse:
-        back = await self._use_cases.undelete(current_call(), request.annotation_id, request.etag)
+        back = await self._history.undelete(current_call(), request.annotation_id, request.etag)
         response = annotation_pb2.UndeleteAnnotationResponse()
         convert.write_annotation(response.annotation, back)
         return response
@@ -142,7 +159,7 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
     async def ListAnnotationRevisions(
         self, request: annotation_pb2.ListAnnotationRevisionsRequest, context: Context
     ) -> annotation_pb2.ListAnnotationRevisionsResponse:
-        page = await self._use_cases.list_revisions(
+        page = await self._history.list_revisions(
             current_call(), request.annotation_id, request.page_size, request.page_token
         )
         response = annotation_pb2.ListAnnotationRevisionsResponse(
@@ -155,12 +172,42 @@ class AnnotationServicer(annotation_pb2_grpc.AnnotationServiceServicer):
     async def RestoreAnnotationRevision(
         self, request: annotation_pb2.RestoreAnnotationRevisionRequest, context: Context
     ) -> annotation_pb2.RestoreAnnotationRevisionResponse:
-        restored = await self._use_cases.restore(
+        restored = await self._history.restore(
             current_call(), request.annotation_id, request.revision, request.etag
         )
         response = annotation_pb2.RestoreAnnotationRevisionResponse()
         convert.write_annotation(response.annotation, restored)
         return response
+
+    async def SubmitAnnotationForReview(
+        self, request: annotation_pb2.SubmitAnnotationForReviewRequest, context: Context
+    ) -> annotation_pb2.SubmitAnnotationForReviewResponse:
+        response = annotation_pb2.SubmitAnnotationForReviewResponse()
+        await self._review(response.annotation, request, ReviewStep.SUBMIT)
+        return response
+
+    async def ApproveAnnotation(
+        self, request: annotation_pb2.ApproveAnnotationRequest, context: Context
+    ) -> annotation_pb2.ApproveAnnotationResponse:
+        response = annotation_pb2.ApproveAnnotationResponse()
+        await self._review(response.annotation, request, ReviewStep.APPROVE)
+        return response
+
+    async def RejectAnnotation(
+        self, request: annotation_pb2.RejectAnnotationRequest, context: Context
+    ) -> annotation_pb2.RejectAnnotationResponse:
+        response = annotation_pb2.RejectAnnotationResponse()
+        await self._review(response.annotation, request, ReviewStep.REJECT, request.comment)
+        return response
+
+    async def _review(
+        self, answer: annotation_pb2.Annotation, request: _ReviewRequest, step: ReviewStep,
+        comment: str = "",
+    ) -> None:  # fmt: skip
+        reviewed = await self._reviews.review_annotation(
+            current_call(), request.annotation_id, step, request.etag, comment
+        )
+        convert.write_annotation(answer, reviewed)
 
     async def WatchAnnotations(
         self, request: annotation_pb2.WatchAnnotationsRequest, context: Context

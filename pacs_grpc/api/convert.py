@@ -9,7 +9,7 @@ from typing import Any, Literal
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
-from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
+from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2, review_pb2
 
 from pacs_grpc.domain.annotation import (
     Annotation,
@@ -22,6 +22,7 @@ from pacs_grpc.domain.errors import InvalidArgument
 from pacs_grpc.domain.exports import MaskGroupExport, PacsStatus
 from pacs_grpc.domain.identity import Project, ProjectMember, User
 from pacs_grpc.domain.masks import Mask, MaskGroup
+from pacs_grpc.domain.review import Review, ReviewState
 from pacs_grpc.domain.segments import AlgorithmType, CodedConcept, Segment, SegmentInput
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -66,6 +67,7 @@ def project(value: Project) -> identity_pb2.Project:
         is_active=value.is_active,
         created_at=timestamp(value.created_at),
         updated_at=timestamp(value.updated_at),
+        export_unapproved=value.export_unapproved,
     )
 
 
@@ -74,7 +76,7 @@ def member(value: ProjectMember) -> identity_pb2.ProjectMember:
         project_id=value.project_id,
         user_id=value.user_id,
         username=value.username,
-        role=identity_pb2.ProjectRole.ValueType(int(value.role)),
+        role=identity_pb2.ProjectRole.ValueType(value.role.value),
         created_at=timestamp(value.created_at),
     )
 
@@ -97,6 +99,15 @@ def write_annotation(message: annotation_pb2.Annotation, value: Annotation) -> N
     write_time(message.updated_at, value.updated_at)
     if value.deleted_at is not None:
         write_time(message.deleted_at, value.deleted_at)
+    # Written in place, as the rest: this runs for every row of a list page.
+    reviewed = message.review
+    reviewed.state = _REVIEW_STATES[value.review_state]
+    if value.reviewed_by is not None:
+        reviewed.user_id = value.reviewed_by
+    if value.reviewed_at is not None:
+        write_time(reviewed.changed_at, value.reviewed_at)
+    if value.review_comment:
+        reviewed.comment = value.review_comment
     # The bytes kept from the write parse in C; building the Struct from JSON costs about
     # 0.2 ms per KiB in Python (migration 0010).
     if value.annotation_data_encoded is not None:
@@ -130,6 +141,7 @@ _EVENT_TYPES = {
     EventType.UPDATED: annotation_pb2.ANNOTATION_EVENT_TYPE_UPDATED,
     EventType.DELETED: annotation_pb2.ANNOTATION_EVENT_TYPE_DELETED,
     EventType.RESTORED: annotation_pb2.ANNOTATION_EVENT_TYPE_RESTORED,
+    EventType.MASK_GROUP_REVIEWED: annotation_pb2.ANNOTATION_EVENT_TYPE_MASK_GROUP_REVIEWED,
 }
 
 
@@ -146,6 +158,10 @@ def annotation_event(value: AnnotationEvent) -> annotation_pb2.WatchAnnotationsR
         message.annotation.id = value.annotation_id
         message.annotation.project_id = value.project_id
         message.annotation.study_uid = value.study_uid
+    if value.mask_group_id is not None:
+        message.mask_group_id = value.mask_group_id
+        if value.mask_group_review is not None:
+            message.mask_group_review.CopyFrom(review(value.mask_group_review))
     return message
 
 
@@ -155,6 +171,9 @@ _REVISION_ACTIONS = {
     RevisionAction.RESTORED: annotation_pb2.ANNOTATION_REVISION_ACTION_RESTORED,
     RevisionAction.DELETED: annotation_pb2.ANNOTATION_REVISION_ACTION_DELETED,
     RevisionAction.UNDELETED: annotation_pb2.ANNOTATION_REVISION_ACTION_UNDELETED,
+    RevisionAction.SUBMITTED: annotation_pb2.ANNOTATION_REVISION_ACTION_SUBMITTED,
+    RevisionAction.APPROVED: annotation_pb2.ANNOTATION_REVISION_ACTION_APPROVED,
+    RevisionAction.REJECTED: annotation_pb2.ANNOTATION_REVISION_ACTION_REJECTED,
 }
 
 
@@ -164,6 +183,7 @@ def write_revision(message: annotation_pb2.AnnotationRevision, value: Annotation
     message.changed_fields.extend(value.changed_fields)
     message.user_id = value.user_id or 0
     message.restored_from_revision = value.restored_from or 0
+    message.review_state = _REVIEW_STATES[value.review_state]
     write_time(message.created_at, value.created_at)
 
 
@@ -209,7 +229,38 @@ def mask_group(value: MaskGroup) -> mask_pb2.MaskGroup:
         created_at=timestamp(value.created_at),
         updated_at=timestamp(value.updated_at),
         segments=[segment(s) for s in value.segments],
+        review=review(value.review),
     )
+
+
+_REVIEW_STATES = {
+    ReviewState.DRAFT: review_pb2.REVIEW_STATE_DRAFT,
+    ReviewState.SUBMITTED: review_pb2.REVIEW_STATE_SUBMITTED,
+    ReviewState.APPROVED: review_pb2.REVIEW_STATE_APPROVED,
+    ReviewState.REJECTED: review_pb2.REVIEW_STATE_REJECTED,
+}
+_REVIEW_STATE_VALUES = {wire: domain for domain, wire in _REVIEW_STATES.items()}
+
+
+def review(value: Review) -> review_pb2.Review:
+    message = review_pb2.Review(
+        state=_REVIEW_STATES[value.state],
+        user_id=value.user_id or 0,
+        comment=value.comment or "",
+    )
+    if value.changed_at is not None:
+        write_time(message.changed_at, value.changed_at)
+    return message
+
+
+def review_state_filter(value: review_pb2.ReviewState.ValueType) -> ReviewState | None:
+    """A list filter's state; UNSPECIFIED (0) is no filter. An unknown number names its field."""
+    if value == review_pb2.REVIEW_STATE_UNSPECIFIED:
+        return None
+    try:
+        return _REVIEW_STATE_VALUES[value]
+    except KeyError:
+        raise InvalidArgument("review_state", "is not a review state") from None
 
 
 _ALGORITHM_TYPES = {

@@ -80,6 +80,18 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         project = await self._use_cases.deactivate_project(current_call(), request.project_id)
         return identity_pb2.DeactivateProjectResponse(project=convert.project(project))
 
+    async def UpdateProject(
+        self, request: identity_pb2.UpdateProjectRequest, context: Context
+    ) -> identity_pb2.UpdateProjectResponse:
+        project = await self._use_cases.update_project(
+            current_call(),
+            request.project_id,
+            list(request.update_mask.paths),
+            description=request.project.description,
+            export_unapproved=request.project.export_unapproved,
+        )
+        return identity_pb2.UpdateProjectResponse(project=convert.project(project))
+
     async def AddProjectMember(
         self, request: identity_pb2.AddProjectMemberRequest, context: Context
     ) -> identity_pb2.AddProjectMemberResponse:

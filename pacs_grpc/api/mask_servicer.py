@@ -13,12 +13,14 @@ from pacs_grpc.api import convert
 from pacs_grpc.api.gate import current_call
 from pacs_grpc.domain.errors import InvalidArgument
 from pacs_grpc.domain.masks import SliceDeclaration, UploadMethod
+from pacs_grpc.domain.review import ReviewStep
 from pacs_grpc.services.exports import ExportUseCases
 from pacs_grpc.services.imports import ImportUseCases, SourceRequest
 from pacs_grpc.services.mask_completion import UploadCompletion
 from pacs_grpc.services.mask_groups import MaskGroupUseCases, NewGroup
 from pacs_grpc.services.mask_push import MaskPush, PushedSlice, PushMessage, PushTarget
 from pacs_grpc.services.mask_urls import MaskUrlUseCases
+from pacs_grpc.services.reviews import ReviewUseCases
 
 # The servicer methods read nothing from it: the gate put the call's context in a contextvar.
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -63,6 +65,7 @@ class MaskUseCaseSet:
     push: MaskPush[Any]
     imports: ImportUseCases[Any]
     exports: ExportUseCases[Any]
+    reviews: ReviewUseCases[Any]
 
 
 class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
@@ -79,6 +82,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
         self._push = use_cases.push
         self._imports = use_cases.imports
         self._exports = use_cases.exports
+        self._reviews = use_cases.reviews
         self._activity: MaskActivity = activity or _NotCounted()
 
     async def CreateMaskGroup(
@@ -104,8 +108,9 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
         self, request: mask_pb2.ListMaskGroupsRequest, context: Context
     ) -> mask_pb2.ListMaskGroupsResponse:
         page = await self._groups.list_groups(
-            current_call(), request.annotation_id, request.page_size, request.page_token
-        )
+            current_call(), request.annotation_id, request.page_size, request.page_token,
+            convert.review_state_filter(request.review_state),
+        )  # fmt: skip
         return mask_pb2.ListMaskGroupsResponse(
             mask_groups=[convert.mask_group(g) for g in page.items],
             next_page_token=page.next_page_token,
@@ -118,6 +123,31 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
             current_call(), request.annotation_id, request.group_id
         )
         return mask_pb2.GetMaskGroupResponse(mask_group=convert.mask_group(group))
+
+    async def SubmitMaskGroupForReview(
+        self, request: mask_pb2.SubmitMaskGroupForReviewRequest, context: Context
+    ) -> mask_pb2.SubmitMaskGroupForReviewResponse:
+        group = await self._reviews.review_group(
+            current_call(), request.annotation_id, request.group_id, ReviewStep.SUBMIT
+        )
+        return mask_pb2.SubmitMaskGroupForReviewResponse(mask_group=convert.mask_group(group))
+
+    async def ApproveMaskGroup(
+        self, request: mask_pb2.ApproveMaskGroupRequest, context: Context
+    ) -> mask_pb2.ApproveMaskGroupResponse:
+        group = await self._reviews.review_group(
+            current_call(), request.annotation_id, request.group_id, ReviewStep.APPROVE
+        )
+        return mask_pb2.ApproveMaskGroupResponse(mask_group=convert.mask_group(group))
+
+    async def RejectMaskGroup(
+        self, request: mask_pb2.RejectMaskGroupRequest, context: Context
+    ) -> mask_pb2.RejectMaskGroupResponse:
+        group = await self._reviews.review_group(
+            current_call(), request.annotation_id, request.group_id, ReviewStep.REJECT,
+            request.comment,
+        )  # fmt: skip
+        return mask_pb2.RejectMaskGroupResponse(mask_group=convert.mask_group(group))
 
     async def DeleteMaskGroup(
         self, request: mask_pb2.DeleteMaskGroupRequest, context: Context

@@ -35,6 +35,7 @@ from pacs_grpc.config import RateLimitSettings, Settings
 from pacs_grpc.domain.annotation_rules import JsonLimits
 from pacs_grpc.domain.masks import MaskLimits
 from pacs_grpc.domain.pacs import PacsValidation
+from pacs_grpc.services.annotation_history import AnnotationHistory
 from pacs_grpc.services.annotations import AnnotationUseCases
 from pacs_grpc.services.context import AuditedTransactions
 from pacs_grpc.services.exports import ExportLimits, ExportUseCases
@@ -46,6 +47,7 @@ from pacs_grpc.services.mask_push import MaskPush
 from pacs_grpc.services.mask_urls import MaskUrlUseCases
 from pacs_grpc.services.pacs_checks import PacsChecks
 from pacs_grpc.services.ports import TxT
+from pacs_grpc.services.reviews import ReviewUseCases
 from pacs_grpc.services.sweeper import Sweeper
 from pacs_grpc.services.watch import WatchAccess
 
@@ -112,9 +114,22 @@ def compose(
             max_elements=settings.max_annotation_json_values,
         ),
         list_budget_bytes=settings.list_page_budget_bytes,
+        pacs_checks=pacs_checks,
+    )
+    history = AnnotationHistory(
+        transactions,
+        annotations=a.annotations,
+        record_event=a.record_event,
+        max_page_size=settings.max_page_size,
         clock=a.clock,
         trash_retention=timedelta(days=settings.trash_retention_days),
-        pacs_checks=pacs_checks,
+    )
+    reviews = ReviewUseCases(
+        transactions,
+        annotations=a.annotations,
+        groups=a.masks,
+        masks=a.masks,
+        record_event=a.record_event,
     )
     health = HealthServicer()
     server = _create_server(
@@ -122,8 +137,10 @@ def compose(
         health,
         gate,
         identity=IdentityServicer(identity),
-        annotations=AnnotationServicer(annotations),
-        masks=MaskServicer(_mask_use_cases(settings, a, transactions, pacs_checks), metrics),
+        annotations=AnnotationServicer(annotations, history, reviews),
+        masks=MaskServicer(
+            _mask_use_cases(settings, a, transactions, pacs_checks, reviews), metrics
+        ),
         metrics=metrics,
     )
     return Wiring(
@@ -157,6 +174,7 @@ def _mask_use_cases(
     a: Adapters[TxT],
     transactions: AuditedTransactions[TxT],
     pacs_checks: PacsChecks,
+    reviews: ReviewUseCases[TxT],
 ) -> MaskUseCaseSet:
     limits = _mask_limits(settings)
     return MaskUseCaseSet(
@@ -229,6 +247,7 @@ def _mask_use_cases(
                 uid_root=settings.dicom_uid_root,
             ),
         ),
+        reviews=reviews,
     )
 
 

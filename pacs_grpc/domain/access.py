@@ -15,6 +15,7 @@ class Access(enum.Enum):
     PROJECT_VIEWER = "the viewer role in the project"
     PROJECT_ANNOTATOR = "the annotator role in the project"
     PROJECT_OWNER = "the owner role in the project"
+    PROJECT_REVIEWER = "the reviewer or owner role in the project"
 
     @property
     def project_role(self) -> ProjectRole | None:
@@ -25,4 +26,5 @@ _PROJECT_ROLE = {
     Access.PROJECT_VIEWER: ProjectRole.VIEWER,
     Access.PROJECT_ANNOTATOR: ProjectRole.ANNOTATOR,
     Access.PROJECT_OWNER: ProjectRole.OWNER,
+    Access.PROJECT_REVIEWER: ProjectRole.REVIEWER,
 }

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from pacs_grpc.domain.identity import ProjectRole
+from pacs_grpc.domain.review import Review, ReviewState
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,25 @@ class Annotation:
     measurement_values_encoded: bytes | None = None
     # When it went to the trash; None while it is live.
     deleted_at: datetime | None = None
+    # The review state and its last transition (see `review`).
+    review_state: ReviewState = ReviewState.DRAFT
+    review_comment: str | None = None
+    reviewed_by: int | None = None
+    reviewed_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        # Rows arrive with the column's text.
+        if not isinstance(self.review_state, ReviewState):
+            object.__setattr__(self, "review_state", ReviewState(self.review_state))
 
     @property
     def etag(self) -> str:
         """Opaque to clients: pass it back unchanged on update or delete."""
         return f"v{self.row_version}"
+
+    @property
+    def review(self) -> Review:
+        return Review(self.review_state, self.reviewed_by, self.reviewed_at, self.review_comment)
 
 
 class RevisionAction(enum.Enum):
@@ -51,6 +66,9 @@ class RevisionAction(enum.Enum):
     RESTORED = "restored"
     DELETED = "deleted"
     UNDELETED = "undeleted"
+    SUBMITTED = "submitted"
+    APPROVED = "approved"
+    REJECTED = "rejected"
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,8 @@ class AnnotationRevision:
     # For RESTORED: the revision whose content was written back.
     restored_from: int | None
     created_at: datetime
+    # The review state the write left.
+    review_state: ReviewState = ReviewState.DRAFT
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,8 @@ class EventType(enum.Enum):
     DELETED = "deleted"
     # Brought back from the trash.
     RESTORED = "restored"
+    # One of its mask groups was submitted, approved or rejected.
+    MASK_GROUP_REVIEWED = "mask_group_reviewed"
 
 
 @dataclass(frozen=True)
@@ -114,6 +136,10 @@ class AnnotationEvent:
     occurred_at: datetime
     # The annotation as it is when the event is read; None once it is deleted.
     annotation: Annotation | None
+    # For MASK_GROUP_REVIEWED: the group, and its review as it is when the event is read (None
+    # once the group is gone).
+    mask_group_id: int | None = None
+    mask_group_review: Review | None = None
 
 
 @dataclass(frozen=True)
@@ -130,3 +156,4 @@ class ListFilter:
     created_before: datetime | None = None
     # Also annotations in the trash (ListAnnotations' show_deleted).
     include_deleted: bool = False
+    review_state: ReviewState | None = None

@@ -94,3 +94,7 @@ class SegmentationBuild:
     model_name: str | None
     model_version: str | None
     max_voxels: int
+    # The group's review state as exported (the SEG's content label and series description
+    # say it), and its name.
+    review_state: str = "approved"
+    group_name: str | None = None

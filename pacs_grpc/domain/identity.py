@@ -29,12 +29,21 @@ class Principal:
     valid_until: float | None = None
 
 
-class ProjectRole(enum.IntEnum):
-    """A member's role in a project; each includes the ones below it."""
+class ProjectRole(enum.Enum):
+    """A member's role in a project; the value is the contract's ProjectRole number.
+
+    Not an order: annotators write and reviewers review, and neither may do the other's part.
+    `includes` says whether a role may do what another may; owners may do everything.
+    """
 
     VIEWER = 1  # read annotations and masks
-    ANNOTATOR = 2  # also create, change and delete them
-    OWNER = 3  # also manage the project's members
+    ANNOTATOR = 2  # also create, change, delete and submit them for review
+    OWNER = 3  # also manage the project's members and settings, and review
+    REVIEWER = 4  # read, and approve or reject what was submitted; no writes
+
+    def includes(self, needed: ProjectRole) -> bool:
+        """Whether this role may do what `needed` may."""
+        return needed in _INCLUDED[self]
 
     @property
     def db_value(self) -> str:
@@ -43,6 +52,14 @@ class ProjectRole(enum.IntEnum):
     @classmethod
     def from_db(cls, value: str) -> ProjectRole:
         return cls[value.upper()]
+
+
+_INCLUDED = {
+    ProjectRole.VIEWER: frozenset({ProjectRole.VIEWER}),
+    ProjectRole.ANNOTATOR: frozenset({ProjectRole.VIEWER, ProjectRole.ANNOTATOR}),
+    ProjectRole.REVIEWER: frozenset({ProjectRole.VIEWER, ProjectRole.REVIEWER}),
+    ProjectRole.OWNER: frozenset(ProjectRole),
+}
 
 
 @dataclass(frozen=True)
@@ -75,7 +92,8 @@ class User:
 @dataclass(frozen=True)
 class Project:
     """The unit of access: members hold roles in it. `name` is unique; a deactivated project
-    (`is_active` False) can still be read but accepts no changes.
+    (`is_active` False) can still be read but accepts no changes. `export_unapproved`: whether
+    ExportMaskGroup may send mask groups that are not APPROVED to the PACS (owners decide).
     """
 
     id: int
@@ -84,6 +102,7 @@ class Project:
     is_active: bool
     created_at: datetime
     updated_at: datetime
+    export_unapproved: bool = False
 
 
 @dataclass(frozen=True)

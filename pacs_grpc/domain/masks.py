@@ -7,13 +7,14 @@ import posixpath
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from pacs_grpc.domain import validation
 from pacs_grpc.domain.annotation_rules import dicom_uid
 from pacs_grpc.domain.errors import InvalidArgument
 from pacs_grpc.domain.identity import ProjectRole
+from pacs_grpc.domain.review import Review, ReviewState
 from pacs_grpc.domain.segments import Segment, SegmentInput
 from pacs_grpc.domain.segments import segments as validated_segments
 
@@ -46,6 +47,7 @@ class MaskGroup:
     completed_slices: int
     # Declared: slices are label maps (pixel value = segment). Empty: nonzero = label_name.
     segments: tuple[Segment, ...] = ()
+    review: Review = field(default_factory=lambda: Review(ReviewState.DRAFT))
 
     @property
     def complete(self) -> bool:
@@ -134,6 +136,8 @@ class GroupAccess:
     project_active: bool
     # The annotation's series: the images its mask slices are drawn on.
     series_uid: str | None = None
+    # The project's setting: whether groups that are not approved may go to the PACS.
+    export_unapproved: bool = False
 
 
 @dataclass(frozen=True)

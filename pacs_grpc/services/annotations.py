@@ -6,22 +6,19 @@ import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Generic
 
-from pacs_grpc.domain import annotation_rules, paging, validation
+from pacs_grpc.domain import annotation_rules, paging, review, validation
 from pacs_grpc.domain.annotation import (
     Annotation,
     AnnotationEvent,
-    AnnotationRevision,
     EventType,
     ListFilter,
     RevisionAction,
     RevisionNote,
 )
 from pacs_grpc.domain.errors import (
-    Conflict,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -29,17 +26,18 @@ from pacs_grpc.domain.errors import (
 from pacs_grpc.domain.identity import ProjectRole
 from pacs_grpc.domain.pacs import PacsValidation
 from pacs_grpc.domain.paging import Page
+from pacs_grpc.domain.review import ReviewState
+from pacs_grpc.services.annotation_access import accessible_annotation, check_version, record_change
+from pacs_grpc.services.annotation_history import CORRECTION
 from pacs_grpc.services.context import (
     AuditedTransactions,
     CallContext,
     authorize_project,
-    check_access,
 )
 from pacs_grpc.services.idempotency import create_once
 from pacs_grpc.services.pacs_checks import PacsChecks
 from pacs_grpc.services.ports import (
     AnnotationStore,
-    Clock,
     EventRecorder,
     EventSource,
     IdempotencyStore,
@@ -85,6 +83,7 @@ class ListRequest:
     page_size: int
     page_token: str
     show_deleted: bool = False
+    review_state: ReviewState | None = None
 
 
 class AnnotationUseCases(Generic[TxT]):
@@ -104,8 +103,6 @@ class AnnotationUseCases(Generic[TxT]):
         max_page_size: int,
         json_limits: annotation_rules.JsonLimits,
         list_budget_bytes: int,
-        clock: Clock,
-        trash_retention: timedelta,
         pacs_checks: PacsChecks | None = None,
     ) -> None:
         self._transaction = transaction
@@ -119,8 +116,6 @@ class AnnotationUseCases(Generic[TxT]):
         self._max_page_size = max_page_size
         self._json_limits = json_limits
         self._list_budget_bytes = list_budget_bytes
-        self._clock = clock
-        self._trash_retention = trash_retention
 
     async def create(self, call: CallContext, request: NewAnnotation) -> Annotation:
         project_id = validation.positive_id("annotation.project_id", request.project_id)
@@ -201,41 +196,6 @@ class AnnotationUseCases(Generic[TxT]):
                 raise NotFound("revision not found")
             return found
 
-    async def list_revisions(
-        self, call: CallContext, annotation_id: int, page_size: int, page_token: str
-    ) -> Page[AnnotationRevision]:
-        """The annotation's history, newest first."""
-        validation.positive_id("annotation_id", annotation_id)
-        limit = validation.page_size("page_size", page_size, self._max_page_size)
-        fingerprint = paging.filters_fingerprint("revisions", annotation_id)
-        position = paging.decode(page_token, fingerprint, arity=1)
-        call.audit.touch(resource_ids=[annotation_id])
-        async with self._transaction.read(call) as conn:
-            await self._accessible(conn, call, annotation_id)
-            rows = await self._annotations.list_revisions(
-                conn, annotation_id, before=position[0] if position else None, limit=limit + 1
-            )
-        return Page.of(rows, limit, fingerprint, lambda r: [r.revision])
-
-    async def restore(
-        self, call: CallContext, annotation_id: int, revision: int, etag: str
-    ) -> Annotation:
-        """Write an earlier revision's content back as a new revision; history stays as it is."""
-        validation.positive_id("annotation_id", annotation_id)
-        validation.positive_id("revision", revision)
-        expected_version = annotation_rules.etag("etag", etag)
-        call.audit.touch(resource_ids=[annotation_id])
-        async with self._transaction(call) as conn:
-            current = await self._accessible(conn, call, annotation_id, for_update=True)
-            _check_version(current, expected_version)
-            annotation = await self._annotations.restore(
-                conn, annotation_id, revision, call.caller.user_id
-            )
-            if annotation is None:
-                raise NotFound("revision not found")
-            await self._event(conn, call, annotation, EventType.UPDATED)
-        return annotation
-
     async def list_annotations(self, call: CallContext, request: ListRequest) -> Page[Annotation]:
         limit = validation.page_size("page_size", request.page_size, self._max_page_size)
         if request.project_id < 0:
@@ -261,6 +221,7 @@ class AnnotationUseCases(Generic[TxT]):
             created_after=request.created_after,
             created_before=request.created_before,
             include_deleted=request.show_deleted,
+            review_state=request.review_state,
         )
         fingerprint = paging.filters_fingerprint(request.project_id, dataclasses.asdict(criteria))
         position = paging.decode(request.page_token, fingerprint, 2, kinds=(datetime, int))
@@ -293,7 +254,7 @@ class AnnotationUseCases(Generic[TxT]):
         a project's owners may see its trash."""
         if project_id:
             _, role = await authorize_project(self._projects, conn, call, project_id)
-            if show_deleted and role < ProjectRole.OWNER:
+            if show_deleted and role is not ProjectRole.OWNER:
                 raise PermissionDenied("show_deleted: only the project's owners see its trash")
             return (project_id,)
         if call.caller.platform_admin:
@@ -320,7 +281,8 @@ class AnnotationUseCases(Generic[TxT]):
         call.audit.touch(resource_ids=[annotation_id])
         async with self._transaction(call) as conn:
             current = await self._accessible(conn, call, annotation_id, for_update=True)
-            _check_version(current, expected_version)
+            check_version(current, expected_version)
+            review.editable(current.review_state, "annotation", CORRECTION)
             if changes.keys() & {"annotation_data", "measurement_values"}:
                 data = changes.get("annotation_data", current.annotation_data)
                 # Read for update, so whole: only reads that merely answer leave it out.
@@ -338,57 +300,6 @@ class AnnotationUseCases(Generic[TxT]):
             )
             annotation = await self._annotations.update(conn, annotation_id, changes, note)
             await self._event(conn, call, annotation, EventType.UPDATED)
-        return annotation
-
-    async def delete(
-        self, call: CallContext, annotation_id: int, etag: str, *, purge: bool = False
-    ) -> int:
-        """Move to the trash or, with `purge` (owners only), delete for good; returns how many
-        stored objects were queued for deletion (none for the trash, which keeps them)."""
-        validation.positive_id("annotation_id", annotation_id)
-        expected_version = annotation_rules.etag("etag", etag)
-        call.audit.touch(resource_ids=[annotation_id])
-        if purge:
-            # The audit row says this was the one hard delete, not a move to the trash.
-            call.audit.touch(resource_type="annotation_purge")
-        async with self._transaction(call) as conn:
-            current, role = await self._accessible_with_role(
-                conn, call, annotation_id, for_update=True, include_deleted=purge
-            )
-            _check_version(current, expected_version)
-            if not purge:
-                trashed = await self._annotations.move_to_trash(
-                    conn, annotation_id, call.caller.user_id, trash=True
-                )
-                await self._event(conn, call, trashed, EventType.DELETED)
-                return 0
-            if role < ProjectRole.OWNER:
-                raise PermissionDenied("purge: only the project's owners may purge")
-            queued = await self._annotations.purge(conn, [annotation_id])
-            if current.deleted_at is None:
-                await self._event(conn, call, current, EventType.DELETED)
-        return queued
-
-    async def undelete(self, call: CallContext, annotation_id: int, etag: str) -> Annotation:
-        """Bring an annotation back from the trash while its retention lasts."""
-        validation.positive_id("annotation_id", annotation_id)
-        expected_version = annotation_rules.etag("etag", etag)
-        call.audit.touch(resource_ids=[annotation_id])
-        async with self._transaction(call) as conn:
-            current, _ = await self._accessible_with_role(
-                conn, call, annotation_id, for_update=True, include_deleted=True
-            )
-            if current.deleted_at is None:
-                raise FailedPrecondition("annotation_id: the annotation is not in the trash")
-            _check_version(current, expected_version)
-            if current.deleted_at <= self._clock.now() - self._trash_retention:
-                raise FailedPrecondition(
-                    "annotation_id: the annotation's time in the trash is up; it is being purged"
-                )
-            annotation = await self._annotations.move_to_trash(
-                conn, annotation_id, call.caller.user_id, trash=False
-            )
-            await self._event(conn, call, annotation, EventType.RESTORED)
         return annotation
 
     async def watch(
@@ -414,49 +325,18 @@ class AnnotationUseCases(Generic[TxT]):
     async def _accessible(
         self, conn: TxT, call: CallContext, annotation_id: int, *, for_update: bool = False
     ) -> Annotation:
-        annotation, _ = await self._accessible_with_role(
-            conn, call, annotation_id, for_update=for_update
+        annotation, _ = await accessible_annotation(
+            self._annotations, conn, call, annotation_id, for_update=for_update
         )
         return annotation
-
-    async def _accessible_with_role(
-        self, conn: TxT, call: CallContext, annotation_id: int, *, for_update: bool = False,
-        include_deleted: bool = False,
-    ) -> tuple[Annotation, ProjectRole]:  # fmt: skip
-        """The annotation and the caller's effective role, if the RPC's access is met. One in
-        the trash is NOT_FOUND unless `include_deleted`."""
-        found = await self._annotations.get_with_access(
-            conn, annotation_id, call.caller.user_id, for_update=for_update,
-            include_deleted=include_deleted,
-        )  # fmt: skip
-        if found is None:
-            raise NotFound("annotation not found")
-        annotation = found.annotation
-        call.audit.touch(project_id=annotation.project_id, study_uid=annotation.study_uid)
-        role = check_access(
-            call, found.caller_role, project_active=found.project_active, what="annotation"
-        )
-        return annotation, role
 
     async def _event(
         self, conn: TxT, call: CallContext, annotation: Annotation, event_type: EventType
     ) -> None:
-        # The event takes the project's feed lock until commit, so it goes
-        # last: the audit row is written before it, not after.
-        await self._transaction.write_audit(conn, call)
-        await self._record_event(
-            conn,
-            project_id=annotation.project_id,
-            study_uid=annotation.study_uid,
-            annotation_id=annotation.id,
-            event_type=event_type,
-        )
-
-
-def _check_version(current: Annotation, expected_version: int | None) -> None:
-    # Without an etag the write applies: last writer wins, by the client's choice.
-    if expected_version is not None and expected_version != current.row_version:
-        raise Conflict("etag: the annotation changed since it was read; read it again and retry")
+        await record_change(
+            self._transaction, self._record_event, conn, call,
+            annotation=annotation, event_type=event_type,
+        )  # fmt: skip
 
 
 def _validated_changes(

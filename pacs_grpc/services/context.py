@@ -92,9 +92,9 @@ def check_access(
         role = ProjectRole.OWNER
     if role is None:
         raise NotFound(f"{what} not found")
-    if role < needed:
+    if not role.includes(needed):
         raise PermissionDenied(f"this needs {call.access.value}")
-    if needed > ProjectRole.VIEWER and not project_active:
+    if needed is not ProjectRole.VIEWER and not project_active:
         raise FailedPrecondition("the project is deactivated; it accepts no changes")
     return role
 

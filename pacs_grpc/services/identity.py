@@ -33,6 +33,8 @@ from pacs_grpc.services.ports import (
 
 PROFILE_FIELDS = frozenset({"email", "full_name", "organization", "department", "phone"})
 _PROFILE_LIMITS = {"full_name": 200, "organization": 200, "department": 200}
+PROJECT_FIELDS = frozenset({"description", "export_unapproved"})
+_PROJECT_DESCRIPTION_LIMIT = 2000
 
 
 class UserDirectory(Generic[TxT]):
@@ -130,7 +132,7 @@ class IdentityUseCases(Generic[TxT]):
     ) -> Project:
         require_platform_admin(call)
         clean_name = validation.text("project.name", name, max_length=200, required=True)
-        clean_description = validation.text("project.description", description, max_length=2000)
+        clean_description = _project_description(description)
         key = validation.request_id("request_id", request_id)
         assert clean_name is not None
         fingerprint = paging.filters_fingerprint(clean_name, clean_description)
@@ -191,6 +193,32 @@ class IdentityUseCases(Generic[TxT]):
                 raise NotFound("project not found")
         return project
 
+    async def update_project(
+        self,
+        call: CallContext,
+        project_id: int,
+        paths: list[str],
+        *,
+        description: str,
+        export_unapproved: bool,
+    ) -> Project:
+        """Sets the settings named in `paths`; the other values are ignored. Owners only."""
+        validation.positive_id("project_id", project_id)
+        call.audit.touch(resource_ids=[project_id])
+        chosen = validation.field_mask("update_mask", paths, PROJECT_FIELDS)
+        changes: dict[str, str | bool | None] = {}
+        if "description" in chosen:
+            changes["description"] = _project_description(description)
+        if "export_unapproved" in chosen:
+            changes["export_unapproved"] = export_unapproved
+        async with self._transaction(call) as conn:
+            await authorize_project(self._projects, conn, call, project_id)
+            project = await self._projects.update(conn, project_id, changes)
+            if project is None:
+                # Projects are never deleted: it was deactivated since authorize_project read it.
+                raise FailedPrecondition("the project is deactivated; it accepts no changes")
+        return project
+
     async def add_member(
         self, call: CallContext, project_id: int, user_id: int, role_value: int
     ) -> ProjectMember:
@@ -248,8 +276,12 @@ def _profile_value(path: str, value: str) -> str | None:
     return validation.text(field, value, max_length=_PROFILE_LIMITS[path])
 
 
+def _project_description(value: str) -> str | None:
+    return validation.text("project.description", value, max_length=_PROJECT_DESCRIPTION_LIMIT)
+
+
 def _role(field: str, value: int) -> ProjectRole:
     try:
         return ProjectRole(value)
     except ValueError:
-        raise InvalidArgument(field, "must be viewer, annotator or owner") from None
+        raise InvalidArgument(field, "must be viewer, annotator, reviewer or owner") from None

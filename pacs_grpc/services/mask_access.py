@@ -14,6 +14,7 @@ from pacs_grpc.domain import validation
 from pacs_grpc.domain.annotation import Annotation
 from pacs_grpc.domain.errors import NotFound
 from pacs_grpc.domain.masks import GroupAccess
+from pacs_grpc.services.annotation_access import accessible_annotation
 from pacs_grpc.services.context import CallContext, check_access
 from pacs_grpc.services.ports import (
     AnnotationAccessLookup,
@@ -31,12 +32,8 @@ async def authorized_annotation(
     annotations: AnnotationAccessLookup[TxT], conn: TxT, call: CallContext, annotation_id: int
 ) -> Annotation:
     """The annotation, if the caller holds the role the RPC table asks for on its project."""
-    found = await annotations.get_with_access(conn, annotation_id, call.caller.user_id)
-    if found is None:
-        raise NotFound("annotation not found")
-    call.audit.touch(project_id=found.annotation.project_id, study_uid=found.annotation.study_uid)
-    check_access(call, found.caller_role, project_active=found.project_active, what="annotation")
-    return found.annotation
+    annotation, _ = await accessible_annotation(annotations, conn, call, annotation_id)
+    return annotation
 
 
 async def authorized_group(

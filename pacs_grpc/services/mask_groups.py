@@ -10,6 +10,7 @@ from pacs_grpc.domain import paging, validation
 from pacs_grpc.domain.errors import NotFound
 from pacs_grpc.domain.masks import Mask, MaskGroup, MaskLimits, group_fields
 from pacs_grpc.domain.paging import Page
+from pacs_grpc.domain.review import ReviewState
 from pacs_grpc.domain.segments import SegmentInput
 from pacs_grpc.services.context import AuditedTransactions, CallContext
 from pacs_grpc.services.idempotency import create_once
@@ -109,17 +110,20 @@ class MaskGroupUseCases(Generic[TxT]):
         return group
 
     async def list_groups(
-        self, call: CallContext, annotation_id: int, page_size: int, page_token: str
-    ) -> Page[MaskGroup]:
+        self, call: CallContext, annotation_id: int, page_size: int, page_token: str,
+        review_state: ReviewState | None = None,
+    ) -> Page[MaskGroup]:  # fmt: skip
         validation.positive_id("annotation_id", annotation_id)
         limit = validation.page_size("page_size", page_size, self._limits.max_page_size)
-        fingerprint = paging.filters_fingerprint("groups", annotation_id)
+        state = review_state.value if review_state else None
+        fingerprint = paging.filters_fingerprint("groups", annotation_id, state)
         position = paging.decode(page_token, fingerprint, arity=1)
         async with self._transaction.read(call) as conn:
             await authorized_annotation(self._annotations, conn, call, annotation_id)
             rows = await self._masks.list_groups(
-                conn, annotation_id, after_id=int(position[0]) if position else 0, limit=limit + 1
-            )
+                conn, annotation_id, after_id=int(position[0]) if position else 0,
+                limit=limit + 1, review_state=review_state,
+            )  # fmt: skip
             page = Page.of(rows, limit, fingerprint, lambda g: [g.id])
             call.audit.returned("mask_group", [g.id for g in page.items])
         return page

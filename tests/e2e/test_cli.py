@@ -102,6 +102,9 @@ def test_every_command_has_help(pacs: Run) -> None:
     assert ["annotations", "create"] in paths
     for history_command in ("history", "restore", "delete", "undelete"):
         assert ["annotations", history_command] in paths
+    for review_command in ("submit", "approve", "reject", "queue"):
+        assert ["review", review_command] in paths
+    assert ["projects", "update"] in paths
     assert len(paths) >= 22
     for path in paths:
         done = pacs(*path, "--help")
@@ -414,3 +417,154 @@ def test_pushing_a_folder_without_slices_fails_in_one_line(pacs: Run, tmp_path: 
     done = pacs("masks", "push", str(tmp_path), "--annotation", "1")
     assert done.returncode == 1
     assert done.stderr == f"error: no files matching *.png in {tmp_path}\n"
+
+
+# -- review ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def as_reviewer(issuer: DevIssuer, address: str, config_home: Path) -> dict[str, str]:
+    """The environment of `pacs` run by a user with no platform role (a reviewer, once added)."""
+    token = issuer.mint(f"cli-reviewer-{uuid.uuid4().hex[:8]}")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    return clean | {
+        "XDG_CONFIG_HOME": str(config_home), "PACS_SERVER": address, "PACS_TOKEN": token,
+        "PACS_INSECURE": "1",
+    }  # fmt: skip
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], status: str) -> str:
+    """The message of a call that failed with `status`, checked to be one line, exit 1."""
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr.startswith(f"error: {status}: ")
+    assert done.stderr.count("\n") == 1
+    return done.stderr.removeprefix(f"error: {status}: ").rstrip()
+
+
+def review_project(pacs: Run, reviewer: dict[str, str]) -> int:
+    """A new project, made by the module's administrator, with `reviewer` as its reviewer."""
+    created = ok(pacs("projects", "create", f"cli-review-{uuid.uuid4().hex[:8]}"))
+    project_id = int(created.split()[2])
+    reviewer_id = str(json.loads(ok(pacs("whoami", "--json", env=reviewer)))["user"]["id"])
+    added = ok(pacs("projects", "add-member", str(project_id), reviewer_id, "--role", "reviewer"))
+    assert added == f"user {reviewer_id} is reviewer in project {project_id}\n"
+    return project_id
+
+
+def test_annotations_are_submitted_reviewed_and_queued(
+    pacs: Run, as_reviewer: dict[str, str]
+) -> None:
+    project_id = review_project(pacs, as_reviewer)
+    me = str(json.loads(ok(pacs("whoami", "--json")))["user"]["id"])
+    to_approve, to_reject, waiting, draft = (
+        create_polygon(pacs, project_id, [[1, 1], [2, 2], [3, 1]]) for _ in range(4)
+    )
+    for annotation_id in (to_approve, to_reject, waiting):
+        submitted = ok(pacs("review", "submit", str(annotation_id), "--etag", "v1"))
+        assert submitted == f"submitted annotation {annotation_id} (revision 2, etag v2)\n"
+
+    queue = ok(pacs("review", "queue", "--project", str(project_id), env=as_reviewer))
+    rows = {row[0]: row for row in (line.split() for line in queue.splitlines())}
+    assert set(rows) == {str(to_approve), str(to_reject), str(waiting)}
+    assert rows[str(waiting)][:5] == [str(waiting), "polygon", "1.2.3.7", "user", me]
+    assert len(rows[str(waiting)]) == 6  # and when it was submitted
+
+    own_work = one_line_error(pacs("review", "approve", str(to_approve)), "PERMISSION_DENIED")
+    assert "own work" in own_work
+    approved = ok(pacs("review", "approve", str(to_approve), "--etag", "v2", env=as_reviewer))
+    assert approved == f"approved annotation {to_approve} (revision 3, etag v3)\n"
+    rejected = ok(pacs("review", "reject", str(to_reject), "--comment", "close the polygon",
+                       env=as_reviewer))  # fmt: skip
+    assert rejected == f"rejected annotation {to_reject} (revision 3, etag v3)\n"
+    shown = json.loads(ok(pacs("annotations", "get", str(to_reject), "--json")))
+    assert shown["review"]["state"] == "REVIEW_STATE_REJECTED"
+    assert shown["review"]["comment"] == "close the polygon"
+
+    as_json = json.loads(
+        ok(pacs("review", "queue", "--project", str(project_id), "--json", env=as_reviewer))
+    )
+    assert [int(a["id"]) for a in as_json] == [waiting]
+    assert as_json[0]["review"]["state"] == "REVIEW_STATE_SUBMITTED"
+    listed = ok(pacs("annotations", "list", "--project", str(project_id)))
+    states = {line.split()[0]: line.split()[-1] for line in listed.splitlines()}
+    assert states == {str(to_approve): "approved", str(to_reject): "rejected",
+                      str(waiting): "submitted", str(draft): "draft"}  # fmt: skip
+
+
+def test_review_refusals_are_one_line(pacs: Run, as_reviewer: dict[str, str]) -> None:
+    project_id = review_project(pacs, as_reviewer)
+    annotation_id = str(create_polygon(pacs, project_id, [[1, 1], [2, 2], [3, 1]]))
+    # Only what was submitted is reviewed; a reviewer never writes.
+    not_submitted = pacs("review", "approve", annotation_id, env=as_reviewer)
+    assert "only one that is submitted" in one_line_error(not_submitted, "FAILED_PRECONDITION")
+    one_line_error(pacs("review", "submit", annotation_id, env=as_reviewer), "PERMISSION_DENIED")
+    ok(pacs("review", "submit", annotation_id))
+    empty = pacs("review", "reject", annotation_id, "--comment", " ", env=as_reviewer)
+    assert one_line_error(empty, "INVALID_ARGUMENT").startswith("comment: ")
+    stale = pacs("review", "approve", annotation_id, "--etag", "v1", env=as_reviewer)
+    one_line_error(stale, "ABORTED")
+    no_comment = pacs("review", "reject", annotation_id, env=as_reviewer)
+    assert no_comment.returncode == 2
+    assert "the following arguments are required: --comment" in no_comment.stderr
+    etag_and_group = pacs("review", "submit", annotation_id, "--group", "3", "--etag", "v2")
+    assert (etag_and_group.returncode, etag_and_group.stderr) == (
+        2, "error: --etag is an annotation's; leave it out with --group\n",
+    )  # fmt: skip
+    # Still waiting: nothing above changed it.
+    shown = json.loads(ok(pacs("annotations", "get", annotation_id, "--json")))
+    assert (shown["revision"], shown["review"]["state"]) == ("2", "REVIEW_STATE_SUBMITTED")
+
+
+def test_a_mask_group_is_reviewed_with_group(
+    pacs: Run, as_reviewer: dict[str, str], tmp_path: Path
+) -> None:
+    project_id = review_project(pacs, as_reviewer)
+    annotation_id = str(create_polygon(pacs, project_id, [[1, 1], [2, 2], [3, 1]]))
+    series = tmp_path / "series"
+    series.mkdir()
+    for i in range(2):
+        (series / f"{i:04d}.png").write_bytes(png(32, 32, seed=i))
+    pushed = ok(pacs("masks", "push", str(series), "--annotation", annotation_id, "--no-progress"))
+    group_id = pushed.split(" to group ")[1].split()[0]
+    group = ["--group", group_id]
+
+    def review_state() -> str:
+        groups = ok(pacs("masks", "groups", "--annotation", annotation_id))
+        row = next(line.split() for line in groups.splitlines() if line.split()[0] == group_id)
+        return row[3]
+
+    assert review_state() == "draft"
+    what = f"mask group {group_id} of annotation {annotation_id}"
+    assert ok(pacs("review", "submit", annotation_id, *group)) == f"submitted {what}\n"
+    rejected = ok(pacs("review", "reject", annotation_id, *group, "--comment", "slice 1 is off",
+                       env=as_reviewer))  # fmt: skip
+    assert rejected == f"rejected {what}\n"
+    assert review_state() == "rejected"
+    ok(pacs("review", "submit", annotation_id, *group))
+    one_line_error(pacs("review", "approve", annotation_id, *group), "PERMISSION_DENIED")
+    approved = json.loads(
+        ok(pacs("review", "approve", annotation_id, *group, "--json", env=as_reviewer))
+    )
+    assert (approved["id"], approved["review"]["state"]) == (group_id, "REVIEW_STATE_APPROVED")
+    assert review_state() == "approved"
+
+
+def test_projects_update_lets_owners_allow_unapproved_exports(
+    pacs: Run, as_reviewer: dict[str, str]
+) -> None:
+    project_id = review_project(pacs, as_reviewer)
+    name = json.loads(ok(pacs("projects", "get", str(project_id), "--json")))["name"]
+    updated = ok(pacs("projects", "update", str(project_id), "--export-unapproved", "on"))
+    assert updated == f"updated project {project_id} {name} (export_unapproved on)\n"
+    shown = json.loads(ok(pacs("projects", "get", str(project_id), "--json")))
+    assert shown["export_unapproved"] is True
+    described = ok(pacs("projects", "update", str(project_id), "--description", "liver CTs"))
+    # Only what is given changes.
+    assert described.endswith("(export_unapproved on)\n")
+    refused = pacs("projects", "update", str(project_id), "--export-unapproved", "off",
+                   env=as_reviewer)  # fmt: skip
+    one_line_error(refused, "PERMISSION_DENIED")
+    nothing = pacs("projects", "update", str(project_id))
+    assert (nothing.returncode, nothing.stderr) == (
+        2, "error: nothing to change: give --description or --export-unapproved\n",
+    )  # fmt: skip

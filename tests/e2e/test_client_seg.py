@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from pacs.client import PacsClient, encode_png, segment
-from pacs.v1 import mask_pb2
+from pacs.v1 import identity_pb2, mask_pb2, review_pb2
 from PIL import Image
 
 from pacs_devstack.issuer import DevIssuer
@@ -32,6 +33,7 @@ from tests.support.users import ADMIN_ROLE
 
 PACS = Path(sys.executable).parent / "pacs"
 COMPLETE = mask_pb2.MASK_GROUP_STATUS_COMPLETE
+APPROVED = review_pb2.REVIEW_STATE_APPROVED
 SLICES, ROWS, COLUMNS = 8, 64, 64
 LIVER = segment(
     1, "Liver", category=("123037004", "SCT", "Anatomical Structure"),
@@ -228,28 +230,54 @@ class Linked:
     address: str
     annotation_id: int
     study_uid: str
+    series_uid: str
+    # Uploaded, submitted by the uploader and approved by the reviewer: it may be exported.
     group_id: int
     volume: np.ndarray
 
 
+def upload_group(
+    client: PacsClient, annotation_id: int, volume: np.ndarray, group_name: str
+) -> mask_pb2.MaskGroup:
+    """A COMPLETE group of `volume`'s label maps, as a segmentation model uploads it."""
+    result = client.upload_mask_group(
+        annotation_id, segments=[LIVER, LESION], label_maps=volume,
+        model_name="TotalSegmentator", version="2.4.0", group_name=group_name,
+    )  # fmt: skip
+    assert result.group.status == COMPLETE
+    return result.group
+
+
 @pytest.fixture(scope="module")
-def linked(pacs_server: ServerProcess, pacs_url: str, token: str) -> Iterator[Linked]:
+def linked(
+    pacs_server: ServerProcess, pacs_url: str, token: str, issuer: DevIssuer
+) -> Iterator[Linked]:
     series = store_synthetic_series(pacs_url, slices=SLICES, rows=ROWS, columns=COLUMNS)
-    volume = label_volume()
-    with PacsClient(pacs_server.address, token, insecure=True, timeout=120) as client:
+    reviewer_token = issuer.mint(f"seg-reviewer-{uuid.uuid4().hex[:8]}")
+    with (
+        PacsClient(pacs_server.address, token, insecure=True, timeout=120) as client,
+        PacsClient(pacs_server.address, reviewer_token, insecure=True) as reviewer,
+    ):
         project = client.create_project(f"seg-export-{uuid.uuid4().hex[:8]}")
+        client.identity.AddProjectMember(
+            identity_pb2.AddProjectMemberRequest(
+                project_id=project.id, user_id=reviewer.login().user.id,
+                role=identity_pb2.PROJECT_ROLE_REVIEWER,
+            )
+        )  # fmt: skip
         annotation = client.create_annotation(
             project_id=project.id, study_uid=series.study_uid, series_uid=series.series_uid,
             annotation_type="segmentation", data={},
         )  # fmt: skip
-        upload = client.upload_mask_group(
-            annotation.id, segments=[LIVER, LESION], label_maps=volume,
-            model_name="TotalSegmentator", version="2.4.0", group_name="abdomen",
-        )  # fmt: skip
-        assert upload.group.status == COMPLETE
+        volume = label_volume()
+        group = upload_group(client, annotation.id, volume, "abdomen")
+        # The uploader submits; approving is the reviewer's, as nobody approves their own work.
+        client.submit(annotation.id, group_id=group.id)
+        assert reviewer.approve(annotation.id, group_id=group.id).review.state == APPROVED
         yield Linked(
-            client, pacs_server.address, annotation.id, series.study_uid, upload.group.id, volume
-        )
+            client, pacs_server.address, annotation.id, series.study_uid, series.series_uid,
+            group.id, volume,
+        )  # fmt: skip
 
 
 def test_export_to_the_pacs_saves_the_seg_and_is_listed(linked: Linked, tmp_path: Path) -> None:
@@ -269,6 +297,9 @@ def test_export_to_the_pacs_saves_the_seg_and_is_listed(linked: Linked, tmp_path
     assert seg.SOPInstanceUID == export.seg_sop_instance_uid
     assert seg.StudyInstanceUID == linked.study_uid
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Liver", "Lesion"]
+    # A viewer in the PACS shows which review state was exported.
+    assert seg.ContentLabel == "SEG_APPROVED"
+    assert seg.SeriesDescription == "abdomen (APPROVED)"
 
     # The same request id: the same export, not a second SEG.
     again = client.export_mask_group(
@@ -285,6 +316,41 @@ def test_export_to_the_pacs_saves_the_seg_and_is_listed(linked: Linked, tmp_path
     from pacs.client.exports import save_export
 
     assert save_export(mine, fetched).read_bytes() == result.saved.read_bytes()
+
+
+def test_a_draft_is_exported_only_once_the_project_allows_it(
+    linked: Linked, token: str, tmp_path: Path
+) -> None:
+    client = linked.client
+    project = client.create_project(f"seg-drafts-{uuid.uuid4().hex[:8]}")
+    annotation = client.create_annotation(
+        project_id=project.id, study_uid=linked.study_uid, series_uid=linked.series_uid,
+        annotation_type="segmentation", data={},
+    )  # fmt: skip
+    draft = upload_group(client, annotation.id, linked.volume, "liver draft")
+    assert draft.review.state == review_pb2.REVIEW_STATE_DRAFT
+    with pytest.raises(grpc.RpcError) as raised:
+        client.export_mask_group(annotation.id, draft.id, store_in_pacs=True)
+    error = raised.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "only approved groups go to the PACS" in (error.details() or "")
+    refused = cli(linked.address, token, "masks", "export", str(draft.id), "--annotation",
+                  str(annotation.id), "--to-pacs")  # fmt: skip
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: FAILED_PRECONDITION: the mask group is draft")
+    assert refused.stderr.count("\n") == 1
+    assert list(client.list_exports(annotation.id, draft.id)) == []
+
+    assert client.get_project(project.id).export_unapproved is False
+    assert client.update_project(project.id, export_unapproved=True).export_unapproved is True
+    result = client.export_mask_group(annotation.id, draft.id, store_in_pacs=True, save_to=tmp_path)
+    assert result.stored_in_pacs, result.export.pacs_failure_reason
+    assert result.saved is not None
+    seg = pydicom.dcmread(result.saved, stop_before_pixels=True)
+    # Exported all the same, the SEG says it is a draft.
+    assert seg.ContentLabel == "SEG_DRAFT"
+    assert seg.SeriesDescription == "liver draft (DRAFT)"
 
 
 def test_import_from_the_pacs_and_from_a_file_gives_back_the_label_maps(

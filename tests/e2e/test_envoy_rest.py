@@ -143,8 +143,19 @@ def test_every_route_of_the_contract_works_with_json_in_and_out(
     )["annotation"]
     assert (restored["revision"], restored["etag"]) == ("3", "v3")
     assert restored.get("viewer_software", "") == ""
+    for action, token, body in (
+        ("submit", writer, {}),
+        ("reject", admin, {"comment": "outline the whole lesion"}),
+        ("submit", writer, {}),
+        ("approve", admin, {}),
+    ):
+        reviewed = rest.ok(
+            "POST", ANNOTATION + "/" + action, annotation_id=annotation_id, token=token, body=body
+        )["annotation"]
+    assert reviewed["review"]["state"] == "REVIEW_STATE_APPROVED"
+    assert reviewed["review"]["user_id"] == str(rest_admin_id(rest, admin))
 
-    _masks_through_every_route(rest, http, writer, annotation_id)
+    _masks_through_every_route(rest, http, writer, annotation_id, admin)
 
     rest.ok("DELETE", ANNOTATION, annotation_id=annotation_id, token=writer)
     gone = rest.call("GET", ANNOTATION, annotation_id=annotation_id, token=writer)
@@ -152,7 +163,7 @@ def test_every_route_of_the_contract_works_with_json_in_and_out(
     back = rest.ok(
         "POST", ANNOTATION + "/undelete", annotation_id=annotation_id, token=writer, body={}
     )["annotation"]
-    assert (back["id"], back["revision"]) == (str(annotation_id), "5")
+    assert (back["id"], back["revision"]) == (str(annotation_id), "9")
     purged = rest.call(
         "DELETE", ANNOTATION, annotation_id=annotation_id, token=admin, query={"purge": "true"}
     )
@@ -165,6 +176,14 @@ def test_every_route_of_the_contract_works_with_json_in_and_out(
         user_id=writer_id,
         token=admin,
     )
+    settings = rest.ok(
+        "PATCH",
+        "/api/projects/{project_id}",
+        project_id=project_id,
+        token=admin,
+        body={"project": {"export_unapproved": True}, "update_mask": "exportUnapproved"},
+    )["project"]
+    assert settings["export_unapproved"] is True
     closed = rest.ok(
         "POST", "/api/projects/{project_id}/deactivate", project_id=project_id, token=admin, body={}
     )
@@ -173,8 +192,12 @@ def test_every_route_of_the_contract_works_with_json_in_and_out(
     assert rest.called == contract_routes()
 
 
+def rest_admin_id(rest: RestClient, admin: str) -> int:
+    return int(rest.ok("GET", "/api/users/me", token=admin)["user"]["id"])
+
+
 def _masks_through_every_route(
-    rest: RestClient, http: urllib3.PoolManager, token: str, annotation_id: int
+    rest: RestClient, http: urllib3.PoolManager, token: str, annotation_id: int, admin: str
 ) -> None:
     group = rest.ok(
         "POST",
@@ -211,6 +234,14 @@ def _masks_through_every_route(
         **ids,
     )
     assert completed["mask_group"]["status"] == "MASK_GROUP_STATUS_COMPLETE"
+    for action, actor, body in (
+        ("submit", token, {}),
+        ("reject", admin, {"comment": "the liver is cut off"}),
+        ("submit", token, {}),
+        ("approve", admin, {}),
+    ):
+        reviewed = rest.ok("POST", GROUP + "/" + action, token=actor, body=body, **ids)
+    assert reviewed["mask_group"]["review"]["state"] == "REVIEW_STATE_APPROVED"
     assert rest.ok("GET", GROUP, token=token, **ids)["mask_group"]["completed_slices"] == 1
     (mask,) = rest.ok("GET", GROUP + "/masks", token=token, **ids)["masks"]
     assert mask["file_size"] == str(len(image))

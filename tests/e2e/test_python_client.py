@@ -19,7 +19,7 @@ from pacs.client import PacsClient, encode_png
 from pacs.client.slices import from_directory
 from pacs.client.transfer import SignedUrlTransport
 from pacs.client.uploads import MaskUploader
-from pacs.v1 import annotation_pb2, mask_pb2
+from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2, review_pb2
 
 from pacs_devstack.issuer import DevIssuer
 from pacs_devstack.stack import LocalStack
@@ -313,3 +313,130 @@ def test_a_purged_annotation_cannot_be_undeleted(
     with pytest.raises(grpc.RpcError) as raised:
         client.undelete(revised.id)
     assert status_of(raised) is grpc.StatusCode.NOT_FOUND
+
+
+# -- review ----------------------------------------------------------------------------------
+
+State = review_pb2.ReviewState
+
+
+@pytest.fixture(scope="module")
+def reviewer(
+    issuer: DevIssuer, address: str, client: PacsClient, annotation: annotation_pb2.Annotation
+) -> Iterator[PacsClient]:
+    """A member of the module's project with the reviewer role (no platform role), who wrote
+    none of its content."""
+    token = issuer.mint(f"reviewer-{uuid.uuid4().hex[:8]}")
+    with PacsClient(address, token, insecure=True) as reviewer:
+        client.identity.AddProjectMember(
+            identity_pb2.AddProjectMemberRequest(
+                project_id=annotation.project_id, user_id=reviewer.login().user.id,
+                role=identity_pb2.PROJECT_ROLE_REVIEWER,
+            )
+        )  # fmt: skip
+        yield reviewer
+
+
+def new_point(
+    client: PacsClient, annotation: annotation_pb2.Annotation
+) -> annotation_pb2.Annotation:
+    return client.create_annotation(
+        project_id=annotation.project_id, study_uid=annotation.study_uid,
+        annotation_type="point", data={"x": 1},
+    )  # fmt: skip
+
+
+def test_what_the_author_submits_a_reviewer_approves_and_it_is_frozen(
+    client: PacsClient, reviewer: PacsClient, annotation: annotation_pb2.Annotation
+) -> None:
+    created = new_point(client, annotation)
+    assert created.review.state == State.REVIEW_STATE_DRAFT
+    submitted = client.submit(created.id, etag=created.etag)
+    assert (submitted.review.state, submitted.review.user_id) == (
+        State.REVIEW_STATE_SUBMITTED, client.login().user.id,
+    )  # fmt: skip
+    approved = reviewer.approve(created.id, etag=submitted.etag)
+    assert (approved.review.state, approved.review.user_id) == (
+        State.REVIEW_STATE_APPROVED, reviewer.login().user.id,
+    )  # fmt: skip
+    assert approved.review.HasField("changed_at")
+    assert client.get_annotation(created.id).review.state == State.REVIEW_STATE_APPROVED
+    newest = next(client.history(created.id))
+    assert newest.action == REVISION.ANNOTATION_REVISION_ACTION_APPROVED
+    with pytest.raises(grpc.RpcError) as raised:
+        client.restore(created.id, 1)
+    assert status_of(raised) is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_rejection_carries_its_comment_and_the_author_submits_again(
+    client: PacsClient, reviewer: PacsClient, annotation: annotation_pb2.Annotation
+) -> None:
+    created = new_point(client, annotation)
+    client.submit(created.id)
+    rejected = reviewer.reject(created.id, "the point is off the nodule")
+    assert (rejected.review.state, rejected.review.comment) == (
+        State.REVIEW_STATE_REJECTED, "the point is off the nodule",
+    )  # fmt: skip
+    assert client.submit(created.id).review.state == State.REVIEW_STATE_SUBMITTED
+    with pytest.raises(grpc.RpcError) as raised:
+        reviewer.reject(created.id, "  ")
+    assert status_of(raised) is grpc.StatusCode.INVALID_ARGUMENT
+    # A stale etag: the rejection above changed the annotation.
+    with pytest.raises(grpc.RpcError) as raised:
+        reviewer.approve(created.id, etag=rejected.etag)
+    assert status_of(raised) is grpc.StatusCode.ABORTED
+    assert client.get_annotation(created.id).review.state == State.REVIEW_STATE_SUBMITTED
+
+
+def test_nobody_approves_their_own_work_not_even_a_platform_admin(
+    client: PacsClient, annotation: annotation_pb2.Annotation
+) -> None:
+    # The module's client is a platform administrator who wrote and submitted both.
+    created = new_point(client, annotation)
+    client.submit(created.id)
+    with pytest.raises(grpc.RpcError) as raised:
+        client.approve(created.id)
+    assert status_of(raised) is grpc.StatusCode.PERMISSION_DENIED
+    group = client.upload_mask_group(annotation.id, arrays=np.ones((1, 8, 8), np.uint8)).group
+    client.submit(annotation.id, group_id=group.id)
+    with pytest.raises(grpc.RpcError) as raised:
+        client.approve(annotation.id, group_id=group.id)
+    assert status_of(raised) is grpc.StatusCode.PERMISSION_DENIED
+    assert client.get_annotation(created.id).review.state == State.REVIEW_STATE_SUBMITTED
+    assert (
+        client.get_mask_group(annotation.id, group.id).review.state == State.REVIEW_STATE_SUBMITTED
+    )
+
+
+def test_the_review_queue_lists_what_was_submitted_and_nothing_else(
+    client: PacsClient, reviewer: PacsClient, annotation: annotation_pb2.Annotation
+) -> None:
+    waiting, draft, approved = (new_point(client, annotation) for _ in range(3))
+    client.submit(waiting.id)
+    client.submit(approved.id)
+    reviewer.approve(approved.id)
+    queue = list(reviewer.review_queue(annotation.project_id))
+    listed = [a.id for a in queue]
+    assert waiting.id in listed
+    assert draft.id not in listed
+    assert approved.id not in listed
+    assert {a.review.state for a in queue} == {State.REVIEW_STATE_SUBMITTED}
+
+
+def test_a_mask_group_is_submitted_once_complete_and_approved_by_a_reviewer(
+    client: PacsClient, reviewer: PacsClient, annotation: annotation_pb2.Annotation
+) -> None:
+    pending = client.create_mask_group(annotation.id, slice_count=2)
+    with pytest.raises(grpc.RpcError) as raised:
+        client.submit(annotation.id, group_id=pending.id)
+    assert status_of(raised) is grpc.StatusCode.FAILED_PRECONDITION
+    group = client.upload_mask_group(annotation.id, arrays=np.ones((2, 8, 8), np.uint8)).group
+    assert group.review.state == State.REVIEW_STATE_DRAFT
+    submitted = client.submit(annotation.id, group_id=group.id)
+    assert submitted.review.state == State.REVIEW_STATE_SUBMITTED
+    approved = reviewer.approve(annotation.id, group_id=group.id)
+    assert (approved.id, approved.review.state) == (group.id, State.REVIEW_STATE_APPROVED)
+    listed = client.list_mask_groups(annotation.id, review_state=State.REVIEW_STATE_APPROVED)
+    ids = [g.id for g in listed]
+    assert group.id in ids
+    assert pending.id not in ids

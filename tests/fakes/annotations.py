@@ -41,6 +41,7 @@ from pacs_grpc.domain.annotation_rules import (
     created_fields,
 )
 from pacs_grpc.domain.paging import BudgetedRows
+from pacs_grpc.domain.review import Review, ReviewState
 from tests.fakes.database import FakeDatabase, FakeIntegrityError, FakeTx, RecordedEvent
 from tests.fakes.masks import drop_groups, install
 from tests.fakes.masks import tables as mask_tables
@@ -55,6 +56,15 @@ _ANNOTATION_COLUMNS = frozenset(
 _ENCODED_COLUMN = {
     "annotation_data": "annotation_data_encoded",
     "measurement_values": "measurement_values_encoded",
+}
+
+
+# Changed content is a draft again (migration 0014).
+_BACK_TO_DRAFT: dict[str, Any] = {
+    "review_state": ReviewState.DRAFT,
+    "review_comment": None,
+    "reviewed_by": None,
+    "reviewed_at": None,
 }
 
 
@@ -114,6 +124,7 @@ class FakeAnnotationStore:
             user_id=note.user_id,
             restored_from=restored_from,
             created_at=annotation.updated_at,
+            review_state=annotation.review_state,
         )
         history = self._db.tables.revisions.setdefault(annotation.id, [])
         # The primary key (annotation_id, revision).
@@ -164,6 +175,7 @@ class FakeAnnotationStore:
             current,
             **stale,
             **copy.deepcopy(dict(changes)),
+            **_BACK_TO_DRAFT,
             row_version=current.row_version + 1,
             updated_at=tx.started_at,
         )
@@ -186,6 +198,7 @@ class FakeAnnotationStore:
         restored = replace(
             current,
             **copy.deepcopy(content),
+            **_BACK_TO_DRAFT,
             row_version=current.row_version + 1,
             updated_at=tx.started_at,
         )
@@ -262,6 +275,34 @@ class FakeAnnotationStore:
         tx.locks.extend(("annotation", a.id) for a in expired)
         return [a.id for a in expired]
 
+    async def review(
+        self, conn: FakeTx, annotation_id: int, review: Review, action: RevisionAction
+    ) -> Annotation:
+        tx = self._db.enter("annotations.review", conn)
+        assert review.user_id is not None
+        current = self._db.tables.annotations[annotation_id]
+        reviewed = replace(
+            current,
+            review_state=review.state,
+            reviewed_by=review.user_id,
+            reviewed_at=tx.started_at,
+            review_comment=review.comment,
+            row_version=current.row_version + 1,
+            updated_at=tx.started_at,
+        )
+        self._db.tables.annotations[annotation_id] = reviewed
+        self._db.wrote(tx, "annotations")
+        self._append_revision(reviewed, RevisionNote(action, review.user_id, ()))
+        return _as_answered(reviewed)
+
+    async def wrote_content(self, conn: FakeTx, annotation_id: int, user_id: int) -> bool:
+        self._db.enter("annotations.wrote_content", conn)
+        content = {RevisionAction.CREATED, RevisionAction.UPDATED, RevisionAction.RESTORED}
+        return any(
+            r.user_id == user_id and r.action in content
+            for r, _ in self._db.tables.revisions.get(annotation_id, [])
+        )
+
     async def list_page(
         self,
         conn: FakeTx,
@@ -304,6 +345,7 @@ def _matches(a: Annotation, f: ListFilter, after: tuple[datetime, int] | None) -
         and (f.created_before is None or a.created_at < f.created_before)
         and (after is None or (a.created_at, a.id) < after)
         and (f.include_deleted or a.deleted_at is None)
+        and f.review_state in (None, a.review_state)
     )
 
 
@@ -331,6 +373,7 @@ class FakeEventRecorder:
         study_uid: str,
         annotation_id: int,
         event_type: EventType,
+        mask_group_id: int | None = None,
     ) -> int:
         tx = self._db.enter("events.record", conn)
         event = RecordedEvent(
@@ -340,6 +383,7 @@ class FakeEventRecorder:
             annotation_id,
             event_type,
             tx.started_at,
+            mask_group_id,
         )
         self._db.tables.events.append(event)
         tx.locks.append(("project_feed", project_id))
@@ -364,6 +408,10 @@ class FakeEventSource:
         self.subscriptions: list[Subscription] = []
         self.open_subscriptions = 0
 
+    def _group_review(self, group_id: int | None) -> Review | None:
+        group = mask_tables(self._db).groups.get(group_id) if group_id is not None else None
+        return group.review if group is not None else None
+
     @asynccontextmanager
     async def subscribe(
         self, project_id: int, *, study_uid: str | None, after_event_id: int
@@ -379,6 +427,8 @@ class FakeEventSource:
                 event_type=e.event_type,
                 occurred_at=e.occurred_at,
                 annotation=_same_project(annotations.get(e.annotation_id), e.project_id),
+                mask_group_id=e.mask_group_id,
+                mask_group_review=self._group_review(e.mask_group_id),
             )
             for e in self._db.tables.events
             if e.project_id == project_id

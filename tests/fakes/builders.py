@@ -13,6 +13,7 @@ from pacs_grpc.api.access import ACCESS_BY_METHOD, audit_resource_type
 from pacs_grpc.domain.annotation_rules import JsonLimits
 from pacs_grpc.domain.audit import AuditTrail
 from pacs_grpc.domain.identity import Caller, Principal, User
+from pacs_grpc.services.annotation_history import AnnotationHistory
 from pacs_grpc.services.annotations import AnnotationUseCases, NewAnnotation
 from pacs_grpc.services.context import AuditedTransactions, CallContext
 from pacs_grpc.services.identity import IdentityUseCases, UserDirectory
@@ -95,7 +96,6 @@ def annotation_use_cases(
     max_page_size: int = MAX_PAGE_SIZE,
     json_limits: JsonLimits | None = None,
     list_budget_bytes: int = 512 * 1024,
-    trash_retention: timedelta = timedelta(days=30),
 ) -> AnnotationUseCases[FakeTx]:
     return AnnotationUseCases(
         audited(w),
@@ -108,6 +108,17 @@ def annotation_use_cases(
         max_page_size=max_page_size,
         json_limits=json_limits or JsonLimits(max_bytes=64 * 1024),
         list_budget_bytes=list_budget_bytes,
+    )
+
+
+def annotation_history(
+    w: World, *, trash_retention: timedelta = timedelta(days=30)
+) -> AnnotationHistory[FakeTx]:
+    return AnnotationHistory(
+        audited(w),
+        annotations=w.annotations,
+        record_event=w.record_event,
+        max_page_size=MAX_PAGE_SIZE,
         clock=w.clock,
         trash_retention=trash_retention,
     )

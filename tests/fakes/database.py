@@ -70,6 +70,7 @@ class RecordedEvent:
     annotation_id: int
     event_type: EventType
     occurred_at: datetime
+    mask_group_id: int | None = None
 
 
 @dataclass

@@ -22,6 +22,7 @@ from pacs_grpc.domain.identity import Principal, Project, ProjectMember, Project
 from tests.fakes.database import FakeDatabase, FakeIntegrityError, FakeTx, MemberRow, UserRow
 
 _USER_COLUMNS = frozenset({"email", "full_name", "organization", "department", "phone"})
+_PROJECT_COLUMNS = frozenset({"description", "export_unapproved"})
 
 
 class FakeUserStore:
@@ -137,7 +138,13 @@ class FakeProjectStore:
         if any(p.name == name for p in projects.values()):
             raise AlreadyExists("project.name", "is used by another project")
         project = Project(
-            self._db.next_id("projects"), name, description, True, tx.started_at, tx.started_at
+            self._db.next_id("projects"),
+            name,
+            description,
+            True,
+            tx.started_at,
+            tx.started_at,
+            export_unapproved=False,  # the column's default
         )
         projects[project.id] = project
         self._db.wrote(tx, "projects")
@@ -179,6 +186,23 @@ class FakeProjectStore:
         if project_id not in projects:
             return None
         project = replace(projects[project_id], is_active=False, updated_at=tx.started_at)
+        projects[project_id] = project
+        self._db.wrote(tx, "projects")
+        return project
+
+    async def update(
+        self, conn: FakeTx, project_id: int, changes: Mapping[str, str | bool | None]
+    ) -> Project | None:
+        tx = self._db.enter("projects.update", conn)
+        if not changes or not set(changes) <= _PROJECT_COLUMNS:
+            raise ValueError(f"not updatable: {set(changes) - _PROJECT_COLUMNS}")
+        projects = self._db.tables.projects
+        found = projects.get(project_id)
+        # `where p.id = ... and p.is_active`: a deactivated project is left as it is.
+        if found is None or not found.is_active:
+            return None
+        columns: dict[str, Any] = dict(changes)
+        project = replace(found, **columns, updated_at=tx.started_at)
         projects[project_id] = project
         self._db.wrote(tx, "projects")
         return project

@@ -24,6 +24,7 @@ from pacs_grpc.domain.masks import (
     SliceDeclaration,
 )
 from pacs_grpc.domain.pacs import PacsValidation
+from pacs_grpc.domain.review import Review, ReviewState
 from pacs_grpc.services.context import CallContext
 from pacs_grpc.services.exports import ExportLimits, ExportUseCases
 from pacs_grpc.services.imports import ImportLimits, ImportUseCases
@@ -33,6 +34,7 @@ from pacs_grpc.services.mask_push import MaskPush
 from pacs_grpc.services.mask_urls import MaskUrlUseCases
 from pacs_grpc.services.pacs_checks import PacsChecks
 from pacs_grpc.services.ports import SegmentationWriter
+from pacs_grpc.services.reviews import ReviewUseCases
 from pacs_grpc.services.sweeper import Sweeper
 from tests.fakes import builders
 from tests.fakes.builders import World
@@ -144,6 +146,14 @@ class MaskWorld:
             created_by=self.annotator.id, **fields,
         )  # fmt: skip
 
+    def approve(self, group: MaskGroup) -> MaskGroup:
+        """The group as a reviewer (the viewer, for the fakes) approved it, outside any call."""
+        approved = replace(
+            group, review=Review(ReviewState.APPROVED, self.viewer.id, self.w.clock.now())
+        )
+        self.tables.groups[group.id] = approved
+        return approved
+
     def seed_masks(
         self, group: MaskGroup, indexes: Sequence[int], *, sop_uids: Sequence[str | None] = ()
     ) -> list[Mask]:
@@ -226,6 +236,12 @@ class MaskWorld:
             deletions=self.scheduled, segmentations=reader,
             limits=replace(import_limits, **limit_changes), clock=self.w.clock, pacs=self.pacs,
             pacs_checks=self.checks(pacs),
+        )  # fmt: skip
+
+    def reviews(self) -> ReviewUseCases[FakeTx]:
+        return ReviewUseCases(
+            builders.audited(self.w), annotations=self.w.annotations, groups=self.masks,
+            masks=self.masks, record_event=self.w.record_event,
         )  # fmt: skip
 
     def sweeper(self, **options: Any) -> Sweeper[FakeTx]:

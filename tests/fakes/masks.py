@@ -33,6 +33,7 @@ from pacs_grpc.domain.masks import (
     PendingUpload,
     SliceDeclaration,
 )
+from pacs_grpc.domain.review import Review, ReviewState
 from tests.fakes.database import FakeDatabase, FakeIntegrityError, FakeTx, Tables
 
 
@@ -176,6 +177,7 @@ class FakeMaskStore:
             member.role if member else None,
             project.is_active,
             annotation.series_uid,
+            getattr(project, "export_unapproved", False),
         )
 
     async def insert_group(
@@ -211,18 +213,32 @@ class FakeMaskStore:
         return self._counted(group) if group else None
 
     async def list_groups(
-        self, conn: FakeTx, annotation_id: int, *, after_id: int, limit: int
-    ) -> list[MaskGroup]:
+        self, conn: FakeTx, annotation_id: int, *, after_id: int, limit: int,
+        review_state: ReviewState | None = None,
+    ) -> list[MaskGroup]:  # fmt: skip
         self._db.enter("masks.list_groups", conn)
         found = sorted(
             (
                 g
                 for g in tables(self._db).groups.values()
                 if g.annotation_id == annotation_id and g.id > after_id
+                and review_state in (None, g.review.state)
             ),
             key=lambda g: g.id,
-        )
+        )  # fmt: skip
         return [self._counted(g) for g in found[:limit]]
+
+    async def review_group(self, conn: FakeTx, group_id: int, review: Review) -> MaskGroup:
+        tx = self._db.enter("masks.review_group", conn)
+        t = tables(self._db)
+        reviewed = replace(
+            t.groups[group_id],
+            review=replace(review, changed_at=tx.started_at),
+            updated_at=tx.started_at,
+        )
+        t.groups[group_id] = reviewed
+        self._db.wrote(tx, "mask_groups")
+        return self._counted(reviewed)
 
     async def delete_group(self, conn: FakeTx, group_id: int) -> int:
         tx = self._db.enter("masks.delete_group", conn)

@@ -25,7 +25,7 @@ from tests.support.projects import new_team
 from tests.support.users import ApiUser, login, unique_name
 
 SERVICE = "/pacs.v1.IdentityService/"
-ROLES = (ProjectRole.VIEWER, ProjectRole.ANNOTATOR, ProjectRole.OWNER)
+ROLES = (ProjectRole.VIEWER, ProjectRole.ANNOTATOR, ProjectRole.REVIEWER, ProjectRole.OWNER)
 
 
 @dataclass
@@ -57,7 +57,7 @@ async def world(live_stack: LocalStack) -> World:
                 live_stack.issuer,
                 unique_name(label),
                 {
-                    f"{label}-{role.name}": identity_pb2.ProjectRole.ValueType(int(role))
+                    f"{label}-{role.name}": identity_pb2.ProjectRole.ValueType(role.value)
                     for role in ROLES
                 },
                 admin=admin,
@@ -87,6 +87,11 @@ REQUESTS: dict[str, RequestFor] = {
     "GetProject": lambda p, actor, w: identity_pb2.GetProjectRequest(project_id=p),
     "ListProjects": lambda p, actor, w: identity_pb2.ListProjectsRequest(),
     "DeactivateProject": lambda p, actor, w: identity_pb2.DeactivateProjectRequest(project_id=p),
+    "UpdateProject": lambda p, actor, w: identity_pb2.UpdateProjectRequest(
+        project_id=p,
+        project=identity_pb2.Project(description="reviewed before export"),
+        update_mask=field_mask_pb2.FieldMask(paths=["description"]),
+    ),
     "AddProjectMember": lambda p, actor, w: identity_pb2.AddProjectMemberRequest(
         project_id=p, user_id=w.spare.user_id, role=identity_pb2.PROJECT_ROLE_VIEWER
     ),
@@ -111,7 +116,7 @@ def _expected(access: Access, role: ProjectRole | None) -> grpc.StatusCode:
     assert needed is not None
     if role is None:
         return grpc.StatusCode.NOT_FOUND
-    return grpc.StatusCode.OK if role >= needed else grpc.StatusCode.PERMISSION_DENIED
+    return grpc.StatusCode.OK if role.includes(needed) else grpc.StatusCode.PERMISSION_DENIED
 
 
 async def _invoke(

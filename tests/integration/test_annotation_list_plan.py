@@ -16,6 +16,7 @@ from psycopg import sql
 
 from pacs_grpc.adapters.postgres.annotations import build_list_query
 from pacs_grpc.domain.annotation import ListFilter
+from pacs_grpc.domain.review import ReviewState
 from tests.support.databases import create_database, drop_database, new_database_name
 
 ROWS = 60_000
@@ -44,11 +45,14 @@ def _fill(database_url: str) -> None:
         conn.execute(
             """
             insert into annotation_annotation (user_id, project_id, study_uid, series_uid,
-                instance_uid, annotation_type, annotation_data, created_at)
+                instance_uid, annotation_type, annotation_data, created_at, review_state,
+                deleted_at)
             select 1, 1 + (n %% 2), '1.2.' || (n %% 20), '1.2.' || (n %% 20) || '.' || (n %% 3),
                    '1.2.' || (n %% 20) || '.' || (n %% 3) || '.' || n,
                    case when n %% 5 = 0 then 'point' else 'polygon' end, '{}'::jsonb,
-                   now() - make_interval(secs => n)
+                   now() - make_interval(secs => n),
+                   case when n %% 7 = 0 then 'submitted' else 'draft' end,
+                   case when n %% 50 = 0 then now() end
             from generate_series(1, %s) n
             """,
             [ROWS],
@@ -86,6 +90,16 @@ def _nodes(plan: Any) -> list[Any]:
         (
             ListFilter(project_ids=(1,), annotation_type="point"),
             "annotation_annotation_project_type_idx",
+        ),
+        # The review queue (migration 0014).
+        (
+            ListFilter(project_ids=(1,), review_state=ReviewState.SUBMITTED),
+            "annotation_annotation_project_review_idx",
+        ),
+        # Owners listing the trash with the rest: the same paths.
+        (
+            ListFilter(project_ids=(1,), study_uid="1.2.7", include_deleted=True),
+            "annotation_annotation_project_study_idx",
         ),
     ],
 )

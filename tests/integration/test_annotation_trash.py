@@ -5,8 +5,6 @@ stored objects. A purge by an owner is the only immediate hard delete."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -16,7 +14,7 @@ from grpc import aio
 from pacs.v1 import annotation_pb2, annotation_pb2_grpc, mask_pb2, mask_pb2_grpc
 
 from pacs_devstack.stack import LocalStack
-from tests.support.png import png
+from tests.support.masks import one_slice_push
 from tests.support.projects import ANNOTATOR, OWNER, VIEWER, create_annotation, new_team
 from tests.support.users import ApiUser, unique_name
 
@@ -54,19 +52,6 @@ async def team(live_stack: LocalStack, channel: aio.Channel) -> Team:
     return Team(ct.project_id, ct["owner"], ct["annotator"], ct["viewer"])
 
 
-def _push(annotation_id: int, group_id: int, image: bytes) -> Iterator[mask_pb2.PushMasksRequest]:
-    yield mask_pb2.PushMasksRequest(
-        target=mask_pb2.PushTarget(annotation_id=annotation_id, group_id=group_id)
-    )
-    yield mask_pb2.PushMasksRequest(
-        slice=mask_pb2.PushSliceHeader(
-            slice_index=0, content_type="image/png", size_bytes=len(image), width=16, height=16,
-            md5=hashlib.md5(image).hexdigest(),
-        )
-    )  # fmt: skip
-    yield mask_pb2.PushMasksRequest(chunk=image)
-
-
 async def _with_a_stored_mask(
     channel: aio.Channel, masks: Masks, team: Team
 ) -> tuple[int, int, str]:
@@ -81,7 +66,7 @@ async def _with_a_stored_mask(
         metadata=team.annotator.metadata(),
     )
     pushed = await masks.PushMasks(
-        _push(annotation_id, group.mask_group.id, png(16, 16, 7)),
+        one_slice_push(annotation_id, group.mask_group.id),
         metadata=team.annotator.metadata(),
     )
     return annotation_id, group.mask_group.id, pushed.masks[0].file_path

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import urllib3
 from google.protobuf import field_mask_pb2, struct_pb2
+from google.protobuf.message import Message
 from grpc import aio
 from pacs.v1 import (
     annotation_pb2,
@@ -206,6 +207,27 @@ async def test_every_audited_rpc_records_its_project_study_type_and_ids(
             owner, "RestoreAnnotationRevision", Expected(pid, "annotation", [first], STUDY)
         ),
     )
+    for method, request, actor in (
+        (
+            "SubmitAnnotationForReview",
+            annotation_pb2.SubmitAnnotationForReviewRequest(annotation_id=first),
+            owner,
+        ),
+        (
+            "RejectAnnotation",
+            annotation_pb2.RejectAnnotationRequest(annotation_id=first, comment="label it"),
+            admin,
+        ),
+        (
+            "SubmitAnnotationForReview",
+            annotation_pb2.SubmitAnnotationForReviewRequest(annotation_id=first),
+            owner,
+        ),
+        ("ApproveAnnotation", annotation_pb2.ApproveAnnotationRequest(annotation_id=first), admin),
+    ):
+        await getattr(annotations, method)(
+            request, metadata=meta(actor, method, Expected(pid, "annotation", [first], STUDY))
+        )
     watch_request = uuid.uuid4().hex
     stream = annotations.WatchAnnotations(
         annotation_pb2.WatchAnnotationsRequest(project_id=pid, study_uid=STUDY, after_event_id=1),
@@ -230,7 +252,7 @@ async def test_every_audited_rpc_records_its_project_study_type_and_ids(
         await masks.CreateMaskGroup(
             mask_pb2.CreateMaskGroupRequest(
                 annotation_id=first,
-                mask_group=mask_pb2.MaskGroup(group_name="liver", slice_count=4),
+                mask_group=mask_pb2.MaskGroup(group_name="liver", slice_count=3),
             ),
             metadata=owner.metadata(group_request),
         )
@@ -299,6 +321,18 @@ async def test_every_audited_rpc_records_its_project_study_type_and_ids(
         mask_pb2.CreateDownloadUrlsRequest(annotation_id=first, group_id=gid),
         metadata=meta(owner, "CreateDownloadUrls", Expected(pid, "mask", all_ids, STUDY)),
     )
+    # The review of the complete group: submitted, rejected, submitted again, approved.
+    group_ids = {"annotation_id": first, "group_id": gid}
+    group_steps: tuple[tuple[str, Message, ApiUser], ...] = (
+        ("SubmitMaskGroupForReview", mask_pb2.SubmitMaskGroupForReviewRequest(**group_ids), owner),
+        ("RejectMaskGroup", mask_pb2.RejectMaskGroupRequest(**group_ids, comment="redo"), admin),
+        ("SubmitMaskGroupForReview", mask_pb2.SubmitMaskGroupForReviewRequest(**group_ids), owner),
+        ("ApproveMaskGroup", mask_pb2.ApproveMaskGroupRequest(**group_ids), admin),
+    )
+    for method, step, actor in group_steps:
+        await getattr(masks, method)(
+            step, metadata=meta(actor, method, Expected(pid, "mask_group", [gid], STUDY))
+        )
     # A SEG upload ticket names the annotation it is for; nothing is uploaded here.
     await masks.CreateSegmentationUpload(
         mask_pb2.CreateSegmentationUploadRequest(annotation_id=first, size_bytes=4096),
@@ -314,6 +348,14 @@ async def test_every_audited_rpc_records_its_project_study_type_and_ids(
     await masks.DeleteMaskGroup(
         mask_pb2.DeleteMaskGroupRequest(annotation_id=first, group_id=gid),
         metadata=meta(owner, "DeleteMaskGroup", Expected(pid, "mask_group", [gid], STUDY)),
+    )
+    await identity.UpdateProject(
+        identity_pb2.UpdateProjectRequest(
+            project_id=pid,
+            project=identity_pb2.Project(export_unapproved=True),
+            update_mask=field_mask_pb2.FieldMask(paths=["export_unapproved"]),
+        ),
+        metadata=meta(owner, "UpdateProject", Expected(pid, "project", [pid])),
     )
     await identity.DeactivateProject(
         identity_pb2.DeactivateProjectRequest(project_id=pid),

@@ -14,7 +14,7 @@ from pacs.v1 import identity_pb2, identity_pb2_grpc
 
 from pacs_devstack.issuer import DevIssuer, subject_for
 from pacs_devstack.stack import LocalStack
-from tests.support.projects import OWNER, VIEWER, add_member, new_team
+from tests.support.projects import ANNOTATOR, OWNER, VIEWER, add_member, new_team
 from tests.support.users import ApiUser, login, unique_name
 
 
@@ -265,3 +265,78 @@ async def test_deactivated_projects_stay_readable_and_refuse_changes(
         identity_pb2.ListProjectsRequest(include_inactive=True), metadata=owner.metadata()
     )
     assert project_id in {p.id for p in everything.projects}
+
+
+async def test_an_owner_allows_unapproved_exports_and_members_read_it(
+    live_stack: LocalStack,
+    channel: aio.Channel,
+    identity: identity_pb2_grpc.IdentityServiceAsyncStub,
+    issuer: DevIssuer,
+) -> None:
+    team = await new_team(channel, issuer, unique_name("p"), {"owner": OWNER, "viewer": VIEWER})
+    before = await identity.GetProject(
+        identity_pb2.GetProjectRequest(project_id=team.project_id), metadata=team.admin.metadata()
+    )
+    assert before.project.export_unapproved is False
+    reply = await identity.UpdateProject(
+        identity_pb2.UpdateProjectRequest(
+            project_id=team.project_id,
+            project=identity_pb2.Project(
+                description="Liver CT", export_unapproved=True, name="ignored"
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["export_unapproved", "description"]),
+        ),
+        metadata=team["owner"].metadata(),
+    )
+    assert (reply.project.export_unapproved, reply.project.description) == (True, "Liver CT")
+    assert reply.project.name == before.project.name
+    assert reply.project.updated_at.ToDatetime() > before.project.updated_at.ToDatetime()
+    got = await identity.GetProject(
+        identity_pb2.GetProjectRequest(project_id=team.project_id),
+        metadata=team["viewer"].metadata(),
+    )
+    assert got.project == reply.project
+    listed = await identity.ListProjects(
+        identity_pb2.ListProjectsRequest(), metadata=team["viewer"].metadata()
+    )
+    assert [p for p in listed.projects if p.id == team.project_id] == [reply.project]
+    with psycopg.connect(live_stack.database_url) as conn:
+        row = conn.execute(
+            "select export_unapproved, description from security_project where id = %s",
+            [team.project_id],
+        ).fetchone()
+    assert row == (True, "Liver CT")
+
+
+async def test_update_project_is_for_owners_and_names_a_bad_mask(
+    channel: aio.Channel, identity: identity_pb2_grpc.IdentityServiceAsyncStub, issuer: DevIssuer
+) -> None:
+    team = await new_team(
+        channel, issuer, unique_name("p"), {"owner": OWNER, "annotator": ANNOTATOR}
+    )
+    outsider = await login(channel, issuer, unique_name("outsider"))
+
+    async def update(who: ApiUser, paths: list[str]) -> aio.AioRpcError:
+        with pytest.raises(aio.AioRpcError) as raised:
+            await identity.UpdateProject(
+                identity_pb2.UpdateProjectRequest(
+                    project_id=team.project_id,
+                    project=identity_pb2.Project(export_unapproved=True),
+                    update_mask=field_mask_pb2.FieldMask(paths=paths),
+                ),
+                metadata=who.metadata(),
+            )
+        return raised.value
+
+    refused = await update(team["annotator"], ["export_unapproved"])
+    assert refused.code() is grpc.StatusCode.PERMISSION_DENIED
+    hidden = await update(outsider, ["export_unapproved"])
+    assert hidden.code() is grpc.StatusCode.NOT_FOUND
+    unknown = await update(team["owner"], ["name"])
+    assert unknown.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (unknown.details() or "").startswith("update_mask:")
+    got = await identity.GetProject(
+        identity_pb2.GetProjectRequest(project_id=team.project_id),
+        metadata=team["owner"].metadata(),
+    )
+    assert got.project.export_unapproved is False

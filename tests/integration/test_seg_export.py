@@ -27,11 +27,13 @@ import pydicom
 import pytest
 import urllib3
 from dicomweb_client import DICOMwebClient
-from google.protobuf import struct_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 from grpc import aio
 from pacs.v1 import (
     annotation_pb2,
     annotation_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
 )
@@ -163,9 +165,10 @@ async def _annotation(channel: aio.Channel, people: People, ct: StoredSeries) ->
 
 async def _upload_group(
     channel: aio.Channel, people: People, ct: StoredSeries, values: list[int], *,
-    complete: bool = True,
+    complete: bool = True, approve: bool = True,
 ) -> Uploaded:  # fmt: skip
-    """A group of coded segments, uploaded with tickets, its slices bound by position."""
+    """A group of coded segments, uploaded with tickets, its slices bound by position; once
+    complete, submitted by its writer and approved by the administrator unless told not to."""
     stub = mask_pb2_grpc.MaskServiceStub(channel)
     annotation_id = await _annotation(channel, people, ct)
     group = await stub.CreateMaskGroup(
@@ -216,6 +219,17 @@ async def _upload_group(
     )  # fmt: skip
     bound = {m.slice_index: m.sop_instance_uid for m in done.masks}
     assert all(bound.values())
+    if complete and approve:
+        await stub.SubmitMaskGroupForReview(
+            mask_pb2.SubmitMaskGroupForReviewRequest(
+                annotation_id=annotation_id, group_id=group_id
+            ),
+            metadata=people.writer.metadata(),
+        )
+        await stub.ApproveMaskGroup(
+            mask_pb2.ApproveMaskGroupRequest(annotation_id=annotation_id, group_id=group_id),
+            metadata=people.admin.metadata(),
+        )
     return Uploaded(annotation_id, group_id, maps, bound)
 
 
@@ -285,6 +299,8 @@ async def test_the_export_round_trips_through_the_pacs_and_is_audited(
     assert seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("seg-net", "2.1")
+    # The viewer shows which review state went to the PACS.
+    assert (seg.ContentLabel, seg.SeriesDescription) == ("SEG_APPROVED", "organs (APPROVED)")
 
     # Every frame of every segment equals the uploaded pixels; the empty slice has none.
     # One frame per slice and segment with pixels: slice 0's are omitted.
@@ -413,6 +429,42 @@ async def test_a_second_export_is_a_new_series_listed_first(
         metadata=people.writer.metadata(),
     )  # fmt: skip
     assert [e.id for e in rest.mask_group_exports] == [first.mask_group_export.id]
+
+
+async def test_a_draft_is_refused_unless_the_project_allows_drafts(
+    linked_channel: aio.Channel, people: People, ct: StoredSeries, pacs_url: str
+) -> None:
+    draft = await _upload_group(linked_channel, people, ct, [1], approve=False)
+    stub = mask_pb2_grpc.MaskServiceStub(linked_channel)
+    request = mask_pb2.ExportMaskGroupRequest(
+        annotation_id=draft.annotation_id, group_id=draft.group_id, store_in_pacs=True
+    )
+    error = await _refused(stub.ExportMaskGroup(request, metadata=people.writer.metadata()))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "only approved groups" in (error.details() or "")
+
+    identity = identity_pb2_grpc.IdentityServiceStub(linked_channel)
+    allow = identity_pb2.UpdateProjectRequest(
+        project_id=people.project_id,
+        project=identity_pb2.Project(export_unapproved=True),
+        update_mask=field_mask_pb2.FieldMask(paths=["export_unapproved"]),
+    )
+    await identity.UpdateProject(allow, metadata=people.admin.metadata())
+    try:
+        reply = await stub.ExportMaskGroup(request, metadata=people.writer.metadata(), timeout=60)
+    finally:
+        allow.project.export_unapproved = False
+        await identity.UpdateProject(allow, metadata=people.admin.metadata())
+
+    record = reply.mask_group_export
+    retrieved = await asyncio.to_thread(
+        DICOMwebClient(pacs_url).retrieve_instance,
+        ct.study_uid, record.seg_series_uid, record.seg_sop_instance_uid,
+    )  # fmt: skip
+    assert (retrieved.ContentLabel, retrieved.SeriesDescription) == (
+        "SEG_DRAFT",
+        "organs (DRAFT)",
+    )
 
 
 async def test_a_pending_group_is_refused(

@@ -17,6 +17,7 @@ Role: TypeAlias = identity_pb2.ProjectRole.ValueType
 VIEWER: Role = identity_pb2.PROJECT_ROLE_VIEWER
 ANNOTATOR: Role = identity_pb2.PROJECT_ROLE_ANNOTATOR
 OWNER: Role = identity_pb2.PROJECT_ROLE_OWNER
+REVIEWER: Role = identity_pb2.PROJECT_ROLE_REVIEWER
 
 
 async def create_project(channel: aio.Channel, admin: ApiUser, name: str) -> int:

@@ -11,8 +11,14 @@ from tests.fakes import builders
 from tests.fakes.builders import World
 
 VIEWER, ANNOTATOR, OWNER = ProjectRole.VIEWER, ProjectRole.ANNOTATOR, ProjectRole.OWNER
+REVIEWER = ProjectRole.REVIEWER
 # A method for each project requirement of the RPC table.
-NEEDS = {VIEWER: "GetProject", ANNOTATOR: "CreateAnnotation", OWNER: "AddProjectMember"}
+NEEDS = {
+    VIEWER: "GetProject",
+    ANNOTATOR: "CreateAnnotation",
+    OWNER: "AddProjectMember",
+    REVIEWER: "ApproveAnnotation",
+}
 
 
 def _check(
@@ -40,6 +46,14 @@ def _check(
         # The effective role is the member's own, not the one asked for.
         (OWNER, VIEWER, OWNER),
         (OWNER, OWNER, OWNER),
+        # Reviewers read and review; they neither write nor manage, and writers do not review.
+        (REVIEWER, VIEWER, REVIEWER),
+        (REVIEWER, REVIEWER, REVIEWER),
+        (REVIEWER, ANNOTATOR, PermissionDenied),
+        (REVIEWER, OWNER, PermissionDenied),
+        (ANNOTATOR, REVIEWER, PermissionDenied),
+        (VIEWER, REVIEWER, PermissionDenied),
+        (OWNER, REVIEWER, OWNER),
     ],
 )
 def test_active_projects_answer_by_role(

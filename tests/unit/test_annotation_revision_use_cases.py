@@ -60,7 +60,7 @@ async def test_each_write_appends_its_revision_with_author_and_changes(s: Setup)
     created = await s.create(data={"label": "first"})
     await _relabel(s, created, "second", created.etag)
 
-    page = await s.use_cases.list_revisions(
+    page = await s.history.list_revisions(
         s.call("ListAnnotationRevisions", s.viewer), created.id, 0, ""
     )
 
@@ -79,16 +79,16 @@ async def test_history_pages_newest_first_and_resumes_below_the_last_revision(s:
     def call() -> CallContext:
         return s.call("ListAnnotationRevisions", s.viewer)
 
-    first = await s.use_cases.list_revisions(call(), current.id, 2, "")
-    second = await s.use_cases.list_revisions(call(), current.id, 2, first.next_page_token)
-    third = await s.use_cases.list_revisions(call(), current.id, 2, second.next_page_token)
+    first = await s.history.list_revisions(call(), current.id, 2, "")
+    second = await s.history.list_revisions(call(), current.id, 2, first.next_page_token)
+    third = await s.history.list_revisions(call(), current.id, 2, second.next_page_token)
 
     pages = [[r.revision for r in page.items] for page in (first, second, third)]
     assert pages == [[5, 4], [3, 2], [1]]
     assert third.next_page_token == ""
     other = await s.create()
     with pytest.raises(InvalidArgument, match="page_token"):
-        await s.use_cases.list_revisions(call(), other.id, 2, first.next_page_token)
+        await s.history.list_revisions(call(), other.id, 2, first.next_page_token)
 
 
 async def test_get_with_a_revision_answers_that_revisions_content_and_etag(s: Setup) -> None:
@@ -114,7 +114,7 @@ async def test_restore_writes_the_old_content_as_a_new_revision(s: Setup) -> Non
     updated = await _relabel(s, created, "second")
     events_before = len(s.events)
 
-    restored = await s.use_cases.restore(
+    restored = await s.history.restore(
         s.call("RestoreAnnotationRevision", s.annotator), created.id, 1, updated.etag
     )
 
@@ -141,7 +141,7 @@ async def test_a_refused_restore_writes_nothing(
     before = list(s.w.db.tables.revisions[created.id])
 
     with pytest.raises(refusal):
-        await s.use_cases.restore(
+        await s.history.restore(
             s.call("RestoreAnnotationRevision", s.annotator), created.id, revision, etag
         )
 
@@ -151,13 +151,13 @@ async def test_a_refused_restore_writes_nothing(
 
 async def test_viewers_read_history_but_may_not_restore(s: Setup) -> None:
     created = await s.create()
-    page = await s.use_cases.list_revisions(
+    page = await s.history.list_revisions(
         s.call("ListAnnotationRevisions", s.viewer), created.id, 0, ""
     )
     assert [r.revision for r in page.items] == [1]
     with pytest.raises(PermissionDenied):
-        await s.use_cases.restore(s.call("RestoreAnnotationRevision", s.viewer), created.id, 1, "")
+        await s.history.restore(s.call("RestoreAnnotationRevision", s.viewer), created.id, 1, "")
     with pytest.raises(NotFound):
-        await s.use_cases.list_revisions(
+        await s.history.list_revisions(
             s.call("ListAnnotationRevisions", s.outsider), created.id, 0, ""
         )

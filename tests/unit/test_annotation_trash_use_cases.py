@@ -31,7 +31,7 @@ async def _trashed(s: Setup, keys: tuple[str, ...] = ("masks/a.png",)) -> Annota
     group = seed_group(s.w.db, created.id, slice_count=len(keys), created_by=s.annotator.id)
     for index, key in enumerate(keys):
         seed_mask(s.w.db, group.id, index, key)
-    await s.use_cases.delete(s.call("DeleteAnnotation", s.annotator), created.id, created.etag)
+    await s.history.delete(s.call("DeleteAnnotation", s.annotator), created.id, created.etag)
     return s.w.db.tables.annotations[created.id]
 
 
@@ -52,7 +52,7 @@ async def test_a_trashed_annotation_is_not_found_by_reads_and_writes(s: Setup) -
             s.call("UpdateAnnotation", s.annotator), trashed.id, "", ["viewer_software"], {}
         )
     with pytest.raises(NotFound):
-        await s.use_cases.delete(s.call("DeleteAnnotation", s.annotator), trashed.id, "")
+        await s.history.delete(s.call("DeleteAnnotation", s.annotator), trashed.id, "")
     listed = await s.use_cases.list_annotations(
         s.call("ListAnnotations", s.viewer), _list(s, show_deleted=False)
     )
@@ -86,7 +86,7 @@ async def test_undelete_within_the_retention_gives_everything_back(s: Setup) -> 
     trashed = await _trashed(s, ("masks/a.png", "masks/b.png"))
     s.w.clock.advance(RETENTION.total_seconds() - 1)
 
-    back = await s.use_cases.undelete(
+    back = await s.history.undelete(
         s.call("UndeleteAnnotation", s.annotator), trashed.id, trashed.etag
     )
 
@@ -110,14 +110,14 @@ async def test_undelete_is_refused_after_the_retention_for_live_ones_and_stale_e
     live = await s.create()
 
     def undelete(annotation_id: int, etag: str = "") -> object:
-        return s.use_cases.undelete(s.call("UndeleteAnnotation", s.annotator), annotation_id, etag)
+        return s.history.undelete(s.call("UndeleteAnnotation", s.annotator), annotation_id, etag)
 
     with pytest.raises(FailedPrecondition, match="not in the trash"):
         await undelete(live.id)  # type: ignore[misc]
     with pytest.raises(Exception, match="etag"):
         await undelete(trashed.id, "v1")  # type: ignore[misc]
     with pytest.raises(PermissionDenied):
-        await s.use_cases.undelete(s.call("UndeleteAnnotation", s.viewer), trashed.id, "")
+        await s.history.undelete(s.call("UndeleteAnnotation", s.viewer), trashed.id, "")
     s.w.clock.advance(RETENTION.total_seconds())
     with pytest.raises(FailedPrecondition, match="time in the trash is up"):
         await undelete(trashed.id)  # type: ignore[misc]
@@ -127,13 +127,11 @@ async def test_undelete_is_refused_after_the_retention_for_live_ones_and_stale_e
 async def test_only_owners_purge_and_a_purge_takes_rows_history_and_objects(s: Setup) -> None:
     trashed = await _trashed(s, ("masks/a.png", "masks/b.png"))
     with pytest.raises(PermissionDenied, match="purge"):
-        await s.use_cases.delete(
-            s.call("DeleteAnnotation", s.annotator), trashed.id, "", purge=True
-        )
+        await s.history.delete(s.call("DeleteAnnotation", s.annotator), trashed.id, "", purge=True)
     assert trashed.id in s.w.db.tables.annotations
 
     call = s.call("DeleteAnnotation", s.owner)
-    queued = await s.use_cases.delete(call, trashed.id, trashed.etag, purge=True)
+    queued = await s.history.delete(call, trashed.id, trashed.etag, purge=True)
 
     assert queued == 2
     assert queued_keys(s.w.db) == ["masks/a.png", "masks/b.png"]
@@ -150,7 +148,7 @@ async def test_only_owners_purge_and_a_purge_takes_rows_history_and_objects(s: S
 
 async def test_purging_a_live_annotation_records_its_deletion(s: Setup) -> None:
     created = await s.create()
-    await s.use_cases.delete(
+    await s.history.delete(
         s.call("DeleteAnnotation", s.admin), created.id, created.etag, purge=True
     )
     assert s.w.db.tables.annotations == {}
@@ -162,7 +160,7 @@ async def test_the_sweeper_purges_what_the_trash_held_past_its_retention() -> No
     expired = m.seed_masks(m.seed_group(1), [0])
     recent = m.w.db.seed_annotation(m.project, m.annotator, study_uid=STUDY)
     kept = m.seed_masks(m.seed_group(1, annotation=recent), [0])
-    annotations = builders.annotation_use_cases(m.w, trash_retention=RETENTION)
+    annotations = builders.annotation_history(m.w, trash_retention=RETENTION)
     await annotations.delete(m.call("DeleteAnnotation"), m.annotation.id, "")
     sweeper = m.sweeper(trash_retention=RETENTION)
 

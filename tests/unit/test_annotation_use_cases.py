@@ -53,6 +53,7 @@ class Setup:
         self.use_cases: AnnotationUseCases[FakeTx] = builders.annotation_use_cases(
             self.w, **options
         )
+        self.history = builders.annotation_history(self.w)
         db = self.w.db
         self.project = db.seed_project("chest-ct")
         self.annotator = db.seed_user("anna")
@@ -206,7 +207,7 @@ async def test_the_same_request_id_in_another_project_is_another_request(s: Setu
 
 async def test_a_retry_after_the_annotation_was_deleted_is_refused(s: Setup) -> None:
     first = await s.create(request_id="req-1")
-    await s.use_cases.delete(s.call("DeleteAnnotation", s.annotator), first.id, first.etag)
+    await s.history.delete(s.call("DeleteAnnotation", s.annotator), first.id, first.etag)
     with pytest.raises(FailedPrecondition, match="no longer exists"):
         await s.create(request_id="req-1")
     # Still in the trash, and no second one made.
@@ -673,7 +674,7 @@ async def test_delete_moves_to_the_trash_keeping_masks_and_records_the_event(s: 
     created = await s.create()
     group = _with_masks(s, created, ["masks/a.png", "masks/b.png"])
     call = s.call("DeleteAnnotation", s.annotator)
-    assert await s.use_cases.delete(call, created.id, created.etag) == 0
+    assert await s.history.delete(call, created.id, created.etag) == 0
     trashed = s.w.db.tables.annotations[created.id]
     assert (trashed.deleted_at, trashed.row_version) == (s.w.clock.now(), 2)
     assert queued_keys(s.w.db) == []
@@ -702,7 +703,7 @@ async def test_delete_with_a_stale_etag_keeps_the_annotation(s: Setup) -> None:
         }
     )  # fmt: skip
     with pytest.raises(Conflict):
-        await s.use_cases.delete(s.call("DeleteAnnotation", s.annotator), created.id, "v1")
+        await s.history.delete(s.call("DeleteAnnotation", s.annotator), created.id, "v1")
     assert created.id in s.w.db.tables.annotations
     assert list(mask_tables(s.w.db).groups) == [group.id]
     assert queued_keys(s.w.db) == []
@@ -712,11 +713,11 @@ async def test_delete_with_a_stale_etag_keeps_the_annotation(s: Setup) -> None:
 async def test_delete_needs_the_annotator_role(s: Setup) -> None:
     created = await s.create()
     with pytest.raises(PermissionDenied):
-        await s.use_cases.delete(s.call("DeleteAnnotation", s.viewer), created.id, "")
+        await s.history.delete(s.call("DeleteAnnotation", s.viewer), created.id, "")
     with pytest.raises(NotFound):
-        await s.use_cases.delete(s.call("DeleteAnnotation", s.outsider), created.id, "")
+        await s.history.delete(s.call("DeleteAnnotation", s.outsider), created.id, "")
     with pytest.raises(InvalidArgument, match="annotation_id"):
-        await s.use_cases.delete(s.call("DeleteAnnotation", s.annotator), 0, "")
+        await s.history.delete(s.call("DeleteAnnotation", s.annotator), 0, "")
     assert created.id in s.w.db.tables.annotations
 
 
@@ -725,7 +726,7 @@ async def test_a_failed_delete_leaves_the_objects_unqueued(s: Setup) -> None:
     group = _with_masks(s, created, ["masks/a.png"])
     s.w.db.fail_next_commit(Conflict("a concurrent change interfered; retry"))
     with pytest.raises(Conflict):
-        await s.use_cases.delete(s.call("DeleteAnnotation", s.annotator), created.id, "")
+        await s.history.delete(s.call("DeleteAnnotation", s.annotator), created.id, "")
     assert s.w.db.tables.annotations[created.id] == created
     assert list(mask_tables(s.w.db).groups) == [group.id]
     assert [m.file_path for m, _ in mask_tables(s.w.db).masks.values()] == ["masks/a.png"]

@@ -35,8 +35,9 @@ def m() -> MaskWorld:
 
 
 def _complete_group(m: MaskWorld, slices: int = 2) -> tuple[MaskGroup, list[Mask]]:
+    """A complete, approved group of `slices` slices bound to a series in the PACS."""
     series = m.pacs.add_series(STUDY, SERIES, images=slices)
-    group = m.seed_group(slices)
+    group = m.approve(m.seed_group(slices))
     uids = [i.sop_instance_uid for i in series.instances]
     return group, m.seed_masks(group, range(slices), sop_uids=uids)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -361,6 +362,172 @@ async def test_deactivate_project(s: Setup) -> None:
     ]
     with pytest.raises(NotFound):
         await s.use_cases.deactivate_project(s.call("DeactivateProject", s.admin), 999)
+
+
+# UpdateProject
+
+
+async def test_an_owner_changes_the_description_and_export_setting(s: Setup) -> None:
+    assert s.project.export_unapproved is False
+    s.w.clock.advance(30)
+    call = s.call("UpdateProject", s.owner)
+    updated = await s.use_cases.update_project(
+        call,
+        s.project.id,
+        ["description", "export_unapproved"],
+        description="  Chest CT, 2024 cohort ",
+        export_unapproved=True,
+    )
+    assert (updated.description, updated.export_unapproved) == ("Chest CT, 2024 cohort", True)
+    assert (updated.name, updated.is_active) == (s.project.name, True)
+    assert updated.updated_at == s.w.clock.now() != s.project.updated_at
+    assert s.w.db.tables.projects[s.project.id] == updated
+    assert s.audit == [
+        _ok(call, project_id=s.project.id, resource_type="project", resource_ids=(s.project.id,))
+    ]
+    # GetProject and ListProjects answer with the new settings.
+    assert await s.use_cases.get_project(s.call("GetProject", s.viewer), s.project.id) == updated
+    listed = await s.use_cases.list_projects(s.call("ListProjects", s.viewer), 0, "", False)
+    assert listed.items == [updated]
+
+
+async def test_only_the_masked_fields_change_and_an_empty_description_clears_it(
+    s: Setup,
+) -> None:
+    owner_call = s.call("UpdateProject", s.owner)
+    await s.use_cases.update_project(
+        owner_call, s.project.id, ["description"], description="kept", export_unapproved=True
+    )
+    assert s.w.db.tables.projects[s.project.id].export_unapproved is False
+    switched = await s.use_cases.update_project(
+        s.call("UpdateProject", s.owner),
+        s.project.id,
+        ["export_unapproved"],
+        description="ignored",
+        export_unapproved=True,
+    )
+    assert (switched.description, switched.export_unapproved) == ("kept", True)
+    cleared = await s.use_cases.update_project(
+        s.call("UpdateProject", s.owner),
+        s.project.id,
+        ["description"],
+        description="   ",
+        export_unapproved=False,
+    )
+    assert (cleared.description, cleared.export_unapproved) == (None, True)
+
+
+@pytest.mark.parametrize(
+    ("paths", "description", "field"),
+    [
+        ([], "", "update_mask"),
+        (["name"], "", "update_mask"),
+        (["is_active"], "", "update_mask"),
+        (["description", "export_unapproved", "unknown"], "", "update_mask"),
+        (["description"], "d" * 2001, "project.description"),
+        (["description"], "line\x00break", "project.description"),
+    ],
+)
+async def test_bad_project_updates_name_their_field_before_any_transaction(
+    s: Setup, paths: list[str], description: str, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        await s.use_cases.update_project(
+            s.call("UpdateProject", s.owner),
+            s.project.id,
+            paths,
+            description=description,
+            export_unapproved=True,
+        )
+    assert refused.value.field == field
+    assert s.w.db.transactions_opened == 0
+
+
+async def test_a_description_as_long_as_create_allows_is_accepted(s: Setup) -> None:
+    updated = await s.use_cases.update_project(
+        s.call("UpdateProject", s.owner),
+        s.project.id,
+        ["description"],
+        description="d" * 2000,
+        export_unapproved=False,
+    )
+    assert updated.description == "d" * 2000
+
+
+async def test_only_owners_update_a_project_and_outsiders_learn_nothing(s: Setup) -> None:
+    reviewer = s.w.db.seed_user("rita")
+    s.w.db.seed_member(s.project, reviewer, ProjectRole.REVIEWER)
+    for member in (s.annotator, s.viewer, reviewer):
+        with pytest.raises(PermissionDenied):
+            await s.use_cases.update_project(
+                s.call("UpdateProject", member),
+                s.project.id,
+                ["export_unapproved"],
+                description="",
+                export_unapproved=True,
+            )
+    for stranger, project_id in ((s.outsider, s.project.id), (s.owner, 999)):
+        with pytest.raises(NotFound, match="project not found"):
+            await s.use_cases.update_project(
+                s.call("UpdateProject", stranger),
+                project_id,
+                ["export_unapproved"],
+                description="",
+                export_unapproved=True,
+            )
+    assert s.w.db.tables.projects[s.project.id] == s.project
+    assert s.audit == []
+
+
+async def test_a_platform_administrator_updates_a_project_as_its_owner(s: Setup) -> None:
+    updated = await s.use_cases.update_project(
+        s.call("UpdateProject", s.admin),
+        s.project.id,
+        ["export_unapproved"],
+        description="",
+        export_unapproved=True,
+    )
+    assert updated.export_unapproved is True
+
+
+async def test_a_deactivated_project_refuses_updates(s: Setup) -> None:
+    s.w.db.tables.projects[s.project.id] = replace(s.project, is_active=False)
+    with pytest.raises(FailedPrecondition, match="deactivated"):
+        await s.use_cases.update_project(
+            s.call("UpdateProject", s.owner),
+            s.project.id,
+            ["export_unapproved"],
+            description="",
+            export_unapproved=True,
+        )
+    assert s.w.db.tables.projects[s.project.id].export_unapproved is False
+    assert s.audit == []
+
+
+async def test_a_project_deactivated_after_the_access_check_is_not_changed(
+    s: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The access check read the project active; a deactivation committed before the update
+    (which the update's row lock waits for) still wins."""
+
+    async def read_before_the_deactivation(
+        conn: FakeTx, project_id: int, user_id: int
+    ) -> tuple[Project, ProjectRole]:
+        return s.project, OWNER
+
+    s.w.db.tables.projects[s.project.id] = replace(s.project, is_active=False)
+    # The fake runs one transaction at a time; a stale read stands in for the race.
+    monkeypatch.setattr(s.w.projects, "with_role", read_before_the_deactivation)
+    with pytest.raises(FailedPrecondition, match="deactivated"):
+        await s.use_cases.update_project(
+            s.call("UpdateProject", s.owner),
+            s.project.id,
+            ["export_unapproved"],
+            description="",
+            export_unapproved=True,
+        )
+    assert s.w.db.tables.projects[s.project.id].export_unapproved is False
+    assert s.audit == []
 
 
 # Members

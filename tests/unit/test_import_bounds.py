@@ -44,7 +44,7 @@ def _annotation() -> Annotation:
 
 
 class _Annotations:
-    async def get_with_access(self, conn: Any, annotation_id: int, user_id: int) -> Any:
+    async def get_with_access(self, conn: Any, annotation_id: int, user_id: int, **_: bool) -> Any:
         return AnnotationAccess(_annotation(), ProjectRole.OWNER, True)
 
 

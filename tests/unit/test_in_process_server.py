@@ -25,6 +25,7 @@ from pacs.v1 import (
     identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
+    review_pb2,
 )
 
 from pacs_grpc.bootstrap import SERVICE_NAMES, Application, assemble
@@ -269,13 +270,41 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
         ),
     )
     assert (restored.annotation.revision, restored.annotation.viewer_software) == (3, "")
+    # The review of the annotation itself: submitted, approved by someone else, and frozen.
+    await c.call(
+        "SubmitAnnotationForReview",
+        notes.SubmitAnnotationForReview(
+            annotation_pb2.SubmitAnnotationForReviewRequest(annotation_id=annotation.id),
+            metadata=anna,
+        ),
+    )
+    await c.call(
+        "RejectAnnotation",
+        notes.RejectAnnotation(
+            annotation_pb2.RejectAnnotationRequest(
+                annotation_id=annotation.id, comment="label the nodule"
+            ),
+            metadata=admin,
+        ),
+    )
+    await notes.SubmitAnnotationForReview(
+        annotation_pb2.SubmitAnnotationForReviewRequest(annotation_id=annotation.id),
+        metadata=anna,
+    )
+    approved_note = await c.call(
+        "ApproveAnnotation",
+        notes.ApproveAnnotation(
+            annotation_pb2.ApproveAnnotationRequest(annotation_id=annotation.id), metadata=admin
+        ),
+    )
+    assert approved_note.annotation.review.state == review_pb2.REVIEW_STATE_APPROVED
     watch = notes.WatchAnnotations(
         annotation_pb2.WatchAnnotationsRequest(project_id=project_id), metadata=anna
     )
     # The fake feed replays the recorded events, then ends as the event hub does when the
     # server stops: the stream's documented end is UNAVAILABLE, to resume elsewhere.
     events = await c.call("WatchAnnotations", _until_the_feed_ends(watch))
-    assert [e.annotation_id for e in events] == [annotation.id] * 3
+    assert [e.annotation_id for e in events] == [annotation.id] * 7
     assert await watch.code() is grpc.StatusCode.UNAVAILABLE
 
     # MaskService: a group of two slices, one uploaded through a ticket, one pushed.
@@ -383,6 +412,34 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
             metadata=anna,
         ),
     )
+    # Only an approved group goes to the PACS: anna submits, the administrator approves.
+    submitted = await c.call(
+        "SubmitMaskGroupForReview",
+        masks.SubmitMaskGroupForReview(
+            mask_pb2.SubmitMaskGroupForReviewRequest(annotation_id=a_id, group_id=g_id),
+            metadata=anna,
+        ),
+    )
+    assert submitted.mask_group.review.state == review_pb2.REVIEW_STATE_SUBMITTED
+    await c.call(
+        "RejectMaskGroup",
+        masks.RejectMaskGroup(
+            mask_pb2.RejectMaskGroupRequest(
+                annotation_id=a_id, group_id=g_id, comment="slice 2 misses the lesion"
+            ),
+            metadata=admin,
+        ),
+    )
+    await masks.SubmitMaskGroupForReview(
+        mask_pb2.SubmitMaskGroupForReviewRequest(annotation_id=a_id, group_id=g_id), metadata=anna
+    )
+    approved = await c.call(
+        "ApproveMaskGroup",
+        masks.ApproveMaskGroup(
+            mask_pb2.ApproveMaskGroupRequest(annotation_id=a_id, group_id=g_id), metadata=admin
+        ),
+    )
+    assert approved.mask_group.review.state == review_pb2.REVIEW_STATE_APPROVED
     exported = await c.call(
         "ExportMaskGroup",
         masks.ExportMaskGroup(
@@ -437,7 +494,7 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
         "DeleteAnnotation",
         notes.DeleteAnnotation(
             annotation_pb2.DeleteAnnotationRequest(
-                annotation_id=annotation.id, etag=restored.annotation.etag
+                annotation_id=annotation.id, etag=approved_note.annotation.etag
             ),
             metadata=anna,
         ),
@@ -445,11 +502,11 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
     back = await c.call(
         "UndeleteAnnotation",
         notes.UndeleteAnnotation(
-            annotation_pb2.UndeleteAnnotationRequest(annotation_id=annotation.id, etag="v4"),
+            annotation_pb2.UndeleteAnnotationRequest(annotation_id=annotation.id, etag="v8"),
             metadata=anna,
         ),
     )
-    assert (back.annotation.revision, back.annotation.HasField("deleted_at")) == (5, False)
+    assert (back.annotation.revision, back.annotation.HasField("deleted_at")) == (9, False)
     await notes.DeleteAnnotation(
         annotation_pb2.DeleteAnnotationRequest(annotation_id=annotation.id), metadata=anna
     )
@@ -461,6 +518,17 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
         ),
     )
     await c.call(
+        "UpdateProject",
+        ident.UpdateProject(
+            identity_pb2.UpdateProjectRequest(
+                project_id=project_id,
+                project=identity_pb2.Project(export_unapproved=True),
+                update_mask=field_mask_pb2.FieldMask(paths=["export_unapproved"]),
+            ),
+            metadata=admin,
+        ),
+    )
+    await c.call(
         "DeactivateProject",
         ident.DeactivateProject(
             identity_pb2.DeactivateProjectRequest(project_id=project_id), metadata=admin
@@ -468,8 +536,8 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
     )
 
     assert sorted(c.called) == sorted(_every_rpc())
-    # The second DeleteAnnotation above was called outside `c`, which counts each RPC once.
-    assert len(fakes.world.audit.rows) == len(c.called) + 1
+    # Three calls above were made outside `c`, which counts each RPC once.
+    assert len(fakes.world.audit.rows) == len(c.called) + 3
 
 
 async def test_a_method_missing_from_the_access_table_is_refused_before_its_handler() -> None:

@@ -394,7 +394,7 @@ async def test_purging_the_annotation_queues_every_groups_objects_and_removes_th
     kept = m.seed_group(1, annotation=elsewhere)
     m.seed_masks(kept, [0])
 
-    annotations = builders.annotation_use_cases(m.w)
+    annotations = builders.annotation_history(m.w)
     queued = await annotations.delete(
         m.call("DeleteAnnotation", m.admin), m.annotation.id, "", purge=True
     )
@@ -422,7 +422,7 @@ async def test_a_failed_annotation_delete_keeps_its_groups_and_queues_nothing(
     group = m.seed_group(1)
     m.seed_masks(group, [0])
     m.w.db.fail_next("events.record", Unavailable("database unavailable"))
-    annotations = builders.annotation_use_cases(m.w)
+    annotations = builders.annotation_history(m.w)
     with pytest.raises(Unavailable):
         await annotations.delete(m.call("DeleteAnnotation"), m.annotation.id, "")
     assert list(m.tables.groups) == [group.id]

@@ -22,7 +22,7 @@ from pydicom import config
 from pydicom.valuerep import validate_value
 
 from pacs_grpc import logs
-from pacs_grpc.adapters.dicom.export import write_segmentation
+from pacs_grpc.adapters.dicom.export import content_label, series_description, write_segmentation
 from pacs_grpc.adapters.images import decode_png_label_map
 from pacs_grpc.config import ConfigError, Settings
 from pacs_grpc.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
@@ -347,3 +347,12 @@ async def test_a_stow_refusal_is_recorded_as_the_pacss_refusal_not_an_outage(
     assert status is PacsStatus.FAILED
     assert reason is not None
     assert expected in reason
+
+
+def test_the_seg_says_which_review_state_was_exported() -> None:
+    assert content_label("approved") == "SEG_APPROVED"
+    assert content_label("submitted") == "SEG_SUBMITTED"
+    assert series_description("liver", "draft") == "liver (DRAFT)"
+    assert series_description(None, "approved") == "Segmentation (APPROVED)"
+    long = series_description("x" * 80, "rejected")
+    assert (len(long), long.endswith(" (REJECTED)")) == (64, True)

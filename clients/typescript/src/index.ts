@@ -21,6 +21,7 @@ import { MaskService } from "./gen/pacs/v1/mask_pb.js";
 export * from "./gen/pacs/v1/annotation_pb.js";
 export * from "./gen/pacs/v1/identity_pb.js";
 export * from "./gen/pacs/v1/mask_pb.js";
+export * from "./gen/pacs/v1/review_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 
 /**

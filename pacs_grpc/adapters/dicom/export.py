@@ -15,6 +15,18 @@ from pacs_grpc.domain.exports import SegmentationBuild
 CONTENT_LABEL = "SEGMENTATION"
 
 
+def content_label(review_state: str) -> str:
+    """The SEG's Content Label (CS, at most 16 characters) says which review state was exported,
+    so a PACS viewer shows a draft as a draft: SEG_APPROVED, SEG_DRAFT, ..."""
+    return f"SEG_{review_state.upper()}"[:16]
+
+
+def series_description(group_name: str | None, review_state: str) -> str:
+    """The SEG's Series Description (LO, at most 64 characters), ending in its review state."""
+    suffix = f" ({review_state.upper()})"
+    return (group_name or "Segmentation")[: 64 - len(suffix)] + suffix
+
+
 def write_segmentation(build: SegmentationBuild) -> bytes:
     """Decode every slice into its label map and build the SEG; CPU-bound, for a worker thread.
 
@@ -60,7 +72,8 @@ def write_segmentation(build: SegmentationBuild) -> bytes:
         series_uid=build.series_uid,
         sop_uid=build.sop_uid,
         series_number=build.series_number,
-        content_label=CONTENT_LABEL,
+        content_label=content_label(build.review_state),
+        series_description=series_description(build.group_name, build.review_state),
         content_creator=build.content_creator,
         model_name=build.model_name,
         model_version=build.model_version,

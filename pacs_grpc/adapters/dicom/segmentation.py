@@ -81,6 +81,7 @@ def build_segmentation(
     series_number: int,
     instance_number: int = 1,
     content_label: str = "SEGMENTATION",
+    series_description: str | None = None,
     content_description: str | None = None,
     content_creator: str | None = None,
     model_name: str | None = None,
@@ -157,6 +158,9 @@ def build_segmentation(
             "the source images' metadata lacks what a DICOM Segmentation needs "
             "(one series, one size, a frame of reference and plane geometry)"
         ) from None
+    if series_description:
+        # highdicom takes no Series Description; the attribute is optional (type 3) in SEG.
+        seg.SeriesDescription = series_description
     buffer = io.BytesIO()
     seg.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -14,6 +14,7 @@ from pacs_grpc.adapters.postgres.annotations import ANNOTATION_FIELDS, answer_co
 from pacs_grpc.adapters.postgres.database import Connection
 from pacs_grpc.domain.annotation import Annotation, AnnotationEvent, EventType
 from pacs_grpc.domain.paging import BudgetedRows
+from pacs_grpc.domain.review import Review, ReviewState
 
 CHANNEL = "pacs_annotation_events"
 
@@ -34,7 +35,7 @@ def project_lock_key(project_id: int) -> int:
 # listeners re-read the table anyway.
 APPEND_EVENT = """
 select annotation_event_append(%(lock_key)s, %(project_id)s, %(study_uid)s, %(annotation_id)s,
-                               %(event_type)s, %(channel)s)
+                               %(event_type)s, %(channel)s, %(mask_group_id)s::bigint)
 """
 
 
@@ -45,6 +46,7 @@ async def record_event(
     study_uid: str,
     annotation_id: int,
     event_type: EventType,
+    mask_group_id: int | None = None,
 ) -> int:
     """Append an event to the project's feed; return its event_id.
 
@@ -64,6 +66,7 @@ async def record_event(
         "annotation_id": annotation_id,
         "event_type": event_type.value,
         "channel": CHANNEL,
+        "mask_group_id": mask_group_id,
     }
     # One statement, one round trip: once the lock is granted, each further round trip
     # would lengthen the wait of every other writer of the project.
@@ -75,7 +78,7 @@ async def record_event(
     return int(row[0])
 
 
-_EVENT_COLUMN_COUNT = 6
+_EVENT_COLUMN_COUNT = 11
 
 
 def _events_after(condition: str) -> str:
@@ -89,9 +92,12 @@ def _events_after(condition: str) -> str:
     outer = answer_columns("b", prefix="a_", within="b.before_bytes < %(budget_bytes)s")
     return f"""
 select b.event_id, b.project_id, b.study_uid, b.annotation_id, b.event_type, b.occurred_at,
+       b.mask_group_id, b.g_review_state, b.g_reviewed_by, b.g_reviewed_at, b.g_review_comment,
        {outer}, b.before_bytes < %(budget_bytes)s
 from (
     select e.event_id, e.project_id, e.study_uid, e.annotation_id, e.event_type, e.occurred_at,
+           e.mask_group_id, g.review_state as g_review_state, g.reviewed_by as g_reviewed_by,
+           g.reviewed_at as g_reviewed_at, g.review_comment as g_review_comment,
            {inner},
            sum(coalesce(a.json_bytes, 0)) over (order by e.event_id
                rows between unbounded preceding and current row)
@@ -99,6 +105,7 @@ from (
     from annotation_event e
     left join annotation_annotation a
         on a.id = e.annotation_id and a.project_id = e.project_id and a.deleted_at is null
+    left join annotation_mask_group g on g.id = e.mask_group_id and g.annotation_id = a.id
     where {condition}
     order by e.event_id limit %(limit)s
 ) b
@@ -174,4 +181,8 @@ def _event(row: tuple[Any, ...]) -> AnnotationEvent:
         event_type=EventType(row[4]),
         occurred_at=row[5],
         annotation=annotation,
+        mask_group_id=row[6],
+        mask_group_review=(
+            Review(ReviewState(row[7]), row[8], row[9], row[10]) if row[7] is not None else None
+        ),
     )

@@ -24,20 +24,21 @@ from pacs_grpc.domain.masks import (
     PendingUpload,
     SliceDeclaration,
 )
+from pacs_grpc.domain.review import Review, ReviewState
 from pacs_grpc.domain.segments import Segment
 
 _GROUP_COLUMNS = """g.id, g.annotation_id, g.group_name, g.model_name, g.version, g.modality,
     g.slice_count, g.mask_type, g.description, g.created_by, g.created_at, g.updated_at,
     (select count(*) from annotation_mask m where m.mask_group_id = g.id)::int
         as completed_slices,
-    g.segments"""
+    g.segments, g.review_state, g.reviewed_by, g.reviewed_at, g.review_comment"""
 _MASK_COLUMNS = ", ".join(f"m.{f.name}" for f in fields(Mask))
 _UPLOAD_COLUMNS = ", ".join(f"u.{f.name}" for f in fields(PendingUpload))
 
 # The group, where it sits, and the caller's access, in one round trip.
 GROUP_WITH_ACCESS = f"""
 select {_GROUP_COLUMNS}, a.project_id, a.study_uid, mem.role as caller_role,
-       p.is_active as project_active, a.series_uid
+       p.is_active as project_active, a.series_uid, p.export_unapproved
 from annotation_mask_group g
 -- A group in the trash with its annotation is as gone as the annotation.
 join annotation_annotation a on a.id = g.annotation_id and a.deleted_at is null
@@ -58,7 +59,17 @@ returning {_GROUP_COLUMNS}
 LIST_GROUPS = f"""
 select {_GROUP_COLUMNS} from annotation_mask_group g
 where g.annotation_id = %(annotation_id)s and g.id > %(after_id)s
+  and (%(review_state)s::text is null or g.review_state = %(review_state)s::text)
 order by g.id limit %(limit)s
+"""
+
+# One review transition: the state, who made it, when and (a rejection's) comment.
+REVIEW_GROUP = f"""
+update annotation_mask_group g
+set review_state = %(state)s, reviewed_by = %(user_id)s, reviewed_at = now(),
+    review_comment = %(comment)s, updated_at = now()
+where g.id = %(group_id)s
+returning {_GROUP_COLUMNS}
 """
 
 GET_GROUP = f"select {_GROUP_COLUMNS} from annotation_mask_group g where g.id = %(group_id)s"
@@ -161,8 +172,12 @@ def _segments(stored: list[dict[str, Any]]) -> tuple[Segment, ...]:
     return tuple(Segment.from_json(item) for item in stored)
 
 
-def _group(*, segments: list[dict[str, Any]], **columns: Any) -> MaskGroup:
-    return MaskGroup(**columns, segments=_segments(segments))
+def _group(
+    *, segments: list[dict[str, Any]], review_state: str, reviewed_by: int | None,
+    reviewed_at: datetime | None, review_comment: str | None, **columns: Any,
+) -> MaskGroup:  # fmt: skip
+    review = Review(ReviewState(review_state), reviewed_by, reviewed_at, review_comment)
+    return MaskGroup(**columns, segments=_segments(segments), review=review)
 
 
 _GROUP_ROW = kwargs_row(_group)
@@ -193,14 +208,20 @@ class MaskRepository:
             row = await cur.fetchone()
         if row is None:
             return None
-        *group_values, segments, project_id, study_uid, role, active, series_uid = row
+        *group_values, segments, state, by, at, comment = row[:-6]
+        project_id, study_uid, role, active, series_uid, export_unapproved = row[-6:]
         return GroupAccess(
-            replace(MaskGroup(*group_values), segments=_segments(segments)),
+            replace(
+                MaskGroup(*group_values),
+                segments=_segments(segments),
+                review=Review(ReviewState(state), by, at, comment),
+            ),
             project_id,
             study_uid,
             ProjectRole.from_db(role) if role else None,
             active,
             series_uid,
+            export_unapproved,
         )
 
     async def insert_group(
@@ -224,12 +245,30 @@ class MaskRepository:
             return await cur.fetchone()
 
     async def list_groups(
-        self, conn: Connection, annotation_id: int, *, after_id: int, limit: int
-    ) -> list[MaskGroup]:
-        params = {"annotation_id": annotation_id, "after_id": after_id, "limit": limit}
+        self, conn: Connection, annotation_id: int, *, after_id: int, limit: int,
+        review_state: ReviewState | None = None,
+    ) -> list[MaskGroup]:  # fmt: skip
+        params = {
+            "annotation_id": annotation_id, "after_id": after_id, "limit": limit,
+            "review_state": review_state.value if review_state else None,
+        }  # fmt: skip
         async with conn.cursor(row_factory=_GROUP_ROW) as cur:
             await cur.execute(LIST_GROUPS, params)
             return await cur.fetchall()
+
+    async def review_group(self, conn: Connection, group_id: int, review: Review) -> MaskGroup:
+        """Record one review transition of the group (locked by the caller)."""
+        params = {
+            "group_id": group_id,
+            "state": review.state.value,
+            "user_id": review.user_id,
+            "comment": review.comment,
+        }
+        async with conn.cursor(row_factory=_GROUP_ROW) as cur:
+            await cur.execute(REVIEW_GROUP, params)
+            row = await cur.fetchone()
+        assert row is not None
+        return row
 
     async def delete_group(self, conn: Connection, group_id: int) -> int:
         async with conn.cursor() as cur:

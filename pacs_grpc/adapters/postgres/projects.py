@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from psycopg import errors as pg_errors
+from psycopg import sql
 from psycopg.rows import class_row
 
 from pacs_grpc.adapters.postgres.database import Connection
 from pacs_grpc.domain.errors import AlreadyExists, NotFound
 from pacs_grpc.domain.identity import Project, ProjectMember, ProjectRole
 
-_PROJECT_COLUMNS = "p.id, p.name, p.description, p.is_active, p.created_at, p.updated_at"
+_PROJECT_COLUMNS = (
+    "p.id, p.name, p.description, p.is_active, p.created_at, p.updated_at, p.export_unapproved"
+)
 
 CREATE_PROJECT = f"""
 insert into security_project as p (name, description) values (%(name)s, %(description)s)
@@ -44,6 +48,16 @@ order by m.project_id limit %(limit)s
 DEACTIVATE_PROJECT = f"""
 update security_project p set is_active = false, updated_at = now()
 where p.id = %(project_id)s returning {_PROJECT_COLUMNS}
+"""
+
+# The columns UpdateProject may set; `update` composes its SET list from these only.
+UPDATABLE_PROJECT_COLUMNS = frozenset({"description", "export_unapproved"})
+
+# `is_active` again in the WHERE: an update waiting on a concurrent deactivation's row lock
+# re-reads the row and changes nothing once the project is deactivated.
+UPDATE_PROJECT = f"""
+update security_project p set {{assignments}}, updated_at = now()
+where p.id = %(project_id)s and p.is_active returning {_PROJECT_COLUMNS}
 """
 
 _MEMBER_COLUMNS = "m.project_id, m.user_id, u.username, m.role, m.created_at"
@@ -165,6 +179,22 @@ class ProjectRepository:
     async def deactivate(self, conn: Connection, project_id: int) -> Project | None:
         async with conn.cursor(row_factory=class_row(Project)) as cur:
             await cur.execute(DEACTIVATE_PROJECT, {"project_id": project_id})
+            return await cur.fetchone()
+
+    async def update(
+        self, conn: Connection, project_id: int, changes: Mapping[str, str | bool | None]
+    ) -> Project | None:
+        """Set the given columns (a subset of UPDATABLE_PROJECT_COLUMNS); values are parameters.
+        None when there is no such active project."""
+        columns = sorted(changes)
+        if not columns or not set(columns) <= UPDATABLE_PROJECT_COLUMNS:
+            raise ValueError(f"not updatable: {set(columns) - UPDATABLE_PROJECT_COLUMNS}")
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder(c)) for c in columns
+        )
+        query = sql.SQL(UPDATE_PROJECT).format(assignments=assignments)
+        async with conn.cursor(row_factory=class_row(Project)) as cur:
+            await cur.execute(query, {**changes, "project_id": project_id})
             return await cur.fetchone()
 
     async def upsert_member(

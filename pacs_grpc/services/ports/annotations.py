@@ -14,10 +14,12 @@ from pacs_grpc.domain.annotation import (
     AnnotationRevision,
     EventType,
     ListFilter,
+    RevisionAction,
     RevisionNote,
 )
 from pacs_grpc.domain.annotation_rules import AnnotationContent, Location
 from pacs_grpc.domain.paging import BudgetedRows
+from pacs_grpc.domain.review import Review
 from pacs_grpc.services.ports.transactions import TxT_contra
 
 
@@ -94,6 +96,16 @@ class AnnotationStore(
         `user_id`; groups, history and objects stay."""
         ...
 
+    async def review(
+        self, conn: TxT_contra, annotation_id: int, review: Review, action: RevisionAction
+    ) -> Annotation:
+        """Records one review transition, by `review.user_id`, as a revision with `action`."""
+        ...
+
+    async def wrote_content(self, conn: TxT_contra, annotation_id: int, user_id: int) -> bool:
+        """Whether the user created, changed or restored any of the annotation's content."""
+        ...
+
     async def list_page(
         self, conn: TxT_contra, filters: ListFilter, *, after: tuple[datetime, int] | None,
         limit: int, budget_bytes: int,
@@ -108,7 +120,7 @@ class EventRecorder(Protocol[TxT_contra]):
 
     async def __call__(
         self, conn: TxT_contra, *, project_id: int, study_uid: str, annotation_id: int,
-        event_type: EventType,
+        event_type: EventType, mask_group_id: int | None = None,
     ) -> int: ...  # fmt: skip
 
 

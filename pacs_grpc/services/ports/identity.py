@@ -48,6 +48,13 @@ class ProjectStore(Protocol[TxT_contra]):
         ...
 
     async def deactivate(self, conn: TxT_contra, project_id: int) -> Project | None: ...
+    async def update(
+        self, conn: TxT_contra, project_id: int, changes: Mapping[str, str | bool | None]
+    ) -> Project | None:
+        """Sets the listed settings (description, export_unapproved; a None description clears
+        it); None when there is no such active project, even if it was deactivated meanwhile."""
+        ...
+
     async def upsert_member(
         self, conn: TxT_contra, project_id: int, user_id: int, role: ProjectRole
     ) -> ProjectMember: ...

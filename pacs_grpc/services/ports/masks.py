@@ -17,6 +17,7 @@ from pacs_grpc.domain.masks import (
     PendingUpload,
     SliceDeclaration,
 )
+from pacs_grpc.domain.review import Review, ReviewState
 from pacs_grpc.services.ports.transactions import TxT_contra
 
 
@@ -64,8 +65,13 @@ class MaskStore(GroupAccessLookup[TxT_contra], DeletionQueue[TxT_contra], Protoc
     ) -> MaskGroup: ...
     async def get_group(self, conn: TxT_contra, group_id: int) -> MaskGroup | None: ...
     async def list_groups(
-        self, conn: TxT_contra, annotation_id: int, *, after_id: int, limit: int
-    ) -> list[MaskGroup]: ...
+        self, conn: TxT_contra, annotation_id: int, *, after_id: int, limit: int,
+        review_state: ReviewState | None = None,
+    ) -> list[MaskGroup]: ...  # fmt: skip
+    async def review_group(self, conn: TxT_contra, group_id: int, review: Review) -> MaskGroup:
+        """Records one review transition of the group, which the caller has locked."""
+        ...
+
     async def delete_group(self, conn: TxT_contra, group_id: int) -> int:
         """Deletes the group and queues its objects for deletion; the rows removed."""
         ...

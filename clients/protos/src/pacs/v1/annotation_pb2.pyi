@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from pacs.v1 import review_pb2 as _review_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -35,6 +36,11 @@ class _AnnotationEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_A
     """Moved to the trash, or purged."""
     ANNOTATION_EVENT_TYPE_RESTORED: _AnnotationEventType.ValueType  # 4
     """Brought back from the trash."""
+    ANNOTATION_EVENT_TYPE_MASK_GROUP_REVIEWED: _AnnotationEventType.ValueType  # 5
+    """One of the annotation's mask groups was submitted, approved or rejected:
+    mask_group_id and mask_group_review say which and how. (A review of the
+    annotation itself is an UPDATED event: its review field changed.)
+    """
 
 class AnnotationEventType(_AnnotationEventType, metaclass=_AnnotationEventTypeEnumTypeWrapper):
     """AnnotationEventType says what happened to the annotation."""
@@ -46,6 +52,11 @@ ANNOTATION_EVENT_TYPE_DELETED: AnnotationEventType.ValueType  # 3
 """Moved to the trash, or purged."""
 ANNOTATION_EVENT_TYPE_RESTORED: AnnotationEventType.ValueType  # 4
 """Brought back from the trash."""
+ANNOTATION_EVENT_TYPE_MASK_GROUP_REVIEWED: AnnotationEventType.ValueType  # 5
+"""One of the annotation's mask groups was submitted, approved or rejected:
+mask_group_id and mask_group_review say which and how. (A review of the
+annotation itself is an UPDATED event: its review field changed.)
+"""
 Global___AnnotationEventType: _TypeAlias = AnnotationEventType  # noqa: Y015
 
 class _AnnotationRevisionAction:
@@ -61,6 +72,9 @@ class _AnnotationRevisionActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapp
     """An earlier revision's content written back; restored_from_revision names it."""
     ANNOTATION_REVISION_ACTION_DELETED: _AnnotationRevisionAction.ValueType  # 4
     ANNOTATION_REVISION_ACTION_UNDELETED: _AnnotationRevisionAction.ValueType  # 5
+    ANNOTATION_REVISION_ACTION_SUBMITTED: _AnnotationRevisionAction.ValueType  # 6
+    ANNOTATION_REVISION_ACTION_APPROVED: _AnnotationRevisionAction.ValueType  # 7
+    ANNOTATION_REVISION_ACTION_REJECTED: _AnnotationRevisionAction.ValueType  # 8
 
 class AnnotationRevisionAction(_AnnotationRevisionAction, metaclass=_AnnotationRevisionActionEnumTypeWrapper):
     """AnnotationRevisionAction is the write that made a revision."""
@@ -72,6 +86,9 @@ ANNOTATION_REVISION_ACTION_RESTORED: AnnotationRevisionAction.ValueType  # 3
 """An earlier revision's content written back; restored_from_revision names it."""
 ANNOTATION_REVISION_ACTION_DELETED: AnnotationRevisionAction.ValueType  # 4
 ANNOTATION_REVISION_ACTION_UNDELETED: AnnotationRevisionAction.ValueType  # 5
+ANNOTATION_REVISION_ACTION_SUBMITTED: AnnotationRevisionAction.ValueType  # 6
+ANNOTATION_REVISION_ACTION_APPROVED: AnnotationRevisionAction.ValueType  # 7
+ANNOTATION_REVISION_ACTION_REJECTED: AnnotationRevisionAction.ValueType  # 8
 Global___AnnotationRevisionAction: _TypeAlias = AnnotationRevisionAction  # noqa: Y015
 
 @_typing.final
@@ -95,6 +112,7 @@ class Annotation(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     DELETED_AT_FIELD_NUMBER: _builtins.int
+    REVIEW_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only."""
     project_id: _builtins.int
@@ -140,6 +158,10 @@ class Annotation(_message.Message):
         it. Output only.
         """
 
+    @_builtins.property
+    def review(self) -> _review_pb2.Review:
+        """The review state and its last transition. Output only."""
+
     def __init__(
         self,
         *,
@@ -158,10 +180,11 @@ class Annotation(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
         deleted_at: _timestamp_pb2.Timestamp | None = ...,
+        review: _review_pb2.Review | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["annotation_data", b"annotation_data", "created_at", b"created_at", "deleted_at", b"deleted_at", "measurement_values", b"measurement_values", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotation_data", b"annotation_data", "created_at", b"created_at", "deleted_at", b"deleted_at", "measurement_values", b"measurement_values", "review", b"review", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_data", b"annotation_data", "annotation_type", b"annotation_type", "created_at", b"created_at", "deleted_at", b"deleted_at", "etag", b"etag", "id", b"id", "instance_uid", b"instance_uid", "measurement_values", b"measurement_values", "project_id", b"project_id", "revision", b"revision", "series_uid", b"series_uid", "study_uid", b"study_uid", "updated_at", b"updated_at", "user_id", b"user_id", "viewer_software", b"viewer_software"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_data", b"annotation_data", "annotation_type", b"annotation_type", "created_at", b"created_at", "deleted_at", b"deleted_at", "etag", b"etag", "id", b"id", "instance_uid", b"instance_uid", "measurement_values", b"measurement_values", "project_id", b"project_id", "review", b"review", "revision", b"revision", "series_uid", b"series_uid", "study_uid", b"study_uid", "updated_at", b"updated_at", "user_id", b"user_id", "viewer_software", b"viewer_software"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -287,6 +310,7 @@ class ListAnnotationsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     SHOW_DELETED_FIELD_NUMBER: _builtins.int
+    REVIEW_STATE_FIELD_NUMBER: _builtins.int
     project_id: _builtins.int
     study_uid: _builtins.str
     series_uid: _builtins.str
@@ -302,6 +326,8 @@ class ListAnnotationsRequest(_message.Message):
     """Owners only, and with project_id: include the annotations in the trash
     (deleted_at set).
     """
+    review_state: _review_pb2.ReviewState.ValueType
+    """Only annotations in this review state (SUBMITTED: what waits for review)."""
     @_builtins.property
     def created_after(self) -> _timestamp_pb2.Timestamp:
         """Only annotations created at or after this time."""
@@ -324,10 +350,11 @@ class ListAnnotationsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         show_deleted: _builtins.bool = ...,
+        review_state: _review_pb2.ReviewState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_type", b"annotation_type", "created_after", b"created_after", "created_before", b"created_before", "instance_uid", b"instance_uid", "page_size", b"page_size", "page_token", b"page_token", "project_id", b"project_id", "series_uid", b"series_uid", "show_deleted", b"show_deleted", "study_uid", b"study_uid", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_type", b"annotation_type", "created_after", b"created_after", "created_before", b"created_before", "instance_uid", b"instance_uid", "page_size", b"page_size", "page_token", b"page_token", "project_id", b"project_id", "review_state", b"review_state", "series_uid", b"series_uid", "show_deleted", b"show_deleted", "study_uid", b"study_uid", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -560,10 +587,14 @@ class WatchAnnotationsResponse(_message.Message):
     ANNOTATION_ID_FIELD_NUMBER: _builtins.int
     ANNOTATION_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    MASK_GROUP_ID_FIELD_NUMBER: _builtins.int
+    MASK_GROUP_REVIEW_FIELD_NUMBER: _builtins.int
     event_id: _builtins.int
     """Increasing; pass the last one seen as after_event_id to resume."""
     event_type: Global___AnnotationEventType.ValueType
     annotation_id: _builtins.int
+    mask_group_id: _builtins.int
+    """For MASK_GROUP_REVIEWED: the group, and its review as it is now."""
     @_builtins.property
     def annotation(self) -> Global___Annotation:
         """The annotation after the change; only id, project_id and study_uid are
@@ -572,6 +603,8 @@ class WatchAnnotationsResponse(_message.Message):
 
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def mask_group_review(self) -> _review_pb2.Review: ...
     def __init__(
         self,
         *,
@@ -580,10 +613,12 @@ class WatchAnnotationsResponse(_message.Message):
         annotation_id: _builtins.int = ...,
         annotation: Global___Annotation | None = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        mask_group_id: _builtins.int = ...,
+        mask_group_review: _review_pb2.Review | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation", "occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation", "mask_group_review", b"mask_group_review", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation", "annotation_id", b"annotation_id", "event_id", b"event_id", "event_type", b"event_type", "occurred_at", b"occurred_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation", "annotation_id", b"annotation_id", "event_id", b"event_id", "event_type", b"event_type", "mask_group_id", b"mask_group_id", "mask_group_review", b"mask_group_review", "occurred_at", b"occurred_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -656,6 +691,7 @@ class AnnotationRevision(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     RESTORED_FROM_REVISION_FIELD_NUMBER: _builtins.int
+    REVIEW_STATE_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """The etag's number after the write; gap-free from 1."""
     action: Global___AnnotationRevisionAction.ValueType
@@ -663,6 +699,8 @@ class AnnotationRevision(_message.Message):
     """Who wrote it; 0 when unknown (changes made before the server kept history)."""
     restored_from_revision: _builtins.int
     """For RESTORED: the revision whose content was written back."""
+    review_state: _review_pb2.ReviewState.ValueType
+    """The review state the write left."""
     @_builtins.property
     def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The content fields the write changed (annotation_type, annotation_data,
@@ -680,10 +718,11 @@ class AnnotationRevision(_message.Message):
         user_id: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         restored_from_revision: _builtins.int = ...,
+        review_state: _review_pb2.ReviewState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "changed_fields", b"changed_fields", "created_at", b"created_at", "restored_from_revision", b"restored_from_revision", "revision", b"revision", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "changed_fields", b"changed_fields", "created_at", b"created_at", "restored_from_revision", b"restored_from_revision", "review_state", b"review_state", "revision", b"revision", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -738,3 +777,148 @@ class RestoreAnnotationRevisionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RestoreAnnotationRevisionResponse: _TypeAlias = RestoreAnnotationRevisionResponse  # noqa: Y015
+
+@_typing.final
+class SubmitAnnotationForReviewRequest(_message.Message):
+    """SubmitAnnotationForReviewRequest names the annotation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    etag: _builtins.str
+    """As in UpdateAnnotationRequest: a stale etag fails with ABORTED."""
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "etag", b"etag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitAnnotationForReviewRequest: _TypeAlias = SubmitAnnotationForReviewRequest  # noqa: Y015
+
+@_typing.final
+class SubmitAnnotationForReviewResponse(_message.Message):
+    """SubmitAnnotationForReviewResponse is the annotation after the transition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def annotation(self) -> Global___Annotation: ...
+    def __init__(
+        self,
+        *,
+        annotation: Global___Annotation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitAnnotationForReviewResponse: _TypeAlias = SubmitAnnotationForReviewResponse  # noqa: Y015
+
+@_typing.final
+class ApproveAnnotationRequest(_message.Message):
+    """ApproveAnnotationRequest names the annotation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    etag: _builtins.str
+    """As in UpdateAnnotationRequest: a stale etag fails with ABORTED."""
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "etag", b"etag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveAnnotationRequest: _TypeAlias = ApproveAnnotationRequest  # noqa: Y015
+
+@_typing.final
+class ApproveAnnotationResponse(_message.Message):
+    """ApproveAnnotationResponse is the annotation after the transition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def annotation(self) -> Global___Annotation: ...
+    def __init__(
+        self,
+        *,
+        annotation: Global___Annotation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveAnnotationResponse: _TypeAlias = ApproveAnnotationResponse  # noqa: Y015
+
+@_typing.final
+class RejectAnnotationRequest(_message.Message):
+    """RejectAnnotationRequest names the annotation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    etag: _builtins.str
+    """As in UpdateAnnotationRequest: a stale etag fails with ABORTED."""
+    comment: _builtins.str
+    """Why, at most 2,000 characters; required."""
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        etag: _builtins.str = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "comment", b"comment", "etag", b"etag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectAnnotationRequest: _TypeAlias = RejectAnnotationRequest  # noqa: Y015
+
+@_typing.final
+class RejectAnnotationResponse(_message.Message):
+    """RejectAnnotationResponse is the annotation after the transition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def annotation(self) -> Global___Annotation: ...
+    def __init__(
+        self,
+        *,
+        annotation: Global___Annotation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectAnnotationResponse: _TypeAlias = RejectAnnotationResponse  # noqa: Y015

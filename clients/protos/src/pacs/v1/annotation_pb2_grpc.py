@@ -66,6 +66,21 @@ class AnnotationServiceStub:
                 request_serializer=pacs_dot_v1_dot_annotation__pb2.UndeleteAnnotationRequest.SerializeToString,
                 response_deserializer=pacs_dot_v1_dot_annotation__pb2.UndeleteAnnotationResponse.FromString,
                 _registered_method=True)
+        self.SubmitAnnotationForReview = channel.unary_unary(
+                '/pacs.v1.AnnotationService/SubmitAnnotationForReview',
+                request_serializer=pacs_dot_v1_dot_annotation__pb2.SubmitAnnotationForReviewRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_annotation__pb2.SubmitAnnotationForReviewResponse.FromString,
+                _registered_method=True)
+        self.ApproveAnnotation = channel.unary_unary(
+                '/pacs.v1.AnnotationService/ApproveAnnotation',
+                request_serializer=pacs_dot_v1_dot_annotation__pb2.ApproveAnnotationRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_annotation__pb2.ApproveAnnotationResponse.FromString,
+                _registered_method=True)
+        self.RejectAnnotation = channel.unary_unary(
+                '/pacs.v1.AnnotationService/RejectAnnotation',
+                request_serializer=pacs_dot_v1_dot_annotation__pb2.RejectAnnotationRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_annotation__pb2.RejectAnnotationResponse.FromString,
+                _registered_method=True)
         self.WatchAnnotations = channel.unary_stream(
                 '/pacs.v1.AnnotationService/WatchAnnotations',
                 request_serializer=pacs_dot_v1_dot_annotation__pb2.WatchAnnotationsRequest.SerializeToString,
@@ -133,6 +148,29 @@ class AnnotationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitAnnotationForReview(self, request, context):
+        """SubmitAnnotationForReview asks for review of a DRAFT or REJECTED annotation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveAnnotation(self, request, context):
+        """ApproveAnnotation approves a SUBMITTED annotation, which is then frozen.
+        Nobody approves their own work: not its creator, not anyone who changed
+        its content, not who submitted it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectAnnotation(self, request, context):
+        """RejectAnnotation sends a SUBMITTED annotation back, with a comment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchAnnotations(self, request, context):
         """WatchAnnotations streams changes to a project's or a study's annotations
         as they are written through any server replica. gRPC and gRPC-web only.
@@ -189,6 +227,21 @@ def add_AnnotationServiceServicer_to_server(servicer, server):
                     servicer.UndeleteAnnotation,
                     request_deserializer=pacs_dot_v1_dot_annotation__pb2.UndeleteAnnotationRequest.FromString,
                     response_serializer=pacs_dot_v1_dot_annotation__pb2.UndeleteAnnotationResponse.SerializeToString,
+            ),
+            'SubmitAnnotationForReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitAnnotationForReview,
+                    request_deserializer=pacs_dot_v1_dot_annotation__pb2.SubmitAnnotationForReviewRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_annotation__pb2.SubmitAnnotationForReviewResponse.SerializeToString,
+            ),
+            'ApproveAnnotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveAnnotation,
+                    request_deserializer=pacs_dot_v1_dot_annotation__pb2.ApproveAnnotationRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_annotation__pb2.ApproveAnnotationResponse.SerializeToString,
+            ),
+            'RejectAnnotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectAnnotation,
+                    request_deserializer=pacs_dot_v1_dot_annotation__pb2.RejectAnnotationRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_annotation__pb2.RejectAnnotationResponse.SerializeToString,
             ),
             'WatchAnnotations': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAnnotations,
@@ -370,6 +423,87 @@ class AnnotationService:
             '/pacs.v1.AnnotationService/UndeleteAnnotation',
             pacs_dot_v1_dot_annotation__pb2.UndeleteAnnotationRequest.SerializeToString,
             pacs_dot_v1_dot_annotation__pb2.UndeleteAnnotationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitAnnotationForReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.AnnotationService/SubmitAnnotationForReview',
+            pacs_dot_v1_dot_annotation__pb2.SubmitAnnotationForReviewRequest.SerializeToString,
+            pacs_dot_v1_dot_annotation__pb2.SubmitAnnotationForReviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveAnnotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.AnnotationService/ApproveAnnotation',
+            pacs_dot_v1_dot_annotation__pb2.ApproveAnnotationRequest.SerializeToString,
+            pacs_dot_v1_dot_annotation__pb2.ApproveAnnotationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectAnnotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.AnnotationService/RejectAnnotation',
+            pacs_dot_v1_dot_annotation__pb2.RejectAnnotationRequest.SerializeToString,
+            pacs_dot_v1_dot_annotation__pb2.RejectAnnotationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,15 @@ class AnnotationServiceStub:
     """
     UndeleteAnnotation: _grpc.UnaryUnaryMultiCallable[_annotation_pb2.UndeleteAnnotationRequest, _annotation_pb2.UndeleteAnnotationResponse]
     """UndeleteAnnotation brings an annotation back from the trash, as it was."""
+    SubmitAnnotationForReview: _grpc.UnaryUnaryMultiCallable[_annotation_pb2.SubmitAnnotationForReviewRequest, _annotation_pb2.SubmitAnnotationForReviewResponse]
+    """SubmitAnnotationForReview asks for review of a DRAFT or REJECTED annotation."""
+    ApproveAnnotation: _grpc.UnaryUnaryMultiCallable[_annotation_pb2.ApproveAnnotationRequest, _annotation_pb2.ApproveAnnotationResponse]
+    """ApproveAnnotation approves a SUBMITTED annotation, which is then frozen.
+    Nobody approves their own work: not its creator, not anyone who changed
+    its content, not who submitted it.
+    """
+    RejectAnnotation: _grpc.UnaryUnaryMultiCallable[_annotation_pb2.RejectAnnotationRequest, _annotation_pb2.RejectAnnotationResponse]
+    """RejectAnnotation sends a SUBMITTED annotation back, with a comment."""
     WatchAnnotations: _grpc.UnaryStreamMultiCallable[_annotation_pb2.WatchAnnotationsRequest, _annotation_pb2.WatchAnnotationsResponse]
     """WatchAnnotations streams changes to a project's or a study's annotations
     as they are written through any server replica. gRPC and gRPC-web only.
@@ -87,6 +96,15 @@ class AnnotationServiceAsyncStub(AnnotationServiceStub):
     """
     UndeleteAnnotation: _aio.UnaryUnaryMultiCallable[_annotation_pb2.UndeleteAnnotationRequest, _annotation_pb2.UndeleteAnnotationResponse]  # type: ignore[assignment]
     """UndeleteAnnotation brings an annotation back from the trash, as it was."""
+    SubmitAnnotationForReview: _aio.UnaryUnaryMultiCallable[_annotation_pb2.SubmitAnnotationForReviewRequest, _annotation_pb2.SubmitAnnotationForReviewResponse]  # type: ignore[assignment]
+    """SubmitAnnotationForReview asks for review of a DRAFT or REJECTED annotation."""
+    ApproveAnnotation: _aio.UnaryUnaryMultiCallable[_annotation_pb2.ApproveAnnotationRequest, _annotation_pb2.ApproveAnnotationResponse]  # type: ignore[assignment]
+    """ApproveAnnotation approves a SUBMITTED annotation, which is then frozen.
+    Nobody approves their own work: not its creator, not anyone who changed
+    its content, not who submitted it.
+    """
+    RejectAnnotation: _aio.UnaryUnaryMultiCallable[_annotation_pb2.RejectAnnotationRequest, _annotation_pb2.RejectAnnotationResponse]  # type: ignore[assignment]
+    """RejectAnnotation sends a SUBMITTED annotation back, with a comment."""
     WatchAnnotations: _aio.UnaryStreamMultiCallable[_annotation_pb2.WatchAnnotationsRequest, _annotation_pb2.WatchAnnotationsResponse]  # type: ignore[assignment]
     """WatchAnnotations streams changes to a project's or a study's annotations
     as they are written through any server replica. gRPC and gRPC-web only.
@@ -156,6 +174,33 @@ class AnnotationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_annotation_pb2.UndeleteAnnotationResponse, _abc.Awaitable[_annotation_pb2.UndeleteAnnotationResponse]]:
         """UndeleteAnnotation brings an annotation back from the trash, as it was."""
+
+    @_abc_1.abstractmethod
+    def SubmitAnnotationForReview(
+        self,
+        request: _annotation_pb2.SubmitAnnotationForReviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_annotation_pb2.SubmitAnnotationForReviewResponse, _abc.Awaitable[_annotation_pb2.SubmitAnnotationForReviewResponse]]:
+        """SubmitAnnotationForReview asks for review of a DRAFT or REJECTED annotation."""
+
+    @_abc_1.abstractmethod
+    def ApproveAnnotation(
+        self,
+        request: _annotation_pb2.ApproveAnnotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_annotation_pb2.ApproveAnnotationResponse, _abc.Awaitable[_annotation_pb2.ApproveAnnotationResponse]]:
+        """ApproveAnnotation approves a SUBMITTED annotation, which is then frozen.
+        Nobody approves their own work: not its creator, not anyone who changed
+        its content, not who submitted it.
+        """
+
+    @_abc_1.abstractmethod
+    def RejectAnnotation(
+        self,
+        request: _annotation_pb2.RejectAnnotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_annotation_pb2.RejectAnnotationResponse, _abc.Awaitable[_annotation_pb2.RejectAnnotationResponse]]:
+        """RejectAnnotation sends a SUBMITTED annotation back, with a comment."""
 
     @_abc_1.abstractmethod
     def WatchAnnotations(

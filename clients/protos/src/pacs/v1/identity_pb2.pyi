@@ -31,22 +31,34 @@ class _ProjectRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProjectRo
     PROJECT_ROLE_VIEWER: _ProjectRole.ValueType  # 1
     """Read annotations and masks."""
     PROJECT_ROLE_ANNOTATOR: _ProjectRole.ValueType  # 2
-    """Also create, change and delete annotations and masks."""
+    """Also create, change and delete annotations and masks, and submit them for
+    review.
+    """
     PROJECT_ROLE_OWNER: _ProjectRole.ValueType  # 3
-    """Also manage the project's members."""
+    """Also manage the project's members and settings, and review."""
+    PROJECT_ROLE_REVIEWER: _ProjectRole.ValueType  # 4
+    """Read, and approve or reject what was submitted for review; no writes.
+    Nobody approves their own work.
+    """
 
 class ProjectRole(_ProjectRole, metaclass=_ProjectRoleEnumTypeWrapper):
-    """ProjectRole is what a member may do in a project. Each role includes the
-    ones above it.
+    """ProjectRole is what a member may do in a project. Annotators and reviewers
+    may do what viewers may; owners may do everything.
     """
 
 PROJECT_ROLE_UNSPECIFIED: ProjectRole.ValueType  # 0
 PROJECT_ROLE_VIEWER: ProjectRole.ValueType  # 1
 """Read annotations and masks."""
 PROJECT_ROLE_ANNOTATOR: ProjectRole.ValueType  # 2
-"""Also create, change and delete annotations and masks."""
+"""Also create, change and delete annotations and masks, and submit them for
+review.
+"""
 PROJECT_ROLE_OWNER: ProjectRole.ValueType  # 3
-"""Also manage the project's members."""
+"""Also manage the project's members and settings, and review."""
+PROJECT_ROLE_REVIEWER: ProjectRole.ValueType  # 4
+"""Read, and approve or reject what was submitted for review; no writes.
+Nobody approves their own work.
+"""
 Global___ProjectRole: _TypeAlias = ProjectRole  # noqa: Y015
 
 @_typing.final
@@ -118,6 +130,7 @@ class Project(_message.Message):
     IS_ACTIVE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    EXPORT_UNAPPROVED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only."""
     name: _builtins.str
@@ -125,6 +138,10 @@ class Project(_message.Message):
     description: _builtins.str
     is_active: _builtins.bool
     """Inactive projects keep their data but accept no writes. Output only."""
+    export_unapproved: _builtins.bool
+    """Whether ExportMaskGroup may send mask groups that are not APPROVED to the
+    PACS. Off by default; owners change it with UpdateProject.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
@@ -142,10 +159,11 @@ class Project(_message.Message):
         is_active: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        export_unapproved: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "id", b"id", "is_active", b"is_active", "name", b"name", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "export_unapproved", b"export_unapproved", "id", b"id", "is_active", b"is_active", "name", b"name", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -667,3 +685,58 @@ class RemoveProjectMemberResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RemoveProjectMemberResponse: _TypeAlias = RemoveProjectMemberResponse  # noqa: Y015
+
+@_typing.final
+class UpdateProjectRequest(_message.Message):
+    """UpdateProjectRequest changes the fields named in update_mask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.int
+    @_builtins.property
+    def project(self) -> Global___Project:
+        """The new values; only the fields named in update_mask are read."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Paths among: description, export_unapproved."""
+
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.int = ...,
+        project: Global___Project | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "project_id", b"project_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateProjectRequest: _TypeAlias = UpdateProjectRequest  # noqa: Y015
+
+@_typing.final
+class UpdateProjectResponse(_message.Message):
+    """UpdateProjectResponse is the project after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def project(self) -> Global___Project: ...
+    def __init__(
+        self,
+        *,
+        project: Global___Project | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["project", b"project"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateProjectResponse: _TypeAlias = UpdateProjectResponse  # noqa: Y015

@@ -75,6 +75,11 @@ class IdentityServiceStub:
                 request_serializer=pacs_dot_v1_dot_identity__pb2.DeactivateProjectRequest.SerializeToString,
                 response_deserializer=pacs_dot_v1_dot_identity__pb2.DeactivateProjectResponse.FromString,
                 _registered_method=True)
+        self.UpdateProject = channel.unary_unary(
+                '/pacs.v1.IdentityService/UpdateProject',
+                request_serializer=pacs_dot_v1_dot_identity__pb2.UpdateProjectRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_identity__pb2.UpdateProjectResponse.FromString,
+                _registered_method=True)
         self.AddProjectMember = channel.unary_unary(
                 '/pacs.v1.IdentityService/AddProjectMember',
                 request_serializer=pacs_dot_v1_dot_identity__pb2.AddProjectMemberRequest.SerializeToString,
@@ -153,6 +158,13 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateProject(self, request, context):
+        """UpdateProject changes a project's description and settings. Owners only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddProjectMember(self, request, context):
         """AddProjectMember grants a user a role in a project, or changes the role
         the user already has there.
@@ -212,6 +224,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.DeactivateProject,
                     request_deserializer=pacs_dot_v1_dot_identity__pb2.DeactivateProjectRequest.FromString,
                     response_serializer=pacs_dot_v1_dot_identity__pb2.DeactivateProjectResponse.SerializeToString,
+            ),
+            'UpdateProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProject,
+                    request_deserializer=pacs_dot_v1_dot_identity__pb2.UpdateProjectRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_identity__pb2.UpdateProjectResponse.SerializeToString,
             ),
             'AddProjectMember': grpc.unary_unary_rpc_method_handler(
                     servicer.AddProjectMember,
@@ -424,6 +441,33 @@ class IdentityService:
             '/pacs.v1.IdentityService/DeactivateProject',
             pacs_dot_v1_dot_identity__pb2.DeactivateProjectRequest.SerializeToString,
             pacs_dot_v1_dot_identity__pb2.DeactivateProjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.IdentityService/UpdateProject',
+            pacs_dot_v1_dot_identity__pb2.UpdateProjectRequest.SerializeToString,
+            pacs_dot_v1_dot_identity__pb2.UpdateProjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,8 @@ class IdentityServiceStub:
     """DeactivateProject stops all changes to a project's data, which stays
     readable to its members. Platform administrators only.
     """
+    UpdateProject: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UpdateProjectRequest, _identity_pb2.UpdateProjectResponse]
+    """UpdateProject changes a project's description and settings. Owners only."""
     AddProjectMember: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AddProjectMemberRequest, _identity_pb2.AddProjectMemberResponse]
     """AddProjectMember grants a user a role in a project, or changes the role
     the user already has there.
@@ -97,6 +99,8 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """DeactivateProject stops all changes to a project's data, which stays
     readable to its members. Platform administrators only.
     """
+    UpdateProject: _aio.UnaryUnaryMultiCallable[_identity_pb2.UpdateProjectRequest, _identity_pb2.UpdateProjectResponse]  # type: ignore[assignment]
+    """UpdateProject changes a project's description and settings. Owners only."""
     AddProjectMember: _aio.UnaryUnaryMultiCallable[_identity_pb2.AddProjectMemberRequest, _identity_pb2.AddProjectMemberResponse]  # type: ignore[assignment]
     """AddProjectMember grants a user a role in a project, or changes the role
     the user already has there.
@@ -175,6 +179,14 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         """DeactivateProject stops all changes to a project's data, which stays
         readable to its members. Platform administrators only.
         """
+
+    @_abc_1.abstractmethod
+    def UpdateProject(
+        self,
+        request: _identity_pb2.UpdateProjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.UpdateProjectResponse, _abc.Awaitable[_identity_pb2.UpdateProjectResponse]]:
+        """UpdateProject changes a project's description and settings. Owners only."""
 
     @_abc_1.abstractmethod
     def AddProjectMember(

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from pacs.v1 import review_pb2 as _review_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -147,6 +148,7 @@ class MaskGroup(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     SEGMENTS_FIELD_NUMBER: _builtins.int
+    REVIEW_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only."""
     annotation_id: _builtins.int
@@ -185,6 +187,10 @@ class MaskGroup(_message.Message):
         slice's label_name.
         """
 
+    @_builtins.property
+    def review(self) -> _review_pb2.Review:
+        """The review state and its last transition. Output only."""
+
     def __init__(
         self,
         *,
@@ -203,10 +209,11 @@ class MaskGroup(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         segments: _abc.Iterable[Global___Segment] | None = ...,
+        review: _review_pb2.Review | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "review", b"review", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "completed_slices", b"completed_slices", "created_at", b"created_at", "created_by", b"created_by", "description", b"description", "group_name", b"group_name", "id", b"id", "mask_type", b"mask_type", "modality", b"modality", "model_name", b"model_name", "segments", b"segments", "slice_count", b"slice_count", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "completed_slices", b"completed_slices", "created_at", b"created_at", "created_by", b"created_by", "description", b"description", "group_name", b"group_name", "id", b"id", "mask_type", b"mask_type", "modality", b"modality", "model_name", b"model_name", "review", b"review", "segments", b"segments", "slice_count", b"slice_count", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -647,20 +654,24 @@ class ListMaskGroupsRequest(_message.Message):
     ANNOTATION_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    REVIEW_STATE_FIELD_NUMBER: _builtins.int
     annotation_id: _builtins.int
     page_size: _builtins.int
     """Default 50, at most 500."""
     page_token: _builtins.str
+    review_state: _review_pb2.ReviewState.ValueType
+    """Only groups in this review state."""
     def __init__(
         self,
         *,
         annotation_id: _builtins.int = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        review_state: _review_pb2.ReviewState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "page_size", b"page_size", "page_token", b"page_token", "review_state", b"review_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1579,3 +1590,145 @@ class CreateSegmentationUploadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateSegmentationUploadResponse: _TypeAlias = CreateSegmentationUploadResponse  # noqa: Y015
+
+@_typing.final
+class SubmitMaskGroupForReviewRequest(_message.Message):
+    """SubmitMaskGroupForReviewRequest names the group."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    group_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        group_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "group_id", b"group_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitMaskGroupForReviewRequest: _TypeAlias = SubmitMaskGroupForReviewRequest  # noqa: Y015
+
+@_typing.final
+class SubmitMaskGroupForReviewResponse(_message.Message):
+    """SubmitMaskGroupForReviewResponse is the group after the transition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASK_GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mask_group(self) -> Global___MaskGroup: ...
+    def __init__(
+        self,
+        *,
+        mask_group: Global___MaskGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mask_group", b"mask_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mask_group", b"mask_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitMaskGroupForReviewResponse: _TypeAlias = SubmitMaskGroupForReviewResponse  # noqa: Y015
+
+@_typing.final
+class ApproveMaskGroupRequest(_message.Message):
+    """ApproveMaskGroupRequest names the group."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    group_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        group_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "group_id", b"group_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveMaskGroupRequest: _TypeAlias = ApproveMaskGroupRequest  # noqa: Y015
+
+@_typing.final
+class ApproveMaskGroupResponse(_message.Message):
+    """ApproveMaskGroupResponse is the group after the transition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASK_GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mask_group(self) -> Global___MaskGroup: ...
+    def __init__(
+        self,
+        *,
+        mask_group: Global___MaskGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mask_group", b"mask_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mask_group", b"mask_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveMaskGroupResponse: _TypeAlias = ApproveMaskGroupResponse  # noqa: Y015
+
+@_typing.final
+class RejectMaskGroupRequest(_message.Message):
+    """RejectMaskGroupRequest names the group."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    group_id: _builtins.int
+    comment: _builtins.str
+    """Why, at most 2,000 characters; required."""
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        group_id: _builtins.int = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "comment", b"comment", "group_id", b"group_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectMaskGroupRequest: _TypeAlias = RejectMaskGroupRequest  # noqa: Y015
+
+@_typing.final
+class RejectMaskGroupResponse(_message.Message):
+    """RejectMaskGroupResponse is the group after the transition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASK_GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mask_group(self) -> Global___MaskGroup: ...
+    def __init__(
+        self,
+        *,
+        mask_group: Global___MaskGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mask_group", b"mask_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mask_group", b"mask_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectMaskGroupResponse: _TypeAlias = RejectMaskGroupResponse  # noqa: Y015

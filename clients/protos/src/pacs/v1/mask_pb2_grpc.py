@@ -54,6 +54,21 @@ class MaskServiceStub:
                 request_serializer=pacs_dot_v1_dot_mask__pb2.GetMaskGroupRequest.SerializeToString,
                 response_deserializer=pacs_dot_v1_dot_mask__pb2.GetMaskGroupResponse.FromString,
                 _registered_method=True)
+        self.SubmitMaskGroupForReview = channel.unary_unary(
+                '/pacs.v1.MaskService/SubmitMaskGroupForReview',
+                request_serializer=pacs_dot_v1_dot_mask__pb2.SubmitMaskGroupForReviewRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_mask__pb2.SubmitMaskGroupForReviewResponse.FromString,
+                _registered_method=True)
+        self.ApproveMaskGroup = channel.unary_unary(
+                '/pacs.v1.MaskService/ApproveMaskGroup',
+                request_serializer=pacs_dot_v1_dot_mask__pb2.ApproveMaskGroupRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_mask__pb2.ApproveMaskGroupResponse.FromString,
+                _registered_method=True)
+        self.RejectMaskGroup = channel.unary_unary(
+                '/pacs.v1.MaskService/RejectMaskGroup',
+                request_serializer=pacs_dot_v1_dot_mask__pb2.RejectMaskGroupRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_mask__pb2.RejectMaskGroupResponse.FromString,
+                _registered_method=True)
         self.DeleteMaskGroup = channel.unary_unary(
                 '/pacs.v1.MaskService/DeleteMaskGroup',
                 request_serializer=pacs_dot_v1_dot_mask__pb2.DeleteMaskGroupRequest.SerializeToString,
@@ -135,6 +150,30 @@ class MaskServiceServicer:
 
     def GetMaskGroup(self, request, context):
         """GetMaskGroup returns one mask group with its progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitMaskGroupForReview(self, request, context):
+        """SubmitMaskGroupForReview asks for review of a COMPLETE group in DRAFT or
+        REJECTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveMaskGroup(self, request, context):
+        """ApproveMaskGroup approves a SUBMITTED group: ExportMaskGroup may then send
+        it to the PACS. Nobody approves their own work: not the group's creator,
+        not who submitted it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectMaskGroup(self, request, context):
+        """RejectMaskGroup sends a SUBMITTED group back, with a comment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -247,6 +286,21 @@ def add_MaskServiceServicer_to_server(servicer, server):
                     servicer.GetMaskGroup,
                     request_deserializer=pacs_dot_v1_dot_mask__pb2.GetMaskGroupRequest.FromString,
                     response_serializer=pacs_dot_v1_dot_mask__pb2.GetMaskGroupResponse.SerializeToString,
+            ),
+            'SubmitMaskGroupForReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitMaskGroupForReview,
+                    request_deserializer=pacs_dot_v1_dot_mask__pb2.SubmitMaskGroupForReviewRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_mask__pb2.SubmitMaskGroupForReviewResponse.SerializeToString,
+            ),
+            'ApproveMaskGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveMaskGroup,
+                    request_deserializer=pacs_dot_v1_dot_mask__pb2.ApproveMaskGroupRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_mask__pb2.ApproveMaskGroupResponse.SerializeToString,
+            ),
+            'RejectMaskGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectMaskGroup,
+                    request_deserializer=pacs_dot_v1_dot_mask__pb2.RejectMaskGroupRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_mask__pb2.RejectMaskGroupResponse.SerializeToString,
             ),
             'DeleteMaskGroup': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteMaskGroup,
@@ -390,6 +444,87 @@ class MaskService:
             '/pacs.v1.MaskService/GetMaskGroup',
             pacs_dot_v1_dot_mask__pb2.GetMaskGroupRequest.SerializeToString,
             pacs_dot_v1_dot_mask__pb2.GetMaskGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitMaskGroupForReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.MaskService/SubmitMaskGroupForReview',
+            pacs_dot_v1_dot_mask__pb2.SubmitMaskGroupForReviewRequest.SerializeToString,
+            pacs_dot_v1_dot_mask__pb2.SubmitMaskGroupForReviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveMaskGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.MaskService/ApproveMaskGroup',
+            pacs_dot_v1_dot_mask__pb2.ApproveMaskGroupRequest.SerializeToString,
+            pacs_dot_v1_dot_mask__pb2.ApproveMaskGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectMaskGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.MaskService/RejectMaskGroup',
+            pacs_dot_v1_dot_mask__pb2.RejectMaskGroupRequest.SerializeToString,
+            pacs_dot_v1_dot_mask__pb2.RejectMaskGroupResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,17 @@ class MaskServiceStub:
     """ListMaskGroups lists an annotation's mask groups."""
     GetMaskGroup: _grpc.UnaryUnaryMultiCallable[_mask_pb2.GetMaskGroupRequest, _mask_pb2.GetMaskGroupResponse]
     """GetMaskGroup returns one mask group with its progress."""
+    SubmitMaskGroupForReview: _grpc.UnaryUnaryMultiCallable[_mask_pb2.SubmitMaskGroupForReviewRequest, _mask_pb2.SubmitMaskGroupForReviewResponse]
+    """SubmitMaskGroupForReview asks for review of a COMPLETE group in DRAFT or
+    REJECTED.
+    """
+    ApproveMaskGroup: _grpc.UnaryUnaryMultiCallable[_mask_pb2.ApproveMaskGroupRequest, _mask_pb2.ApproveMaskGroupResponse]
+    """ApproveMaskGroup approves a SUBMITTED group: ExportMaskGroup may then send
+    it to the PACS. Nobody approves their own work: not the group's creator,
+    not who submitted it.
+    """
+    RejectMaskGroup: _grpc.UnaryUnaryMultiCallable[_mask_pb2.RejectMaskGroupRequest, _mask_pb2.RejectMaskGroupResponse]
+    """RejectMaskGroup sends a SUBMITTED group back, with a comment."""
     DeleteMaskGroup: _grpc.UnaryUnaryMultiCallable[_mask_pb2.DeleteMaskGroupRequest, _mask_pb2.DeleteMaskGroupResponse]
     """DeleteMaskGroup removes a group, its masks and their stored images."""
     CreateUploadUrls: _grpc.UnaryUnaryMultiCallable[_mask_pb2.CreateUploadUrlsRequest, _mask_pb2.CreateUploadUrlsResponse]
@@ -102,6 +113,17 @@ class MaskServiceAsyncStub(MaskServiceStub):
     """ListMaskGroups lists an annotation's mask groups."""
     GetMaskGroup: _aio.UnaryUnaryMultiCallable[_mask_pb2.GetMaskGroupRequest, _mask_pb2.GetMaskGroupResponse]  # type: ignore[assignment]
     """GetMaskGroup returns one mask group with its progress."""
+    SubmitMaskGroupForReview: _aio.UnaryUnaryMultiCallable[_mask_pb2.SubmitMaskGroupForReviewRequest, _mask_pb2.SubmitMaskGroupForReviewResponse]  # type: ignore[assignment]
+    """SubmitMaskGroupForReview asks for review of a COMPLETE group in DRAFT or
+    REJECTED.
+    """
+    ApproveMaskGroup: _aio.UnaryUnaryMultiCallable[_mask_pb2.ApproveMaskGroupRequest, _mask_pb2.ApproveMaskGroupResponse]  # type: ignore[assignment]
+    """ApproveMaskGroup approves a SUBMITTED group: ExportMaskGroup may then send
+    it to the PACS. Nobody approves their own work: not the group's creator,
+    not who submitted it.
+    """
+    RejectMaskGroup: _aio.UnaryUnaryMultiCallable[_mask_pb2.RejectMaskGroupRequest, _mask_pb2.RejectMaskGroupResponse]  # type: ignore[assignment]
+    """RejectMaskGroup sends a SUBMITTED group back, with a comment."""
     DeleteMaskGroup: _aio.UnaryUnaryMultiCallable[_mask_pb2.DeleteMaskGroupRequest, _mask_pb2.DeleteMaskGroupResponse]  # type: ignore[assignment]
     """DeleteMaskGroup removes a group, its masks and their stored images."""
     CreateUploadUrls: _aio.UnaryUnaryMultiCallable[_mask_pb2.CreateUploadUrlsRequest, _mask_pb2.CreateUploadUrlsResponse]  # type: ignore[assignment]
@@ -175,6 +197,35 @@ class MaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mask_pb2.GetMaskGroupResponse, _abc.Awaitable[_mask_pb2.GetMaskGroupResponse]]:
         """GetMaskGroup returns one mask group with its progress."""
+
+    @_abc_1.abstractmethod
+    def SubmitMaskGroupForReview(
+        self,
+        request: _mask_pb2.SubmitMaskGroupForReviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mask_pb2.SubmitMaskGroupForReviewResponse, _abc.Awaitable[_mask_pb2.SubmitMaskGroupForReviewResponse]]:
+        """SubmitMaskGroupForReview asks for review of a COMPLETE group in DRAFT or
+        REJECTED.
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveMaskGroup(
+        self,
+        request: _mask_pb2.ApproveMaskGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mask_pb2.ApproveMaskGroupResponse, _abc.Awaitable[_mask_pb2.ApproveMaskGroupResponse]]:
+        """ApproveMaskGroup approves a SUBMITTED group: ExportMaskGroup may then send
+        it to the PACS. Nobody approves their own work: not the group's creator,
+        not who submitted it.
+        """
+
+    @_abc_1.abstractmethod
+    def RejectMaskGroup(
+        self,
+        request: _mask_pb2.RejectMaskGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mask_pb2.RejectMaskGroupResponse, _abc.Awaitable[_mask_pb2.RejectMaskGroupResponse]]:
+        """RejectMaskGroup sends a SUBMITTED group back, with a comment."""
 
     @_abc_1.abstractmethod
     def DeleteMaskGroup(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pacs/v1/options.proto\x12\x07pacs.v1\x1a google/protobuf/descriptor.proto\"\xf9\x05\n\tRpcPolicy\x12\x31\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x19.pacs.v1.RpcPolicy.AccessR\x06\x61\x63\x63\x65ss\x12.\n\x05retry\x18\x02 \x01(\x0e\x32\x18.pacs.v1.RpcPolicy.RetryR\x05retry\x12;\n\nrate_limit\x18\x03 \x01(\x0e\x32\x1c.pacs.v1.RpcPolicy.RateLimitR\trateLimit\x12*\n\x11holds_stream_slot\x18\x04 \x01(\x08R\x0fholdsStreamSlot\x12%\n\x0e\x61udit_resource\x18\x05 \x01(\tR\rauditResource\x12\x36\n\x17\x64\x65\x66\x61ult_timeout_seconds\x18\x06 \x01(\rR\x15\x64\x65\x66\x61ultTimeoutSeconds\"\xa8\x01\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x43\x43\x45SS_AUTHENTICATED\x10\x01\x12\x19\n\x15\x41\x43\x43\x45SS_PLATFORM_ADMIN\x10\x02\x12\x19\n\x15\x41\x43\x43\x45SS_PROJECT_VIEWER\x10\x03\x12\x1c\n\x18\x41\x43\x43\x45SS_PROJECT_ANNOTATOR\x10\x04\x12\x18\n\x14\x41\x43\x43\x45SS_PROJECT_OWNER\x10\x05\"Z\n\x05Retry\x12\x15\n\x11RETRY_UNSPECIFIED\x10\x00\x12\x0e\n\nRETRY_SAFE\x10\x01\x12\x19\n\x15RETRY_WITH_REQUEST_ID\x10\x02\x12\x0f\n\x0bRETRY_NEVER\x10\x03\"\xb9\x01\n\tRateLimit\x12\x1a\n\x16RATE_LIMIT_UNSPECIFIED\x10\x00\x12\x13\n\x0fRATE_LIMIT_NONE\x10\x01\x12\x16\n\x12RATE_LIMIT_TICKETS\x10\x02\x12\x1a\n\x16RATE_LIMIT_COMPLETIONS\x10\x03\x12\x18\n\x14RATE_LIMIT_DOWNLOADS\x10\x04\x12\x15\n\x11RATE_LIMIT_PUSHES\x10\x05\x12\x16\n\x12RATE_LIMIT_WATCHES\x10\x06:F\n\x03rpc\x12\x1e.google.protobuf.MethodOptions\x18\xfd\x88\x03 \x01(\x0b\x32\x12.pacs.v1.RpcPolicyR\x03rpcb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pacs/v1/options.proto\x12\x07pacs.v1\x1a google/protobuf/descriptor.proto\"\x96\x06\n\tRpcPolicy\x12\x31\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x19.pacs.v1.RpcPolicy.AccessR\x06\x61\x63\x63\x65ss\x12.\n\x05retry\x18\x02 \x01(\x0e\x32\x18.pacs.v1.RpcPolicy.RetryR\x05retry\x12;\n\nrate_limit\x18\x03 \x01(\x0e\x32\x1c.pacs.v1.RpcPolicy.RateLimitR\trateLimit\x12*\n\x11holds_stream_slot\x18\x04 \x01(\x08R\x0fholdsStreamSlot\x12%\n\x0e\x61udit_resource\x18\x05 \x01(\tR\rauditResource\x12\x36\n\x17\x64\x65\x66\x61ult_timeout_seconds\x18\x06 \x01(\rR\x15\x64\x65\x66\x61ultTimeoutSeconds\"\xc5\x01\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x43\x43\x45SS_AUTHENTICATED\x10\x01\x12\x19\n\x15\x41\x43\x43\x45SS_PLATFORM_ADMIN\x10\x02\x12\x19\n\x15\x41\x43\x43\x45SS_PROJECT_VIEWER\x10\x03\x12\x1c\n\x18\x41\x43\x43\x45SS_PROJECT_ANNOTATOR\x10\x04\x12\x18\n\x14\x41\x43\x43\x45SS_PROJECT_OWNER\x10\x05\x12\x1b\n\x17\x41\x43\x43\x45SS_PROJECT_REVIEWER\x10\x06\"Z\n\x05Retry\x12\x15\n\x11RETRY_UNSPECIFIED\x10\x00\x12\x0e\n\nRETRY_SAFE\x10\x01\x12\x19\n\x15RETRY_WITH_REQUEST_ID\x10\x02\x12\x0f\n\x0bRETRY_NEVER\x10\x03\"\xb9\x01\n\tRateLimit\x12\x1a\n\x16RATE_LIMIT_UNSPECIFIED\x10\x00\x12\x13\n\x0fRATE_LIMIT_NONE\x10\x01\x12\x16\n\x12RATE_LIMIT_TICKETS\x10\x02\x12\x1a\n\x16RATE_LIMIT_COMPLETIONS\x10\x03\x12\x18\n\x14RATE_LIMIT_DOWNLOADS\x10\x04\x12\x15\n\x11RATE_LIMIT_PUSHES\x10\x05\x12\x16\n\x12RATE_LIMIT_WATCHES\x10\x06:F\n\x03rpc\x12\x1e.google.protobuf.MethodOptions\x18\xfd\x88\x03 \x01(\x0b\x32\x12.pacs.v1.RpcPolicyR\x03rpcb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,11 +33,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pacs.v1.options_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RPCPOLICY']._serialized_start=69
-  _globals['_RPCPOLICY']._serialized_end=830
+  _globals['_RPCPOLICY']._serialized_end=859
   _globals['_RPCPOLICY_ACCESS']._serialized_start=382
-  _globals['_RPCPOLICY_ACCESS']._serialized_end=550
-  _globals['_RPCPOLICY_RETRY']._serialized_start=552
-  _globals['_RPCPOLICY_RETRY']._serialized_end=642
-  _globals['_RPCPOLICY_RATELIMIT']._serialized_start=645
-  _globals['_RPCPOLICY_RATELIMIT']._serialized_end=830
+  _globals['_RPCPOLICY_ACCESS']._serialized_end=579
+  _globals['_RPCPOLICY_RETRY']._serialized_start=581
+  _globals['_RPCPOLICY_RETRY']._serialized_end=671
+  _globals['_RPCPOLICY_RATELIMIT']._serialized_start=674
+  _globals['_RPCPOLICY_RATELIMIT']._serialized_end=859
 # @@protoc_insertion_point(module_scope)

@@ -42,11 +42,13 @@ class RpcPolicy(_message.Message):
         ACCESS_PLATFORM_ADMIN: RpcPolicy._Access.ValueType  # 2
         """Only callers with the platform administrator realm role."""
         ACCESS_PROJECT_VIEWER: RpcPolicy._Access.ValueType  # 3
-        """A viewer, annotator or owner of the resource's project."""
+        """A viewer, annotator, reviewer or owner of the resource's project."""
         ACCESS_PROJECT_ANNOTATOR: RpcPolicy._Access.ValueType  # 4
         """An annotator or owner of the resource's project."""
         ACCESS_PROJECT_OWNER: RpcPolicy._Access.ValueType  # 5
         """An owner of the resource's project."""
+        ACCESS_PROJECT_REVIEWER: RpcPolicy._Access.ValueType  # 6
+        """Reviewers and owners of the project: approve and reject."""
 
     class Access(_Access, metaclass=_AccessEnumTypeWrapper):
         """Access is what the caller must be. The bearer token is verified, and the
@@ -64,11 +66,13 @@ class RpcPolicy(_message.Message):
     ACCESS_PLATFORM_ADMIN: RpcPolicy.Access.ValueType  # 2
     """Only callers with the platform administrator realm role."""
     ACCESS_PROJECT_VIEWER: RpcPolicy.Access.ValueType  # 3
-    """A viewer, annotator or owner of the resource's project."""
+    """A viewer, annotator, reviewer or owner of the resource's project."""
     ACCESS_PROJECT_ANNOTATOR: RpcPolicy.Access.ValueType  # 4
     """An annotator or owner of the resource's project."""
     ACCESS_PROJECT_OWNER: RpcPolicy.Access.ValueType  # 5
     """An owner of the resource's project."""
+    ACCESS_PROJECT_REVIEWER: RpcPolicy.Access.ValueType  # 6
+    """Reviewers and owners of the project: approve and reject."""
 
     class _Retry:
         ValueType = _typing.NewType("ValueType", _builtins.int)

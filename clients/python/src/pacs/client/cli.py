@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _projects(commands, connection, output)
     _annotations(commands, connection, output)
     _masks(commands, connection, output)
+    _review(commands, connection, output)
     return parser
 
 
@@ -134,8 +135,23 @@ def _projects(
     )  # fmt: skip
     add.add_argument("project_id", type=int, metavar="PROJECT_ID")
     add.add_argument("user_id", type=int, metavar="USER_ID")
-    add.add_argument("--role", required=True, choices=["viewer", "annotator", "owner"])
+    # The names of commands.py's _ROLES, spelled out so that parsing imports nothing heavy.
+    add.add_argument(
+        "--role", required=True, choices=["viewer", "annotator", "reviewer", "owner"],
+        help="reviewers read, approve and reject, and never write",
+    )  # fmt: skip
     add.set_defaults(run="projects_add_member")
+    update = projects.add_parser(
+        "update", parents=parents, help="change a project's description or settings (owners)",
+        description="Change a project's description or settings; only what is given changes. "
+        "Project owners only.",
+    )  # fmt: skip
+    update.add_argument("project_id", type=int, metavar="PROJECT_ID")
+    update.add_argument("--description")
+    update.add_argument("--export-unapproved", choices=["on", "off"],
+                        help="whether mask groups that are not approved may be exported to the "
+                             "PACS (off by default)")  # fmt: skip
+    update.set_defaults(run="projects_update")
 
 
 def _annotations(
@@ -312,6 +328,53 @@ def _masks(
     imports.add_argument("--description", default="")
     imports.add_argument("--request-id", help="idempotency key (default: a new one)")
     imports.set_defaults(run="masks_import")
+
+
+def _review(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    connection: argparse.ArgumentParser,
+    output: argparse.ArgumentParser,
+) -> None:
+    review = _group(commands, "review", "submit, approve and reject annotations and mask groups")
+    parents = [connection, output]
+    target = argparse.ArgumentParser(add_help=False)
+    target.add_argument("annotation_id", type=int, metavar="ANNOTATION_ID")
+    target.add_argument(
+        "--group",
+        type=int,
+        metavar="GROUP_ID",
+        help="a mask group of the annotation instead of the annotation",
+    )
+    target.add_argument("--etag", default="", metavar="ETAG",
+                        help="refuse (ABORTED) if the annotation changed since this etag was "
+                             "read (annotations only)")  # fmt: skip
+    submit = review.add_parser(
+        "submit", parents=[*parents, target], help="ask for review (annotators)",
+        description="Ask for review of a draft or rejected annotation, or of a COMPLETE mask "
+        "group (--group).",
+    )  # fmt: skip
+    submit.set_defaults(run="review_submit")
+    approve = review.add_parser(
+        "approve", parents=[*parents, target], help="approve what was submitted (reviewers)",
+        description="Approve a submitted annotation (it is then frozen) or mask group (it may "
+        "then be exported to the PACS). Reviewers and owners; nobody approves their own work.",
+    )  # fmt: skip
+    approve.set_defaults(run="review_approve")
+    reject = review.add_parser(
+        "reject", parents=[*parents, target], help="send what was submitted back (reviewers)",
+        description="Send a submitted annotation or mask group back to its authors, saying "
+        "what to change. Reviewers and owners.",
+    )  # fmt: skip
+    reject.add_argument("--comment", required=True, metavar="TEXT",
+                        help="what to change, at most 2,000 characters")  # fmt: skip
+    reject.set_defaults(run="review_reject")
+    queue = review.add_parser(
+        "queue", parents=parents, help="what waits for review in a project",
+        description="List a project's submitted annotations, newest first: id, type, study, "
+        "who submitted it and when.",
+    )  # fmt: skip
+    queue.add_argument("--project", type=int, required=True, metavar="ID")
+    queue.set_defaults(run="review_queue")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,10 +15,10 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import field_mask_pb2, json_format
 
 from pacs.client import segments as segment_rules
 from pacs.client import slices as slice_sources
@@ -36,6 +36,7 @@ from pacs.v1 import (
     identity_pb2_grpc,
     mask_pb2,
     mask_pb2_grpc,
+    review_pb2,
 )
 
 if TYPE_CHECKING:
@@ -136,6 +137,33 @@ class PacsClient:
             )
         ).project
 
+    def update_project(
+        self,
+        project_id: int,
+        *,
+        export_unapproved: bool | None = None,
+        description: str | None = None,
+    ) -> identity_pb2.Project:
+        """Change the settings given, and only those (project owners). `export_unapproved`
+        lets ExportMaskGroup send mask groups that are not approved. Returns the project."""
+        project = identity_pb2.Project()
+        paths: list[str] = []
+        if description is not None:
+            project.description = description
+            paths.append("description")
+        if export_unapproved is not None:
+            project.export_unapproved = export_unapproved
+            paths.append("export_unapproved")
+        if not paths:
+            raise ValueError("nothing to change: give export_unapproved= or description=")
+        return self.identity.UpdateProject(
+            identity_pb2.UpdateProjectRequest(
+                project_id=project_id,
+                project=project,
+                update_mask=field_mask_pb2.FieldMask(paths=paths),
+            )
+        ).project
+
     # -- annotations ----------------------------------------------------------------------------
 
     def list_annotations(
@@ -145,17 +173,27 @@ class PacsClient:
         study_uid: str = "",
         series_uid: str = "",
         annotation_type: str = "",
+        review_state: review_pb2.ReviewState.ValueType = review_pb2.REVIEW_STATE_UNSPECIFIED,
     ) -> Iterator[annotation_pb2.Annotation]:
-        """Newest first, across pages; without `project_id`, from every readable project."""
+        """Newest first, across pages; without `project_id`, from every readable project;
+        with `review_state`, only annotations in that state."""
         return all_items(
             lambda token: self.annotations.ListAnnotations(
                 annotation_pb2.ListAnnotationsRequest(
                     project_id=project_id, study_uid=study_uid, series_uid=series_uid,
-                    annotation_type=annotation_type, page_size=PAGE_SIZE, page_token=token,
+                    annotation_type=annotation_type, review_state=review_state,
+                    page_size=PAGE_SIZE, page_token=token,
                 )
             ),
             lambda reply: reply.annotations,
         )  # fmt: skip
+
+    def review_queue(self, project_id: int) -> Iterator[annotation_pb2.Annotation]:
+        """The project's annotations waiting for review (SUBMITTED), newest first, across
+        pages; each one's `review` says who submitted it and when."""
+        return self.list_annotations(
+            project_id=project_id, review_state=review_pb2.REVIEW_STATE_SUBMITTED
+        )
 
     def get_annotation(self, annotation_id: int, revision: int = 0) -> annotation_pb2.Annotation:
         """The annotation now or, given a `revision` (see `history`), as that revision left it,
@@ -235,6 +273,79 @@ class PacsClient:
             )
         ).annotation
 
+    # -- review ---------------------------------------------------------------------------------
+    # Each step acts on the annotation or, given a `group_id`, on that mask group of it, and
+    # returns it as the step left it. `etag` is the annotation's (groups have none): a stale one
+    # is refused with ABORTED. Never retried: the contract declares them RETRY_NEVER.
+
+    @overload
+    def submit(self, annotation_id: int, *, etag: str = "") -> annotation_pb2.Annotation: ...
+
+    @overload
+    def submit(self, annotation_id: int, *, group_id: int) -> mask_pb2.MaskGroup: ...
+
+    def submit(
+        self, annotation_id: int, *, group_id: int = 0, etag: str = ""
+    ) -> annotation_pb2.Annotation | mask_pb2.MaskGroup:
+        """Ask for review of a DRAFT or REJECTED annotation, or mask group (a COMPLETE one)."""
+        if group_id:
+            _refuse_group_etag(etag)
+            return self.masks.SubmitMaskGroupForReview(
+                mask_pb2.SubmitMaskGroupForReviewRequest(
+                    annotation_id=annotation_id, group_id=group_id
+                )
+            ).mask_group
+        return self.annotations.SubmitAnnotationForReview(
+            annotation_pb2.SubmitAnnotationForReviewRequest(annotation_id=annotation_id, etag=etag)
+        ).annotation
+
+    @overload
+    def approve(self, annotation_id: int, *, etag: str = "") -> annotation_pb2.Annotation: ...
+
+    @overload
+    def approve(self, annotation_id: int, *, group_id: int) -> mask_pb2.MaskGroup: ...
+
+    def approve(
+        self, annotation_id: int, *, group_id: int = 0, etag: str = ""
+    ) -> annotation_pb2.Annotation | mask_pb2.MaskGroup:
+        """Approve what was SUBMITTED (reviewers and owners); an approved annotation is frozen
+        and an approved group may go to the PACS. Nobody approves their own work, platform
+        administrators included: PERMISSION_DENIED."""
+        if group_id:
+            _refuse_group_etag(etag)
+            return self.masks.ApproveMaskGroup(
+                mask_pb2.ApproveMaskGroupRequest(annotation_id=annotation_id, group_id=group_id)
+            ).mask_group
+        return self.annotations.ApproveAnnotation(
+            annotation_pb2.ApproveAnnotationRequest(annotation_id=annotation_id, etag=etag)
+        ).annotation
+
+    @overload
+    def reject(
+        self, annotation_id: int, comment: str, *, etag: str = ""
+    ) -> annotation_pb2.Annotation: ...
+
+    @overload
+    def reject(self, annotation_id: int, comment: str, *, group_id: int) -> mask_pb2.MaskGroup: ...
+
+    def reject(
+        self, annotation_id: int, comment: str, *, group_id: int = 0, etag: str = ""
+    ) -> annotation_pb2.Annotation | mask_pb2.MaskGroup:
+        """Send what was SUBMITTED back to its authors (reviewers and owners), saying why in
+        `comment` (required, at most 2,000 characters); they change it and submit again."""
+        if group_id:
+            _refuse_group_etag(etag)
+            return self.masks.RejectMaskGroup(
+                mask_pb2.RejectMaskGroupRequest(
+                    annotation_id=annotation_id, group_id=group_id, comment=comment
+                )
+            ).mask_group
+        return self.annotations.RejectAnnotation(
+            annotation_pb2.RejectAnnotationRequest(
+                annotation_id=annotation_id, etag=etag, comment=comment
+            )
+        ).annotation
+
     # -- masks ----------------------------------------------------------------------------------
 
     def create_mask_group(
@@ -270,15 +381,22 @@ class PacsClient:
         request = mask_pb2.GetMaskGroupRequest(annotation_id=annotation_id, group_id=group_id)
         return self.masks.GetMaskGroup(request).mask_group
 
-    def list_mask_groups(self, annotation_id: int) -> Iterator[mask_pb2.MaskGroup]:
+    def list_mask_groups(
+        self,
+        annotation_id: int,
+        *,
+        review_state: review_pb2.ReviewState.ValueType = review_pb2.REVIEW_STATE_UNSPECIFIED,
+    ) -> Iterator[mask_pb2.MaskGroup]:
+        """The annotation's groups across pages; with `review_state`, only those in it."""
         return all_items(
             lambda token: self.masks.ListMaskGroups(
                 mask_pb2.ListMaskGroupsRequest(
-                    annotation_id=annotation_id, page_size=PAGE_SIZE, page_token=token
+                    annotation_id=annotation_id, review_state=review_state, page_size=PAGE_SIZE,
+                    page_token=token,
                 )
             ),
             lambda reply: reply.mask_groups,
-        )
+        )  # fmt: skip
 
     def list_masks(self, annotation_id: int, group_id: int) -> Iterator[mask_pb2.Mask]:
         """The group's recorded masks by slice index, across pages."""
@@ -367,7 +485,9 @@ class PacsClient:
         save_to: Path | str | None = None,
         ttl_seconds: int = 0,
     ) -> ExportResult:
-        """Write a COMPLETE group as one DICOM Segmentation; with `store_in_pacs` the server
+        """Write a COMPLETE, APPROVED group as one DICOM Segmentation (any other group is refused
+        with FAILED_PRECONDITION unless the project's export_unapproved is on; the SEG's Content
+        Label then says its state, SEG_DRAFT, ...); with `store_in_pacs` the server
         also sends it to the PACS and records the PACS's answer (`result.export.pacs_status`;
         a refusal is recorded there, not raised). With `save_to` (a file, or a folder) the
         .dcm is downloaded too. Retried safely: a request id is generated if not given, and a
@@ -513,3 +633,9 @@ def _check_label_map_files(items: Sequence[slice_sources.Slice]) -> None:
 
 def _labelled(item: slice_sources.Slice, label_name: str) -> slice_sources.Slice:
     return replace(item, label_name=label_name)
+
+
+def _refuse_group_etag(etag: str) -> None:
+    # Mask group requests carry no etag: dropping one silently would skip the check it asks for.
+    if etag:
+        raise ValueError("etag is an annotation's; a mask group's review step takes none")

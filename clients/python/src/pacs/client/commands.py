@@ -26,11 +26,12 @@ from pacs.client.progress import ProgressLine
 from pacs.client.segments import segments_from_spec
 from pacs.client.tokens import StaticToken, TokenError, keycloak_token_url
 from pacs.client.uploads import UploadError
-from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2
+from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2, review_pb2
 
 _ROLES = {
     "viewer": identity_pb2.PROJECT_ROLE_VIEWER,
     "annotator": identity_pb2.PROJECT_ROLE_ANNOTATOR,
+    "reviewer": identity_pb2.PROJECT_ROLE_REVIEWER,
     "owner": identity_pb2.PROJECT_ROLE_OWNER,
 }
 
@@ -183,6 +184,21 @@ def _projects_add_member(args: argparse.Namespace) -> int:
     return 0
 
 
+def _projects_update(args: argparse.Namespace) -> int:
+    if args.description is None and args.export_unapproved is None:
+        raise UsageError("nothing to change: give --description or --export-unapproved")
+    export_unapproved = None if args.export_unapproved is None else args.export_unapproved == "on"
+    with _client(args) as client:
+        project = client.update_project(
+            args.project_id, description=args.description, export_unapproved=export_unapproved
+        )
+    if args.json:
+        return _print_json(project)
+    exports = "on" if project.export_unapproved else "off"
+    print(f"updated project {project.id} {project.name} (export_unapproved {exports})")
+    return 0
+
+
 # -- annotations ----------------------------------------------------------------------------
 
 
@@ -199,7 +215,10 @@ def _annotations_list(args: argparse.Namespace) -> int:
         return _print_json_list(annotations)
     for a in annotations:
         created = a.created_at.ToJsonString() if a.HasField("created_at") else ""
-        print(f"{a.id:>8}  project {a.project_id:<6} {a.annotation_type:<14} {created}")
+        print(
+            f"{a.id:>8}  project {a.project_id:<6} {a.annotation_type:<14} {created}  "
+            f"{_review_state(a.review.state)}"
+        )
     return 0
 
 
@@ -302,7 +321,10 @@ def _masks_groups(args: argparse.Namespace) -> int:
         return _print_json_list(groups)
     for g in groups:
         status = mask_pb2.MaskGroupStatus.Name(g.status).removeprefix("MASK_GROUP_STATUS_")
-        print(f"{g.id:>8}  {status:<8} {g.completed_slices}/{g.slice_count}  {g.group_name}")
+        print(
+            f"{g.id:>8}  {status:<8} {g.completed_slices}/{g.slice_count}  "
+            f"{_review_state(g.review.state):<9} {g.group_name}"
+        )
     return 0
 
 
@@ -451,6 +473,62 @@ def _masks_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- review ---------------------------------------------------------------------------------
+
+
+def _review_step(args: argparse.Namespace) -> int:
+    """`review submit|approve|reject`: on the annotation or, with --group, that mask group."""
+    if args.group is not None and args.group < 1:
+        raise UsageError("--group must be a mask group id")
+    if args.group is not None and args.etag:
+        raise UsageError("--etag is an annotation's; leave it out with --group")
+    done = {"review_submit": "submitted", "review_approve": "approved"}.get(args.run, "rejected")
+    result: Message
+    with _client(args) as client:
+        if args.group is not None:
+            result = _group_step(client, args)
+            summary = f"{done} mask group {result.id} of annotation {args.annotation_id}"
+        else:
+            result = annotation = _annotation_step(client, args)
+            summary = (
+                f"{done} annotation {annotation.id} (revision {annotation.revision}, etag "
+                f"{annotation.etag})"
+            )
+    if args.json:
+        return _print_json(result)
+    print(summary)
+    return 0
+
+
+def _group_step(client: PacsClient, args: argparse.Namespace) -> mask_pb2.MaskGroup:
+    if args.run == "review_submit":
+        return client.submit(args.annotation_id, group_id=args.group)
+    if args.run == "review_approve":
+        return client.approve(args.annotation_id, group_id=args.group)
+    return client.reject(args.annotation_id, args.comment, group_id=args.group)
+
+
+def _annotation_step(client: PacsClient, args: argparse.Namespace) -> annotation_pb2.Annotation:
+    if args.run == "review_submit":
+        return client.submit(args.annotation_id, etag=args.etag)
+    if args.run == "review_approve":
+        return client.approve(args.annotation_id, etag=args.etag)
+    return client.reject(args.annotation_id, args.comment, etag=args.etag)
+
+
+def _review_queue(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        waiting = list(client.review_queue(args.project))
+    if args.json:
+        return _print_json_list(waiting)
+    for a in waiting:
+        # "-" keeps every line the same number of words when a column has nothing to show.
+        submitter = str(a.review.user_id) if a.review.user_id else "-"
+        when = a.review.changed_at.ToJsonString() if a.review.HasField("changed_at") else "-"
+        print(f"{a.id:>8}  {a.annotation_type:<14} {a.study_uid}  user {submitter:<6} {when}")
+    return 0
+
+
 def _pacs_status(export: mask_pb2.MaskGroupExport) -> str:
     name = mask_pb2.PacsStoreStatus.Name(export.pacs_status)
     return name.removeprefix("PACS_STORE_STATUS_").lower().replace("_", " ")
@@ -483,6 +561,12 @@ def _progress(args: argparse.Namespace, label: str) -> ProgressLine | None:
 
 def _role(role: identity_pb2.ProjectRole.ValueType) -> str:
     return identity_pb2.ProjectRole.Name(role).removeprefix("PROJECT_ROLE_").lower()
+
+
+def _review_state(state: review_pb2.ReviewState.ValueType) -> str:
+    if state == review_pb2.REVIEW_STATE_UNSPECIFIED:
+        return "-"
+    return review_pb2.ReviewState.Name(state).removeprefix("REVIEW_STATE_").lower()
 
 
 def _revision_action(action: annotation_pb2.AnnotationRevisionAction.ValueType) -> str:
@@ -533,6 +617,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "projects_create": _projects_create,
     "projects_members": _projects_members,
     "projects_add_member": _projects_add_member,
+    "projects_update": _projects_update,
     "annotations_list": _annotations_list,
     "annotations_get": _annotations_get,
     "annotations_create": _annotations_create,
@@ -546,4 +631,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "masks_export": _masks_export,
     "masks_exports": _masks_exports,
     "masks_import": _masks_import,
+    "review_submit": _review_step,
+    "review_approve": _review_step,
+    "review_reject": _review_step,
+    "review_queue": _review_queue,
 }

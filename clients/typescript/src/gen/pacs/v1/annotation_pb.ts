@@ -8,13 +8,15 @@ import { file_google_api_annotations } from "../../google/api/annotations_pb.js"
 import type { FieldMask, Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import { file_pacs_v1_options } from "./options_pb.js";
+import type { Review, ReviewState } from "./review_pb.js";
+import { file_pacs_v1_review } from "./review_pb.js";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file pacs/v1/annotation.proto.
  */
 export const file_pacs_v1_annotation: GenFile = /*@__PURE__*/
-  fileDesc("ChhwYWNzL3YxL2Fubm90YXRpb24ucHJvdG8SB3BhY3MudjEiwgMKCkFubm90YXRpb24SCgoCaWQYASABKAMSEgoKcHJvamVjdF9pZBgCIAEoAxIPCgd1c2VyX2lkGAMgASgDEhEKCXN0dWR5X3VpZBgEIAEoCRISCgpzZXJpZXNfdWlkGAUgASgJEhQKDGluc3RhbmNlX3VpZBgGIAEoCRIXCg9hbm5vdGF0aW9uX3R5cGUYByABKAkSMAoPYW5ub3RhdGlvbl9kYXRhGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIyChJtZWFzdXJlbWVudF92YWx1ZXMYCSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPdmlld2VyX3NvZnR3YXJlGAogASgJEgwKBGV0YWcYCyABKAkSLgoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YDiABKAMSLgoKZGVsZXRlZF9hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVgoXQ3JlYXRlQW5ub3RhdGlvblJlcXVlc3QSJwoKYW5ub3RhdGlvbhgBIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhISCgpyZXF1ZXN0X2lkGAIgASgJIkMKGENyZWF0ZUFubm90YXRpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uIj8KFEdldEFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIcmV2aXNpb24YAiABKAMiQAoVR2V0QW5ub3RhdGlvblJlc3BvbnNlEicKCmFubm90YXRpb24YASABKAsyEy5wYWNzLnYxLkFubm90YXRpb24itwIKFkxpc3RBbm5vdGF0aW9uc1JlcXVlc3QSEgoKcHJvamVjdF9pZBgBIAEoAxIRCglzdHVkeV91aWQYAiABKAkSEgoKc2VyaWVzX3VpZBgDIAEoCRIUCgxpbnN0YW5jZV91aWQYBCABKAkSFwoPYW5ub3RhdGlvbl90eXBlGAUgASgJEg8KB3VzZXJfaWQYBiABKAMSMQoNY3JlYXRlZF9hZnRlchgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgJIAEoBRISCgpwYWdlX3Rva2VuGAogASgJEhQKDHNob3dfZGVsZXRlZBgLIAEoCCJcChdMaXN0QW5ub3RhdGlvbnNSZXNwb25zZRIoCgthbm5vdGF0aW9ucxgBIAMoCzITLnBhY3MudjEuQW5ub3RhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkimAEKF1VwZGF0ZUFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSJwoKYW5ub3RhdGlvbhgCIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhIvCgt1cGRhdGVfbWFzaxgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2sSDAoEZXRhZxgEIAEoCSJDChhVcGRhdGVBbm5vdGF0aW9uUmVzcG9uc2USJwoKYW5ub3RhdGlvbhgBIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbiJNChdEZWxldGVBbm5vdGF0aW9uUmVxdWVzdBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEgwKBGV0YWcYAiABKAkSDQoFcHVyZ2UYAyABKAgiGgoYRGVsZXRlQW5ub3RhdGlvblJlc3BvbnNlIkAKGVVuZGVsZXRlQW5ub3RhdGlvblJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIMCgRldGFnGAIgASgJIkUKGlVuZGVsZXRlQW5ub3RhdGlvblJlc3BvbnNlEicKCmFubm90YXRpb24YASABKAsyEy5wYWNzLnYxLkFubm90YXRpb24iWAoXV2F0Y2hBbm5vdGF0aW9uc1JlcXVlc3QSEgoKcHJvamVjdF9pZBgBIAEoAxIRCglzdHVkeV91aWQYAiABKAkSFgoOYWZ0ZXJfZXZlbnRfaWQYAyABKAMizwEKGFdhdGNoQW5ub3RhdGlvbnNSZXNwb25zZRIQCghldmVudF9pZBgBIAEoAxIwCgpldmVudF90eXBlGAIgASgOMhwucGFjcy52MS5Bbm5vdGF0aW9uRXZlbnRUeXBlEhUKDWFubm90YXRpb25faWQYAyABKAMSJwoKYW5ub3RhdGlvbhgEIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhIvCgtvY2N1cnJlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXgoeTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiagofTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXNwb25zZRIuCglyZXZpc2lvbnMYASADKAsyGy5wYWNzLnYxLkFubm90YXRpb25SZXZpc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki0gEKEkFubm90YXRpb25SZXZpc2lvbhIQCghyZXZpc2lvbhgBIAEoAxIxCgZhY3Rpb24YAiABKA4yIS5wYWNzLnYxLkFubm90YXRpb25SZXZpc2lvbkFjdGlvbhIWCg5jaGFuZ2VkX2ZpZWxkcxgDIAMoCRIPCgd1c2VyX2lkGAQgASgDEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh4KFnJlc3RvcmVkX2Zyb21fcmV2aXNpb24YBiABKAMiWQogUmVzdG9yZUFubm90YXRpb25SZXZpc2lvblJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIQCghyZXZpc2lvbhgCIAEoAxIMCgRldGFnGAMgASgJIkwKIVJlc3RvcmVBbm5vdGF0aW9uUmV2aXNpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uKskBChNBbm5vdGF0aW9uRXZlbnRUeXBlEiUKIUFOTk9UQVRJT05fRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEiEKHUFOTk9UQVRJT05fRVZFTlRfVFlQRV9DUkVBVEVEEAESIQodQU5OT1RBVElPTl9FVkVOVF9UWVBFX1VQREFURUQQAhIhCh1BTk5PVEFUSU9OX0VWRU5UX1RZUEVfREVMRVRFRBADEiIKHkFOTk9UQVRJT05fRVZFTlRfVFlQRV9SRVNUT1JFRBAEKpECChhBbm5vdGF0aW9uUmV2aXNpb25BY3Rpb24SKgomQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fVU5TUEVDSUZJRUQQABImCiJBTk5PVEFUSU9OX1JFVklTSU9OX0FDVElPTl9DUkVBVEVEEAESJgoiQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fVVBEQVRFRBACEicKI0FOTk9UQVRJT05fUkVWSVNJT05fQUNUSU9OX1JFU1RPUkVEEAMSJgoiQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fREVMRVRFRBAEEigKJEFOTk9UQVRJT05fUkVWSVNJT05fQUNUSU9OX1VOREVMRVRFRBAFMq4LChFBbm5vdGF0aW9uU2VydmljZRKTAQoQQ3JlYXRlQW5ub3RhdGlvbhIgLnBhY3MudjEuQ3JlYXRlQW5ub3RhdGlvblJlcXVlc3QaIS5wYWNzLnYxLkNyZWF0ZUFubm90YXRpb25SZXNwb25zZSI66scYEggEEAIYASoKYW5ub3RhdGlvboLT5JMCHjoKYW5ub3RhdGlvbiIQL2FwaS9hbm5vdGF0aW9ucxKOAQoNR2V0QW5ub3RhdGlvbhIdLnBhY3MudjEuR2V0QW5ub3RhdGlvblJlcXVlc3QaHi5wYWNzLnYxLkdldEFubm90YXRpb25SZXNwb25zZSI+6scYEggDEAEYASoKYW5ub3RhdGlvboLT5JMCIhIgL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0ShAEKD0xpc3RBbm5vdGF0aW9ucxIfLnBhY3MudjEuTGlzdEFubm90YXRpb25zUmVxdWVzdBogLnBhY3MudjEuTGlzdEFubm90YXRpb25zUmVzcG9uc2UiLurHGBIIAxABGAEqCmFubm90YXRpb26C0+STAhISEC9hcGkvYW5ub3RhdGlvbnMSmgEKEFVwZGF0ZUFubm90YXRpb24SIC5wYWNzLnYxLlVwZGF0ZUFubm90YXRpb25SZXF1ZXN0GiEucGFjcy52MS5VcGRhdGVBbm5vdGF0aW9uUmVzcG9uc2UiQerHGBIIBBADGAEqCmFubm90YXRpb26C0+STAiU6ASoyIC9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9EpcBChBEZWxldGVBbm5vdGF0aW9uEiAucGFjcy52MS5EZWxldGVBbm5vdGF0aW9uUmVxdWVzdBohLnBhY3MudjEuRGVsZXRlQW5ub3RhdGlvblJlc3BvbnNlIj7qxxgSCAQQAxgBKgphbm5vdGF0aW9ugtPkkwIiKiAvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfRKpAQoSVW5kZWxldGVBbm5vdGF0aW9uEiIucGFjcy52MS5VbmRlbGV0ZUFubm90YXRpb25SZXF1ZXN0GiMucGFjcy52MS5VbmRlbGV0ZUFubm90YXRpb25SZXNwb25zZSJK6scYEggEEAMYASoKYW5ub3RhdGlvboLT5JMCLjoBKiIpL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vdW5kZWxldGUSegoQV2F0Y2hBbm5vdGF0aW9ucxIgLnBhY3MudjEuV2F0Y2hBbm5vdGF0aW9uc1JlcXVlc3QaIS5wYWNzLnYxLldhdGNoQW5ub3RhdGlvbnNSZXNwb25zZSIf6scYGwgDEAMYBiABKhFhbm5vdGF0aW9uX2V2ZW50czABErYBChdMaXN0QW5ub3RhdGlvblJldmlzaW9ucxInLnBhY3MudjEuTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXF1ZXN0GigucGFjcy52MS5MaXN0QW5ub3RhdGlvblJldmlzaW9uc1Jlc3BvbnNlIkjqxxgSCAMQARgBKgphbm5vdGF0aW9ugtPkkwIsEiovYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9yZXZpc2lvbnMS0gEKGVJlc3RvcmVBbm5vdGF0aW9uUmV2aXNpb24SKS5wYWNzLnYxLlJlc3RvcmVBbm5vdGF0aW9uUmV2aXNpb25SZXF1ZXN0GioucGFjcy52MS5SZXN0b3JlQW5ub3RhdGlvblJldmlzaW9uUmVzcG9uc2UiXurHGBIIBBADGAEqCmFubm90YXRpb26C0+STAkI6ASoiPS9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L3JldmlzaW9ucy97cmV2aXNpb259L3Jlc3RvcmViBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_pacs_v1_options]);
+  fileDesc("ChhwYWNzL3YxL2Fubm90YXRpb24ucHJvdG8SB3BhY3MudjEi4wMKCkFubm90YXRpb24SCgoCaWQYASABKAMSEgoKcHJvamVjdF9pZBgCIAEoAxIPCgd1c2VyX2lkGAMgASgDEhEKCXN0dWR5X3VpZBgEIAEoCRISCgpzZXJpZXNfdWlkGAUgASgJEhQKDGluc3RhbmNlX3VpZBgGIAEoCRIXCg9hbm5vdGF0aW9uX3R5cGUYByABKAkSMAoPYW5ub3RhdGlvbl9kYXRhGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIyChJtZWFzdXJlbWVudF92YWx1ZXMYCSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPdmlld2VyX3NvZnR3YXJlGAogASgJEgwKBGV0YWcYCyABKAkSLgoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YDiABKAMSLgoKZGVsZXRlZF9hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASHwoGcmV2aWV3GBAgASgLMg8ucGFjcy52MS5SZXZpZXciVgoXQ3JlYXRlQW5ub3RhdGlvblJlcXVlc3QSJwoKYW5ub3RhdGlvbhgBIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbhISCgpyZXF1ZXN0X2lkGAIgASgJIkMKGENyZWF0ZUFubm90YXRpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uIj8KFEdldEFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEAoIcmV2aXNpb24YAiABKAMiQAoVR2V0QW5ub3RhdGlvblJlc3BvbnNlEicKCmFubm90YXRpb24YASABKAsyEy5wYWNzLnYxLkFubm90YXRpb24i4wIKFkxpc3RBbm5vdGF0aW9uc1JlcXVlc3QSEgoKcHJvamVjdF9pZBgBIAEoAxIRCglzdHVkeV91aWQYAiABKAkSEgoKc2VyaWVzX3VpZBgDIAEoCRIUCgxpbnN0YW5jZV91aWQYBCABKAkSFwoPYW5ub3RhdGlvbl90eXBlGAUgASgJEg8KB3VzZXJfaWQYBiABKAMSMQoNY3JlYXRlZF9hZnRlchgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgJIAEoBRISCgpwYWdlX3Rva2VuGAogASgJEhQKDHNob3dfZGVsZXRlZBgLIAEoCBIqCgxyZXZpZXdfc3RhdGUYDCABKA4yFC5wYWNzLnYxLlJldmlld1N0YXRlIlwKF0xpc3RBbm5vdGF0aW9uc1Jlc3BvbnNlEigKC2Fubm90YXRpb25zGAEgAygLMhMucGFjcy52MS5Bbm5vdGF0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKYAQoXVXBkYXRlQW5ub3RhdGlvblJlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxInCgphbm5vdGF0aW9uGAIgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uEi8KC3VwZGF0ZV9tYXNrGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzaxIMCgRldGFnGAQgASgJIkMKGFVwZGF0ZUFubm90YXRpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uIk0KF0RlbGV0ZUFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSDAoEZXRhZxgCIAEoCRINCgVwdXJnZRgDIAEoCCIaChhEZWxldGVBbm5vdGF0aW9uUmVzcG9uc2UiQAoZVW5kZWxldGVBbm5vdGF0aW9uUmVxdWVzdBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEgwKBGV0YWcYAiABKAkiRQoaVW5kZWxldGVBbm5vdGF0aW9uUmVzcG9uc2USJwoKYW5ub3RhdGlvbhgBIAEoCzITLnBhY3MudjEuQW5ub3RhdGlvbiJYChdXYXRjaEFubm90YXRpb25zUmVxdWVzdBISCgpwcm9qZWN0X2lkGAEgASgDEhEKCXN0dWR5X3VpZBgCIAEoCRIWCg5hZnRlcl9ldmVudF9pZBgDIAEoAyKSAgoYV2F0Y2hBbm5vdGF0aW9uc1Jlc3BvbnNlEhAKCGV2ZW50X2lkGAEgASgDEjAKCmV2ZW50X3R5cGUYAiABKA4yHC5wYWNzLnYxLkFubm90YXRpb25FdmVudFR5cGUSFQoNYW5ub3RhdGlvbl9pZBgDIAEoAxInCgphbm5vdGF0aW9uGAQgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uEi8KC29jY3VycmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1tYXNrX2dyb3VwX2lkGAYgASgDEioKEW1hc2tfZ3JvdXBfcmV2aWV3GAcgASgLMg8ucGFjcy52MS5SZXZpZXciXgoeTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiagofTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXNwb25zZRIuCglyZXZpc2lvbnMYASADKAsyGy5wYWNzLnYxLkFubm90YXRpb25SZXZpc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki/gEKEkFubm90YXRpb25SZXZpc2lvbhIQCghyZXZpc2lvbhgBIAEoAxIxCgZhY3Rpb24YAiABKA4yIS5wYWNzLnYxLkFubm90YXRpb25SZXZpc2lvbkFjdGlvbhIWCg5jaGFuZ2VkX2ZpZWxkcxgDIAMoCRIPCgd1c2VyX2lkGAQgASgDEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh4KFnJlc3RvcmVkX2Zyb21fcmV2aXNpb24YBiABKAMSKgoMcmV2aWV3X3N0YXRlGAcgASgOMhQucGFjcy52MS5SZXZpZXdTdGF0ZSJZCiBSZXN0b3JlQW5ub3RhdGlvblJldmlzaW9uUmVxdWVzdBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEhAKCHJldmlzaW9uGAIgASgDEgwKBGV0YWcYAyABKAkiTAohUmVzdG9yZUFubm90YXRpb25SZXZpc2lvblJlc3BvbnNlEicKCmFubm90YXRpb24YASABKAsyEy5wYWNzLnYxLkFubm90YXRpb24iRwogU3VibWl0QW5ub3RhdGlvbkZvclJldmlld1JlcXVlc3QSFQoNYW5ub3RhdGlvbl9pZBgBIAEoAxIMCgRldGFnGAIgASgJIkwKIVN1Ym1pdEFubm90YXRpb25Gb3JSZXZpZXdSZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uIj8KGEFwcHJvdmVBbm5vdGF0aW9uUmVxdWVzdBIVCg1hbm5vdGF0aW9uX2lkGAEgASgDEgwKBGV0YWcYAiABKAkiRAoZQXBwcm92ZUFubm90YXRpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uIk8KF1JlamVjdEFubm90YXRpb25SZXF1ZXN0EhUKDWFubm90YXRpb25faWQYASABKAMSDAoEZXRhZxgCIAEoCRIPCgdjb21tZW50GAMgASgJIkMKGFJlamVjdEFubm90YXRpb25SZXNwb25zZRInCgphbm5vdGF0aW9uGAEgASgLMhMucGFjcy52MS5Bbm5vdGF0aW9uKvgBChNBbm5vdGF0aW9uRXZlbnRUeXBlEiUKIUFOTk9UQVRJT05fRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEiEKHUFOTk9UQVRJT05fRVZFTlRfVFlQRV9DUkVBVEVEEAESIQodQU5OT1RBVElPTl9FVkVOVF9UWVBFX1VQREFURUQQAhIhCh1BTk5PVEFUSU9OX0VWRU5UX1RZUEVfREVMRVRFRBADEiIKHkFOTk9UQVRJT05fRVZFTlRfVFlQRV9SRVNUT1JFRBAEEi0KKUFOTk9UQVRJT05fRVZFTlRfVFlQRV9NQVNLX0dST1VQX1JFVklFV0VEEAUqjQMKGEFubm90YXRpb25SZXZpc2lvbkFjdGlvbhIqCiZBTk5PVEFUSU9OX1JFVklTSU9OX0FDVElPTl9VTlNQRUNJRklFRBAAEiYKIkFOTk9UQVRJT05fUkVWSVNJT05fQUNUSU9OX0NSRUFURUQQARImCiJBTk5PVEFUSU9OX1JFVklTSU9OX0FDVElPTl9VUERBVEVEEAISJwojQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fUkVTVE9SRUQQAxImCiJBTk5PVEFUSU9OX1JFVklTSU9OX0FDVElPTl9ERUxFVEVEEAQSKAokQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fVU5ERUxFVEVEEAUSKAokQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fU1VCTUlUVEVEEAYSJwojQU5OT1RBVElPTl9SRVZJU0lPTl9BQ1RJT05fQVBQUk9WRUQQBxInCiNBTk5PVEFUSU9OX1JFVklTSU9OX0FDVElPTl9SRUpFQ1RFRBAIMrkPChFBbm5vdGF0aW9uU2VydmljZRKTAQoQQ3JlYXRlQW5ub3RhdGlvbhIgLnBhY3MudjEuQ3JlYXRlQW5ub3RhdGlvblJlcXVlc3QaIS5wYWNzLnYxLkNyZWF0ZUFubm90YXRpb25SZXNwb25zZSI66scYEggEEAIYASoKYW5ub3RhdGlvboLT5JMCHjoKYW5ub3RhdGlvbiIQL2FwaS9hbm5vdGF0aW9ucxKOAQoNR2V0QW5ub3RhdGlvbhIdLnBhY3MudjEuR2V0QW5ub3RhdGlvblJlcXVlc3QaHi5wYWNzLnYxLkdldEFubm90YXRpb25SZXNwb25zZSI+6scYEggDEAEYASoKYW5ub3RhdGlvboLT5JMCIhIgL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0ShAEKD0xpc3RBbm5vdGF0aW9ucxIfLnBhY3MudjEuTGlzdEFubm90YXRpb25zUmVxdWVzdBogLnBhY3MudjEuTGlzdEFubm90YXRpb25zUmVzcG9uc2UiLurHGBIIAxABGAEqCmFubm90YXRpb26C0+STAhISEC9hcGkvYW5ub3RhdGlvbnMSmgEKEFVwZGF0ZUFubm90YXRpb24SIC5wYWNzLnYxLlVwZGF0ZUFubm90YXRpb25SZXF1ZXN0GiEucGFjcy52MS5VcGRhdGVBbm5vdGF0aW9uUmVzcG9uc2UiQerHGBIIBBADGAEqCmFubm90YXRpb26C0+STAiU6ASoyIC9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9EpcBChBEZWxldGVBbm5vdGF0aW9uEiAucGFjcy52MS5EZWxldGVBbm5vdGF0aW9uUmVxdWVzdBohLnBhY3MudjEuRGVsZXRlQW5ub3RhdGlvblJlc3BvbnNlIj7qxxgSCAQQAxgBKgphbm5vdGF0aW9ugtPkkwIiKiAvYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfRKpAQoSVW5kZWxldGVBbm5vdGF0aW9uEiIucGFjcy52MS5VbmRlbGV0ZUFubm90YXRpb25SZXF1ZXN0GiMucGFjcy52MS5VbmRlbGV0ZUFubm90YXRpb25SZXNwb25zZSJK6scYEggEEAMYASoKYW5ub3RhdGlvboLT5JMCLjoBKiIpL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vdW5kZWxldGUSvAEKGVN1Ym1pdEFubm90YXRpb25Gb3JSZXZpZXcSKS5wYWNzLnYxLlN1Ym1pdEFubm90YXRpb25Gb3JSZXZpZXdSZXF1ZXN0GioucGFjcy52MS5TdWJtaXRBbm5vdGF0aW9uRm9yUmV2aWV3UmVzcG9uc2UiSOrHGBIIBBADGAEqCmFubm90YXRpb26C0+STAiw6ASoiJy9hcGkvYW5ub3RhdGlvbnMve2Fubm90YXRpb25faWR9L3N1Ym1pdBKlAQoRQXBwcm92ZUFubm90YXRpb24SIS5wYWNzLnYxLkFwcHJvdmVBbm5vdGF0aW9uUmVxdWVzdBoiLnBhY3MudjEuQXBwcm92ZUFubm90YXRpb25SZXNwb25zZSJJ6scYEggGEAMYASoKYW5ub3RhdGlvboLT5JMCLToBKiIoL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vYXBwcm92ZRKhAQoQUmVqZWN0QW5ub3RhdGlvbhIgLnBhY3MudjEuUmVqZWN0QW5ub3RhdGlvblJlcXVlc3QaIS5wYWNzLnYxLlJlamVjdEFubm90YXRpb25SZXNwb25zZSJI6scYEggGEAMYASoKYW5ub3RhdGlvboLT5JMCLDoBKiInL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vcmVqZWN0EnoKEFdhdGNoQW5ub3RhdGlvbnMSIC5wYWNzLnYxLldhdGNoQW5ub3RhdGlvbnNSZXF1ZXN0GiEucGFjcy52MS5XYXRjaEFubm90YXRpb25zUmVzcG9uc2UiH+rHGBsIAxADGAYgASoRYW5ub3RhdGlvbl9ldmVudHMwARK2AQoXTGlzdEFubm90YXRpb25SZXZpc2lvbnMSJy5wYWNzLnYxLkxpc3RBbm5vdGF0aW9uUmV2aXNpb25zUmVxdWVzdBooLnBhY3MudjEuTGlzdEFubm90YXRpb25SZXZpc2lvbnNSZXNwb25zZSJI6scYEggDEAEYASoKYW5ub3RhdGlvboLT5JMCLBIqL2FwaS9hbm5vdGF0aW9ucy97YW5ub3RhdGlvbl9pZH0vcmV2aXNpb25zEtIBChlSZXN0b3JlQW5ub3RhdGlvblJldmlzaW9uEikucGFjcy52MS5SZXN0b3JlQW5ub3RhdGlvblJldmlzaW9uUmVxdWVzdBoqLnBhY3MudjEuUmVzdG9yZUFubm90YXRpb25SZXZpc2lvblJlc3BvbnNlIl7qxxgSCAQQAxgBKgphbm5vdGF0aW9ugtPkkwJCOgEqIj0vYXBpL2Fubm90YXRpb25zL3thbm5vdGF0aW9uX2lkfS9yZXZpc2lvbnMve3JldmlzaW9ufS9yZXN0b3JlYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_pacs_v1_options, file_pacs_v1_review]);
 
 /**
  * Annotation is one mark or measurement on a study, series or instance.
@@ -127,6 +129,13 @@ export type Annotation = Message<"pacs.v1.Annotation"> & {
    * @generated from field: google.protobuf.Timestamp deleted_at = 15;
    */
   deletedAt?: Timestamp | undefined;
+
+  /**
+   * The review state and its last transition. Output only.
+   *
+   * @generated from field: pacs.v1.Review review = 16;
+   */
+  review?: Review | undefined;
 };
 
 /**
@@ -304,6 +313,13 @@ export type ListAnnotationsRequest = Message<"pacs.v1.ListAnnotationsRequest"> &
    * @generated from field: bool show_deleted = 11;
    */
   showDeleted: boolean;
+
+  /**
+   * Only annotations in this review state (SUBMITTED: what waits for review).
+   *
+   * @generated from field: pacs.v1.ReviewState review_state = 12;
+   */
+  reviewState: ReviewState;
 };
 
 /**
@@ -564,6 +580,18 @@ export type WatchAnnotationsResponse = Message<"pacs.v1.WatchAnnotationsResponse
    * @generated from field: google.protobuf.Timestamp occurred_at = 5;
    */
   occurredAt?: Timestamp | undefined;
+
+  /**
+   * For MASK_GROUP_REVIEWED: the group, and its review as it is now.
+   *
+   * @generated from field: int64 mask_group_id = 6;
+   */
+  maskGroupId: bigint;
+
+  /**
+   * @generated from field: pacs.v1.Review mask_group_review = 7;
+   */
+  maskGroupReview?: Review | undefined;
 };
 
 /**
@@ -676,6 +704,13 @@ export type AnnotationRevision = Message<"pacs.v1.AnnotationRevision"> & {
    * @generated from field: int64 restored_from_revision = 6;
    */
   restoredFromRevision: bigint;
+
+  /**
+   * The review state the write left.
+   *
+   * @generated from field: pacs.v1.ReviewState review_state = 7;
+   */
+  reviewState: ReviewState;
 };
 
 /**
@@ -736,6 +771,148 @@ export const RestoreAnnotationRevisionResponseSchema: GenMessage<RestoreAnnotati
   messageDesc(file_pacs_v1_annotation, 19);
 
 /**
+ * SubmitAnnotationForReviewRequest names the annotation.
+ *
+ * @generated from message pacs.v1.SubmitAnnotationForReviewRequest
+ */
+export type SubmitAnnotationForReviewRequest = Message<"pacs.v1.SubmitAnnotationForReviewRequest"> & {
+  /**
+   * @generated from field: int64 annotation_id = 1;
+   */
+  annotationId: bigint;
+
+  /**
+   * As in UpdateAnnotationRequest: a stale etag fails with ABORTED.
+   *
+   * @generated from field: string etag = 2;
+   */
+  etag: string;
+};
+
+/**
+ * Describes the message pacs.v1.SubmitAnnotationForReviewRequest.
+ * Use `create(SubmitAnnotationForReviewRequestSchema)` to create a new message.
+ */
+export const SubmitAnnotationForReviewRequestSchema: GenMessage<SubmitAnnotationForReviewRequest> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 20);
+
+/**
+ * SubmitAnnotationForReviewResponse is the annotation after the transition.
+ *
+ * @generated from message pacs.v1.SubmitAnnotationForReviewResponse
+ */
+export type SubmitAnnotationForReviewResponse = Message<"pacs.v1.SubmitAnnotationForReviewResponse"> & {
+  /**
+   * @generated from field: pacs.v1.Annotation annotation = 1;
+   */
+  annotation?: Annotation | undefined;
+};
+
+/**
+ * Describes the message pacs.v1.SubmitAnnotationForReviewResponse.
+ * Use `create(SubmitAnnotationForReviewResponseSchema)` to create a new message.
+ */
+export const SubmitAnnotationForReviewResponseSchema: GenMessage<SubmitAnnotationForReviewResponse> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 21);
+
+/**
+ * ApproveAnnotationRequest names the annotation.
+ *
+ * @generated from message pacs.v1.ApproveAnnotationRequest
+ */
+export type ApproveAnnotationRequest = Message<"pacs.v1.ApproveAnnotationRequest"> & {
+  /**
+   * @generated from field: int64 annotation_id = 1;
+   */
+  annotationId: bigint;
+
+  /**
+   * As in UpdateAnnotationRequest: a stale etag fails with ABORTED.
+   *
+   * @generated from field: string etag = 2;
+   */
+  etag: string;
+};
+
+/**
+ * Describes the message pacs.v1.ApproveAnnotationRequest.
+ * Use `create(ApproveAnnotationRequestSchema)` to create a new message.
+ */
+export const ApproveAnnotationRequestSchema: GenMessage<ApproveAnnotationRequest> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 22);
+
+/**
+ * ApproveAnnotationResponse is the annotation after the transition.
+ *
+ * @generated from message pacs.v1.ApproveAnnotationResponse
+ */
+export type ApproveAnnotationResponse = Message<"pacs.v1.ApproveAnnotationResponse"> & {
+  /**
+   * @generated from field: pacs.v1.Annotation annotation = 1;
+   */
+  annotation?: Annotation | undefined;
+};
+
+/**
+ * Describes the message pacs.v1.ApproveAnnotationResponse.
+ * Use `create(ApproveAnnotationResponseSchema)` to create a new message.
+ */
+export const ApproveAnnotationResponseSchema: GenMessage<ApproveAnnotationResponse> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 23);
+
+/**
+ * RejectAnnotationRequest names the annotation.
+ *
+ * @generated from message pacs.v1.RejectAnnotationRequest
+ */
+export type RejectAnnotationRequest = Message<"pacs.v1.RejectAnnotationRequest"> & {
+  /**
+   * @generated from field: int64 annotation_id = 1;
+   */
+  annotationId: bigint;
+
+  /**
+   * As in UpdateAnnotationRequest: a stale etag fails with ABORTED.
+   *
+   * @generated from field: string etag = 2;
+   */
+  etag: string;
+
+  /**
+   * Why, at most 2,000 characters; required.
+   *
+   * @generated from field: string comment = 3;
+   */
+  comment: string;
+};
+
+/**
+ * Describes the message pacs.v1.RejectAnnotationRequest.
+ * Use `create(RejectAnnotationRequestSchema)` to create a new message.
+ */
+export const RejectAnnotationRequestSchema: GenMessage<RejectAnnotationRequest> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 24);
+
+/**
+ * RejectAnnotationResponse is the annotation after the transition.
+ *
+ * @generated from message pacs.v1.RejectAnnotationResponse
+ */
+export type RejectAnnotationResponse = Message<"pacs.v1.RejectAnnotationResponse"> & {
+  /**
+   * @generated from field: pacs.v1.Annotation annotation = 1;
+   */
+  annotation?: Annotation | undefined;
+};
+
+/**
+ * Describes the message pacs.v1.RejectAnnotationResponse.
+ * Use `create(RejectAnnotationResponseSchema)` to create a new message.
+ */
+export const RejectAnnotationResponseSchema: GenMessage<RejectAnnotationResponse> = /*@__PURE__*/
+  messageDesc(file_pacs_v1_annotation, 25);
+
+/**
  * AnnotationEventType says what happened to the annotation.
  *
  * @generated from enum pacs.v1.AnnotationEventType
@@ -769,6 +946,15 @@ export enum AnnotationEventType {
    * @generated from enum value: ANNOTATION_EVENT_TYPE_RESTORED = 4;
    */
   RESTORED = 4,
+
+  /**
+   * One of the annotation's mask groups was submitted, approved or rejected:
+   * mask_group_id and mask_group_review say which and how. (A review of the
+   * annotation itself is an UPDATED event: its review field changed.)
+   *
+   * @generated from enum value: ANNOTATION_EVENT_TYPE_MASK_GROUP_REVIEWED = 5;
+   */
+  MASK_GROUP_REVIEWED = 5,
 }
 
 /**
@@ -814,6 +1000,21 @@ export enum AnnotationRevisionAction {
    * @generated from enum value: ANNOTATION_REVISION_ACTION_UNDELETED = 5;
    */
   UNDELETED = 5,
+
+  /**
+   * @generated from enum value: ANNOTATION_REVISION_ACTION_SUBMITTED = 6;
+   */
+  SUBMITTED = 6,
+
+  /**
+   * @generated from enum value: ANNOTATION_REVISION_ACTION_APPROVED = 7;
+   */
+  APPROVED = 7,
+
+  /**
+   * @generated from enum value: ANNOTATION_REVISION_ACTION_REJECTED = 8;
+   */
+  REJECTED = 8,
 }
 
 /**
@@ -891,6 +1092,38 @@ export const AnnotationService: GenService<{
     methodKind: "unary";
     input: typeof UndeleteAnnotationRequestSchema;
     output: typeof UndeleteAnnotationResponseSchema;
+  },
+  /**
+   * SubmitAnnotationForReview asks for review of a DRAFT or REJECTED annotation.
+   *
+   * @generated from rpc pacs.v1.AnnotationService.SubmitAnnotationForReview
+   */
+  submitAnnotationForReview: {
+    methodKind: "unary";
+    input: typeof SubmitAnnotationForReviewRequestSchema;
+    output: typeof SubmitAnnotationForReviewResponseSchema;
+  },
+  /**
+   * ApproveAnnotation approves a SUBMITTED annotation, which is then frozen.
+   * Nobody approves their own work: not its creator, not anyone who changed
+   * its content, not who submitted it.
+   *
+   * @generated from rpc pacs.v1.AnnotationService.ApproveAnnotation
+   */
+  approveAnnotation: {
+    methodKind: "unary";
+    input: typeof ApproveAnnotationRequestSchema;
+    output: typeof ApproveAnnotationResponseSchema;
+  },
+  /**
+   * RejectAnnotation sends a SUBMITTED annotation back, with a comment.
+   *
+   * @generated from rpc pacs.v1.AnnotationService.RejectAnnotation
+   */
+  rejectAnnotation: {
+    methodKind: "unary";
+    input: typeof RejectAnnotationRequestSchema;
+    output: typeof RejectAnnotationResponseSchema;
   },
   /**
    * WatchAnnotations streams changes to a project's or a study's annotations
