@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import urllib3
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from grpc import aio
 from pacs.client import PacsClient, segment
 from pacs.v1 import (
@@ -40,7 +40,7 @@ from pacs_devstack.viewer import ViewerServer, ViewerSettings
 from pacs_grpc.edge.envoy_config import EnvoyAssets
 from tests.support.pacs import store_synthetic_series
 from tests.support.png import png
-from tests.support.projects import ANNOTATOR, new_team
+from tests.support.projects import ANNOTATOR, REVIEWER, new_team
 from tests.support.users import ApiUser, unique_name
 
 pytestmark = pytest.mark.slow
@@ -68,6 +68,7 @@ LIVE_WITHIN_MS = 1000
 class Seeded:
     page_user: ApiUser  # signs in on the page (annotator)
     writer: ApiUser  # the other client
+    reviewer: ApiUser  # approves what the annotators submit
     project_id: int
     project_name: str
     study: str
@@ -261,7 +262,10 @@ async def seeded(live_stack: LocalStack, channel: aio.Channel) -> Seeded:
     assert live_stack.issuer is not None
     name = unique_name("browser")
     team = await new_team(
-        channel, live_stack.issuer, name, {"reader": ANNOTATOR, "writer": ANNOTATOR}
+        channel,
+        live_stack.issuer,
+        name,
+        {"reader": ANNOTATOR, "writer": ANNOTATOR, "reviewer": REVIEWER},
     )
     page_user, writer, project_id = team["reader"], team["writer"], team.project_id
     annotations = annotation_pb2_grpc.AnnotationServiceStub(channel)
@@ -274,6 +278,7 @@ async def seeded(live_stack: LocalStack, channel: aio.Channel) -> Seeded:
     return Seeded(
         page_user=page_user,
         writer=writer,
+        reviewer=team["reviewer"],
         project_id=project_id,
         project_name=name,
         study=study,
@@ -397,8 +402,9 @@ async def test_the_viewer_lists_watches_shows_a_mask_and_creates(
 
 
 def _exported_group(pacs_server: ServerProcess, pacs_url: str, seeded: Seeded) -> Exported:
-    """A two-segment group on a synthetic CT in the PACS, exported once through the linked
-    server, which shares the page's database and storage."""
+    """A two-segment group on a synthetic CT in the PACS, submitted by its uploader, approved
+    by the project's reviewer (only approved groups are exported) and exported once through
+    the linked server, which shares the page's database and storage."""
     series = store_synthetic_series(pacs_url, slices=2, rows=SLICE_SIZE, columns=SLICE_SIZE)
     volume = np.zeros((2, SLICE_SIZE, SLICE_SIZE), dtype=np.uint8)
     volume[:, 2:10, 2:10] = 1
@@ -412,6 +418,15 @@ def _exported_group(pacs_server: ServerProcess, pacs_url: str, seeded: Seeded) -
             annotation.id, segments=[segment(1, "Liver"), segment(2, "Lesion")],
             label_maps=volume, group_name="exported", model_name="seg-test",
         ).group  # fmt: skip
+        client.masks.SubmitMaskGroupForReview(
+            mask_pb2.SubmitMaskGroupForReviewRequest(annotation_id=annotation.id, group_id=group.id)
+        )
+        with PacsClient(
+            pacs_server.address, seeded.reviewer.token, insecure=True, timeout=60
+        ) as reviewer:
+            reviewer.masks.ApproveMaskGroup(
+                mask_pb2.ApproveMaskGroupRequest(annotation_id=annotation.id, group_id=group.id)
+            )
         export = client.export_mask_group(annotation.id, group.id).export
     return Exported(series.study_uid, annotation.id, group.id, export.id, export.size_bytes)
 
@@ -436,6 +451,8 @@ async def test_the_viewer_lists_a_groups_seg_exports_with_download_links(
     exported = await asyncio.to_thread(_exported_group, pacs_server, pacs_url, seeded)
     await _open_study(page, viewer, seeded.page_user.token, replace(seeded, study=exported.study))
     await page.click(f"{_item(exported.annotation_id)} button.open-masks")
+    group_row = f'li.mask-group-item[data-group-id="{exported.group_id}"]'
+    await page.wait_for_selector(f'{group_row}[data-review-state="approved"] .badge.frozen')
     await page.click(f'button.mask-group[data-group-id="{exported.group_id}"]')
     row = f'#export-list li.mask-export[data-export-id="{exported.export_id}"]'
     await page.wait_for_selector(row)
@@ -457,6 +474,114 @@ async def test_the_viewer_lists_a_groups_seg_exports_with_download_links(
     await page.click(f"{_item(seeded.masked_annotation_id)} button.open-masks")
     await page.click(f'button.mask-group[data-group-id="{seeded.group_id}"]')
     await page.wait_for_selector("#export-list li.no-exports")
+
+
+async def _sign_in_to_study(page: Page, viewer: ViewerServer, user: ApiUser, at: Seeded) -> None:
+    """`user` on the page, with `at.study` open and the project's review queue listed."""
+    await _open_study(page, viewer, user.token, at)
+    await page.wait_for_selector("#queue[data-loaded=true]", state="attached")
+
+
+async def _status_after(page: Page, click: str, expected: str) -> str:
+    """The status line once it says `expected` after clicking `click`."""
+    await page.click(click)
+    status = page.locator("#status", has_text=expected)
+    await status.wait_for()
+    return await status.inner_text()
+
+
+async def test_the_viewer_restores_a_revision_and_takes_an_annotation_through_review(
+    page: Page,
+    viewer: ViewerServer,
+    page_edge: EnvoyProcess,
+    seeded: Seeded,
+    channel: aio.Channel,
+) -> None:
+    annotator, reviewer = seeded.page_user, seeded.reviewer
+    at = replace(seeded, study=f"{seeded.study}.9")
+    stub = annotation_pb2_grpc.AnnotationServiceStub(channel)
+    annotation_id = await _create(
+        stub, annotator, seeded.project_id, at.study, {"x": 1, "label": "first"}
+    )
+    await stub.UpdateAnnotation(
+        annotation_pb2.UpdateAnnotationRequest(
+            annotation_id=annotation_id,
+            annotation=annotation_pb2.Annotation(annotation_data=_struct({"x": 2})),
+            update_mask=field_mask_pb2.FieldMask(paths=["annotation_data"]),
+        ),
+        metadata=annotator.metadata(),
+        timeout=10,
+    )
+    group_id = await _upload_one_slice(
+        mask_pb2_grpc.MaskServiceStub(channel), annotator, annotation_id
+    )
+    item = _item(annotation_id)
+
+    await _sign_in_to_study(page, viewer, annotator, at)
+    await page.wait_for_selector(f'{item}[data-revision="2"][data-review-state="draft"]')
+    # History lists both revisions, newest first; restoring the first writes it back as a third.
+    await page.click(f"{item} button.show-history")
+    await page.wait_for_selector(f'{item} li.revision[data-revision="1"][data-action="created"]')
+    listed = await page.eval_on_selector_all(
+        f"{item} li.revision", "rows => rows.map(r => r.dataset.revision)"
+    )
+    assert listed == ["2", "1"]
+    assert await page.locator(f'{item} li.revision[data-revision="2"] button').count() == 0
+    await page.click(f'{item} li.revision[data-revision="1"] button.restore-revision')
+    await page.wait_for_selector(f'{item}[data-revision="3"]')
+    assert "first" in await page.inner_text(f"{item} .annotation-data")
+    restored = f'{item} li.revision[data-revision="3"][data-action="restored"]'
+    await page.wait_for_selector(restored)
+    assert "from r1" in await page.inner_text(restored)
+    assert "annotation_data" in await page.inner_text(restored)
+
+    submitted = await _status_after(page, f"{item} button.submit-review", "submitted for review")
+    assert submitted == f"annotation #{annotation_id} submitted for review"
+    await page.wait_for_selector(f'{item}[data-review-state="submitted"]')
+    # Annotators do not approve, least of all their own work: the server says no, the page says why.
+    refusal = await _status_after(page, f"{item} button.approve", "PermissionDenied")
+    assert await page.get_attribute("#status", "class") == "error", refusal
+    # The group goes to review from the mask view.
+    await page.click(f"{item} button.open-masks")
+    group_row = f'li.mask-group-item[data-group-id="{group_id}"]'
+    await _status_after(page, f"{group_row} button.submit-review", "submitted for review")
+    await page.wait_for_selector(f'{group_row}[data-review-state="submitted"]')
+
+    # The reviewer finds both in review, rejects the group with a reason and approves the
+    # annotation from the project's queue.
+    await _sign_in_to_study(page, viewer, reviewer, at)
+    queued = f'#queue li.queued[data-annotation-id="{annotation_id}"]'
+    await page.wait_for_selector(queued)
+    await page.click(f"{item} button.open-masks")
+    await page.fill(f"{group_row} input.reject-comment", "the liver edge is off by a slice")
+    await _status_after(page, f"{group_row} button.reject", "rejected")
+    rejected = f'{group_row}[data-review-state="rejected"]'
+    await page.wait_for_selector(rejected)
+    assert "the liver edge is off by a slice" in await page.inner_text(rejected)
+    await _status_after(page, f"{queued} button.approve", "approved")
+    await page.wait_for_selector(queued, state="detached")
+    await page.wait_for_selector(f'{item}[data-review-state="approved"] .badge.frozen')
+
+    # Approved is frozen: the annotator's restore is refused, and the page says so.
+    await _sign_in_to_study(page, viewer, annotator, at)
+    await page.wait_for_selector(f'{item}[data-review-state="approved"] .badge.frozen')
+    await page.click(f"{item} button.show-history")
+    await page.wait_for_selector(f'{item} li.revision[data-revision="5"][data-action="approved"]')
+    frozen = await _status_after(
+        page, f'{item} li.revision[data-revision="1"] button.restore-revision', "FailedPrecondition"
+    )
+    assert "frozen" in frozen
+    assert await page.get_attribute("#status", "class") == "error"
+    stored = await stub.GetAnnotation(
+        annotation_pb2.GetAnnotationRequest(annotation_id=annotation_id),
+        metadata=annotator.metadata(),
+        timeout=10,
+    )
+    assert stored.annotation.revision == 5
+    assert json_format.MessageToDict(stored.annotation.annotation_data) == {
+        "x": 1,
+        "label": "first",
+    }
 
 
 async def test_a_dev_token_from_the_local_stack_signs_in(

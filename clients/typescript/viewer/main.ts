@@ -1,10 +1,12 @@
 // The viewer page: sign in with a token, pick a project and a study, watch its
-// annotations live, open mask groups, create annotations.
+// annotations live, open mask groups, create annotations, review them and restore
+// earlier revisions.
 import type { JsonObject } from "@bufbuild/protobuf";
 
 import { createPacsClient, type Annotation, type PacsClient, type Project } from "../src/index.js";
 import { byId, describeError, element, newRequestId } from "./dom.js";
 import { MaskView } from "./mask-view.js";
+import { ReviewQueue } from "./review-view.js";
 import { StudyView } from "./study-view.js";
 
 /** config.json beside the page, written by whoever serves it (the local stack does). */
@@ -46,11 +48,15 @@ const ui = {
   exports: byId("mask-exports", HTMLElement),
   exportsGroup: byId("exports-group", HTMLElement),
   exportList: byId("export-list", HTMLUListElement),
+  queueSection: byId("review-queue", HTMLElement),
+  queue: byId("queue", HTMLUListElement),
+  refreshQueue: byId("refresh-queue", HTMLButtonElement),
 };
 
 let client: PacsClient | undefined;
 let studyView: StudyView | undefined;
 let maskView: MaskView | undefined;
+let reviewQueue: ReviewQueue | undefined;
 
 function report(message: string, isError = false): void {
   ui.status.textContent = message;
@@ -80,6 +86,7 @@ async function fetchDevToken(path: string): Promise<void> {
 
 async function connect(): Promise<void> {
   closeStudy();
+  reviewQueue?.close();
   const token = ui.token.value.trim();
   const api = createPacsClient(ui.apiUrl.value.replace(/\/+$/, ""), () => token);
   const login = await api.identity.login({}, { timeoutMs: 15_000 });
@@ -90,6 +97,13 @@ async function connect(): Promise<void> {
     groups: ui.maskGroups,
     slices: ui.slices,
     exports: { section: ui.exports, title: ui.exportsGroup, list: ui.exportList },
+    report,
+  });
+  reviewQueue = new ReviewQueue(api, {
+    section: ui.queueSection,
+    list: ui.queue,
+    openStudy,
+    changed: (annotation) => studyView?.show(annotation),
     report,
   });
   const who = login.user;
@@ -157,6 +171,8 @@ function openStudy(studyUid: string): void {
     list: ui.annotations,
     badge: ui.live,
     openMasks: (annotation: Annotation) => void maskView?.open(annotation),
+    changed: () => void reviewQueue?.refresh(),
+    groupReviewed: (_annotationId, groupId, review) => maskView?.reviewed(groupId, review),
     report,
   });
   studyView = view;
@@ -229,13 +245,16 @@ async function main(): Promise<void> {
     "change",
     handle(async () => {
       closeStudy();
+      reviewQueue?.close();
       const projectId = selectedProject();
+      if (projectId !== undefined) reviewQueue?.open(projectId);
       if (client && projectId !== undefined) await loadStudies(client, projectId);
     }),
   );
   ui.study.addEventListener("change", () => openStudy(ui.study.value));
   submit(ui.studyForm, () => openStudy(ui.studyUid.value.trim()));
   submit(ui.createForm, createAnnotation);
+  ui.refreshQueue.addEventListener("click", handle(() => reviewQueue?.refresh()));
   document.body.dataset["ready"] = "true";
   report("paste a token and connect");
 }

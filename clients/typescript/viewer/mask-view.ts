@@ -1,5 +1,6 @@
 // The mask groups of one annotation, and a group's slices as images straight from
-// storage (presigned GET URLs; storage answers CORS for this page's origin).
+// storage (presigned GET URLs; storage answers CORS for this page's origin). Each group
+// shows its review state, with the review steps open from it.
 import {
   MaskGroupStatus,
   PacsStoreStatus,
@@ -8,11 +9,14 @@ import {
   type Mask,
   type MaskGroup,
   type MaskGroupExport,
+  type Review,
   type PacsClient,
 } from "../src/index.js";
 import { describeError, element, formatTime, isAbort } from "./dom.js";
+import { ReviewControls, reviewStateName, type ReviewSteps } from "./review-view.js";
 
 const PAGE_SIZE = 100;
+const CALL = { timeoutMs: 15_000 } as const;
 
 export interface MaskViewHooks {
   readonly section: HTMLElement;
@@ -24,8 +28,16 @@ export interface MaskViewHooks {
   readonly report: (message: string, isError?: boolean) => void;
 }
 
+/** A listed group: its row, and its review controls, which keep a typed comment. */
+interface GroupItem {
+  group: MaskGroup;
+  readonly row: HTMLLIElement;
+  readonly controls: ReviewControls;
+}
+
 export class MaskView {
   private loading = new AbortController();
+  private readonly items = new Map<bigint, GroupItem>();
 
   constructor(
     private readonly client: PacsClient,
@@ -36,6 +48,7 @@ export class MaskView {
     this.restart();
     this.hooks.section.hidden = true;
     this.hooks.groups.replaceChildren();
+    this.items.clear();
     this.hooks.slices.replaceChildren();
     this.hooks.exports.section.hidden = true;
     this.hooks.exports.list.replaceChildren();
@@ -57,13 +70,48 @@ export class MaskView {
         groups.push(...page.maskGroups);
         pageToken = page.nextPageToken;
       } while (pageToken);
-      this.hooks.groups.replaceChildren(
-        ...groups.map((group) => element("li", {}, this.groupButton(group))),
-      );
+      this.hooks.groups.replaceChildren(...groups.map((group) => this.groupItem(group).row));
       if (groups.length === 0) this.hooks.report(`annotation #${annotation.id} has no mask groups`);
     } catch (error) {
       if (!isAbort(error)) this.hooks.report(`mask groups: ${describeError(error)}`, true);
     }
+  }
+
+  /** A group's review changed (an event from the study's watch): shown if the group is listed. */
+  reviewed(groupId: bigint, review: Review | undefined): void {
+    const item = this.items.get(groupId);
+    if (item) this.showGroup({ ...item.group, review });
+  }
+
+  private groupItem(group: MaskGroup): GroupItem {
+    const row = element("li", { className: "mask-group-item", data: { groupId: String(group.id) } });
+    const item: GroupItem = { group, row, controls: new ReviewControls(this.groupSteps(group), this.hooks.report) };
+    this.items.set(group.id, item);
+    this.showGroup(group);
+    return item;
+  }
+
+  private showGroup(group: MaskGroup): void {
+    const item = this.items.get(group.id);
+    if (!item) return;
+    item.group = group;
+    item.controls.render(group.review);
+    item.row.dataset["reviewState"] = reviewStateName(group.review);
+    item.row.replaceChildren(this.groupButton(group), item.controls.root);
+  }
+
+  private groupSteps(group: MaskGroup): ReviewSteps {
+    const ids = { annotationId: group.annotationId, groupId: group.id };
+    const done = (reviewed: MaskGroup | undefined, what: string): void => {
+      if (!reviewed) return;
+      this.showGroup(reviewed);
+      this.hooks.report(`mask group ${reviewed.groupName || reviewed.id} ${what}`);
+    };
+    return {
+      submit: async () => done((await this.client.masks.submitMaskGroupForReview(ids, CALL)).maskGroup, "submitted for review"),
+      approve: async () => done((await this.client.masks.approveMaskGroup(ids, CALL)).maskGroup, "approved"),
+      reject: async (comment) => done((await this.client.masks.rejectMaskGroup({ ...ids, comment }, CALL)).maskGroup, "rejected"),
+    };
   }
 
   /** Abandons whatever is loading; returns the signal for what loads next. */

@@ -3,9 +3,11 @@ import {
   AnnotationEventType,
   type Annotation,
   type PacsClient,
+  type Review,
   type WatchAnnotationsResponse,
 } from "../src/index.js";
 import { describeError, element, formatTime, isAbort, pause } from "./dom.js";
+import { AnnotationReview, reviewStateName } from "./review-view.js";
 
 const PAGE_SIZE = 200;
 // Enough for a study's annotations; beyond it the list says it is cut short.
@@ -17,6 +19,10 @@ export interface StudyViewHooks {
   readonly list: HTMLUListElement;
   readonly badge: HTMLElement;
   readonly openMasks: (annotation: Annotation) => void;
+  /** An annotation this page changed (a review step, a restore): the queue may have moved. */
+  readonly changed: (annotation: Annotation) => void;
+  /** One of the study's mask groups was submitted, approved or rejected. */
+  readonly groupReviewed: (annotationId: bigint, groupId: bigint, review: Review | undefined) => void;
   readonly report: (message: string, isError?: boolean) => void;
 }
 
@@ -26,6 +32,8 @@ export class StudyView {
   private readonly deleted = new Set<bigint>();
   // Annotations that arrived after the first listing, highlighted.
   private readonly freshIds = new Set<bigint>();
+  // Kept across renders: an open history and a typed rejection comment stay put.
+  private readonly reviews = new Map<bigint, AnnotationReview>();
   private readonly stopped = new AbortController();
   private lastEventId = 0n;
   private truncated = false;
@@ -54,6 +62,7 @@ export class StudyView {
 
   /** Shows an annotation this page wrote, without waiting for its event. */
   show(annotation: Annotation): void {
+    if (annotation.projectId !== this.projectId || annotation.studyUid !== this.studyUid) return;
     this.upsert(annotation, true);
     this.render();
   }
@@ -113,7 +122,14 @@ export class StudyView {
     if (event.eventType === AnnotationEventType.DELETED) {
       this.deleted.add(event.annotationId);
       this.shown.delete(event.annotationId);
+      this.reviews.delete(event.annotationId);
+    } else if (event.eventType === AnnotationEventType.MASK_GROUP_REVIEWED) {
+      // Names the group; the annotation itself did not change.
+      this.hooks.groupReviewed(event.annotationId, event.maskGroupId, event.maskGroupReview);
+      return;
     } else if (event.annotation) {
+      // Back from the trash: the deletion no longer holds.
+      if (event.eventType === AnnotationEventType.RESTORED) this.deleted.delete(event.annotationId);
       this.upsert(event.annotation, true);
     }
     this.render();
@@ -152,6 +168,19 @@ export class StudyView {
       element("span", { className: "meta", text: meta }),
       masks,
     );
+    let review = this.reviews.get(annotation.id);
+    if (review) {
+      review.update(annotation);
+    } else {
+      review = new AnnotationReview(this.client, annotation, {
+        changed: (changed) => {
+          this.show(changed);
+          this.hooks.changed(changed);
+        },
+        report: this.hooks.report,
+      });
+      this.reviews.set(annotation.id, review);
+    }
     const data = element("code", {
       className: "annotation-data",
       text: JSON.stringify(annotation.annotationData ?? {}).slice(0, 300),
@@ -160,10 +189,15 @@ export class StudyView {
       "li",
       {
         className: this.freshIds.has(annotation.id) ? "annotation fresh" : "annotation",
-        data: { annotationId: String(annotation.id) },
+        data: {
+          annotationId: String(annotation.id),
+          revision: String(annotation.revision),
+          reviewState: reviewStateName(annotation.review),
+        },
       },
       head,
       data,
+      review.root,
     );
   }
 
@@ -173,8 +207,7 @@ export class StudyView {
   }
 }
 
-/** When the annotation was last changed, in nanoseconds: orders its versions. */
+/** Orders an annotation's versions: every write, review steps too, is a new revision. */
 function version(annotation: Annotation): bigint {
-  const at = annotation.updatedAt;
-  return at ? at.seconds * 1_000_000_000n + BigInt(at.nanos) : 0n;
+  return annotation.revision;
 }
