@@ -96,5 +96,5 @@ class SegmentationBuild:
     max_voxels: int
     # The group's review state as exported (the SEG's content label and series description
     # say it), and its name.
-    review_state: str = "approved"
-    group_name: str | None = None
+    review_state: str
+    group_name: str | None

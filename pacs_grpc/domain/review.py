@@ -73,7 +73,26 @@ def comment(step: ReviewStep, value: str) -> str | None:
         raise InvalidArgument("comment", "is required to reject: say what to change")
     if len(text) > MAX_COMMENT:
         raise InvalidArgument("comment", f"must be at most {MAX_COMMENT} characters")
+    # Lines are fine in a reviewer's note; other control characters (NUL above all, which
+    # PostgreSQL text cannot hold) are not.
+    if any(ord(c) < 32 and c not in "\n\r\t" for c in text):
+        raise InvalidArgument("comment", "must not contain control characters")
     return text
+
+
+def exportable(state: ReviewState, *, drafts_allowed: bool) -> None:
+    """Only approved groups go to the PACS. A project may allow drafts and submitted groups
+    (export_unapproved), never rejected ones."""
+    if state is ReviewState.REJECTED:
+        raise FailedPrecondition(
+            "the mask group was rejected: only approved groups go to the PACS; correct it as a "
+            "new version"
+        )
+    if state is not ReviewState.APPROVED and not drafts_allowed:
+        raise FailedPrecondition(
+            f"the mask group is {state.value}: only approved groups go to the PACS, unless the "
+            "project's owners allow it (export_unapproved)"
+        )
 
 
 def not_own_work(step: ReviewStep, reviewer: int, authors: set[int]) -> None:

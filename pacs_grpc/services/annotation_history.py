@@ -15,6 +15,7 @@ from pacs_grpc.domain.annotation import Annotation, AnnotationRevision, EventTyp
 from pacs_grpc.domain.errors import FailedPrecondition, NotFound, PermissionDenied
 from pacs_grpc.domain.identity import ProjectRole
 from pacs_grpc.domain.paging import Page
+from pacs_grpc.domain.review import ReviewState
 from pacs_grpc.services.annotation_access import accessible_annotation, check_version, record_change
 from pacs_grpc.services.context import AuditedTransactions, CallContext
 from pacs_grpc.services.ports import AnnotationStore, Clock, EventRecorder, TxT
@@ -98,6 +99,11 @@ class AnnotationHistory(Generic[TxT]):
                 self._annotations, conn, call, annotation_id, for_update=True, include_deleted=purge
             )
             check_version(current, expected_version)
+            if current.review_state is ReviewState.APPROVED and role is not ProjectRole.OWNER:
+                raise FailedPrecondition(
+                    "the annotation is approved and frozen; only the project's owners may "
+                    "delete it"
+                )
             if not purge:
                 trashed = await self._annotations.move_to_trash(
                     conn, annotation_id, call.caller.user_id, trash=True

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from pacs_grpc.domain import paging, validation
+from pacs_grpc.domain import paging, review, validation
 from pacs_grpc.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -46,7 +46,6 @@ from pacs_grpc.domain.exports import (
 )
 from pacs_grpc.domain.masks import MAX_SLICE_COUNT, GroupAccess, Mask, slice_list
 from pacs_grpc.domain.paging import Page
-from pacs_grpc.domain.review import ReviewState
 from pacs_grpc.domain.segments import TISSUE, AlgorithmType, Segment, new_uid
 from pacs_grpc.services.context import AuditedTransactions, CallContext
 from pacs_grpc.services.idempotency import create_once
@@ -179,11 +178,7 @@ class ExportUseCases(Generic[TxT]):
                 f"the mask group is not COMPLETE ({group.completed_slices} of "
                 f"{group.slice_count} slices recorded)"
             )
-        if group.review.state is not ReviewState.APPROVED and not access.export_unapproved:
-            raise FailedPrecondition(
-                f"the mask group is {group.review.state.value}: only approved groups go to the "
-                "PACS, unless the project's owners allow it (export_unapproved)"
-            )
+        review.exportable(group.review.state, drafts_allowed=access.export_unapproved)
         if access.series_uid is None:
             raise FailedPrecondition("the group's annotation names no series to export against")
         unbound = [m.slice_index for m in plan.masks if not m.sop_instance_uid]

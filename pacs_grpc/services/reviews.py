@@ -12,7 +12,7 @@ from typing import Generic
 
 from pacs_grpc.domain import annotation_rules, validation
 from pacs_grpc.domain.annotation import Annotation, EventType, RevisionAction
-from pacs_grpc.domain.errors import FailedPrecondition
+from pacs_grpc.domain.errors import FailedPrecondition, InvalidArgument
 from pacs_grpc.domain.masks import MaskGroup
 from pacs_grpc.domain.review import Review, ReviewStep, comment, next_state, not_own_work
 from pacs_grpc.services.annotation_access import (
@@ -60,6 +60,10 @@ class ReviewUseCases(Generic[TxT]):
     ) -> Annotation:
         validation.positive_id("annotation_id", annotation_id)
         expected_version = annotation_rules.etag("etag", etag)
+        if step is ReviewStep.APPROVE and expected_version is None:
+            # Otherwise a change and a resubmission made after the reviewer read it would be
+            # approved unseen.
+            raise InvalidArgument("etag", "is required to approve: approve the revision you read")
         reason = comment(step, note)
         call.audit.touch(resource_ids=[annotation_id])
         async with self._transaction(call) as conn:

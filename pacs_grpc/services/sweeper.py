@@ -7,8 +7,9 @@ replica runs a Sweeper, and each round goes like this, batch by batch, one trans
 1. take ``pg_try_advisory_xact_lock(lock_key)``; a replica that does not get it ends its round at
    once. So at most one replica deletes at any moment, and when it dies its transaction (and the
    lock) goes with its connection, and the next replica to try takes over;
-2. move expired, never-completed upload tickets to the outbox, and purge the annotations whose
-   time in the trash is up (their objects go to the outbox in the same transaction);
+2. first, batch by batch, purge the annotations whose time in the trash is up, queueing their
+   objects, each batch a transaction that commits before any of those objects is deleted;
+   then move expired, never-completed upload tickets to the outbox;
 3. claim due outbox rows (``FOR UPDATE SKIP LOCKED``), delete their objects, then remove the rows
    that succeeded and reschedule the others with exponential backoff, before committing.
 
@@ -80,11 +81,9 @@ class SweepResult:
 class _Batch:
     result: SweepResult
     claimed: int
-    # Expired tickets removed, queued or not, and annotations purged: a full batch of either
-    # means more may be waiting.
+    # Expired tickets removed, queued or not: a full batch means more may be waiting.
     expired_removed: int
     storage_down: bool
-    purged: int = 0
 
 
 class Sweeper(Generic[TxT]):
@@ -151,12 +150,19 @@ class Sweeper(Generic[TxT]):
         total = SweepResult()
         try:
             while True:
+                purged = await self._purge_expired_trash()
+                if purged is None:
+                    return total  # another replica sweeps
+                total += SweepResult(purged=purged)
+                if purged < self._batch_size:
+                    break
+            while True:
                 batch = await self._sweep_batch()
                 if batch is None:
                     break
                 total += batch.result
                 more_due = batch.claimed == self._batch_size
-                more_expired = self._batch_size in (batch.expired_removed, batch.purged)
+                more_expired = batch.expired_removed == self._batch_size
                 # An outage would fail every further batch too, each after a timeout.
                 if batch.storage_down or not (more_due or more_expired):
                     break
@@ -191,15 +197,10 @@ class Sweeper(Generic[TxT]):
                 conn, self._grace, self._batch_size
             )
             enqueued = expired.queued
-            purged = await self._purge_expired_trash(conn)
             claimed = await self._outbox.claim_due(conn, self._batch_size)
             if not claimed:
                 return _Batch(
-                    SweepResult(expired_enqueued=enqueued, purged=purged),
-                    0,
-                    expired.removed,
-                    storage_down=False,
-                    purged=purged,
+                    SweepResult(expired_enqueued=enqueued), 0, expired.removed, storage_down=False
                 )
 
             # The same key may be queued twice (say, by an expired ticket and by its group's
@@ -221,17 +222,24 @@ class Sweeper(Generic[TxT]):
             retry = {row_id: reason for row_id, key in claimed if key in failed_keys}
             await self._outbox.finish(conn, done)
             await self._outbox.retry_later(conn, retry)
-            result = SweepResult(
-                expired_enqueued=enqueued, deleted=len(done), failed=len(retry), purged=purged
-            )
-            return _Batch(result, len(claimed), expired.removed, storage_down, purged)
+            result = SweepResult(expired_enqueued=enqueued, deleted=len(done), failed=len(retry))
+            return _Batch(result, len(claimed), expired.removed, storage_down)
 
-    async def _purge_expired_trash(self, conn: TxT) -> int:
-        """Purge a batch of annotations whose time in the trash is up; how many."""
-        expired = await self._trash.expired_trash(conn, self._trash_retention, self._batch_size)
-        if expired:
-            await self._trash.purge(conn, expired)
-        return len(expired)
+    async def _purge_expired_trash(self) -> int | None:
+        """Purge a batch of annotations whose time in the trash is up; how many, or None when
+        another sweeper holds the lock.
+
+        In a transaction of its own, committed before any object is deleted: were the purge and
+        the deletions one transaction, a failed commit would bring the rows back without the
+        objects they name.
+        """
+        async with self._db.transaction() as conn:
+            if not await self._outbox.try_lock(conn):
+                return None
+            expired = await self._trash.expired_trash(conn, self._trash_retention, self._batch_size)
+            if expired:
+                await self._trash.purge(conn, expired)
+            return len(expired)
 
     async def _run(self) -> None:
         while True:

@@ -469,7 +469,11 @@ def test_annotations_are_submitted_reviewed_and_queued(
     assert rows[str(waiting)][:5] == [str(waiting), "polygon", "1.2.3.7", "user", me]
     assert len(rows[str(waiting)]) == 6  # and when it was submitted
 
-    own_work = one_line_error(pacs("review", "approve", str(to_approve)), "PERMISSION_DENIED")
+    no_etag = pacs("review", "approve", str(to_approve), env=as_reviewer)
+    assert (no_etag.returncode, "--etag is required" in no_etag.stderr) == (2, True)
+    own_work = one_line_error(
+        pacs("review", "approve", str(to_approve), "--etag", "v2"), "PERMISSION_DENIED"
+    )
     assert "own work" in own_work
     approved = ok(pacs("review", "approve", str(to_approve), "--etag", "v2", env=as_reviewer))
     assert approved == f"approved annotation {to_approve} (revision 3, etag v3)\n"
@@ -495,7 +499,7 @@ def test_review_refusals_are_one_line(pacs: Run, as_reviewer: dict[str, str]) ->
     project_id = review_project(pacs, as_reviewer)
     annotation_id = str(create_polygon(pacs, project_id, [[1, 1], [2, 2], [3, 1]]))
     # Only what was submitted is reviewed; a reviewer never writes.
-    not_submitted = pacs("review", "approve", annotation_id, env=as_reviewer)
+    not_submitted = pacs("review", "approve", annotation_id, "--etag", "v1", env=as_reviewer)
     assert "only one that is submitted" in one_line_error(not_submitted, "FAILED_PRECONDITION")
     one_line_error(pacs("review", "submit", annotation_id, env=as_reviewer), "PERMISSION_DENIED")
     ok(pacs("review", "submit", annotation_id))

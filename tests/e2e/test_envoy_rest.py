@@ -143,11 +143,13 @@ def test_every_route_of_the_contract_works_with_json_in_and_out(
     )["annotation"]
     assert (restored["revision"], restored["etag"]) == ("3", "v3")
     assert restored.get("viewer_software", "") == ""
+    reviewed = restored
     for action, token, body in (
         ("submit", writer, {}),
         ("reject", admin, {"comment": "outline the whole lesion"}),
         ("submit", writer, {}),
-        ("approve", admin, {}),
+        # An approval names the revision it approves.
+        ("approve", admin, {"etag": "v6"}),
     ):
         reviewed = rest.ok(
             "POST", ANNOTATION + "/" + action, annotation_id=annotation_id, token=token, body=body
@@ -157,7 +159,10 @@ def test_every_route_of_the_contract_works_with_json_in_and_out(
 
     _masks_through_every_route(rest, http, writer, annotation_id, admin)
 
-    rest.ok("DELETE", ANNOTATION, annotation_id=annotation_id, token=writer)
+    # Approved, so frozen: an owner (the administrator) deletes it, an annotator may not.
+    frozen = rest.call("DELETE", ANNOTATION, annotation_id=annotation_id, token=writer)
+    assert frozen.status == 400
+    rest.ok("DELETE", ANNOTATION, annotation_id=annotation_id, token=admin)
     gone = rest.call("GET", ANNOTATION, annotation_id=annotation_id, token=writer)
     assert gone.status == 404
     back = rest.ok(

@@ -393,9 +393,9 @@ def test_nobody_approves_their_own_work_not_even_a_platform_admin(
 ) -> None:
     # The module's client is a platform administrator who wrote and submitted both.
     created = new_point(client, annotation)
-    client.submit(created.id)
+    submitted = client.submit(created.id)
     with pytest.raises(grpc.RpcError) as raised:
-        client.approve(created.id)
+        client.approve(created.id, etag=submitted.etag)
     assert status_of(raised) is grpc.StatusCode.PERMISSION_DENIED
     group = client.upload_mask_group(annotation.id, arrays=np.ones((1, 8, 8), np.uint8)).group
     client.submit(annotation.id, group_id=group.id)
@@ -413,8 +413,7 @@ def test_the_review_queue_lists_what_was_submitted_and_nothing_else(
 ) -> None:
     waiting, draft, approved = (new_point(client, annotation) for _ in range(3))
     client.submit(waiting.id)
-    client.submit(approved.id)
-    reviewer.approve(approved.id)
+    reviewer.approve(approved.id, etag=client.submit(approved.id).etag)
     queue = list(reviewer.review_queue(annotation.project_id))
     listed = [a.id for a in queue]
     assert waiting.id in listed

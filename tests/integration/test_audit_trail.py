@@ -223,11 +223,15 @@ async def test_every_audited_rpc_records_its_project_study_type_and_ids(
             annotation_pb2.SubmitAnnotationForReviewRequest(annotation_id=first),
             owner,
         ),
-        ("ApproveAnnotation", annotation_pb2.ApproveAnnotationRequest(annotation_id=first), admin),
     ):
         await getattr(annotations, method)(
             request, metadata=meta(actor, method, Expected(pid, "annotation", [first], STUDY))
         )
+    # An approval names the revision it approves: the one the submission left.
+    await annotations.ApproveAnnotation(
+        annotation_pb2.ApproveAnnotationRequest(annotation_id=first, etag="v6"),
+        metadata=meta(admin, "ApproveAnnotation", Expected(pid, "annotation", [first], STUDY)),
+    )
     watch_request = uuid.uuid4().hex
     stream = annotations.WatchAnnotations(
         annotation_pb2.WatchAnnotationsRequest(project_id=pid, study_uid=STUDY, after_event_id=1),

@@ -75,7 +75,9 @@ async def test_a_reviewer_approves_what_an_annotator_submitted_and_it_is_frozen(
     assert submitted.annotation.review.user_id == team.annotator.user_id
 
     approved = await stub.ApproveAnnotation(
-        annotation_pb2.ApproveAnnotationRequest(annotation_id=annotation_id),
+        annotation_pb2.ApproveAnnotationRequest(
+            annotation_id=annotation_id, etag=submitted.annotation.etag
+        ),
         metadata=team.reviewer.metadata(),
     )
 
@@ -156,7 +158,7 @@ async def test_the_reviewer_role_reads_and_reviews_but_never_writes(
             metadata=team.annotator.metadata(),
         ),
         stub.ApproveAnnotation(
-            annotation_pb2.ApproveAnnotationRequest(annotation_id=annotation_id),
+            annotation_pb2.ApproveAnnotationRequest(annotation_id=annotation_id, etag="v1"),
             metadata=team.viewer.metadata(),
         ),
     ]
@@ -169,13 +171,15 @@ async def test_nobody_approves_their_own_work_not_even_an_owner(
     channel: aio.Channel, stub: Stub, team: Team
 ) -> None:
     annotation_id = await _annotation(channel, team, author=team.owner)
-    await stub.SubmitAnnotationForReview(
+    submitted = await stub.SubmitAnnotationForReview(
         annotation_pb2.SubmitAnnotationForReviewRequest(annotation_id=annotation_id),
         metadata=team.owner.metadata(),
     )
     code, message = await _code(
         stub.ApproveAnnotation(
-            annotation_pb2.ApproveAnnotationRequest(annotation_id=annotation_id),
+            annotation_pb2.ApproveAnnotationRequest(
+                annotation_id=annotation_id, etag=submitted.annotation.etag
+            ),
             metadata=team.owner.metadata(),
         )
     )

@@ -177,3 +177,21 @@ async def test_the_sweeper_purges_what_the_trash_held_past_its_retention() -> No
     assert expired[0].file_path not in m.storage.stored_keys("masks/")
     with pytest.raises(NotFound):
         await m.groups().get_group(m.call("GetMaskGroup"), recent.id, next(iter(m.tables.groups)))
+
+
+async def test_a_purge_commits_before_the_objects_it_queued_are_deleted() -> None:
+    m = MaskWorld()
+    m.seed_masks(m.seed_group(1), [0])
+    annotations = builders.annotation_history(m.w, trash_retention=RETENTION)
+    await annotations.delete(m.call("DeleteAnnotation"), m.annotation.id, "")
+    m.w.clock.advance(RETENTION.total_seconds() + 1)
+    already = len(m.w.db.committed)
+
+    await m.sweeper(trash_retention=RETENTION).sweep_once()
+
+    writes = [tx.writes for tx in m.w.db.committed[already:]]
+    purge = next(i for i, w in enumerate(writes) if "annotations" in w)
+    deletion = next(i for i, w in enumerate(writes) if "outbox" in w and "annotations" not in w)
+    # Had they shared a transaction, a failed commit would restore rows whose objects are gone.
+    assert purge < deletion
+    assert all("annotations" not in w for w in writes[purge + 1 :])

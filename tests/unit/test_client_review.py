@@ -214,12 +214,12 @@ def client(address: str) -> Iterator[PacsClient]:
 
 def test_annotation_steps_send_the_id_etag_and_comment(client: PacsClient, script: Script) -> None:
     assert client.submit(5, etag="v1").review.state == State.REVIEW_STATE_SUBMITTED
-    assert client.approve(5).review.state == State.REVIEW_STATE_APPROVED
+    assert client.approve(5, etag="v2").review.state == State.REVIEW_STATE_APPROVED
     rejected = client.reject(6, "the border misses the lesion", etag="v2")
     assert (rejected.id, rejected.review.comment) == (6, "the border misses the lesion")
     submitted = script.requests["SubmitAnnotationForReview"]
     assert [(r.annotation_id, r.etag) for r in submitted] == [(5, "v1")]
-    assert [(r.annotation_id, r.etag) for r in script.requests["ApproveAnnotation"]] == [(5, "")]
+    assert [(r.annotation_id, r.etag) for r in script.requests["ApproveAnnotation"]] == [(5, "v2")]
     sent = script.requests["RejectAnnotation"][0]
     assert (sent.annotation_id, sent.etag, sent.comment) == (
         6, "v2", "the border misses the lesion",
@@ -264,7 +264,7 @@ def test_an_etag_with_a_group_is_refused_before_anything_is_sent(
     ("method", "step"),
     [
         ("SubmitAnnotationForReview", lambda client: client.submit(5)),
-        ("ApproveAnnotation", lambda client: client.approve(5)),
+        ("ApproveAnnotation", lambda client: client.approve(5, etag="v2")),
         ("RejectAnnotation", lambda client: client.reject(5, "why")),
         ("SubmitMaskGroupForReview", lambda client: client.submit(5, group_id=7)),
         ("ApproveMaskGroup", lambda client: client.approve(5, group_id=7)),
@@ -360,7 +360,7 @@ def test_cli_review_steps_on_an_annotation_say_what_they_did(pacs: Pacs, script:
     assert pacs("review", "submit", "5", "--etag", "v1") == (
         0, "submitted annotation 5 (revision 2, etag v2)\n", "",
     )  # fmt: skip
-    assert pacs("review", "approve", "5")[:2] == (
+    assert pacs("review", "approve", "5", "--etag", "v2")[:2] == (
         0,
         "approved annotation 5 (revision 2, etag v2)\n",
     )
@@ -389,9 +389,15 @@ def test_cli_review_steps_with_group_act_on_the_mask_group(pacs: Pacs, script: S
 
 
 def test_cli_self_approval_is_one_permission_denied_line(pacs: Pacs) -> None:
-    assert pacs("review", "approve", str(OWN_WORK)) == (
+    assert pacs("review", "approve", str(OWN_WORK), "--etag", "v2") == (
         EXIT_FAILED, "", f"error: PERMISSION_DENIED: {OWN_WORK_DETAILS}\n",
     )  # fmt: skip
+
+
+def test_cli_approving_an_annotation_needs_its_etag(pacs: Pacs, script: Script) -> None:
+    code, _, err = pacs("review", "approve", "5")
+    assert (code, "--etag is required to approve an annotation" in err) == (EXIT_USAGE, True)
+    assert "ApproveAnnotation" not in script.requests
 
 
 def test_cli_review_usage_errors_exit_2_and_send_nothing(pacs: Pacs, script: Script) -> None:

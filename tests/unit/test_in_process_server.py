@@ -287,14 +287,17 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
             metadata=admin,
         ),
     )
-    await notes.SubmitAnnotationForReview(
+    resubmitted = await notes.SubmitAnnotationForReview(
         annotation_pb2.SubmitAnnotationForReviewRequest(annotation_id=annotation.id),
         metadata=anna,
     )
     approved_note = await c.call(
         "ApproveAnnotation",
         notes.ApproveAnnotation(
-            annotation_pb2.ApproveAnnotationRequest(annotation_id=annotation.id), metadata=admin
+            annotation_pb2.ApproveAnnotationRequest(
+                annotation_id=annotation.id, etag=resubmitted.annotation.etag
+            ),
+            metadata=admin,
         ),
     )
     assert approved_note.annotation.review.state == review_pb2.REVIEW_STATE_APPROVED
@@ -496,7 +499,8 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
             annotation_pb2.DeleteAnnotationRequest(
                 annotation_id=annotation.id, etag=approved_note.annotation.etag
             ),
-            metadata=anna,
+            # Approved content is frozen: only an owner (here the administrator) deletes it.
+            metadata=admin,
         ),
     )
     back = await c.call(
@@ -508,7 +512,7 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
     )
     assert (back.annotation.revision, back.annotation.HasField("deleted_at")) == (9, False)
     await notes.DeleteAnnotation(
-        annotation_pb2.DeleteAnnotationRequest(annotation_id=annotation.id), metadata=anna
+        annotation_pb2.DeleteAnnotationRequest(annotation_id=annotation.id), metadata=admin
     )
     await c.call(
         "RemoveProjectMember",

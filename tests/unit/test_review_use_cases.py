@@ -18,7 +18,7 @@ from pacs_grpc.domain.errors import (
 )
 from pacs_grpc.domain.identity import ProjectRole, User
 from pacs_grpc.domain.masks import MaskGroup
-from pacs_grpc.domain.review import ReviewState, ReviewStep, comment, next_state
+from pacs_grpc.domain.review import ReviewState, ReviewStep, comment, exportable, next_state
 from pacs_grpc.services.annotations import ListRequest
 from tests.fakes import builders
 from tests.fakes.mask_builders import MaskWorld
@@ -57,6 +57,9 @@ class World(MaskWorld):
     async def step(
         self, annotation: Annotation, step: ReviewStep, user: User, note: str = "", etag: str = ""
     ) -> Annotation:
+        """One step; an approval reads the annotation's current etag unless given one."""
+        if step is APPROVE and not etag:
+            etag = self.w.db.tables.annotations[annotation.id].etag
         return await self.reviews().review_annotation(
             self.call(_METHOD[step], user), annotation.id, step, etag, note
         )
@@ -170,6 +173,26 @@ async def test_who_may_take_which_step(m: World) -> None:
     )
 
 
+async def test_an_approval_names_the_revision_it_approves(m: World) -> None:
+    created = await m.create()
+    await m.step(created, SUBMIT, m.annotator)
+    with pytest.raises(InvalidArgument, match="etag"):
+        await m.reviews().review_annotation(
+            m.call("ApproveAnnotation", m.reviewer), created.id, APPROVE, ""
+        )
+    assert m.w.db.tables.annotations[created.id].review_state is ReviewState.SUBMITTED
+
+
+async def test_approved_content_is_deleted_by_owners_only(m: World) -> None:
+    created = await m.create()
+    await m.step(created, SUBMIT, m.annotator)
+    approved = await m.step(created, APPROVE, m.reviewer)
+    with pytest.raises(FailedPrecondition, match="only the project's owners"):
+        await m.history.delete(m.call("DeleteAnnotation"), created.id, approved.etag)
+    await m.history.delete(m.call("DeleteAnnotation", m.admin), created.id, approved.etag)
+    assert m.w.db.tables.annotations[created.id].deleted_at is not None
+
+
 async def test_a_change_makes_a_draft_again_and_a_stale_etag_is_refused(m: World) -> None:
     created = await m.create()
     submitted = await m.step(created, SUBMIT, m.annotator)
@@ -250,3 +273,19 @@ async def test_only_approved_groups_are_exported_unless_the_project_allows_draft
     link = await export()
 
     assert link.export.mask_group_id == group.id
+
+
+def test_a_rejected_group_never_goes_to_the_pacs() -> None:
+    exportable(ReviewState.APPROVED, drafts_allowed=False)
+    exportable(ReviewState.DRAFT, drafts_allowed=True)
+    exportable(ReviewState.SUBMITTED, drafts_allowed=True)
+    with pytest.raises(FailedPrecondition, match="only approved groups"):
+        exportable(ReviewState.DRAFT, drafts_allowed=False)
+    with pytest.raises(FailedPrecondition, match="was rejected"):
+        exportable(ReviewState.REJECTED, drafts_allowed=True)
+
+
+def test_a_comment_may_hold_lines_but_no_other_control_characters() -> None:
+    assert comment(REJECT, "line one\nline two") == "line one\nline two"
+    with pytest.raises(InvalidArgument, match="control characters"):
+        comment(REJECT, "nul\x00byte")

@@ -155,7 +155,7 @@ def _build(
     return SegmentationBuild(
         source_metadata=metadata, slices=slices, segments=(segment,), series_uid="2.25.1",
         sop_uid="2.25.2", series_number=9001, content_creator="a^", model_name=None,
-        model_version=None, max_voxels=max_voxels,
+        model_version=None, max_voxels=max_voxels, review_state="approved", group_name="liver",
     )  # fmt: skip
 
 
@@ -354,5 +354,6 @@ def test_the_seg_says_which_review_state_was_exported() -> None:
     assert content_label("submitted") == "SEG_SUBMITTED"
     assert series_description("liver", "draft") == "liver (DRAFT)"
     assert series_description(None, "approved") == "Segmentation (APPROVED)"
+    assert series_description("liver\\left", "draft") == "liver/left (DRAFT)"
     long = series_description("x" * 80, "rejected")
     assert (len(long), long.endswith(" (REJECTED)")) == (64, True)

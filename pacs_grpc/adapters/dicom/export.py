@@ -22,9 +22,12 @@ def content_label(review_state: str) -> str:
 
 
 def series_description(group_name: str | None, review_state: str) -> str:
-    """The SEG's Series Description (LO, at most 64 characters), ending in its review state."""
+    """The SEG's Series Description (LO, at most 64 characters), ending in its review state.
+    A backslash would split the value in two (LO's value separator), hiding the state from
+    viewers that show the first value only."""
     suffix = f" ({review_state.upper()})"
-    return (group_name or "Segmentation")[: 64 - len(suffix)] + suffix
+    name = (group_name or "Segmentation").replace("\\", "/")
+    return name[: 64 - len(suffix)] + suffix
 
 
 def write_segmentation(build: SegmentationBuild) -> bytes:

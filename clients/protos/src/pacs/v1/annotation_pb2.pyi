@@ -835,7 +835,9 @@ class ApproveAnnotationRequest(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     annotation_id: _builtins.int
     etag: _builtins.str
-    """As in UpdateAnnotationRequest: a stale etag fails with ABORTED."""
+    """Required: the etag of the revision the reviewer read. A stale one fails
+    with ABORTED, so nothing changed since is approved unseen.
+    """
     def __init__(
         self,
         *,

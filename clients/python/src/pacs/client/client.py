@@ -300,7 +300,7 @@ class PacsClient:
         ).annotation
 
     @overload
-    def approve(self, annotation_id: int, *, etag: str = "") -> annotation_pb2.Annotation: ...
+    def approve(self, annotation_id: int, *, etag: str) -> annotation_pb2.Annotation: ...
 
     @overload
     def approve(self, annotation_id: int, *, group_id: int) -> mask_pb2.MaskGroup: ...
@@ -309,8 +309,9 @@ class PacsClient:
         self, annotation_id: int, *, group_id: int = 0, etag: str = ""
     ) -> annotation_pb2.Annotation | mask_pb2.MaskGroup:
         """Approve what was SUBMITTED (reviewers and owners); an approved annotation is frozen
-        and an approved group may go to the PACS. Nobody approves their own work, platform
-        administrators included: PERMISSION_DENIED."""
+        and an approved group may go to the PACS. An annotation's approval names the revision
+        read (`etag`, required; ABORTED if it changed since). Nobody approves their own work,
+        platform administrators included: PERMISSION_DENIED."""
         if group_id:
             _refuse_group_etag(etag)
             return self.masks.ApproveMaskGroup(

@@ -482,6 +482,11 @@ def _review_step(args: argparse.Namespace) -> int:
         raise UsageError("--group must be a mask group id")
     if args.group is not None and args.etag:
         raise UsageError("--etag is an annotation's; leave it out with --group")
+    if args.run == "review_approve" and args.group is None and not args.etag:
+        raise UsageError(
+            "--etag is required to approve an annotation: approve the revision you read "
+            "(`pacs annotations get` shows it)"
+        )
     done = {"review_submit": "submitted", "review_approve": "approved"}.get(args.run, "rejected")
     result: Message
     with _client(args) as client:

@@ -827,7 +827,8 @@ export type ApproveAnnotationRequest = Message<"pacs.v1.ApproveAnnotationRequest
   annotationId: bigint;
 
   /**
-   * As in UpdateAnnotationRequest: a stale etag fails with ABORTED.
+   * Required: the etag of the revision the reviewer read. A stale one fails
+   * with ABORTED, so nothing changed since is approved unseen.
    *
    * @generated from field: string etag = 2;
    */
