@@ -211,7 +211,7 @@ def optional_time(message: Timestamp, present: bool) -> datetime | None:
 
 
 def mask_group(value: MaskGroup) -> mask_pb2.MaskGroup:
-    return mask_pb2.MaskGroup(
+    message = mask_pb2.MaskGroup(
         id=value.id,
         annotation_id=value.annotation_id,
         group_name=value.group_name or "",
@@ -230,7 +230,16 @@ def mask_group(value: MaskGroup) -> mask_pb2.MaskGroup:
         updated_at=timestamp(value.updated_at),
         segments=[segment(s) for s in value.segments],
         review=review(value.review),
+        supersedes_group_id=value.supersedes_group_id or 0,
+        lineage_id=value.lineage_id,
+        version_number=value.version_number,
+        current=value.is_current,
+        input_series_uid=value.input_series_uid or "",
+        client_id=value.client_id or "",
     )
+    if value.inference_parameters is not None:
+        message.inference_parameters.update(value.inference_parameters)
+    return message
 
 
 _REVIEW_STATES = {

@@ -98,6 +98,13 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
             mask_type=given.mask_type,
             description=given.description,
             segments=convert.segment_inputs("mask_group.segments", given.segments),
+            supersedes_group_id=given.supersedes_group_id,
+            inference_parameters=convert.json_object(
+                given.inference_parameters, "mask_group.inference_parameters"
+            )
+            if given.HasField("inference_parameters")
+            else None,
+            input_series_uid=given.input_series_uid,
         )
         group = await self._groups.create_group(
             current_call(), request.annotation_id, new, request.request_id
@@ -110,10 +117,21 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
         page = await self._groups.list_groups(
             current_call(), request.annotation_id, request.page_size, request.page_token,
             convert.review_state_filter(request.review_state),
+            all_versions=request.all_versions,
         )  # fmt: skip
         return mask_pb2.ListMaskGroupsResponse(
             mask_groups=[convert.mask_group(g) for g in page.items],
             next_page_token=page.next_page_token,
+        )
+
+    async def ListMaskGroupVersions(
+        self, request: mask_pb2.ListMaskGroupVersionsRequest, context: Context
+    ) -> mask_pb2.ListMaskGroupVersionsResponse:
+        versions = await self._groups.list_versions(
+            current_call(), request.annotation_id, request.group_id
+        )
+        return mask_pb2.ListMaskGroupVersionsResponse(
+            mask_groups=[convert.mask_group(g) for g in versions]
         )
 
     async def GetMaskGroup(

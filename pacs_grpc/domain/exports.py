@@ -98,3 +98,5 @@ class SegmentationBuild:
     # say it), and its name.
     review_state: str
     group_name: str | None
+    # The version's inference parameters: the SEG's AlgorithmParameters.
+    inference_parameters: dict[str, Any] | None = None

@@ -9,9 +9,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from pacs_grpc.domain import validation
-from pacs_grpc.domain.annotation_rules import dicom_uid
+from pacs_grpc.domain.annotation_rules import JsonLimits, dicom_uid, json_shape, json_size
 from pacs_grpc.domain.errors import InvalidArgument
 from pacs_grpc.domain.identity import ProjectRole
 from pacs_grpc.domain.review import Review, ReviewState
@@ -48,6 +49,16 @@ class MaskGroup:
     # Declared: slices are label maps (pixel value = segment). Empty: nonzero = label_name.
     segments: tuple[Segment, ...] = ()
     review: Review = field(default_factory=lambda: Review(ReviewState.DRAFT))
+    # Versions (migration 0015): the lineage is its first version's id; the current version is
+    # the newest complete one (the first, until one is complete).
+    lineage_id: int = 0
+    version_number: int = 1
+    supersedes_group_id: int | None = None
+    is_current: bool = True
+    # Provenance: how the model ran, on which series, by which pipeline (token azp).
+    inference_parameters: dict[str, Any] | None = None
+    input_series_uid: str | None = None
+    client_id: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -181,6 +192,23 @@ class GroupFields:
     mask_type: str
     description: str | None
     segments: tuple[Segment, ...] = ()
+    inference_parameters: dict[str, Any] | None = None
+    input_series_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class VersionOf:
+    """Where a new version sits: one number after the group it supersedes, in its lineage."""
+
+    supersedes_group_id: int
+    lineage_id: int
+    version_number: int
+
+
+# The SEG carries them as AlgorithmParameters, a DICOM LT of at most 10,240 characters.
+MAX_INFERENCE_PARAMETERS_BYTES = 8192
+_INFERENCE_LIMITS = JsonLimits(max_bytes=MAX_INFERENCE_PARAMETERS_BYTES, max_depth=8,
+                               max_elements=1000)  # fmt: skip
 
 
 def group_fields(
@@ -193,8 +221,17 @@ def group_fields(
     mask_type: str,
     description: str,
     segments: Sequence[SegmentInput] = (),
+    inference_parameters: dict[str, Any] | None = None,
+    input_series_uid: str = "",
 ) -> GroupFields:
     prefix = "mask_group"
+    if inference_parameters is not None:
+        json_shape(f"{prefix}.inference_parameters", inference_parameters, _INFERENCE_LIMITS)
+        if json_size(inference_parameters) > MAX_INFERENCE_PARAMETERS_BYTES:
+            raise InvalidArgument(
+                f"{prefix}.inference_parameters",
+                f"must be at most {MAX_INFERENCE_PARAMETERS_BYTES} bytes of JSON",
+            )
     if not 1 <= slice_count <= MAX_SLICE_COUNT:
         raise InvalidArgument(f"{prefix}.slice_count", f"must be between 1 and {MAX_SLICE_COUNT}")
     model = validation.text(f"{prefix}.model_name", model_name, max_length=200)
@@ -208,6 +245,8 @@ def group_fields(
         or "segmentation",
         description=validation.text(f"{prefix}.description", description, max_length=2000),
         segments=validated_segments(f"{prefix}.segments", segments, has_model=model is not None),
+        inference_parameters=inference_parameters or None,
+        input_series_uid=dicom_uid(f"{prefix}.input_series_uid", input_series_uid, required=False),
     )
 
 

@@ -101,8 +101,7 @@ class AnnotationHistory(Generic[TxT]):
             check_version(current, expected_version)
             if current.review_state is ReviewState.APPROVED and role is not ProjectRole.OWNER:
                 raise FailedPrecondition(
-                    "the annotation is approved and frozen; only the project's owners may "
-                    "delete it"
+                    "the annotation is approved and frozen; only the project's owners may delete it"
                 )
             if not purge:
                 trashed = await self._annotations.move_to_trash(

@@ -224,6 +224,7 @@ class ExportUseCases(Generic[TxT]):
                 max_voxels=self.limits.max_voxels,
                 review_state=group.review.state.value,
                 group_name=group.group_name,
+                inference_parameters=group.inference_parameters,
             )
 
         data = await build_holding(self._builds, prepare, self._write)

@@ -306,7 +306,9 @@ class ImportUseCases(Generic[TxT]):
                 group = await self._masks.insert_group(
                     conn, annotation_id, values, call.caller.user_id
                 )
-                await self._masks.record_masks(conn, group.id, new, from_tickets=False)
+                await self._masks.record_masks(
+                    conn, group.id, new, from_tickets=False, recorded_by=call.caller.user_id
+                )
                 if isinstance(source, FromUpload):
                     await self._masks.enqueue_deletions(
                         conn,

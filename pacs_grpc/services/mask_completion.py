@@ -108,7 +108,11 @@ class UploadCompletion(Generic[TxT]):
         async with self._transaction(call) as conn:
             await authorized_group(self._masks, conn, call, annotation_id, group_id)
             # Uploads a concurrent completion recorded meanwhile keep the masks it recorded.
-            masks = await self._masks.record_masks(conn, group_id, new) if new else []
+            masks = (
+                await self._masks.record_masks(conn, group_id, new, recorded_by=call.caller.user_id)
+                if new
+                else []
+            )
             if len(masks) < len(wanted):
                 masks = await self._masks.masks_by_upload(conn, list(wanted))
             group = await self._masks.get_group(conn, group_id)

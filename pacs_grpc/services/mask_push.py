@@ -98,8 +98,9 @@ class MaskPush(Generic[TxT]):
                     self._masks, conn, call, first.annotation_id, first.group_id, for_update=True
                 )
                 masks = await self._masks.record_masks(
-                    conn, first.group_id, new, from_tickets=False
-                )
+                    conn, first.group_id, new, from_tickets=False,
+                    recorded_by=call.caller.user_id,
+                )  # fmt: skip
                 group = await self._masks.get_group(conn, first.group_id)
                 call.audit.returned("mask", [m.id for m in masks])
         except BaseException:

@@ -103,8 +103,11 @@ class ReviewUseCases(Generic[TxT]):
                     "the mask group is not complete: every slice must be stored before review"
                 )
             state = next_state(group.review.state, step, "mask group")
-            authors = {group.created_by or 0, group.review.user_id or 0}
-            not_own_work(step, call.caller.user_id, authors)
+            if step is ReviewStep.APPROVE:
+                # Its creator, whoever recorded any of its slices, and who submitted it.
+                authors = {group.created_by or 0, group.review.user_id or 0}
+                authors |= await self._masks.slice_authors(conn, group_id)
+                not_own_work(step, call.caller.user_id, authors)
             reviewed = await self._masks.review_group(
                 conn, group_id, Review(state, call.caller.user_id, None, reason)
             )

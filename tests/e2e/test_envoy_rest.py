@@ -248,6 +248,8 @@ def _masks_through_every_route(
         reviewed = rest.ok("POST", GROUP + "/" + action, token=actor, body=body, **ids)
     assert reviewed["mask_group"]["review"]["state"] == "REVIEW_STATE_APPROVED"
     assert rest.ok("GET", GROUP, token=token, **ids)["mask_group"]["completed_slices"] == 1
+    (only,) = rest.ok("GET", GROUP + "/versions", token=token, **ids)["mask_groups"]
+    assert (only["version_number"], only["current"]) == (1, True)
     (mask,) = rest.ok("GET", GROUP + "/masks", token=token, **ids)["masks"]
     assert mask["file_size"] == str(len(image))
     one = rest.ok("GET", GROUP + "/masks/{mask_id}", mask_id=int(mask["id"]), token=token, **ids)

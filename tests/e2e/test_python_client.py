@@ -439,3 +439,30 @@ def test_a_mask_group_is_submitted_once_complete_and_approved_by_a_reviewer(
     ids = [g.id for g in listed]
     assert group.id in ids
     assert pending.id not in ids
+
+
+def test_a_correction_is_uploaded_as_the_next_version_with_its_provenance(
+    client: PacsClient, annotation: annotation_pb2.Annotation
+) -> None:
+    first = client.upload_mask_group(annotation.id, arrays=np.ones((2, 8, 8), np.uint8)).group
+    parameters = {"threshold": 0.7, "tta": True}
+
+    second = client.upload_mask_group(
+        annotation.id,
+        arrays=np.zeros((2, 8, 8), np.uint8),
+        supersedes=first.id,
+        inference_parameters=parameters,
+    ).group
+
+    assert (second.lineage_id, second.version_number, second.current) == (first.id, 2, True)
+    assert dict(second.inference_parameters) == parameters
+    lineage = client.list_mask_group_versions(annotation.id, first.id)
+    assert [(g.id, g.current) for g in lineage] == [(second.id, True), (first.id, False)]
+    current = {g.id for g in client.list_mask_groups(annotation.id)}
+    assert (second.id in current, first.id in current) == (True, False)
+    every = {g.id for g in client.list_mask_groups(annotation.id, all_versions=True)}
+    assert {first.id, second.id} <= every
+    with pytest.raises(ValueError, match="leave out group_id"):
+        client.upload_mask_group(
+            annotation.id, arrays=np.ones((1, 8, 8)), group_id=second.id, supersedes=first.id
+        )

@@ -21,6 +21,8 @@ from pacs_grpc.domain.masks import (
     Mask,
     MaskGroup,
     MaskLimits,
+    NewMask,
+    PendingUpload,
     SliceDeclaration,
 )
 from pacs_grpc.domain.pacs import PacsValidation
@@ -145,6 +147,35 @@ class MaskWorld:
             self.w.db, (annotation or self.annotation).id, slice_count=slice_count,
             created_by=self.annotator.id, **fields,
         )  # fmt: skip
+
+    async def masks_recorded(
+        self, group: MaskGroup, indexes: Sequence[int], *, by: User | None = None
+    ) -> list[Mask]:
+        """Slices stored, then recorded through the store as a push records them (by `by`,
+        the annotator unless given): a version completed so becomes current."""
+        new = []
+        for index in indexes:
+            key = f"masks/p{self.project.id}/a{group.annotation_id}/g{group.id}/pushed/{index}"
+            stored = self.storage.overwrite(key, png(index))
+            upload = PendingUpload(
+                uuid.uuid4(), group.id, index, None, None, "image/png", len(stored.data), None,
+                "PUSH", key, self.w.clock.now(), None,
+            )  # fmt: skip
+            new.append(
+                NewMask(
+                    upload=upload,
+                    file_path=key,
+                    file_size=len(stored.data),
+                    checksum=stored.etag,
+                    width=8,
+                    height=8,
+                    object_version=stored.version_id,
+                )
+            )
+        async with self.w.transactions.transaction() as conn:
+            return await self.masks.record_masks(
+                conn, group.id, new, from_tickets=False, recorded_by=(by or self.annotator).id
+            )
 
     def approve(self, group: MaskGroup) -> MaskGroup:
         """The group as a reviewer (the viewer, for the fakes) approved it, outside any call."""

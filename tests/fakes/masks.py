@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from pacs_grpc.domain.errors import FailedPrecondition
+from pacs_grpc.domain.errors import AlreadyExists, FailedPrecondition
 from pacs_grpc.domain.exports import MaskGroupExport, NewExport
 from pacs_grpc.domain.masks import (
     GroupAccess,
@@ -32,6 +32,7 @@ from pacs_grpc.domain.masks import (
     NewMask,
     PendingUpload,
     SliceDeclaration,
+    VersionOf,
 )
 from pacs_grpc.domain.review import Review, ReviewState
 from tests.fakes.database import FakeDatabase, FakeIntegrityError, FakeTx, Tables
@@ -54,6 +55,8 @@ class MaskTables(Tables):
     uploads: dict[uuid.UUID, PendingUpload] = field(default_factory=dict)
     # (mask, the upload id it completed: None for pushed and imported masks)
     masks: dict[int, tuple[Mask, uuid.UUID | None]] = field(default_factory=dict)
+    # annotation_mask.recorded_by (migration 0015): mask id -> who recorded it.
+    mask_authors: dict[int, int] = field(default_factory=dict)
     exports: dict[int, MaskGroupExport] = field(default_factory=dict)
     outbox: list[OutboxRow] = field(default_factory=list)
 
@@ -122,9 +125,10 @@ def seed_group(
         version=None, modality=None, slice_count=slice_count, mask_type="segmentation",
         description=None, segments=fields.get("segments", ()),
     )  # fmt: skip
+    group_id = db.next_id("mask_groups")
     group = MaskGroup(
-        id=db.next_id("mask_groups"), annotation_id=annotation_id, created_by=created_by,
-        created_at=now, updated_at=now, completed_slices=0, **values.__dict__,
+        id=group_id, annotation_id=annotation_id, created_by=created_by, created_at=now,
+        updated_at=now, completed_slices=0, lineage_id=group_id, **values.__dict__,
     )  # fmt: skip
     tables(db).groups[group.id] = group
     return group
@@ -181,14 +185,22 @@ class FakeMaskStore:
         )
 
     async def insert_group(
-        self, conn: FakeTx, annotation_id: int, values: GroupFields, created_by: int
-    ) -> MaskGroup:
+        self, conn: FakeTx, annotation_id: int, values: GroupFields, created_by: int, *,
+        version_of: VersionOf | None = None, client_id: str | None = None,
+    ) -> MaskGroup:  # fmt: skip
         tx = self._db.enter("masks.insert_group", conn)
         t = tables(self._db)
         if annotation_id not in t.annotations:
             raise FakeIntegrityError("insert violates annotation_mask_group_annotation_id_fkey")
+        if version_of is not None and any(
+            g.supersedes_group_id == version_of.supersedes_group_id for g in t.groups.values()
+        ):
+            raise AlreadyExists(
+                "mask_group.supersedes_group_id: that version already has a successor"
+            )
+        group_id = self._db.next_id("mask_groups")
         group = MaskGroup(
-            id=self._db.next_id("mask_groups"),
+            id=group_id,
             annotation_id=annotation_id,
             group_name=values.group_name,
             model_name=values.model_name,
@@ -202,10 +214,34 @@ class FakeMaskStore:
             updated_at=tx.started_at,
             completed_slices=0,
             segments=values.segments,
+            lineage_id=version_of.lineage_id if version_of else group_id,
+            version_number=version_of.version_number if version_of else 1,
+            supersedes_group_id=version_of.supersedes_group_id if version_of else None,
+            is_current=version_of is None,
+            inference_parameters=values.inference_parameters,
+            input_series_uid=values.input_series_uid,
+            client_id=client_id,
         )
         t.groups[group.id] = group
         self._db.wrote(tx, "mask_groups")
         return group
+
+    async def list_versions(self, conn: FakeTx, group: MaskGroup) -> list[MaskGroup]:
+        self._db.enter("masks.list_versions", conn)
+        lineage = [
+            g for g in tables(self._db).groups.values()
+            if g.lineage_id == group.lineage_id and g.annotation_id == group.annotation_id
+        ]  # fmt: skip
+        return [self._counted(g) for g in sorted(lineage, key=lambda g: -g.version_number)]
+
+    async def slice_authors(self, conn: FakeTx, group_id: int) -> set[int]:
+        self._db.enter("masks.slice_authors", conn)
+        t = tables(self._db)
+        return {
+            t.mask_authors[m.id]
+            for m, _ in t.masks.values()
+            if m.mask_group_id == group_id and m.id in t.mask_authors
+        }
 
     async def get_group(self, conn: FakeTx, group_id: int) -> MaskGroup | None:
         self._db.enter("masks.get_group", conn)
@@ -214,7 +250,7 @@ class FakeMaskStore:
 
     async def list_groups(
         self, conn: FakeTx, annotation_id: int, *, after_id: int, limit: int,
-        review_state: ReviewState | None = None,
+        review_state: ReviewState | None = None, all_versions: bool = False,
     ) -> list[MaskGroup]:  # fmt: skip
         self._db.enter("masks.list_groups", conn)
         found = sorted(
@@ -223,6 +259,7 @@ class FakeMaskStore:
                 for g in tables(self._db).groups.values()
                 if g.annotation_id == annotation_id and g.id > after_id
                 and review_state in (None, g.review.state)
+                and (all_versions or g.is_current)
             ),
             key=lambda g: g.id,
         )  # fmt: skip
@@ -242,6 +279,12 @@ class FakeMaskStore:
 
     async def delete_group(self, conn: FakeTx, group_id: int) -> int:
         tx = self._db.enter("masks.delete_group", conn)
+        t = tables(self._db)
+        gone = t.groups.get(group_id)
+        # Deleting a lineage's current version makes its predecessor current again.
+        if gone is not None and gone.is_current and gone.supersedes_group_id in t.groups:
+            previous = t.groups[gone.supersedes_group_id]
+            t.groups[previous.id] = replace(previous, is_current=True)
         return drop_groups(self._db, tx, [group_id])
 
     async def insert_uploads(
@@ -292,8 +335,9 @@ class FakeMaskStore:
         return sorted(found, key=lambda m: m.slice_index)
 
     async def record_masks(
-        self, conn: FakeTx, group_id: int, new: Sequence[NewMask], *, from_tickets: bool = True
-    ) -> list[Mask]:
+        self, conn: FakeTx, group_id: int, new: Sequence[NewMask], *, from_tickets: bool = True,
+        recorded_by: int | None = None,
+    ) -> list[Mask]:  # fmt: skip
         tx = self._db.enter("masks.record_masks", conn)
         t = tables(self._db)
         if from_tickets:
@@ -341,10 +385,25 @@ class FakeMaskStore:
                 object_version=n.object_version,
             )
             t.masks[mask.id] = (mask, upload_id)
+            if recorded_by is not None:
+                t.mask_authors[mask.id] = recorded_by
             recorded.append(mask)
         t.groups[group_id] = replace(t.groups[group_id], updated_at=tx.started_at)
+        self._promote(group_id)
         self._db.wrote(tx, "masks")
         return sorted(recorded, key=lambda m: m.slice_index)
+
+    def _promote(self, group_id: int) -> None:
+        """Migration 0015's trigger: a version becomes current once complete, and the version
+        it superseded stops being current."""
+        t = tables(self._db)
+        group = self._counted(t.groups[group_id])
+        if group.is_current or not group.complete:
+            return
+        t.groups[group_id] = replace(t.groups[group_id], is_current=True)
+        previous = t.groups.get(group.supersedes_group_id or 0)
+        if previous is not None:
+            t.groups[previous.id] = replace(previous, is_current=False)
 
     async def list_masks(
         self, conn: FakeTx, group_id: int, *, after_slice: int, limit: int

@@ -271,6 +271,10 @@ async def test_every_audited_rpc_records_its_project_study_type_and_ids(
         mask_pb2.GetMaskGroupRequest(annotation_id=first, group_id=gid),
         metadata=meta(owner, "GetMaskGroup", Expected(pid, "mask_group", [gid], STUDY)),
     )
+    await masks.ListMaskGroupVersions(
+        mask_pb2.ListMaskGroupVersionsRequest(annotation_id=first, group_id=gid),
+        metadata=meta(owner, "ListMaskGroupVersions", Expected(pid, "mask_group", [gid], STUDY)),
+    )
     images = [png(8, 8, seed) for seed in range(2)]
     tickets = (
         await masks.CreateUploadUrls(

@@ -165,22 +165,23 @@ async def _annotation(channel: aio.Channel, people: People, ct: StoredSeries) ->
 
 async def _upload_group(
     channel: aio.Channel, people: People, ct: StoredSeries, values: list[int], *,
-    complete: bool = True, approve: bool = True,
+    complete: bool = True, approve: bool = True, annotation_id: int = 0, supersedes: int = 0,
+    parameters: dict[str, Any] | None = None,
 ) -> Uploaded:  # fmt: skip
     """A group of coded segments, uploaded with tickets, its slices bound by position; once
     complete, submitted by its writer and approved by the administrator unless told not to."""
     stub = mask_pb2_grpc.MaskServiceStub(channel)
-    annotation_id = await _annotation(channel, people, ct)
-    group = await stub.CreateMaskGroup(
-        mask_pb2.CreateMaskGroupRequest(
-            annotation_id=annotation_id,
-            mask_group=mask_pb2.MaskGroup(
-                group_name="organs", model_name="seg-net", version="2.1", modality="CT",
-                slice_count=SLICES, segments=_segments(values),
-            ),
-        ),
-        metadata=people.writer.metadata(),
+    annotation_id = annotation_id or await _annotation(channel, people, ct)
+    wanted = mask_pb2.MaskGroup(
+        group_name="organs", model_name="seg-net", version="2.1", modality="CT",
+        slice_count=SLICES, segments=_segments(values), supersedes_group_id=supersedes,
     )  # fmt: skip
+    if parameters:
+        wanted.inference_parameters.update(parameters)
+    group = await stub.CreateMaskGroup(
+        mask_pb2.CreateMaskGroupRequest(annotation_id=annotation_id, mask_group=wanted),
+        metadata=people.writer.metadata(),
+    )
     group_id = group.mask_group.id
     maps = {i: _label_map(i, values) for i in range(SLICES if complete else SLICES - 1)}
     images = {i: _png(a) for i, a in maps.items()}
@@ -429,6 +430,52 @@ async def test_a_second_export_is_a_new_series_listed_first(
         metadata=people.writer.metadata(),
     )  # fmt: skip
     assert [e.id for e in rest.mask_group_exports] == [first.mask_group_export.id]
+
+
+async def test_version_2_is_exported_from_its_own_slices_with_its_parameters(
+    linked_channel: aio.Channel, people: People, ct: StoredSeries, pacs_url: str
+) -> None:
+    first = await _upload_group(linked_channel, people, ct, [1])
+    second = await _upload_group(
+        linked_channel, people, ct, [2, 5], annotation_id=first.annotation_id,
+        supersedes=first.group_id, parameters={"threshold": 0.7, "checkpoint": "epoch-40"},
+    )  # fmt: skip
+    stub = mask_pb2_grpc.MaskServiceStub(linked_channel)
+
+    reply = await stub.ExportMaskGroup(
+        mask_pb2.ExportMaskGroupRequest(
+            annotation_id=second.annotation_id, group_id=second.group_id, store_in_pacs=True
+        ),
+        metadata=people.writer.metadata(),
+        timeout=60,
+    )
+
+    record = reply.mask_group_export
+    retrieved = await asyncio.to_thread(
+        DICOMwebClient(pacs_url).retrieve_instance,
+        ct.study_uid, record.seg_series_uid, record.seg_sop_instance_uid,
+    )  # fmt: skip
+    seg = hd.seg.Segmentation.from_dataset(retrieved)
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["organ 2", "organ 5"]
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmParameters == "threshold=0.7,checkpoint=epoch-40"
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[second.bound[i] for i in range(SLICES)],
+        segment_numbers=[1, 2],
+        combine_segments=False,
+        assert_missing_frames_are_empty=True,
+    )
+    for position in range(SLICES):
+        expected = (second.label_maps[position] == 5).astype(np.uint8)
+        assert np.array_equal(pixels[position, :, :, 1], expected), position
+    # The version it superseded stays readable and downloadable.
+    old = await stub.CreateDownloadUrls(
+        mask_pb2.CreateDownloadUrlsRequest(
+            annotation_id=first.annotation_id, group_id=first.group_id
+        ),
+        metadata=people.viewer.metadata(),
+    )
+    assert len(old.urls) == SLICES
 
 
 async def test_a_draft_is_refused_unless_the_project_allows_drafts(

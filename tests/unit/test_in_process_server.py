@@ -453,6 +453,30 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
         ),
     )
     assert fakes.storage.latest(exported.mask_group_export.object_key) is not None
+    # A correction of the approved group is a second version, pending until complete.
+    corrected = (
+        await masks.CreateMaskGroup(
+            mask_pb2.CreateMaskGroupRequest(
+                annotation_id=a_id,
+                mask_group=mask_pb2.MaskGroup(
+                    group_name="lungs", slice_count=2, supersedes_group_id=g_id
+                ),
+                request_id=str(uuid.uuid4()),
+            ),
+            metadata=anna,
+        )
+    ).mask_group
+    versions = await c.call(
+        "ListMaskGroupVersions",
+        masks.ListMaskGroupVersions(
+            mask_pb2.ListMaskGroupVersionsRequest(annotation_id=a_id, group_id=g_id),
+            metadata=anna,
+        ),
+    )
+    assert [(g.id, g.version_number, g.current) for g in versions.mask_groups] == [
+        (corrected.id, 2, False),
+        (g_id, 1, True),
+    ]
     await c.call(
         "ListMaskGroupExports",
         masks.ListMaskGroupExports(
@@ -540,8 +564,8 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
     )
 
     assert sorted(c.called) == sorted(_every_rpc())
-    # Three calls above were made outside `c`, which counts each RPC once.
-    assert len(fakes.world.audit.rows) == len(c.called) + 3
+    # Four calls above were made outside `c`, which counts each RPC once.
+    assert len(fakes.world.audit.rows) == len(c.called) + 4
 
 
 async def test_a_method_missing_from_the_access_table_is_refused_before_its_handler() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,17 @@ def content_label(review_state: str) -> str:
     """The SEG's Content Label (CS, at most 16 characters) says which review state was exported,
     so a PACS viewer shows a draft as a draft: SEG_APPROVED, SEG_DRAFT, ..."""
     return f"SEG_{review_state.upper()}"[:16]
+
+
+def algorithm_parameters(inference: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """Inference parameters as the SEG's AlgorithmParameters: text values as they are, others
+    as compact JSON (highdicom writes them as `name=value` pairs)."""
+    if not inference:
+        return None
+    return {
+        name: value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        for name, value in inference.items()
+    }
 
 
 def series_description(group_name: str | None, review_state: str) -> str:
@@ -80,6 +92,7 @@ def write_segmentation(build: SegmentationBuild) -> bytes:
         content_creator=build.content_creator,
         model_name=build.model_name,
         model_version=build.model_version,
+        model_parameters=algorithm_parameters(build.inference_parameters),
         max_voxels=build.max_voxels,
     )
 

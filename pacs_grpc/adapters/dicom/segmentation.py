@@ -86,6 +86,7 @@ def build_segmentation(
     content_creator: str | None = None,
     model_name: str | None = None,
     model_version: str | None = None,
+    model_parameters: Mapping[str, str] | None = None,
     equipment: Equipment = Equipment(),
     max_voxels: int,
 ) -> bytes:
@@ -127,7 +128,13 @@ def build_segmentation(
     array = _segment_numbers(ordered, label_maps, ordered_segments)
 
     descriptions = [
-        _description(number, segment, model_name=model_name, model_version=model_version)
+        _description(
+            number,
+            segment,
+            model_name=model_name,
+            model_version=model_version,
+            parameters=model_parameters,
+        )
         for number, segment in enumerate(ordered_segments, start=1)
     ]
     try:
@@ -349,8 +356,9 @@ def _code(value: CodedConcept) -> hd.sr.CodedConcept:
 
 
 def _description(
-    number: int, segment: Segment, *, model_name: str | None, model_version: str | None
-) -> hd.seg.SegmentDescription:
+    number: int, segment: Segment, *, model_name: str | None, model_version: str | None,
+    parameters: Mapping[str, str] | None = None,
+) -> hd.seg.SegmentDescription:  # fmt: skip
     identification = None
     if segment.algorithm_type is not AlgorithmType.MANUAL:
         # Required for AUTOMATIC and SEMIAUTOMATIC; the domain requires a model name for both.
@@ -358,6 +366,7 @@ def _description(
             name=model_name or "unnamed algorithm",
             family=_code(ARTIFICIAL_INTELLIGENCE),
             version=model_version or _UNSPECIFIED_VERSION,
+            parameters=dict(parameters) if parameters else None,
         )
     description = hd.seg.SegmentDescription(
         segment_number=number,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +13,7 @@ from psycopg.rows import class_row, kwargs_row
 from psycopg.types.json import Jsonb
 
 from pacs_grpc.adapters.postgres.database import Connection
-from pacs_grpc.domain.errors import FailedPrecondition
+from pacs_grpc.domain.errors import AlreadyExists, FailedPrecondition
 from pacs_grpc.domain.identity import ProjectRole
 from pacs_grpc.domain.masks import (
     GroupAccess,
@@ -23,15 +23,26 @@ from pacs_grpc.domain.masks import (
     NewMask,
     PendingUpload,
     SliceDeclaration,
+    VersionOf,
 )
 from pacs_grpc.domain.review import Review, ReviewState
 from pacs_grpc.domain.segments import Segment
 
-_GROUP_COLUMNS = """g.id, g.annotation_id, g.group_name, g.model_name, g.version, g.modality,
-    g.slice_count, g.mask_type, g.description, g.created_by, g.created_at, g.updated_at,
-    (select count(*) from annotation_mask m where m.mask_group_id = g.id)::int
-        as completed_slices,
-    g.segments, g.review_state, g.reviewed_by, g.reviewed_at, g.review_comment"""
+# A group row's columns, in the order _group reads them; every one is annotation_mask_group's but
+# completed_slices, counted when read.
+_GROUP_NAMES = (
+    "id", "annotation_id", "group_name", "model_name", "version", "modality", "slice_count",
+    "mask_type", "description", "created_by", "created_at", "updated_at", "completed_slices",
+    "segments", "review_state", "reviewed_by", "reviewed_at", "review_comment", "lineage_id",
+    "version_number", "supersedes_group_id", "is_current", "inference_parameters",
+    "input_series_uid", "client_id",
+)  # fmt: skip
+_COMPLETED_SLICES = (
+    "(select count(*) from annotation_mask m where m.mask_group_id = g.id)::int as completed_slices"
+)
+_GROUP_COLUMNS = ", ".join(
+    _COMPLETED_SLICES if name == "completed_slices" else f"g.{name}" for name in _GROUP_NAMES
+)
 _MASK_COLUMNS = ", ".join(f"m.{f.name}" for f in fields(Mask))
 _UPLOAD_COLUMNS = ", ".join(f"u.{f.name}" for f in fields(PendingUpload))
 
@@ -48,11 +59,16 @@ left join security_project_member mem
 where g.id = %(group_id)s and g.annotation_id = %(annotation_id)s
 """
 
+# A first version is its own lineage (the trigger of migration 0015) and current at once; a
+# later one joins its predecessor's lineage and becomes current when complete.
 INSERT_GROUP = f"""
 insert into annotation_mask_group as g (annotation_id, group_name, model_name, version, modality,
-    slice_count, mask_type, description, segments, created_by)
+    slice_count, mask_type, description, segments, created_by, inference_parameters,
+    input_series_uid, client_id, supersedes_group_id, lineage_id, version_number, is_current)
 values (%(annotation_id)s, %(group_name)s, %(model_name)s, %(version)s, %(modality)s,
-    %(slice_count)s, %(mask_type)s, %(description)s, %(segments)s, %(created_by)s)
+    %(slice_count)s, %(mask_type)s, %(description)s, %(segments)s, %(created_by)s,
+    %(inference_parameters)s, %(input_series_uid)s, %(client_id)s, %(supersedes_group_id)s,
+    %(lineage_id)s, %(version_number)s, %(supersedes_group_id)s::bigint is null)
 returning {_GROUP_COLUMNS}
 """
 
@@ -60,7 +76,27 @@ LIST_GROUPS = f"""
 select {_GROUP_COLUMNS} from annotation_mask_group g
 where g.annotation_id = %(annotation_id)s and g.id > %(after_id)s
   and (%(review_state)s::text is null or g.review_state = %(review_state)s::text)
+  and (%(all_versions)s or g.is_current)
 order by g.id limit %(limit)s
+"""
+
+LIST_VERSIONS = f"""
+select {_GROUP_COLUMNS} from annotation_mask_group g
+where g.lineage_id = %(lineage_id)s and g.annotation_id = %(annotation_id)s
+order by g.version_number desc
+"""
+
+# Deleting a lineage's current version makes the version it superseded current again.
+REINSTATE_PREDECESSOR = """
+update annotation_mask_group set is_current = true, updated_at = now()
+where id = (select supersedes_group_id from annotation_mask_group
+            where id = %(group_id)s and is_current)
+"""
+
+# Who recorded the group's slices (migration 0015).
+SLICE_AUTHORS = """
+select distinct recorded_by from annotation_mask
+where mask_group_id = %(group_id)s and recorded_by is not null
 """
 
 # One review transition: the state, who made it, when and (a rejection's) comment.
@@ -114,9 +150,11 @@ order by m.slice_index
 
 _INSERT_MASKS_INTO = """
 insert into annotation_mask as m (mask_group_id, slice_index, sop_instance_uid, label_name,
-    file_path, mime_type, file_size, checksum, width, height, upload_id, object_version)
+    file_path, mime_type, file_size, checksum, width, height, upload_id, object_version,
+    recorded_by)
 select %(group_id)s, t.slice_index, t.sop_instance_uid, t.label_name, t.file_path, t.mime_type,
-       t.file_size, t.checksum, t.width, t.height, t.upload_id, t.object_version
+       t.file_size, t.checksum, t.width, t.height, t.upload_id, t.object_version,
+       %(recorded_by)s
 from unnest(%(slice_indexes)s::int[], %(sop_uids)s::text[], %(labels)s::text[],
             %(paths)s::text[], %(mime_types)s::text[], %(sizes)s::bigint[],
             %(checksums)s::text[], %(widths)s::int[], %(heights)s::int[],
@@ -180,6 +218,10 @@ def _group(
     return MaskGroup(**columns, segments=_segments(segments), review=review)
 
 
+def _group_of_row(row: Sequence[Any]) -> MaskGroup:
+    return _group(**dict(zip(_GROUP_NAMES, row, strict=True)))
+
+
 _GROUP_ROW = kwargs_row(_group)
 
 
@@ -208,14 +250,9 @@ class MaskRepository:
             row = await cur.fetchone()
         if row is None:
             return None
-        *group_values, segments, state, by, at, comment = row[:-6]
         project_id, study_uid, role, active, series_uid, export_unapproved = row[-6:]
         return GroupAccess(
-            replace(
-                MaskGroup(*group_values),
-                segments=_segments(segments),
-                review=Review(ReviewState(state), by, at, comment),
-            ),
+            _group_of_row(row[:-6]),
             project_id,
             study_uid,
             ProjectRole.from_db(role) if role else None,
@@ -225,17 +262,35 @@ class MaskRepository:
         )
 
     async def insert_group(
-        self, conn: Connection, annotation_id: int, values: GroupFields, created_by: int
-    ) -> MaskGroup:
+        self, conn: Connection, annotation_id: int, values: GroupFields, created_by: int, *,
+        version_of: VersionOf | None = None, client_id: str | None = None,
+    ) -> MaskGroup:  # fmt: skip
+        """A new group; with `version_of`, the next version of that group's lineage. A second
+        successor of one version is refused (a fork): AlreadyExists."""
         params = {
             **values.__dict__,
             "segments": Jsonb([segment.to_json() for segment in values.segments]),
+            "inference_parameters": (
+                Jsonb(values.inference_parameters) if values.inference_parameters else None
+            ),
             "annotation_id": annotation_id,
             "created_by": created_by,
+            "client_id": client_id,
+            "supersedes_group_id": version_of.supersedes_group_id if version_of else None,
+            "lineage_id": version_of.lineage_id if version_of else None,
+            "version_number": version_of.version_number if version_of else 1,
         }
-        async with conn.cursor(row_factory=_GROUP_ROW) as cur:
-            await cur.execute(INSERT_GROUP, params)
-            row = await cur.fetchone()
+        try:
+            async with conn.cursor(row_factory=_GROUP_ROW) as cur:
+                await cur.execute(INSERT_GROUP, params)
+                row = await cur.fetchone()
+        except pg_errors.UniqueViolation as error:
+            if error.diag.constraint_name != "annotation_mask_group_supersedes_key":
+                raise
+            raise AlreadyExists(
+                "mask_group.supersedes_group_id: that version already has a successor; "
+                "supersede the lineage's current version"
+            ) from None
         assert row is not None
         return row
 
@@ -246,15 +301,29 @@ class MaskRepository:
 
     async def list_groups(
         self, conn: Connection, annotation_id: int, *, after_id: int, limit: int,
-        review_state: ReviewState | None = None,
+        review_state: ReviewState | None = None, all_versions: bool = False,
     ) -> list[MaskGroup]:  # fmt: skip
         params = {
             "annotation_id": annotation_id, "after_id": after_id, "limit": limit,
             "review_state": review_state.value if review_state else None,
+            "all_versions": all_versions,
         }  # fmt: skip
         async with conn.cursor(row_factory=_GROUP_ROW) as cur:
             await cur.execute(LIST_GROUPS, params)
             return await cur.fetchall()
+
+    async def list_versions(self, conn: Connection, group: MaskGroup) -> list[MaskGroup]:
+        """Every version of the group's lineage, newest first."""
+        params = {"lineage_id": group.lineage_id, "annotation_id": group.annotation_id}
+        async with conn.cursor(row_factory=_GROUP_ROW) as cur:
+            await cur.execute(LIST_VERSIONS, params)
+            return await cur.fetchall()
+
+    async def slice_authors(self, conn: Connection, group_id: int) -> set[int]:
+        """Who recorded the group's slices."""
+        async with conn.cursor() as cur:
+            await cur.execute(SLICE_AUTHORS, {"group_id": group_id})
+            return {int(user) for (user,) in await cur.fetchall()}
 
     async def review_group(self, conn: Connection, group_id: int, review: Review) -> MaskGroup:
         """Record one review transition of the group (locked by the caller)."""
@@ -274,6 +343,7 @@ class MaskRepository:
         async with conn.cursor() as cur:
             await cur.execute(ENQUEUE_GROUP_OBJECTS, {"group_id": group_id})
             queued = cur.rowcount
+            await cur.execute(REINSTATE_PREDECESSOR, {"group_id": group_id})
             await cur.execute(DELETE_GROUP, {"group_id": group_id})
         return queued
 
@@ -324,8 +394,9 @@ class MaskRepository:
             return await cur.fetchall()
 
     async def record_masks(
-        self, conn: Connection, group_id: int, new: Sequence[NewMask], *, from_tickets: bool = True
-    ) -> list[Mask]:
+        self, conn: Connection, group_id: int, new: Sequence[NewMask], *, from_tickets: bool = True,
+        recorded_by: int | None = None,
+    ) -> list[Mask]:  # fmt: skip
         """Record masks, in slice order. Ticket uploads are marked completed in the same
         statement, and only those still pending get a mask (see COMPLETE_UPLOADS); pushed
         masks have no ticket behind them."""
@@ -342,6 +413,7 @@ class MaskRepository:
             "heights": [n.height for n in new],
             "upload_ids": [n.upload.upload_id if from_tickets else None for n in new],
             "versions": [n.object_version for n in new],
+            "recorded_by": recorded_by,
         }
         async with conn.cursor(row_factory=class_row(Mask)) as cur:
             try:

@@ -16,6 +16,7 @@ from pacs_grpc.domain.masks import (
     NewMask,
     PendingUpload,
     SliceDeclaration,
+    VersionOf,
 )
 from pacs_grpc.domain.review import Review, ReviewState
 from pacs_grpc.services.ports.transactions import TxT_contra
@@ -61,13 +62,26 @@ class MaskStore(GroupAccessLookup[TxT_contra], DeletionQueue[TxT_contra], Protoc
     """
 
     async def insert_group(
-        self, conn: TxT_contra, annotation_id: int, values: GroupFields, created_by: int
-    ) -> MaskGroup: ...
+        self, conn: TxT_contra, annotation_id: int, values: GroupFields, created_by: int, *,
+        version_of: VersionOf | None = None, client_id: str | None = None,
+    ) -> MaskGroup:  # fmt: skip
+        """A new group; with `version_of`, the next version of a lineage, pending and not yet
+        current. A second successor of one version is AlreadyExists."""
+        ...
+
     async def get_group(self, conn: TxT_contra, group_id: int) -> MaskGroup | None: ...
     async def list_groups(
         self, conn: TxT_contra, annotation_id: int, *, after_id: int, limit: int,
-        review_state: ReviewState | None = None,
+        review_state: ReviewState | None = None, all_versions: bool = False,
     ) -> list[MaskGroup]: ...  # fmt: skip
+    async def list_versions(self, conn: TxT_contra, group: MaskGroup) -> list[MaskGroup]:
+        """Every version of the group's lineage, newest first."""
+        ...
+
+    async def slice_authors(self, conn: TxT_contra, group_id: int) -> set[int]:
+        """Who recorded the group's slices."""
+        ...
+
     async def review_group(self, conn: TxT_contra, group_id: int, review: Review) -> MaskGroup:
         """Records one review transition of the group, which the caller has locked."""
         ...
@@ -88,10 +102,12 @@ class MaskStore(GroupAccessLookup[TxT_contra], DeletionQueue[TxT_contra], Protoc
         self, conn: TxT_contra, upload_ids: Sequence[uuid.UUID]
     ) -> list[Mask]: ...
     async def record_masks(
-        self, conn: TxT_contra, group_id: int, new: Sequence[NewMask], *, from_tickets: bool = True
-    ) -> list[Mask]:
-        """Records the masks, marking their tickets completed; a slice already recorded keeps
-        its mask (a concurrent completion), so fewer masks than `new` may come back."""
+        self, conn: TxT_contra, group_id: int, new: Sequence[NewMask], *, from_tickets: bool = True,
+        recorded_by: int | None = None,
+    ) -> list[Mask]:  # fmt: skip
+        """Records the masks, by `recorded_by`, marking their tickets completed; a slice already
+        recorded keeps its mask (a concurrent completion), so fewer masks than `new` may come
+        back. The group becomes its lineage's current version once complete (a trigger)."""
         ...
 
     async def list_masks(

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -149,6 +150,13 @@ class MaskGroup(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     SEGMENTS_FIELD_NUMBER: _builtins.int
     REVIEW_FIELD_NUMBER: _builtins.int
+    SUPERSEDES_GROUP_ID_FIELD_NUMBER: _builtins.int
+    LINEAGE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_NUMBER_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    INFERENCE_PARAMETERS_FIELD_NUMBER: _builtins.int
+    INPUT_SERIES_UID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only."""
     annotation_id: _builtins.int
@@ -169,6 +177,22 @@ class MaskGroup(_message.Message):
     """Output only."""
     completed_slices: _builtins.int
     """Output only."""
+    supersedes_group_id: _builtins.int
+    """Set at creation only: the COMPLETE group this version corrects, which must
+    be its lineage's current version. The new version starts PENDING and
+    becomes current once complete; the one it supersedes stays readable.
+    """
+    lineage_id: _builtins.int
+    """The lineage: the id of its first version. Output only."""
+    version_number: _builtins.int
+    """1 for the first version, then 2, 3, ... Output only."""
+    current: _builtins.bool
+    """Whether this is the version ListMaskGroups shows by default: the newest
+    complete one (or the first, until one is complete). Output only.
+    """
+    input_series_uid: _builtins.str
+    client_id: _builtins.str
+    """The pipeline's OAuth client (the token's azp). Output only."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
@@ -191,6 +215,13 @@ class MaskGroup(_message.Message):
     def review(self) -> _review_pb2.Review:
         """The review state and its last transition. Output only."""
 
+    @_builtins.property
+    def inference_parameters(self) -> _struct_pb2.Struct:
+        """Provenance, set at creation only: how the model was run (a JSON object of
+        at most 8 KiB, carried into the SEG's AlgorithmParameters) and the series
+        it read.
+        """
+
     def __init__(
         self,
         *,
@@ -210,10 +241,17 @@ class MaskGroup(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         segments: _abc.Iterable[Global___Segment] | None = ...,
         review: _review_pb2.Review | None = ...,
+        supersedes_group_id: _builtins.int = ...,
+        lineage_id: _builtins.int = ...,
+        version_number: _builtins.int = ...,
+        current: _builtins.bool = ...,
+        inference_parameters: _struct_pb2.Struct | None = ...,
+        input_series_uid: _builtins.str = ...,
+        client_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "review", b"review", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "inference_parameters", b"inference_parameters", "review", b"review", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "completed_slices", b"completed_slices", "created_at", b"created_at", "created_by", b"created_by", "description", b"description", "group_name", b"group_name", "id", b"id", "mask_type", b"mask_type", "modality", b"modality", "model_name", b"model_name", "review", b"review", "segments", b"segments", "slice_count", b"slice_count", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "client_id", b"client_id", "completed_slices", b"completed_slices", "created_at", b"created_at", "created_by", b"created_by", "current", b"current", "description", b"description", "group_name", b"group_name", "id", b"id", "inference_parameters", b"inference_parameters", "input_series_uid", b"input_series_uid", "lineage_id", b"lineage_id", "mask_type", b"mask_type", "modality", b"modality", "model_name", b"model_name", "review", b"review", "segments", b"segments", "slice_count", b"slice_count", "status", b"status", "supersedes_group_id", b"supersedes_group_id", "updated_at", b"updated_at", "version", b"version", "version_number", b"version_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -655,12 +693,15 @@ class ListMaskGroupsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     REVIEW_STATE_FIELD_NUMBER: _builtins.int
+    ALL_VERSIONS_FIELD_NUMBER: _builtins.int
     annotation_id: _builtins.int
     page_size: _builtins.int
     """Default 50, at most 500."""
     page_token: _builtins.str
     review_state: _review_pb2.ReviewState.ValueType
     """Only groups in this review state."""
+    all_versions: _builtins.bool
+    """Every version of every lineage, not only the current ones."""
     def __init__(
         self,
         *,
@@ -668,14 +709,61 @@ class ListMaskGroupsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         review_state: _review_pb2.ReviewState.ValueType = ...,
+        all_versions: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "page_size", b"page_size", "page_token", b"page_token", "review_state", b"review_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_versions", b"all_versions", "annotation_id", b"annotation_id", "page_size", b"page_size", "page_token", b"page_token", "review_state", b"review_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMaskGroupsRequest: _TypeAlias = ListMaskGroupsRequest  # noqa: Y015
+
+@_typing.final
+class ListMaskGroupVersionsRequest(_message.Message):
+    """ListMaskGroupVersionsRequest names any version of a lineage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    group_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        group_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "group_id", b"group_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMaskGroupVersionsRequest: _TypeAlias = ListMaskGroupVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListMaskGroupVersionsResponse(_message.Message):
+    """ListMaskGroupVersionsResponse is the lineage, newest version first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASK_GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mask_groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaskGroup]: ...
+    def __init__(
+        self,
+        *,
+        mask_groups: _abc.Iterable[Global___MaskGroup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mask_groups", b"mask_groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMaskGroupVersionsResponse: _TypeAlias = ListMaskGroupVersionsResponse  # noqa: Y015
 
 @_typing.final
 class ListMaskGroupsResponse(_message.Message):

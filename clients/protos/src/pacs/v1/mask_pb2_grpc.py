@@ -44,6 +44,11 @@ class MaskServiceStub:
                 request_serializer=pacs_dot_v1_dot_mask__pb2.CreateMaskGroupRequest.SerializeToString,
                 response_deserializer=pacs_dot_v1_dot_mask__pb2.CreateMaskGroupResponse.FromString,
                 _registered_method=True)
+        self.ListMaskGroupVersions = channel.unary_unary(
+                '/pacs.v1.MaskService/ListMaskGroupVersions',
+                request_serializer=pacs_dot_v1_dot_mask__pb2.ListMaskGroupVersionsRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_mask__pb2.ListMaskGroupVersionsResponse.FromString,
+                _registered_method=True)
         self.ListMaskGroups = channel.unary_unary(
                 '/pacs.v1.MaskService/ListMaskGroups',
                 request_serializer=pacs_dot_v1_dot_mask__pb2.ListMaskGroupsRequest.SerializeToString,
@@ -141,8 +146,17 @@ class MaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMaskGroupVersions(self, request, context):
+        """ListMaskGroupVersions lists every version of a group's lineage, newest
+        first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListMaskGroups(self, request, context):
-        """ListMaskGroups lists an annotation's mask groups.
+        """ListMaskGroups lists an annotation's mask groups: the current version of
+        each lineage, unless all_versions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -277,6 +291,11 @@ def add_MaskServiceServicer_to_server(servicer, server):
                     request_deserializer=pacs_dot_v1_dot_mask__pb2.CreateMaskGroupRequest.FromString,
                     response_serializer=pacs_dot_v1_dot_mask__pb2.CreateMaskGroupResponse.SerializeToString,
             ),
+            'ListMaskGroupVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMaskGroupVersions,
+                    request_deserializer=pacs_dot_v1_dot_mask__pb2.ListMaskGroupVersionsRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_mask__pb2.ListMaskGroupVersionsResponse.SerializeToString,
+            ),
             'ListMaskGroups': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMaskGroups,
                     request_deserializer=pacs_dot_v1_dot_mask__pb2.ListMaskGroupsRequest.FromString,
@@ -390,6 +409,33 @@ class MaskService:
             '/pacs.v1.MaskService/CreateMaskGroup',
             pacs_dot_v1_dot_mask__pb2.CreateMaskGroupRequest.SerializeToString,
             pacs_dot_v1_dot_mask__pb2.CreateMaskGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMaskGroupVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.MaskService/ListMaskGroupVersions',
+            pacs_dot_v1_dot_mask__pb2.ListMaskGroupVersionsRequest.SerializeToString,
+            pacs_dot_v1_dot_mask__pb2.ListMaskGroupVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,8 +40,14 @@ class MaskServiceStub:
     def __new__(cls, channel: _aio.Channel) -> MaskServiceAsyncStub: ...
     CreateMaskGroup: _grpc.UnaryUnaryMultiCallable[_mask_pb2.CreateMaskGroupRequest, _mask_pb2.CreateMaskGroupResponse]
     """CreateMaskGroup opens a group of slices under an annotation."""
+    ListMaskGroupVersions: _grpc.UnaryUnaryMultiCallable[_mask_pb2.ListMaskGroupVersionsRequest, _mask_pb2.ListMaskGroupVersionsResponse]
+    """ListMaskGroupVersions lists every version of a group's lineage, newest
+    first.
+    """
     ListMaskGroups: _grpc.UnaryUnaryMultiCallable[_mask_pb2.ListMaskGroupsRequest, _mask_pb2.ListMaskGroupsResponse]
-    """ListMaskGroups lists an annotation's mask groups."""
+    """ListMaskGroups lists an annotation's mask groups: the current version of
+    each lineage, unless all_versions.
+    """
     GetMaskGroup: _grpc.UnaryUnaryMultiCallable[_mask_pb2.GetMaskGroupRequest, _mask_pb2.GetMaskGroupResponse]
     """GetMaskGroup returns one mask group with its progress."""
     SubmitMaskGroupForReview: _grpc.UnaryUnaryMultiCallable[_mask_pb2.SubmitMaskGroupForReviewRequest, _mask_pb2.SubmitMaskGroupForReviewResponse]
@@ -109,8 +115,14 @@ class MaskServiceAsyncStub(MaskServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateMaskGroup: _aio.UnaryUnaryMultiCallable[_mask_pb2.CreateMaskGroupRequest, _mask_pb2.CreateMaskGroupResponse]  # type: ignore[assignment]
     """CreateMaskGroup opens a group of slices under an annotation."""
+    ListMaskGroupVersions: _aio.UnaryUnaryMultiCallable[_mask_pb2.ListMaskGroupVersionsRequest, _mask_pb2.ListMaskGroupVersionsResponse]  # type: ignore[assignment]
+    """ListMaskGroupVersions lists every version of a group's lineage, newest
+    first.
+    """
     ListMaskGroups: _aio.UnaryUnaryMultiCallable[_mask_pb2.ListMaskGroupsRequest, _mask_pb2.ListMaskGroupsResponse]  # type: ignore[assignment]
-    """ListMaskGroups lists an annotation's mask groups."""
+    """ListMaskGroups lists an annotation's mask groups: the current version of
+    each lineage, unless all_versions.
+    """
     GetMaskGroup: _aio.UnaryUnaryMultiCallable[_mask_pb2.GetMaskGroupRequest, _mask_pb2.GetMaskGroupResponse]  # type: ignore[assignment]
     """GetMaskGroup returns one mask group with its progress."""
     SubmitMaskGroupForReview: _aio.UnaryUnaryMultiCallable[_mask_pb2.SubmitMaskGroupForReviewRequest, _mask_pb2.SubmitMaskGroupForReviewResponse]  # type: ignore[assignment]
@@ -183,12 +195,24 @@ class MaskServiceServicer(metaclass=_abc_1.ABCMeta):
         """CreateMaskGroup opens a group of slices under an annotation."""
 
     @_abc_1.abstractmethod
+    def ListMaskGroupVersions(
+        self,
+        request: _mask_pb2.ListMaskGroupVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mask_pb2.ListMaskGroupVersionsResponse, _abc.Awaitable[_mask_pb2.ListMaskGroupVersionsResponse]]:
+        """ListMaskGroupVersions lists every version of a group's lineage, newest
+        first.
+        """
+
+    @_abc_1.abstractmethod
     def ListMaskGroups(
         self,
         request: _mask_pb2.ListMaskGroupsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mask_pb2.ListMaskGroupsResponse, _abc.Awaitable[_mask_pb2.ListMaskGroupsResponse]]:
-        """ListMaskGroups lists an annotation's mask groups."""
+        """ListMaskGroups lists an annotation's mask groups: the current version of
+        each lineage, unless all_versions.
+        """
 
     @_abc_1.abstractmethod
     def GetMaskGroup(

@@ -362,14 +362,23 @@ class PacsClient:
         description: str = "",
         segments: Iterable[mask_pb2.Segment] = (),
         request_id: str | None = None,
+        supersedes: int = 0,
+        inference_parameters: Mapping[str, Any] | None = None,
+        input_series_uid: str = "",
     ) -> mask_pb2.MaskGroup:
         """Retried safely: a request id is generated if not given. `segments` (see
-        pacs.client.segments) makes the group's slices label maps."""
+        pacs.client.segments) makes the group's slices label maps. `supersedes` makes it the
+        next version of that complete, current group: pending, and current once complete.
+        `inference_parameters` (a JSON object, at most 8 KiB) and `input_series_uid` record how
+        the model ran; the SEG export carries the parameters."""
         group = mask_pb2.MaskGroup(
             slice_count=slice_count, group_name=group_name, model_name=model_name,
             version=version, modality=modality, mask_type=mask_type, description=description,
-            segments=list(segments),
+            segments=list(segments), supersedes_group_id=supersedes,
+            input_series_uid=input_series_uid,
         )  # fmt: skip
+        if inference_parameters is not None:
+            group.inference_parameters.update(dict(inference_parameters))
         return self.masks.CreateMaskGroup(
             mask_pb2.CreateMaskGroupRequest(
                 annotation_id=annotation_id,
@@ -377,6 +386,15 @@ class PacsClient:
                 request_id=request_id or str(uuid.uuid4()),
             )
         ).mask_group
+
+    def list_mask_group_versions(
+        self, annotation_id: int, group_id: int
+    ) -> list[mask_pb2.MaskGroup]:
+        """Every version of the group's lineage, newest first."""
+        request = mask_pb2.ListMaskGroupVersionsRequest(
+            annotation_id=annotation_id, group_id=group_id
+        )
+        return list(self.masks.ListMaskGroupVersions(request).mask_groups)
 
     def get_mask_group(self, annotation_id: int, group_id: int) -> mask_pb2.MaskGroup:
         request = mask_pb2.GetMaskGroupRequest(annotation_id=annotation_id, group_id=group_id)
@@ -387,13 +405,15 @@ class PacsClient:
         annotation_id: int,
         *,
         review_state: review_pb2.ReviewState.ValueType = review_pb2.REVIEW_STATE_UNSPECIFIED,
+        all_versions: bool = False,
     ) -> Iterator[mask_pb2.MaskGroup]:
-        """The annotation's groups across pages; with `review_state`, only those in it."""
+        """The annotation's groups across pages: the current version of each lineage, or every
+        version with `all_versions`; with `review_state`, only those in it."""
         return all_items(
             lambda token: self.masks.ListMaskGroups(
                 mask_pb2.ListMaskGroupsRequest(
                     annotation_id=annotation_id, review_state=review_state, page_size=PAGE_SIZE,
-                    page_token=token,
+                    page_token=token, all_versions=all_versions,
                 )
             ),
             lambda reply: reply.mask_groups,
@@ -422,6 +442,9 @@ class PacsClient:
         concurrency: int = 8,
         method: mask_pb2.UploadMethod.ValueType = mask_pb2.UPLOAD_METHOD_POST,
         progress: ProgressCallback | None = None,
+        supersedes: int = 0,
+        inference_parameters: Mapping[str, Any] | None = None,
+        input_series_uid: str = "",
     ) -> UploadResult:
         """Upload a group's slices from exactly one of: a folder of PNGs named by slice index,
         2-D numpy arrays (uint8, uint16 or bool; encoded as PNG), label maps, or prepared Slices.
@@ -437,7 +460,13 @@ class PacsClient:
         already recorded are skipped, so repeating an upload that partly failed sends only the
         rest (the group's own segments then apply). Raises UploadError when some slices could
         not be uploaded (the others are recorded).
+
+        A correction of a complete group is a new version: `supersedes=<its id>` creates it in
+        the same lineage, and it becomes the current version once all its slices are stored;
+        the version it supersedes stays readable (`list_mask_group_versions`).
         """
+        if supersedes and group_id is not None:
+            raise ValueError("supersedes= creates a new version: leave out group_id")
         started = time.perf_counter()
         if segments and group_id is not None:
             raise ValueError("segments are declared when a group is created: leave out group_id")
@@ -454,6 +483,8 @@ class PacsClient:
             group = self.create_mask_group(
                 annotation_id, slice_count=slice_count or len(items), group_name=group_name,
                 model_name=model_name, version=version, modality=modality, segments=segments,
+                supersedes=supersedes, inference_parameters=inference_parameters,
+                input_series_uid=input_series_uid,
             )  # fmt: skip
             group_id = group.id
             skipped = 0
