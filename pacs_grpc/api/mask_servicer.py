@@ -17,6 +17,7 @@ from pacs_grpc.domain.review import ReviewStep
 from pacs_grpc.services.exports import ExportUseCases
 from pacs_grpc.services.imports import ImportUseCases, SourceRequest
 from pacs_grpc.services.mask_completion import UploadCompletion
+from pacs_grpc.services.mask_group_trash import MaskGroupTrash
 from pacs_grpc.services.mask_groups import MaskGroupUseCases, NewGroup
 from pacs_grpc.services.mask_push import MaskPush, PushedSlice, PushMessage, PushTarget
 from pacs_grpc.services.mask_urls import MaskUrlUseCases
@@ -66,6 +67,7 @@ class MaskUseCaseSet:
     imports: ImportUseCases[Any]
     exports: ExportUseCases[Any]
     reviews: ReviewUseCases[Any]
+    trash: MaskGroupTrash[Any]
 
 
 class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
@@ -83,6 +85,7 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
         self._imports = use_cases.imports
         self._exports = use_cases.exports
         self._reviews = use_cases.reviews
+        self._trash = use_cases.trash
         self._activity: MaskActivity = activity or _NotCounted()
 
     async def CreateMaskGroup(
@@ -170,8 +173,16 @@ class MaskServicer(mask_pb2_grpc.MaskServiceServicer):
     async def DeleteMaskGroup(
         self, request: mask_pb2.DeleteMaskGroupRequest, context: Context
     ) -> mask_pb2.DeleteMaskGroupResponse:
-        await self._groups.delete_group(current_call(), request.annotation_id, request.group_id)
+        await self._trash.delete(
+            current_call(), request.annotation_id, request.group_id, purge=request.purge
+        )
         return mask_pb2.DeleteMaskGroupResponse()
+
+    async def UndeleteMaskGroup(
+        self, request: mask_pb2.UndeleteMaskGroupRequest, context: Context
+    ) -> mask_pb2.UndeleteMaskGroupResponse:
+        group = await self._trash.undelete(current_call(), request.annotation_id, request.group_id)
+        return mask_pb2.UndeleteMaskGroupResponse(mask_group=convert.mask_group(group))
 
     async def CreateUploadUrls(
         self, request: mask_pb2.CreateUploadUrlsRequest, context: Context

@@ -42,6 +42,7 @@ from pacs_grpc.services.exports import ExportLimits, ExportUseCases
 from pacs_grpc.services.identity import IdentityUseCases, UserDirectory
 from pacs_grpc.services.imports import ImportLimits, ImportUseCases
 from pacs_grpc.services.mask_completion import UploadCompletion
+from pacs_grpc.services.mask_group_trash import MaskGroupTrash
 from pacs_grpc.services.mask_groups import MaskGroupUseCases
 from pacs_grpc.services.mask_push import MaskPush
 from pacs_grpc.services.mask_urls import MaskUrlUseCases
@@ -161,7 +162,7 @@ def compose(
             a.storage,
             interval_seconds=settings.sweeper_interval_seconds,
             upload_grace=timedelta(seconds=settings.upload_grace_seconds),
-            trash=a.annotations,
+            trash=(a.annotations, a.masks),
             trash_retention=timedelta(days=settings.trash_retention_days),
             on_backlog=metrics.storage_backlog,
         ),
@@ -248,6 +249,12 @@ def _mask_use_cases(
             ),
         ),
         reviews=reviews,
+        trash=MaskGroupTrash(
+            transactions,
+            masks=a.masks,
+            clock=a.clock,
+            trash_retention=timedelta(days=settings.trash_retention_days),
+        ),
     )
 
 

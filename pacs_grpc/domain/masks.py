@@ -59,6 +59,8 @@ class MaskGroup:
     inference_parameters: dict[str, Any] | None = None
     input_series_uid: str | None = None
     client_id: str | None = None
+    # When it went to the trash (migration 0016); None while it is live.
+    deleted_at: datetime | None = None
 
     @property
     def complete(self) -> bool:

@@ -38,15 +38,16 @@ async def authorized_annotation(
 
 async def authorized_group(
     groups: GroupAccessLookup[TxT], conn: TxT, call: CallContext, annotation_id: int, group_id: int,
-    *, for_update: bool = False,
+    *, for_update: bool = False, include_deleted: bool = False,
 ) -> GroupAccess:  # fmt: skip
     """The group of that annotation, if the caller holds the role the RPC table asks for."""
     validation.positive_id("annotation_id", annotation_id)
     validation.positive_id("group_id", group_id)
     call.audit.touch(resource_type="mask_group", resource_ids=[group_id])
     access = await groups.group_with_access(
-        conn, annotation_id, group_id, call.caller.user_id, for_update=for_update
-    )
+        conn, annotation_id, group_id, call.caller.user_id, for_update=for_update,
+        include_deleted=include_deleted,
+    )  # fmt: skip
     if access is None:
         raise NotFound("mask group not found")
     call.audit.touch(project_id=access.project_id, study_uid=access.study_uid)

@@ -186,14 +186,6 @@ class MaskGroupUseCases(Generic[TxT]):
             access = await authorized_group(self._masks, conn, call, annotation_id, group_id)
         return access.group
 
-    async def delete_group(self, call: CallContext, annotation_id: int, group_id: int) -> None:
-        """Deletes the group; its objects are queued for the sweeper in the same transaction."""
-        async with self._transaction(call) as conn:
-            await authorized_group(
-                self._masks, conn, call, annotation_id, group_id, for_update=True
-            )
-            await self._masks.delete_group(conn, group_id)
-
     async def list_masks(
         self, call: CallContext, annotation_id: int, group_id: int, page_size: int, page_token: str
     ) -> Page[Mask]:

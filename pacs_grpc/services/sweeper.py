@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Generic
@@ -101,7 +101,7 @@ class Sweeper(Generic[TxT]):
         *,
         interval_seconds: float,
         upload_grace: timedelta,
-        trash: TrashPurger[TxT],
+        trash: Sequence[TrashPurger[TxT]],
         trash_retention: timedelta,
         batch_size: int = 500,
         delete_timeout_seconds: float = 60.0,
@@ -112,8 +112,9 @@ class Sweeper(Generic[TxT]):
         `delete_timeout_seconds` bounds one storage call, and so how long a batch holds its rows.
         `on_backlog` hears the outbox's size after every round (for a metric); every replica
         reports it, the active one or not.
-        Annotations in the `trash` for longer than `trash_retention` are purged, their objects
-        queued in the same transaction and deleted like any others.
+        What each of the `trash` purgers (annotations, mask groups) held for longer than
+        `trash_retention` is purged, its objects queued in the same transaction and deleted
+        like any others.
         """
         if interval_seconds <= 0 or batch_size <= 0 or delete_timeout_seconds <= 0:
             raise ValueError("interval_seconds, batch_size and delete_timeout_seconds must be > 0")
@@ -226,8 +227,8 @@ class Sweeper(Generic[TxT]):
             return _Batch(result, len(claimed), expired.removed, storage_down)
 
     async def _purge_expired_trash(self) -> int | None:
-        """Purge a batch of annotations whose time in the trash is up; how many, or None when
-        another sweeper holds the lock.
+        """Purge a batch of what each trash (annotations, mask groups) held past its time; how
+        many, or None when another sweeper holds the lock.
 
         In a transaction of its own, committed before any object is deleted: were the purge and
         the deletions one transaction, a failed commit would bring the rows back without the
@@ -236,10 +237,13 @@ class Sweeper(Generic[TxT]):
         async with self._db.transaction() as conn:
             if not await self._outbox.try_lock(conn):
                 return None
-            expired = await self._trash.expired_trash(conn, self._trash_retention, self._batch_size)
-            if expired:
-                await self._trash.purge(conn, expired)
-            return len(expired)
+            purged = 0
+            for trash in self._trash:
+                expired = await trash.expired_trash(conn, self._trash_retention, self._batch_size)
+                if expired:
+                    await trash.purge(conn, expired)
+                purged += len(expired)
+            return purged
 
     async def _run(self) -> None:
         while True:

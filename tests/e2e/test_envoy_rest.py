@@ -295,7 +295,13 @@ def _masks_through_every_route(
     assert "PACS_DICOMWEB_URL" in refused.json()["message"]
     exports = rest.ok("GET", GROUP + "/exports", token=token, query={"page_size": "5"}, **ids)
     assert exports.get("mask_group_exports", []) == []
-    rest.ok("DELETE", GROUP, token=token, **ids)
+    # Approved, so frozen: an owner (the administrator) moves it to the trash, and it comes back.
+    rest.ok("DELETE", GROUP, token=admin, **ids)
+    gone = rest.call("GET", GROUP, token=token, annotation_id=annotation_id, group_id=group_id)
+    assert gone.status == 404
+    back = rest.ok("POST", GROUP + "/undelete", token=token, body={}, **ids)["mask_group"]
+    assert back["id"] == str(group_id)
+    rest.ok("DELETE", GROUP, token=admin, query={"purge": "true"}, **ids)
 
 
 def test_a_call_without_a_token_is_401_with_a_json_status(rest: RestClient) -> None:

@@ -31,6 +31,7 @@ from pacs_grpc.services.context import CallContext
 from pacs_grpc.services.exports import ExportLimits, ExportUseCases
 from pacs_grpc.services.imports import ImportLimits, ImportUseCases
 from pacs_grpc.services.mask_completion import UploadCompletion
+from pacs_grpc.services.mask_group_trash import MaskGroupTrash
 from pacs_grpc.services.mask_groups import MaskGroupUseCases, NewGroup
 from pacs_grpc.services.mask_push import MaskPush
 from pacs_grpc.services.mask_urls import MaskUrlUseCases
@@ -269,6 +270,12 @@ class MaskWorld:
             pacs_checks=self.checks(pacs),
         )  # fmt: skip
 
+    def group_trash(self, retention: timedelta = timedelta(days=30)) -> MaskGroupTrash[FakeTx]:
+        return MaskGroupTrash(
+            builders.audited(self.w), masks=self.masks, clock=self.w.clock,
+            trash_retention=retention,
+        )  # fmt: skip
+
     def reviews(self) -> ReviewUseCases[FakeTx]:
         return ReviewUseCases(
             builders.audited(self.w), annotations=self.w.annotations, groups=self.masks,
@@ -278,7 +285,7 @@ class MaskWorld:
     def sweeper(self, **options: Any) -> Sweeper[FakeTx]:
         options.setdefault("interval_seconds", 5.0)
         options.setdefault("upload_grace", timedelta(minutes=10))
-        options.setdefault("trash", self.w.annotations)
+        options.setdefault("trash", (self.w.annotations, self.masks))
         options.setdefault("trash_retention", timedelta(days=30))
         return Sweeper(self.w.transactions, self.outbox, self.storage, **options)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pacs_grpc.domain.errors import AlreadyExists, FailedPrecondition
@@ -158,12 +158,14 @@ class FakeMaskStore:
 
     async def group_with_access(
         self, conn: FakeTx, annotation_id: int, group_id: int, user_id: int, *,
-        for_update: bool = False,
+        for_update: bool = False, include_deleted: bool = False,
     ) -> GroupAccess | None:  # fmt: skip
         tx = self._db.enter("masks.group_with_access", conn)
         t = tables(self._db)
         group = t.groups.get(group_id)
         if group is None or group.annotation_id != annotation_id:
+            return None
+        if group.deleted_at is not None and not include_deleted:
             return None
         annotation = t.annotations.get(annotation_id)
         if annotation is not None and annotation.deleted_at is not None:
@@ -231,6 +233,7 @@ class FakeMaskStore:
         lineage = [
             g for g in tables(self._db).groups.values()
             if g.lineage_id == group.lineage_id and g.annotation_id == group.annotation_id
+            and g.deleted_at is None
         ]  # fmt: skip
         return [self._counted(g) for g in sorted(lineage, key=lambda g: -g.version_number)]
 
@@ -260,6 +263,7 @@ class FakeMaskStore:
                 if g.annotation_id == annotation_id and g.id > after_id
                 and review_state in (None, g.review.state)
                 and (all_versions or g.is_current)
+                and g.deleted_at is None
             ),
             key=lambda g: g.id,
         )  # fmt: skip
@@ -276,6 +280,53 @@ class FakeMaskStore:
         t.groups[group_id] = reviewed
         self._db.wrote(tx, "mask_groups")
         return self._counted(reviewed)
+
+    async def move_group_to_trash(self, conn: FakeTx, group_id: int, *, trash: bool) -> MaskGroup:
+        """The adapter's TRASH_GROUP and UNTRASH_GROUP, with their passing of currency."""
+        tx = self._db.enter("masks.move_group_to_trash", conn)
+        t = tables(self._db)
+        group = self._counted(t.groups[group_id])
+        previous = t.groups.get(group.supersedes_group_id or 0)
+        if trash:
+            if group.is_current and previous is not None and previous.deleted_at is None:
+                t.groups[previous.id] = replace(previous, is_current=True)
+            current = False
+        elif previous is not None:
+            current = previous.is_current and group.complete
+            if current:
+                t.groups[previous.id] = replace(previous, is_current=False)
+        else:
+            current = not any(
+                g.is_current and g.deleted_at is None
+                for g in t.groups.values()
+                if g.lineage_id == group.lineage_id and g.id != group.id
+            )
+        moved = replace(
+            t.groups[group_id], deleted_at=tx.started_at if trash else None,
+            is_current=current, updated_at=tx.started_at,
+        )  # fmt: skip
+        t.groups[group_id] = moved
+        self._db.wrote(tx, "mask_groups")
+        return self._counted(moved)
+
+    async def expired_trash(self, conn: FakeTx, retention: timedelta, limit: int) -> list[int]:
+        tx = self._db.enter("masks.expired_trash", conn)
+        t = tables(self._db)
+        cutoff = tx.started_at - retention
+        expired = sorted(
+            (g for g in t.groups.values()
+             if g.deleted_at is not None and g.deleted_at < cutoff
+             and (a := t.annotations.get(g.annotation_id)) is not None and a.deleted_at is None),
+            key=lambda g: g.deleted_at or cutoff,
+        )[:limit]  # fmt: skip
+        tx.locks.extend(("mask_group", g.id) for g in expired)
+        return [g.id for g in expired]
+
+    async def purge(self, conn: FakeTx, group_ids: Sequence[int]) -> int:
+        queued = 0
+        for group_id in group_ids:
+            queued += await self.delete_group(conn, group_id)
+        return queued
 
     async def delete_group(self, conn: FakeTx, group_id: int) -> int:
         tx = self._db.enter("masks.delete_group", conn)

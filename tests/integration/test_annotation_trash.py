@@ -262,3 +262,58 @@ async def test_watch_says_deleted_and_restored(
         kind.ANNOTATION_EVENT_TYPE_RESTORED,
     ]
     assert seen[1].annotation.revision == 3
+
+
+async def test_a_mask_group_goes_to_the_trash_and_back_then_the_sweeper_purges_it(
+    live_stack: LocalStack, channel: aio.Channel, masks: Masks, team: Team
+) -> None:
+    annotation_id, group_id, key = await _with_a_stored_mask(channel, masks, team)
+    ids = {"annotation_id": annotation_id, "group_id": group_id}
+    await masks.DeleteMaskGroup(
+        mask_pb2.DeleteMaskGroupRequest(annotation_id=annotation_id, group_id=group_id),
+        metadata=team.annotator.metadata(),
+    )
+    get = mask_pb2.GetMaskGroupRequest(**ids)
+    assert await _code(masks.GetMaskGroup(get, metadata=team.viewer.metadata())) is (
+        grpc.StatusCode.NOT_FOUND
+    )
+    back = await masks.UndeleteMaskGroup(
+        mask_pb2.UndeleteMaskGroupRequest(**ids), metadata=team.annotator.metadata()
+    )
+    assert (back.mask_group.current, back.mask_group.status) == (
+        True,
+        mask_pb2.MASK_GROUP_STATUS_COMPLETE,
+    )
+    # Only from the trash (migration 0016): a live group's row refuses a hard delete.
+    with (
+        psycopg.connect(live_stack.database_url, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState),
+    ):
+        conn.execute("delete from annotation_mask_group where id = %s", (group_id,))
+
+    await masks.DeleteMaskGroup(
+        mask_pb2.DeleteMaskGroupRequest(annotation_id=annotation_id, group_id=group_id),
+        metadata=team.annotator.metadata(),
+    )
+    with psycopg.connect(live_stack.database_url, autocommit=True) as conn:
+        conn.execute(
+            "update annotation_mask_group set deleted_at = now() - interval '30 days 1 second'"
+            " where id = %s",
+            (group_id,),
+        )
+    for _ in range(100):
+        if not _stored(live_stack, key):
+            break
+        await asyncio.sleep(0.1)
+
+    assert not _stored(live_stack, key)
+    assert (
+        _count(live_stack, "select count(*) from annotation_mask_group where id = %s", group_id)
+        == 0
+    )
+    assert (
+        _count(
+            live_stack, "select count(*) from annotation_annotation where id = %s", annotation_id
+        )
+        == 1
+    )

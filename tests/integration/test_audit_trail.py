@@ -357,6 +357,10 @@ async def test_every_audited_rpc_records_its_project_study_type_and_ids(
         mask_pb2.DeleteMaskGroupRequest(annotation_id=first, group_id=gid),
         metadata=meta(owner, "DeleteMaskGroup", Expected(pid, "mask_group", [gid], STUDY)),
     )
+    await masks.UndeleteMaskGroup(
+        mask_pb2.UndeleteMaskGroupRequest(annotation_id=first, group_id=gid),
+        metadata=meta(owner, "UndeleteMaskGroup", Expected(pid, "mask_group", [gid], STUDY)),
+    )
     await identity.UpdateProject(
         identity_pb2.UpdateProjectRequest(
             project_id=pid,

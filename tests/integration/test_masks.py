@@ -35,6 +35,8 @@ class Setup:
     outsider: ApiUser
     project_id: int
     annotation_id: int
+    # A platform administrator: an owner of every project (purges).
+    admin: ApiUser
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,9 @@ async def setup(live_stack: LocalStack, channel: aio.Channel) -> Setup:
         channel, team["pipeline"], team.project_id, "1.2.840.1", {"model": "lung-seg"},
         series_uid="1.2.840.1.2",
     )  # fmt: skip
-    return Setup(team["pipeline"], team["viewer"], outsider, team.project_id, annotation_id)
+    return Setup(
+        team["pipeline"], team["viewer"], outsider, team.project_id, annotation_id, team.admin
+    )
 
 
 async def _group(
@@ -316,7 +320,7 @@ async def test_groups_are_bound_to_their_project(
     assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_deleting_a_group_queues_its_objects(
+async def test_purging_a_group_queues_its_objects(
     live_stack: LocalStack, masks: mask_pb2_grpc.MaskServiceAsyncStub, setup: Setup
 ) -> None:
     images = [png(16, 16, seed) for seed in range(2)]
@@ -338,8 +342,11 @@ async def test_deleting_a_group_queues_its_objects(
         _completion(tickets[:2], setup, group.id), metadata=setup.writer.metadata()
     )
     await masks.DeleteMaskGroup(
-        mask_pb2.DeleteMaskGroupRequest(annotation_id=setup.annotation_id, group_id=group.id),
-        metadata=setup.writer.metadata(),
+        # A purge: the trash would keep everything until its retention ends.
+        mask_pb2.DeleteMaskGroupRequest(
+            annotation_id=setup.annotation_id, group_id=group.id, purge=True
+        ),
+        metadata=setup.admin.metadata(),
     )
     expected = {m.file_path for m in done.masks} | {tickets[2].object_key}
     expected |= {t.object_key for t in tickets[:2]}  # queued when frozen at completion
@@ -384,8 +391,11 @@ async def test_deleted_objects_and_expired_tickets_leave_storage(
 
     assert len(stored()) >= 2
     await masks.DeleteMaskGroup(
-        mask_pb2.DeleteMaskGroupRequest(annotation_id=setup.annotation_id, group_id=group.id),
-        metadata=setup.writer.metadata(),
+        # A purge: the trash would keep everything until its retention ends.
+        mask_pb2.DeleteMaskGroupRequest(
+            annotation_id=setup.annotation_id, group_id=group.id, purge=True
+        ),
+        metadata=setup.admin.metadata(),
     )
     for _ in range(100):
         if not stored():

@@ -573,9 +573,9 @@ async def test_deleting_the_group_or_annotation_deletes_its_exported_objects(
     if deleted == "group":
         await stub.DeleteMaskGroup(
             mask_pb2.DeleteMaskGroupRequest(
-                annotation_id=uploaded.annotation_id, group_id=uploaded.group_id
+                annotation_id=uploaded.annotation_id, group_id=uploaded.group_id, purge=True
             ),
-            metadata=people.writer.metadata(),
+            metadata=people.admin.metadata(),
         )
     else:
         # Only a purge deletes at once; the trash keeps everything until its retention ends.

@@ -27,6 +27,7 @@ from pacs_devstack.seaweed import SeaweedConfig, SeaweedS3
 from pacs_grpc.adapters.postgres import outbox
 from pacs_grpc.adapters.postgres.annotations import AnnotationRepository
 from pacs_grpc.adapters.postgres.database import Database
+from pacs_grpc.adapters.postgres.masks import MaskRepository
 from pacs_grpc.adapters.postgres.outbox import DeletionOutbox
 from pacs_grpc.logs import JsonFormatter
 from pacs_grpc.services.ports import DeletesObjects
@@ -96,7 +97,7 @@ def _sweeper(
     """A sweeper with the server's default interval and grace unless a test sets its own."""
     options.setdefault("interval_seconds", 5.0)
     options.setdefault("upload_grace", timedelta(minutes=10))
-    options.setdefault("trash", AnnotationRepository())
+    options.setdefault("trash", (AnnotationRepository(), MaskRepository()))
     options.setdefault("trash_retention", timedelta(days=30))
     return Sweeper(db, outbox, storage, **options)
 

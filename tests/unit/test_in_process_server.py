@@ -514,6 +514,14 @@ async def test_every_rpc_answers_ok_through_the_composed_server(client: Client) 
             metadata=anna,
         ),
     )
+    back_group = await c.call(
+        "UndeleteMaskGroup",
+        masks.UndeleteMaskGroup(
+            mask_pb2.UndeleteMaskGroupRequest(annotation_id=a_id, group_id=imported.mask_group.id),
+            metadata=anna,
+        ),
+    )
+    assert back_group.mask_group.id == imported.mask_group.id
 
     # The end of it all: the annotation (to the trash, back, and to the trash for good), the
     # member, the project.

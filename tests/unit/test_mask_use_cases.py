@@ -134,7 +134,7 @@ async def _list_masks(m: MaskWorld, user: User, annotation_id: int, group_id: in
 
 async def _delete(m: MaskWorld, user: User, annotation_id: int, group_id: int) -> Any:
     call = m.call("DeleteMaskGroup", user)
-    return await m.groups().delete_group(call, annotation_id, group_id)
+    return await m.group_trash().delete(call, annotation_id, group_id)
 
 
 async def _tickets(m: MaskWorld, user: User, annotation_id: int, group_id: int) -> Any:
@@ -220,7 +220,7 @@ async def test_a_refused_call_writes_no_audit_row_and_leaves_what_it_learnt_to_t
     group = m.seed_group()
     call = m.call("DeleteMaskGroup", m.viewer)
     with pytest.raises(PermissionDenied):
-        await m.groups().delete_group(call, m.annotation.id, group.id)
+        await m.group_trash().delete(call, m.annotation.id, group.id)
     assert m.audit == []
     assert not call.audit.recorded
     # What the gate writes as the denied row.
@@ -342,7 +342,7 @@ async def test_get_mask_finds_only_masks_of_the_named_group(m: MaskWorld) -> Non
 # -- DeleteMaskGroup ---------------------------------------------------------------------------
 
 
-async def test_deleting_a_group_queues_its_masks_pending_tickets_and_exports(m: MaskWorld) -> None:
+async def test_purging_a_group_queues_its_masks_pending_tickets_and_exports(m: MaskWorld) -> None:
     group, kept = m.seed_group(3), m.seed_group(1)
     masks = m.seed_masks(group, [0, 1])
     m.seed_masks(kept, [0])
@@ -354,8 +354,8 @@ async def test_deleting_a_group_queues_its_masks_pending_tickets_and_exports(m: 
         export = await m.exports.insert(conn, group.id, _export("exports/g.dcm"), m.annotator.id)
     before = len(m.audit)
 
-    call = m.call("DeleteMaskGroup")
-    await m.groups().delete_group(call, m.annotation.id, group.id)
+    call = m.call("DeleteMaskGroup", m.admin)
+    await m.group_trash().delete(call, m.annotation.id, group.id, purge=True)
 
     assert queued_keys(m.w.db) == [
         masks[0].file_path,
@@ -368,7 +368,9 @@ async def test_deleting_a_group_queues_its_masks_pending_tickets_and_exports(m: 
     assert (m.tables.uploads, m.tables.exports) == ({}, {})
     # The objects stay until the sweeper deletes them; the call itself never asks storage.
     assert "delete" not in m.storage.calls
-    assert m.audit[before:] == [m.ok(call, resource_type="mask_group", resource_ids=(group.id,))]
+    assert m.audit[before:] == [
+        m.ok(call, resource_type="mask_group_purge", resource_ids=(group.id,))
+    ]
     assert ("mask_group", group.id) in m.w.db.committed[-1].locks
 
 

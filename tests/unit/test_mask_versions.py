@@ -89,14 +89,16 @@ async def test_only_the_complete_current_version_is_corrected_once(
         await _create(m, supersedes_group_id=supersedes)
 
 
-async def test_deleting_the_current_version_reinstates_its_predecessor(m: MaskWorld) -> None:
+async def test_purging_the_current_version_reinstates_its_predecessor(m: MaskWorld) -> None:
     first = await _create(m)
     m.seed_masks(first, [0, 1])
     second = await _create(m, supersedes_group_id=first.id)
     m.seed_masks(second, [0])
     await m.masks_recorded(second, [1])
 
-    await m.groups().delete_group(m.call("DeleteMaskGroup"), m.annotation.id, second.id)
+    await m.group_trash().delete(
+        m.call("DeleteMaskGroup", m.admin), m.annotation.id, second.id, purge=True
+    )
 
     assert await _listed(m) == [first.id]
 

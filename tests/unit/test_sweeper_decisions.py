@@ -279,7 +279,9 @@ async def test_a_deleted_groups_objects_leave_storage_at_the_next_round(m: MaskW
     group = m.seed_group(3)
     m.seed_masks(group, [0, 1])
     pending = await _expired_ticket(m, 2)
-    await m.groups().delete_group(m.call("DeleteMaskGroup"), m.annotation.id, group.id)
+    await m.group_trash().delete(
+        m.call("DeleteMaskGroup", m.admin), m.annotation.id, group.id, purge=True
+    )
     assert pending in m.storage.stored_keys()
     assert await m.sweeper().sweep_once() == SweepResult(deleted=3)
     assert m.storage.stored_keys() == []

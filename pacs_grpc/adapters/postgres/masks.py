@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import errors as pg_errors
@@ -35,7 +35,7 @@ _GROUP_NAMES = (
     "mask_type", "description", "created_by", "created_at", "updated_at", "completed_slices",
     "segments", "review_state", "reviewed_by", "reviewed_at", "review_comment", "lineage_id",
     "version_number", "supersedes_group_id", "is_current", "inference_parameters",
-    "input_series_uid", "client_id",
+    "input_series_uid", "client_id", "deleted_at",
 )  # fmt: skip
 _COMPLETED_SLICES = (
     "(select count(*) from annotation_mask m where m.mask_group_id = g.id)::int as completed_slices"
@@ -57,6 +57,7 @@ join security_project p on p.id = a.project_id
 left join security_project_member mem
        on mem.project_id = a.project_id and mem.user_id = %(user_id)s
 where g.id = %(group_id)s and g.annotation_id = %(annotation_id)s
+  and (g.deleted_at is null or %(include_deleted)s)
 """
 
 # A first version is its own lineage (the trigger of migration 0015) and current at once; a
@@ -76,14 +77,75 @@ LIST_GROUPS = f"""
 select {_GROUP_COLUMNS} from annotation_mask_group g
 where g.annotation_id = %(annotation_id)s and g.id > %(after_id)s
   and (%(review_state)s::text is null or g.review_state = %(review_state)s::text)
-  and (%(all_versions)s or g.is_current)
+  and (%(all_versions)s or g.is_current) and g.deleted_at is null
 order by g.id limit %(limit)s
 """
 
 LIST_VERSIONS = f"""
 select {_GROUP_COLUMNS} from annotation_mask_group g
 where g.lineage_id = %(lineage_id)s and g.annotation_id = %(annotation_id)s
+  and g.deleted_at is null
 order by g.version_number desc
+"""
+
+# Into the trash: a current version hands currency back to the version it superseded, as a
+# purge does, so deleting a bad correction shows the previous one again.
+TRASH_GROUP = f"""
+with reinstated as (
+    update annotation_mask_group previous set is_current = true, updated_at = now()
+    from annotation_mask_group trashed
+    where trashed.id = %(group_id)s and trashed.is_current
+      and previous.id = trashed.supersedes_group_id and previous.deleted_at is null
+)
+update annotation_mask_group g
+set deleted_at = now(), is_current = false, updated_at = now()
+where g.id = %(group_id)s
+returning {_GROUP_COLUMNS}
+"""
+
+# Back from the trash: a complete version takes currency back from the version it superseded
+# if that one is still current; a first version is current again unless a later one is.
+UNTRASH_GROUP = f"""
+with back as (
+    select g.id, g.lineage_id, g.supersedes_group_id,
+           g.slice_count <= (select count(*) from annotation_mask m where m.mask_group_id = g.id)
+               as complete
+    from annotation_mask_group g where g.id = %(group_id)s
+), displaced as (
+    update annotation_mask_group previous set is_current = false, updated_at = now()
+    from back b
+    where previous.id = b.supersedes_group_id and previous.is_current and b.complete
+    returning previous.id
+)
+update annotation_mask_group g
+set deleted_at = null, updated_at = now(),
+    is_current = case
+        when b.supersedes_group_id is null then not exists (
+            select from annotation_mask_group other
+            where other.lineage_id = b.lineage_id and other.is_current and other.id <> b.id
+              and other.deleted_at is null)
+        else exists (select from displaced)
+    end
+from back b
+where g.id = b.id
+returning {_GROUP_COLUMNS}
+"""
+
+# A purge marks the group first: only a group in the trash may be deleted (0016).
+MARK_GROUP_FOR_PURGE = """
+update annotation_mask_group set deleted_at = coalesce(deleted_at, now())
+where id = %(group_id)s
+"""
+
+# Groups trashed for longer than the retention whose annotation is live (an annotation in the
+# trash takes its groups with it when it is purged), locked as EXPIRED_TRASH locks annotations.
+EXPIRED_GROUP_TRASH = """
+select g.id from annotation_mask_group g
+join annotation_annotation a on a.id = g.annotation_id and a.deleted_at is null
+where g.deleted_at < now() - %(retention)s
+order by g.deleted_at
+limit %(limit)s
+for update of g skip locked
 """
 
 # Deleting a lineage's current version makes the version it superseded current again.
@@ -242,9 +304,14 @@ class MaskRepository:
         user_id: int,
         *,
         for_update: bool = False,
+        include_deleted: bool = False,
     ) -> GroupAccess | None:
+        """The group and the caller's access; one in the trash only with include_deleted."""
         query = GROUP_WITH_ACCESS + (" for update of g" if for_update else "")
-        params = {"annotation_id": annotation_id, "group_id": group_id, "user_id": user_id}
+        params = {
+            "annotation_id": annotation_id, "group_id": group_id, "user_id": user_id,
+            "include_deleted": include_deleted,
+        }  # fmt: skip
         async with conn.cursor() as cur:
             await cur.execute(query, params)
             row = await cur.fetchone()
@@ -339,11 +406,36 @@ class MaskRepository:
         assert row is not None
         return row
 
+    async def move_group_to_trash(
+        self, conn: Connection, group_id: int, *, trash: bool
+    ) -> MaskGroup:
+        """Into the trash (trash=True) or back out, passing the lineage's currency as a purge
+        and a completion would; slices, exports and objects stay."""
+        async with conn.cursor(row_factory=_GROUP_ROW) as cur:
+            await cur.execute(TRASH_GROUP if trash else UNTRASH_GROUP, {"group_id": group_id})
+            row = await cur.fetchone()
+        assert row is not None
+        return row
+
+    async def expired_trash(self, conn: Connection, retention: timedelta, limit: int) -> list[int]:
+        """TrashPurger for groups: up to `limit` trashed longer than `retention`, locked."""
+        async with conn.cursor() as cur:
+            await cur.execute(EXPIRED_GROUP_TRASH, {"retention": retention, "limit": limit})
+            return [group_id for (group_id,) in await cur.fetchall()]
+
+    async def purge(self, conn: Connection, group_ids: Sequence[int]) -> int:
+        """TrashPurger for groups: delete each for good; how many objects were queued."""
+        queued = 0
+        for group_id in group_ids:
+            queued += await self.delete_group(conn, group_id)
+        return queued
+
     async def delete_group(self, conn: Connection, group_id: int) -> int:
         async with conn.cursor() as cur:
             await cur.execute(ENQUEUE_GROUP_OBJECTS, {"group_id": group_id})
             queued = cur.rowcount
             await cur.execute(REINSTATE_PREDECESSOR, {"group_id": group_id})
+            await cur.execute(MARK_GROUP_FOR_PURGE, {"group_id": group_id})
             await cur.execute(DELETE_GROUP, {"group_id": group_id})
         return queued
 

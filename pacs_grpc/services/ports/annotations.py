@@ -38,7 +38,8 @@ class AnnotationAccessLookup(Protocol[TxT_contra]):
 
 
 class TrashPurger(Protocol[TxT_contra]):
-    """Hard deletes, the only ones: annotations whose time in the trash is up, and purges."""
+    """Hard deletes, the only ones, of one kind of resource (annotations, mask groups): those
+    whose time in the trash is up, and purges."""
 
     async def expired_trash(self, conn: TxT_contra, retention: timedelta, limit: int) -> list[int]:
         """Up to `limit` annotations in the trash for longer than `retention`, locked."""

@@ -19,6 +19,7 @@ from pacs_grpc.domain.masks import (
     VersionOf,
 )
 from pacs_grpc.domain.review import Review, ReviewState
+from pacs_grpc.services.ports.annotations import TrashPurger
 from pacs_grpc.services.ports.transactions import TxT_contra
 
 
@@ -29,9 +30,10 @@ class GroupAccessLookup(Protocol[TxT_contra]):
 
     async def group_with_access(
         self, conn: TxT_contra, annotation_id: int, group_id: int, user_id: int, *,
-        for_update: bool = False,
+        for_update: bool = False, include_deleted: bool = False,
     ) -> GroupAccess | None:  # fmt: skip
-        """The group of that annotation with the user's role in its project, in one query."""
+        """The group of that annotation with the user's role in its project, in one query; one
+        in the trash only with include_deleted."""
         ...
 
 
@@ -55,7 +57,12 @@ class ScheduledDeletions(Protocol[TxT_contra]):
         ...
 
 
-class MaskStore(GroupAccessLookup[TxT_contra], DeletionQueue[TxT_contra], Protocol[TxT_contra]):
+class MaskStore(
+    GroupAccessLookup[TxT_contra],
+    DeletionQueue[TxT_contra],
+    TrashPurger[TxT_contra],
+    Protocol[TxT_contra],
+):
     """Mask groups, upload tickets and masks, in the transaction the caller passes. `record_masks`
     holds up under concurrent completions (each ticket yields one mask) and refuses a second mask
     for a slice with FailedPrecondition.
@@ -87,7 +94,14 @@ class MaskStore(GroupAccessLookup[TxT_contra], DeletionQueue[TxT_contra], Protoc
         ...
 
     async def delete_group(self, conn: TxT_contra, group_id: int) -> int:
-        """Deletes the group and queues its objects for deletion; the rows removed."""
+        """Deletes the group for good (a purge) and queues its objects for deletion; the rows
+        removed. Its predecessor becomes current if it was the current version."""
+        ...
+
+    async def move_group_to_trash(
+        self, conn: TxT_contra, group_id: int, *, trash: bool
+    ) -> MaskGroup:
+        """Into the trash or back out; slices, exports and objects stay."""
         ...
 
     async def insert_uploads(

@@ -844,17 +844,24 @@ class DeleteMaskGroupRequest(_message.Message):
 
     ANNOTATION_ID_FIELD_NUMBER: _builtins.int
     GROUP_ID_FIELD_NUMBER: _builtins.int
+    PURGE_FIELD_NUMBER: _builtins.int
     annotation_id: _builtins.int
     group_id: _builtins.int
+    purge: _builtins.bool
+    """Owners only: delete at once and for good (masks, exports and stored
+    objects) instead of moving to the trash; also purges a group already in
+    the trash.
+    """
     def __init__(
         self,
         *,
         annotation_id: _builtins.int = ...,
         group_id: _builtins.int = ...,
+        purge: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "group_id", b"group_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "group_id", b"group_id", "purge", b"purge"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -876,6 +883,52 @@ class DeleteMaskGroupResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteMaskGroupResponse: _TypeAlias = DeleteMaskGroupResponse  # noqa: Y015
+
+@_typing.final
+class UndeleteMaskGroupRequest(_message.Message):
+    """UndeleteMaskGroupRequest names a group in the trash."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.int
+    group_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.int = ...,
+        group_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "group_id", b"group_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndeleteMaskGroupRequest: _TypeAlias = UndeleteMaskGroupRequest  # noqa: Y015
+
+@_typing.final
+class UndeleteMaskGroupResponse(_message.Message):
+    """UndeleteMaskGroupResponse is the group, back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASK_GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mask_group(self) -> Global___MaskGroup: ...
+    def __init__(
+        self,
+        *,
+        mask_group: Global___MaskGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mask_group", b"mask_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mask_group", b"mask_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndeleteMaskGroupResponse: _TypeAlias = UndeleteMaskGroupResponse  # noqa: Y015
 
 @_typing.final
 class CreateUploadUrlsRequest(_message.Message):

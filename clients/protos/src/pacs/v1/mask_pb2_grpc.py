@@ -79,6 +79,11 @@ class MaskServiceStub:
                 request_serializer=pacs_dot_v1_dot_mask__pb2.DeleteMaskGroupRequest.SerializeToString,
                 response_deserializer=pacs_dot_v1_dot_mask__pb2.DeleteMaskGroupResponse.FromString,
                 _registered_method=True)
+        self.UndeleteMaskGroup = channel.unary_unary(
+                '/pacs.v1.MaskService/UndeleteMaskGroup',
+                request_serializer=pacs_dot_v1_dot_mask__pb2.UndeleteMaskGroupRequest.SerializeToString,
+                response_deserializer=pacs_dot_v1_dot_mask__pb2.UndeleteMaskGroupResponse.FromString,
+                _registered_method=True)
         self.CreateUploadUrls = channel.unary_unary(
                 '/pacs.v1.MaskService/CreateUploadUrls',
                 request_serializer=pacs_dot_v1_dot_mask__pb2.CreateUploadUrlsRequest.SerializeToString,
@@ -194,7 +199,18 @@ class MaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteMaskGroup(self, request, context):
-        """DeleteMaskGroup removes a group, its masks and their stored images.
+        """DeleteMaskGroup moves a group to the trash: reads answer NOT_FOUND,
+        UndeleteMaskGroup brings it back within the trash retention, and after it
+        the server purges it with its masks and stored images. With purge (owners
+        only) it is deleted at once and for good. An approved group is deleted by
+        owners only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeleteMaskGroup(self, request, context):
+        """UndeleteMaskGroup brings a group back from the trash, as it was.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -325,6 +341,11 @@ def add_MaskServiceServicer_to_server(servicer, server):
                     servicer.DeleteMaskGroup,
                     request_deserializer=pacs_dot_v1_dot_mask__pb2.DeleteMaskGroupRequest.FromString,
                     response_serializer=pacs_dot_v1_dot_mask__pb2.DeleteMaskGroupResponse.SerializeToString,
+            ),
+            'UndeleteMaskGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeleteMaskGroup,
+                    request_deserializer=pacs_dot_v1_dot_mask__pb2.UndeleteMaskGroupRequest.FromString,
+                    response_serializer=pacs_dot_v1_dot_mask__pb2.UndeleteMaskGroupResponse.SerializeToString,
             ),
             'CreateUploadUrls': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateUploadUrls,
@@ -598,6 +619,33 @@ class MaskService:
             '/pacs.v1.MaskService/DeleteMaskGroup',
             pacs_dot_v1_dot_mask__pb2.DeleteMaskGroupRequest.SerializeToString,
             pacs_dot_v1_dot_mask__pb2.DeleteMaskGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeleteMaskGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pacs.v1.MaskService/UndeleteMaskGroup',
+            pacs_dot_v1_dot_mask__pb2.UndeleteMaskGroupRequest.SerializeToString,
+            pacs_dot_v1_dot_mask__pb2.UndeleteMaskGroupResponse.FromString,
             options,
             channel_credentials,
             insecure,

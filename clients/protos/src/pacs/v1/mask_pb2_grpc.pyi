@@ -62,7 +62,14 @@ class MaskServiceStub:
     RejectMaskGroup: _grpc.UnaryUnaryMultiCallable[_mask_pb2.RejectMaskGroupRequest, _mask_pb2.RejectMaskGroupResponse]
     """RejectMaskGroup sends a SUBMITTED group back, with a comment."""
     DeleteMaskGroup: _grpc.UnaryUnaryMultiCallable[_mask_pb2.DeleteMaskGroupRequest, _mask_pb2.DeleteMaskGroupResponse]
-    """DeleteMaskGroup removes a group, its masks and their stored images."""
+    """DeleteMaskGroup moves a group to the trash: reads answer NOT_FOUND,
+    UndeleteMaskGroup brings it back within the trash retention, and after it
+    the server purges it with its masks and stored images. With purge (owners
+    only) it is deleted at once and for good. An approved group is deleted by
+    owners only.
+    """
+    UndeleteMaskGroup: _grpc.UnaryUnaryMultiCallable[_mask_pb2.UndeleteMaskGroupRequest, _mask_pb2.UndeleteMaskGroupResponse]
+    """UndeleteMaskGroup brings a group back from the trash, as it was."""
     CreateUploadUrls: _grpc.UnaryUnaryMultiCallable[_mask_pb2.CreateUploadUrlsRequest, _mask_pb2.CreateUploadUrlsResponse]
     """CreateUploadUrls issues one signed upload ticket per slice."""
     CompleteUpload: _grpc.UnaryUnaryMultiCallable[_mask_pb2.CompleteUploadRequest, _mask_pb2.CompleteUploadResponse]
@@ -137,7 +144,14 @@ class MaskServiceAsyncStub(MaskServiceStub):
     RejectMaskGroup: _aio.UnaryUnaryMultiCallable[_mask_pb2.RejectMaskGroupRequest, _mask_pb2.RejectMaskGroupResponse]  # type: ignore[assignment]
     """RejectMaskGroup sends a SUBMITTED group back, with a comment."""
     DeleteMaskGroup: _aio.UnaryUnaryMultiCallable[_mask_pb2.DeleteMaskGroupRequest, _mask_pb2.DeleteMaskGroupResponse]  # type: ignore[assignment]
-    """DeleteMaskGroup removes a group, its masks and their stored images."""
+    """DeleteMaskGroup moves a group to the trash: reads answer NOT_FOUND,
+    UndeleteMaskGroup brings it back within the trash retention, and after it
+    the server purges it with its masks and stored images. With purge (owners
+    only) it is deleted at once and for good. An approved group is deleted by
+    owners only.
+    """
+    UndeleteMaskGroup: _aio.UnaryUnaryMultiCallable[_mask_pb2.UndeleteMaskGroupRequest, _mask_pb2.UndeleteMaskGroupResponse]  # type: ignore[assignment]
+    """UndeleteMaskGroup brings a group back from the trash, as it was."""
     CreateUploadUrls: _aio.UnaryUnaryMultiCallable[_mask_pb2.CreateUploadUrlsRequest, _mask_pb2.CreateUploadUrlsResponse]  # type: ignore[assignment]
     """CreateUploadUrls issues one signed upload ticket per slice."""
     CompleteUpload: _aio.UnaryUnaryMultiCallable[_mask_pb2.CompleteUploadRequest, _mask_pb2.CompleteUploadResponse]  # type: ignore[assignment]
@@ -257,7 +271,20 @@ class MaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _mask_pb2.DeleteMaskGroupRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mask_pb2.DeleteMaskGroupResponse, _abc.Awaitable[_mask_pb2.DeleteMaskGroupResponse]]:
-        """DeleteMaskGroup removes a group, its masks and their stored images."""
+        """DeleteMaskGroup moves a group to the trash: reads answer NOT_FOUND,
+        UndeleteMaskGroup brings it back within the trash retention, and after it
+        the server purges it with its masks and stored images. With purge (owners
+        only) it is deleted at once and for good. An approved group is deleted by
+        owners only.
+        """
+
+    @_abc_1.abstractmethod
+    def UndeleteMaskGroup(
+        self,
+        request: _mask_pb2.UndeleteMaskGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mask_pb2.UndeleteMaskGroupResponse, _abc.Awaitable[_mask_pb2.UndeleteMaskGroupResponse]]:
+        """UndeleteMaskGroup brings a group back from the trash, as it was."""
 
     @_abc_1.abstractmethod
     def CreateUploadUrls(
