@@ -7,10 +7,8 @@ and what the CLI prints; tests/e2e covers the real server's answers.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pacs.client import PacsClient, RetryPolicy
 from pacs.client.cli import EXIT_FAILED, main
 from pacs.v1 import annotation_pb2
+
+from tests.support.scripted import Script
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05)
 ACTION = annotation_pb2.AnnotationRevisionAction
@@ -63,24 +63,6 @@ PAGES = {
         ]
     ),
 }
-
-
-@dataclass
-class Script:
-    """The requests each method received, and how many of its next calls fail UNAVAILABLE."""
-
-    requests: dict[str, list[Any]] = field(default_factory=dict)
-    failures: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(self, method: str, request: Message, context: grpc.ServicerContext) -> None:
-        with self.lock:
-            self.requests.setdefault(method, []).append(request)
-            failing = self.failures.get(method, 0)
-            if failing:
-                self.failures[method] = failing - 1
-        if failing:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "replica going away")
 
 
 def annotation(revision: int) -> annotation_pb2.Annotation:

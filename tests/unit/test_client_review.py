@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,8 @@ from pacs.client import PacsClient, RetryPolicy
 from pacs.client import commands as cli_commands
 from pacs.client.cli import EXIT_FAILED, EXIT_USAGE, build_parser, main
 from pacs.v1 import annotation_pb2, identity_pb2, mask_pb2, review_pb2
+
+from tests.support.scripted import Script
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05)
 State = review_pb2.ReviewState
@@ -149,24 +149,6 @@ SERVICES: dict[str, dict[str, tuple[type[Message], Answer]]] = {
         "AddProjectMember": (identity_pb2.AddProjectMemberRequest, add_member),
     },
 }
-
-
-@dataclass
-class Script:
-    """The requests each method received, and how many of its next calls fail UNAVAILABLE."""
-
-    requests: dict[str, list[Any]] = field(default_factory=dict)
-    failures: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(self, method: str, request: Message, context: grpc.ServicerContext) -> None:
-        with self.lock:
-            self.requests.setdefault(method, []).append(request)
-            failing = self.failures.get(method, 0)
-            if failing:
-                self.failures[method] = failing - 1
-        if failing:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "replica going away")
 
 
 def handlers(script: Script) -> list[grpc.GenericRpcHandler[Any, Any]]:
