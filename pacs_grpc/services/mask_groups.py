@@ -103,11 +103,24 @@ class MaskGroupUseCases(Generic[TxT]):
             self._pacs_checks.settle(lookup, "annotation", whose=" (the group's annotation)")
         async with self._transaction(call) as conn:
             await authorized_annotation(self._annotations, conn, call, annotation_id)
-            version_of = (
-                await self._version_of(conn, call, annotation_id, new.supersedes_group_id)
-                if new.supersedes_group_id
-                else None
-            )
+
+            async def insert() -> MaskGroup:
+                # Checked for a new group only: the retry of a correction that went through
+                # gets its group back, though the version it superseded is no longer current.
+                version_of = (
+                    await self._version_of(conn, call, annotation_id, new.supersedes_group_id)
+                    if new.supersedes_group_id
+                    else None
+                )
+                return await self._masks.insert_group(
+                    conn,
+                    annotation_id,
+                    values,
+                    call.caller.user_id,
+                    version_of=version_of,
+                    client_id=call.caller.principal.client_id,
+                )
+
             group, _ = await create_once(
                 self._idempotency,
                 conn,
@@ -115,14 +128,7 @@ class MaskGroupUseCases(Generic[TxT]):
                 operation=_OPERATION,
                 request_id=key,
                 fingerprint=fingerprint,
-                create=lambda: self._masks.insert_group(
-                    conn,
-                    annotation_id,
-                    values,
-                    call.caller.user_id,
-                    version_of=version_of,
-                    client_id=call.caller.principal.client_id,
-                ),
+                create=insert,
                 find=lambda group_id: self._masks.get_group(conn, group_id),
                 id_of=lambda g: g.id,
             )

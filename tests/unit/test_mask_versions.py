@@ -167,3 +167,22 @@ async def test_an_export_of_version_2_is_built_from_its_own_slices_and_parameter
     assert latest is not None
     assert [s.png for s in build.slices] == [latest.data]
     assert build.inference_parameters == {"threshold": 0.7, "checkpoint": "epoch-40"}
+
+
+async def test_the_retry_of_a_correction_that_went_through_gets_its_version_back(
+    m: MaskWorld,
+) -> None:
+    first = await _create(m)
+    m.seed_masks(first, [0, 1])
+    correction = new_group(2, supersedes_group_id=first.id)
+
+    async def create() -> MaskGroup:
+        return await m.groups().create_group(
+            m.call("CreateMaskGroup", request_id="rpc-retry"), m.annotation.id, correction, "k1"
+        )
+
+    second = await create()
+    m.seed_masks(second, [0])
+    await m.masks_recorded(second, [1])  # now current: `first` no longer is
+
+    assert (await create()).id == second.id
