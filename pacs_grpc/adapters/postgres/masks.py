@@ -5,14 +5,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import fields
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 from psycopg import errors as pg_errors
-from psycopg.rows import class_row, kwargs_row
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from pacs_grpc.adapters.postgres.database import Connection
+from pacs_grpc.adapters.postgres.mask_group_rows import GROUP_COLUMNS, GROUP_ROW, group_of_row
+from pacs_grpc.adapters.postgres.mask_lifecycle import MaskGroupLifecycle
 from pacs_grpc.domain.errors import AlreadyExists, FailedPrecondition
 from pacs_grpc.domain.identity import ProjectRole
 from pacs_grpc.domain.masks import (
@@ -25,30 +26,14 @@ from pacs_grpc.domain.masks import (
     SliceDeclaration,
     VersionOf,
 )
-from pacs_grpc.domain.review import Review, ReviewState
-from pacs_grpc.domain.segments import Segment
+from pacs_grpc.domain.review import ReviewState
 
-# A group row's columns, in the order _group reads them; every one is annotation_mask_group's but
-# completed_slices, counted when read.
-_GROUP_NAMES = (
-    "id", "annotation_id", "group_name", "model_name", "version", "modality", "slice_count",
-    "mask_type", "description", "created_by", "created_at", "updated_at", "completed_slices",
-    "segments", "review_state", "reviewed_by", "reviewed_at", "review_comment", "lineage_id",
-    "version_number", "supersedes_group_id", "is_current", "inference_parameters",
-    "input_series_uid", "client_id", "deleted_at",
-)  # fmt: skip
-_COMPLETED_SLICES = (
-    "(select count(*) from annotation_mask m where m.mask_group_id = g.id)::int as completed_slices"
-)
-_GROUP_COLUMNS = ", ".join(
-    _COMPLETED_SLICES if name == "completed_slices" else f"g.{name}" for name in _GROUP_NAMES
-)
 _MASK_COLUMNS = ", ".join(f"m.{f.name}" for f in fields(Mask))
 _UPLOAD_COLUMNS = ", ".join(f"u.{f.name}" for f in fields(PendingUpload))
 
 # The group, where it sits, and the caller's access, in one round trip.
 GROUP_WITH_ACCESS = f"""
-select {_GROUP_COLUMNS}, a.project_id, a.study_uid, mem.role as caller_role,
+select {GROUP_COLUMNS}, a.project_id, a.study_uid, mem.role as caller_role,
        p.is_active as project_active, a.series_uid, p.export_unapproved
 from annotation_mask_group g
 -- A group in the trash with its annotation is as gone as the annotation.
@@ -70,120 +55,18 @@ values (%(annotation_id)s, %(group_name)s, %(model_name)s, %(version)s, %(modali
     %(slice_count)s, %(mask_type)s, %(description)s, %(segments)s, %(created_by)s,
     %(inference_parameters)s, %(input_series_uid)s, %(client_id)s, %(supersedes_group_id)s,
     %(lineage_id)s, %(version_number)s, %(supersedes_group_id)s::bigint is null)
-returning {_GROUP_COLUMNS}
+returning {GROUP_COLUMNS}
 """
 
 LIST_GROUPS = f"""
-select {_GROUP_COLUMNS} from annotation_mask_group g
+select {GROUP_COLUMNS} from annotation_mask_group g
 where g.annotation_id = %(annotation_id)s and g.id > %(after_id)s
   and (%(review_state)s::text is null or g.review_state = %(review_state)s::text)
   and (%(all_versions)s or g.is_current) and g.deleted_at is null
 order by g.id limit %(limit)s
 """
 
-LIST_VERSIONS = f"""
-select {_GROUP_COLUMNS} from annotation_mask_group g
-where g.lineage_id = %(lineage_id)s and g.annotation_id = %(annotation_id)s
-  and g.deleted_at is null
-order by g.version_number desc
-"""
-
-# Into the trash: a current version hands currency back to the version it superseded, as a
-# purge does, so deleting a bad correction shows the previous one again.
-TRASH_GROUP = f"""
-with reinstated as (
-    update annotation_mask_group previous set is_current = true, updated_at = now()
-    from annotation_mask_group trashed
-    where trashed.id = %(group_id)s and trashed.is_current
-      and previous.id = trashed.supersedes_group_id and previous.deleted_at is null
-)
-update annotation_mask_group g
-set deleted_at = now(), is_current = false, updated_at = now()
-where g.id = %(group_id)s
-returning {_GROUP_COLUMNS}
-"""
-
-# Back from the trash: a complete version takes currency back from the version it superseded
-# if that one is still current; a first version is current again unless a later one is.
-UNTRASH_GROUP = f"""
-with back as (
-    select g.id, g.lineage_id, g.supersedes_group_id,
-           g.slice_count <= (select count(*) from annotation_mask m where m.mask_group_id = g.id)
-               as complete
-    from annotation_mask_group g where g.id = %(group_id)s
-), displaced as (
-    update annotation_mask_group previous set is_current = false, updated_at = now()
-    from back b
-    where previous.id = b.supersedes_group_id and previous.is_current and b.complete
-    returning previous.id
-)
-update annotation_mask_group g
-set deleted_at = null, updated_at = now(),
-    is_current = case
-        when b.supersedes_group_id is null then not exists (
-            select from annotation_mask_group other
-            where other.lineage_id = b.lineage_id and other.is_current and other.id <> b.id
-              and other.deleted_at is null)
-        else exists (select from displaced)
-    end
-from back b
-where g.id = b.id
-returning {_GROUP_COLUMNS}
-"""
-
-# A purge marks the group first: only a group in the trash may be deleted (0016).
-MARK_GROUP_FOR_PURGE = """
-update annotation_mask_group set deleted_at = coalesce(deleted_at, now())
-where id = %(group_id)s
-"""
-
-# Groups trashed for longer than the retention whose annotation is live (an annotation in the
-# trash takes its groups with it when it is purged), locked as EXPIRED_TRASH locks annotations.
-EXPIRED_GROUP_TRASH = """
-select g.id from annotation_mask_group g
-join annotation_annotation a on a.id = g.annotation_id and a.deleted_at is null
-where g.deleted_at < now() - %(retention)s
-order by g.deleted_at
-limit %(limit)s
-for update of g skip locked
-"""
-
-# Deleting a lineage's current version makes the version it superseded current again.
-REINSTATE_PREDECESSOR = """
-update annotation_mask_group set is_current = true, updated_at = now()
-where id = (select supersedes_group_id from annotation_mask_group
-            where id = %(group_id)s and is_current)
-"""
-
-# Who recorded the group's slices (migration 0015).
-SLICE_AUTHORS = """
-select distinct recorded_by from annotation_mask
-where mask_group_id = %(group_id)s and recorded_by is not null
-"""
-
-# One review transition: the state, who made it, when and (a rejection's) comment.
-REVIEW_GROUP = f"""
-update annotation_mask_group g
-set review_state = %(state)s, reviewed_by = %(user_id)s, reviewed_at = now(),
-    review_comment = %(comment)s, updated_at = now()
-where g.id = %(group_id)s
-returning {_GROUP_COLUMNS}
-"""
-
-GET_GROUP = f"select {_GROUP_COLUMNS} from annotation_mask_group g where g.id = %(group_id)s"
-
-# Recorded masks, every upload not completed (its object may exist) and the group's exported
-# SEGs go to the outbox; a completed upload's object is its mask's.
-ENQUEUE_GROUP_OBJECTS = """
-insert into storage_deletion_outbox (object_key)
-select file_path from annotation_mask where mask_group_id = %(group_id)s
-union all
-select object_key from mask_upload where mask_group_id = %(group_id)s and completed_at is null
-union all
-select object_key from mask_group_export where mask_group_id = %(group_id)s
-"""
-
-DELETE_GROUP = "delete from annotation_mask_group where id = %(group_id)s"
+GET_GROUP = f"select {GROUP_COLUMNS} from annotation_mask_group g where g.id = %(group_id)s"
 
 # One statement for a whole series of tickets, whatever its size.
 INSERT_UPLOADS = """
@@ -268,26 +151,7 @@ order by m.slice_index limit %(limit)s
 """
 
 
-def _segments(stored: list[dict[str, Any]]) -> tuple[Segment, ...]:
-    return tuple(Segment.from_json(item) for item in stored)
-
-
-def _group(
-    *, segments: list[dict[str, Any]], review_state: str, reviewed_by: int | None,
-    reviewed_at: datetime | None, review_comment: str | None, **columns: Any,
-) -> MaskGroup:  # fmt: skip
-    review = Review(ReviewState(review_state), reviewed_by, reviewed_at, review_comment)
-    return MaskGroup(**columns, segments=_segments(segments), review=review)
-
-
-def _group_of_row(row: Sequence[Any]) -> MaskGroup:
-    return _group(**dict(zip(_GROUP_NAMES, row, strict=True)))
-
-
-_GROUP_ROW = kwargs_row(_group)
-
-
-class MaskRepository:
+class MaskRepository(MaskGroupLifecycle):
     """MaskStore (pacs_grpc.services.ports) on groups, upload tickets and masks, in the caller's
     transaction.
 
@@ -319,7 +183,7 @@ class MaskRepository:
             return None
         project_id, study_uid, role, active, series_uid, export_unapproved = row[-6:]
         return GroupAccess(
-            _group_of_row(row[:-6]),
+            group_of_row(row[:-6]),
             project_id,
             study_uid,
             ProjectRole.from_db(role) if role else None,
@@ -348,7 +212,7 @@ class MaskRepository:
             "version_number": version_of.version_number if version_of else 1,
         }
         try:
-            async with conn.cursor(row_factory=_GROUP_ROW) as cur:
+            async with conn.cursor(row_factory=GROUP_ROW) as cur:
                 await cur.execute(INSERT_GROUP, params)
                 row = await cur.fetchone()
         except pg_errors.UniqueViolation as error:
@@ -362,7 +226,7 @@ class MaskRepository:
         return row
 
     async def get_group(self, conn: Connection, group_id: int) -> MaskGroup | None:
-        async with conn.cursor(row_factory=_GROUP_ROW) as cur:
+        async with conn.cursor(row_factory=GROUP_ROW) as cur:
             await cur.execute(GET_GROUP, {"group_id": group_id})
             return await cur.fetchone()
 
@@ -375,69 +239,9 @@ class MaskRepository:
             "review_state": review_state.value if review_state else None,
             "all_versions": all_versions,
         }  # fmt: skip
-        async with conn.cursor(row_factory=_GROUP_ROW) as cur:
+        async with conn.cursor(row_factory=GROUP_ROW) as cur:
             await cur.execute(LIST_GROUPS, params)
             return await cur.fetchall()
-
-    async def list_versions(self, conn: Connection, group: MaskGroup) -> list[MaskGroup]:
-        """Every version of the group's lineage, newest first."""
-        params = {"lineage_id": group.lineage_id, "annotation_id": group.annotation_id}
-        async with conn.cursor(row_factory=_GROUP_ROW) as cur:
-            await cur.execute(LIST_VERSIONS, params)
-            return await cur.fetchall()
-
-    async def slice_authors(self, conn: Connection, group_id: int) -> set[int]:
-        """Who recorded the group's slices."""
-        async with conn.cursor() as cur:
-            await cur.execute(SLICE_AUTHORS, {"group_id": group_id})
-            return {int(user) for (user,) in await cur.fetchall()}
-
-    async def review_group(self, conn: Connection, group_id: int, review: Review) -> MaskGroup:
-        """Record one review transition of the group (locked by the caller)."""
-        params = {
-            "group_id": group_id,
-            "state": review.state.value,
-            "user_id": review.user_id,
-            "comment": review.comment,
-        }
-        async with conn.cursor(row_factory=_GROUP_ROW) as cur:
-            await cur.execute(REVIEW_GROUP, params)
-            row = await cur.fetchone()
-        assert row is not None
-        return row
-
-    async def move_group_to_trash(
-        self, conn: Connection, group_id: int, *, trash: bool
-    ) -> MaskGroup:
-        """Into the trash (trash=True) or back out, passing the lineage's currency as a purge
-        and a completion would; slices, exports and objects stay."""
-        async with conn.cursor(row_factory=_GROUP_ROW) as cur:
-            await cur.execute(TRASH_GROUP if trash else UNTRASH_GROUP, {"group_id": group_id})
-            row = await cur.fetchone()
-        assert row is not None
-        return row
-
-    async def expired_trash(self, conn: Connection, retention: timedelta, limit: int) -> list[int]:
-        """TrashPurger for groups: up to `limit` trashed longer than `retention`, locked."""
-        async with conn.cursor() as cur:
-            await cur.execute(EXPIRED_GROUP_TRASH, {"retention": retention, "limit": limit})
-            return [group_id for (group_id,) in await cur.fetchall()]
-
-    async def purge(self, conn: Connection, group_ids: Sequence[int]) -> int:
-        """TrashPurger for groups: delete each for good; how many objects were queued."""
-        queued = 0
-        for group_id in group_ids:
-            queued += await self.delete_group(conn, group_id)
-        return queued
-
-    async def delete_group(self, conn: Connection, group_id: int) -> int:
-        async with conn.cursor() as cur:
-            await cur.execute(ENQUEUE_GROUP_OBJECTS, {"group_id": group_id})
-            queued = cur.rowcount
-            await cur.execute(REINSTATE_PREDECESSOR, {"group_id": group_id})
-            await cur.execute(MARK_GROUP_FOR_PURGE, {"group_id": group_id})
-            await cur.execute(DELETE_GROUP, {"group_id": group_id})
-        return queued
 
     async def insert_uploads(
         self,
