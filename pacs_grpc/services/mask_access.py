@@ -13,6 +13,7 @@ import logging
 from pacs_grpc.domain import validation
 from pacs_grpc.domain.annotation import Annotation
 from pacs_grpc.domain.errors import NotFound
+from pacs_grpc.domain.identity import ProjectRole
 from pacs_grpc.domain.masks import GroupAccess
 from pacs_grpc.services.annotation_access import accessible_annotation
 from pacs_grpc.services.context import CallContext, check_access
@@ -41,6 +42,19 @@ async def authorized_group(
     *, for_update: bool = False, include_deleted: bool = False,
 ) -> GroupAccess:  # fmt: skip
     """The group of that annotation, if the caller holds the role the RPC table asks for."""
+    access, _ = await authorized_group_with_role(
+        groups, conn, call, annotation_id, group_id, for_update=for_update,
+        include_deleted=include_deleted,
+    )  # fmt: skip
+    return access
+
+
+async def authorized_group_with_role(
+    groups: GroupAccessLookup[TxT], conn: TxT, call: CallContext, annotation_id: int, group_id: int,
+    *, for_update: bool = False, include_deleted: bool = False,
+) -> tuple[GroupAccess, ProjectRole]:  # fmt: skip
+    """As authorized_group, with the caller's effective role (see check_access: platform
+    administrators act as owners). One in the trash is NOT_FOUND unless `include_deleted`."""
     validation.positive_id("annotation_id", annotation_id)
     validation.positive_id("group_id", group_id)
     call.audit.touch(resource_type="mask_group", resource_ids=[group_id])
@@ -51,9 +65,9 @@ async def authorized_group(
     if access is None:
         raise NotFound("mask group not found")
     call.audit.touch(project_id=access.project_id, study_uid=access.study_uid)
-    check_access(call, access.caller_role, project_active=access.project_active,
-                 what="mask group")  # fmt: skip
-    return access
+    role = check_access(call, access.caller_role, project_active=access.project_active,
+                        what="mask group")  # fmt: skip
+    return access, role
 
 
 async def discard_objects(

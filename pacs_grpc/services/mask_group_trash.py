@@ -8,10 +8,10 @@ from typing import Generic
 
 from pacs_grpc.domain.errors import FailedPrecondition, PermissionDenied
 from pacs_grpc.domain.identity import ProjectRole
-from pacs_grpc.domain.masks import GroupAccess, MaskGroup
+from pacs_grpc.domain.masks import MaskGroup
 from pacs_grpc.domain.review import ReviewState
 from pacs_grpc.services.context import AuditedTransactions, CallContext
-from pacs_grpc.services.mask_access import authorized_group
+from pacs_grpc.services.mask_access import authorized_group, authorized_group_with_role
 from pacs_grpc.services.ports import Clock, MaskStore, TxT
 
 
@@ -38,14 +38,14 @@ class MaskGroupTrash(Generic[TxT]):
     ) -> int:
         """To the trash, or for good with `purge`; how many stored objects were queued."""
         async with self._transaction(call) as conn:
-            access = await authorized_group(
+            access, role = await authorized_group_with_role(
                 self._masks, conn, call, annotation_id, group_id, for_update=True,
                 include_deleted=purge,
             )  # fmt: skip
             if purge:
                 # The audit row says this was the one hard delete, not a move to the trash.
                 call.audit.touch(resource_type="mask_group_purge")
-            owner = _is_owner(call, access)
+            owner = role is ProjectRole.OWNER
             if access.group.review.state is ReviewState.APPROVED and not owner:
                 raise FailedPrecondition(
                     "the mask group is approved and frozen; only the project's owners may delete it"
@@ -72,8 +72,3 @@ class MaskGroupTrash(Generic[TxT]):
                     "group_id: the mask group's time in the trash is up; it is being purged"
                 )
             return await self._masks.move_group_to_trash(conn, group_id, trash=False)
-
-
-def _is_owner(call: CallContext, access: GroupAccess) -> bool:
-    # Platform administrators act as owners everywhere (check_access).
-    return call.caller.platform_admin or access.caller_role is ProjectRole.OWNER
