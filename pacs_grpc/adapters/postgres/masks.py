@@ -219,8 +219,8 @@ class MaskRepository(MaskGroupLifecycle):
             if error.diag.constraint_name != "annotation_mask_group_supersedes_key":
                 raise
             raise AlreadyExists(
-                "mask_group.supersedes_group_id: that version already has a successor; "
-                "supersede the lineage's current version"
+                "mask_group.supersedes_group_id",
+                "that version already has a successor; supersede the lineage's current version",
             ) from None
         assert row is not None
         return row
